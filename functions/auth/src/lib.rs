@@ -1,0 +1,284 @@
+//! auth: the HTTP API Lambda authorizer (API keys and HS256 JWTs, tenant
+//! status, per-tenant rate limit) and the admin routes (tenants and keys).
+
+use keel_core::auth::{
+    api_key_tenant, groups_of, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
+    ROLE_APPROVER, ROLE_MEMBER,
+};
+use keel_core::config::Config;
+use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
+use keel_core::ids::TenantId;
+use keel_core::ports::{Condition, Table};
+use keel_core::tenants::{get_tenant, put_api_key, put_tenant, Autonomy, Tenant, TenantStatus};
+use keel_core::time::{now_rfc3339, now_secs};
+use keel_core::{KeelError, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Auth {
+    table: Arc<dyn Table>,
+    config: Arc<Config>,
+    /// Warm-container cache of tenant records (short TTL: a suspension takes effect within it).
+    tenants: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
+}
+
+impl Auth {
+    pub fn new(table: Arc<dyn Table>, config: Arc<Config>) -> Self {
+        Self { table, config, tenants: Mutex::new(HashMap::new()) }
+    }
+
+    /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
+    /// 403 suspended tenant); a tenant over its rate limit is allowed with
+    /// `throttled` set, and the function answers 429.
+    pub async fn authorize(&self, req: &ApiRequest) -> Result<Caller, KeelError> {
+        let header = req.headers.get("authorization").map(String::as_str).unwrap_or("");
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| KeelError::Unauthorized("missing credentials: send 'Authorization: Bearer <key>'".into()))?;
+        if secrets_equal(token, &self.config.admin_key) {
+            return Ok(Caller::platform_admin());
+        }
+        let mut caller = if token.starts_with("keel_") {
+            self.authenticate_key(token).await?
+        } else if token.contains('.') {
+            self.authenticate_jwt(token)?
+        } else {
+            return Err(KeelError::Unauthorized("invalid credentials".into()));
+        };
+        let tenant = self.active_tenant(caller.tenant()?).await?;
+        caller.throttled = !self.within_rate_limit(&tenant).await?;
+        Ok(caller)
+    }
+
+    async fn authenticate_key(&self, key: &str) -> Result<Caller, KeelError> {
+        let invalid = || KeelError::Unauthorized("invalid credentials".into());
+        let tenant = api_key_tenant(key).ok_or_else(invalid)?;
+        let record = keel_core::tenants::get_api_key(self.table.as_ref(), &tenant, key)
+            .await?
+            .ok_or_else(invalid)?;
+        Ok(Caller {
+            tenant: Some(tenant),
+            principal: record.principal,
+            groups: groups_of(&record.attributes),
+            roles: record.roles,
+            throttled: false,
+        })
+    }
+
+    fn authenticate_jwt(&self, token: &str) -> Result<Caller, KeelError> {
+        let settings = self
+            .config
+            .jwt
+            .as_ref()
+            .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
+        let claims = verify_jwt(token, settings, now_secs())?;
+        Ok(Caller {
+            tenant: Some(TenantId::parse(&claims.tenant).map_err(|_| KeelError::Unauthorized("invalid token: bad tenant".into()))?),
+            principal: claims.sub,
+            roles: claims.roles,
+            groups: claims.groups,
+            throttled: false,
+        })
+    }
+
+    async fn active_tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
+        let ttl = Duration::from_secs(self.config.tenant_cache_secs);
+        let cached = self.tenants.lock().ok().and_then(|c| c.get(id).filter(|(at, _)| at.elapsed() < ttl).map(|(_, t)| t.clone()));
+        let tenant = match cached {
+            Some(t) => t,
+            None => {
+                let (t, _) = get_tenant(self.table.as_ref(), id)
+                    .await?
+                    .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
+                if let Ok(mut c) = self.tenants.lock() {
+                    c.insert(id.clone(), (Instant::now(), t.clone()));
+                }
+                t
+            }
+        };
+        if tenant.status != TenantStatus::Active {
+            return Err(KeelError::Forbidden(format!("tenant {id} is suspended")));
+        }
+        Ok(tenant)
+    }
+
+    /// One atomic counter per tenant and minute; `false` once it passes the limit.
+    async fn within_rate_limit(&self, tenant: &Tenant) -> Result<bool, KeelError> {
+        let minute = now_secs() / 60;
+        let result = self
+            .table
+            .increment(&tenant.id.pk(), &format!("RATE#{minute}"), 1, Some(tenant.rate_limit_per_minute), Some((minute + 2) * 60))
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Admin routes: `/v1/tenants…`.
+    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
+        let caller = req.caller()?.clone();
+        let segs = req.segments();
+        match (req.method.as_str(), segs.as_slice()) {
+            ("POST", ["v1", "tenants"]) => self.create_tenant(&caller, req.json(DEFAULT_BODY_LIMIT)?).await,
+            ("GET", ["v1", "tenants", id]) => {
+                let id = TenantId::parse(id)?;
+                require_tenant_admin(&caller, &id)?;
+                let (t, _) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+                Ok(ApiResponse::ok(&t))
+            }
+            ("PATCH", ["v1", "tenants", id]) => {
+                self.update_tenant(&caller, TenantId::parse(id)?, req.json(DEFAULT_BODY_LIMIT)?).await
+            }
+            ("POST", ["v1", "tenants", id, "keys"]) => {
+                self.create_key(&caller, TenantId::parse(id)?, req.json(DEFAULT_BODY_LIMIT)?).await
+            }
+            _ => Err(not_found(&req)),
+        }
+    }
+
+    async fn create_tenant(&self, caller: &Caller, body: NewTenant) -> Result<ApiResponse, KeelError> {
+        require_platform_admin(caller)?;
+        if body.name.trim().is_empty() {
+            return Err(KeelError::BadRequest("name must not be empty".into()));
+        }
+        let tenant = Tenant {
+            id: TenantId::parse(&body.id)?,
+            name: body.name,
+            plan: body.plan.unwrap_or_else(|| "standard".into()),
+            region: body.region,
+            status: TenantStatus::Active,
+            rate_limit_per_minute: body.rate_limit_per_minute.unwrap_or(self.config.default_rate_limit_per_minute),
+            autonomy: body.autonomy.unwrap_or(Autonomy::OneClick),
+            redact_pii: body.redact_pii.unwrap_or(false),
+            created_at: now_rfc3339(),
+        };
+        put_tenant(self.table.as_ref(), &tenant, Condition::NotExists)
+            .await
+            .map_err(|e| match e {
+                KeelError::Conflict(_) => KeelError::Conflict(format!("tenant {} already exists", tenant.id)),
+                other => other,
+            })?;
+        Ok(ApiResponse::json(201, &tenant))
+    }
+
+    async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
+        require_platform_admin(caller)?;
+        let (mut t, version) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        if let Some(v) = patch.name {
+            t.name = v;
+        }
+        if let Some(v) = patch.plan {
+            t.plan = v;
+        }
+        if let Some(v) = patch.status {
+            t.status = v;
+        }
+        if let Some(v) = patch.rate_limit_per_minute {
+            if v < 1 {
+                return Err(KeelError::BadRequest("rate_limit_per_minute must be at least 1".into()));
+            }
+            t.rate_limit_per_minute = v;
+        }
+        if let Some(v) = patch.autonomy {
+            t.autonomy = v;
+        }
+        if let Some(v) = patch.redact_pii {
+            t.redact_pii = v;
+        }
+        if patch.kill_switch == Some(true) {
+            t.autonomy = Autonomy::SuggestOnly;
+        }
+        put_tenant(self.table.as_ref(), &t, Condition::Version(version)).await?;
+        if let Ok(mut c) = self.tenants.lock() {
+            c.remove(&id);
+        }
+        Ok(ApiResponse::ok(&t))
+    }
+
+    async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
+        require_tenant_admin(caller, &id)?;
+        get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        if body.principal.trim().is_empty() || body.principal.len() > 128 {
+            return Err(KeelError::BadRequest("principal must be 1-128 characters".into()));
+        }
+        if body.roles.is_empty() {
+            return Err(KeelError::BadRequest("roles must name at least one role".into()));
+        }
+        if let Some(bad) = body.roles.iter().find(|r| ![ROLE_ADMIN, ROLE_MEMBER, ROLE_APPROVER].contains(&r.as_str())) {
+            return Err(KeelError::BadRequest(format!("unknown role {bad:?}: use admin, member or approver")));
+        }
+        let key = new_api_key(&id);
+        let record = ApiKeyRecord {
+            principal: body.principal,
+            roles: body.roles,
+            attributes: body.attributes.unwrap_or_default(),
+            created_at: now_rfc3339(),
+        };
+        put_api_key(self.table.as_ref(), &id, &key, &record).await?;
+        Ok(ApiResponse::json(
+            201,
+            &json!({"key": key, "tenant": id, "principal": record.principal, "roles": record.roles, "attributes": record.attributes}),
+        ))
+    }
+}
+
+fn require_platform_admin(caller: &Caller) -> Result<(), KeelError> {
+    if caller.is_platform_admin() {
+        Ok(())
+    } else {
+        Err(KeelError::Forbidden("only the platform admin may do this".into()))
+    }
+}
+
+/// The platform admin, or an admin of this very tenant.
+fn require_tenant_admin(caller: &Caller, id: &TenantId) -> Result<(), KeelError> {
+    if caller.is_platform_admin() || (caller.tenant.as_ref() == Some(id) && caller.has_role(ROLE_ADMIN)) {
+        Ok(())
+    } else {
+        Err(KeelError::Forbidden("only the platform admin or this tenant's admin may do this".into()))
+    }
+}
+
+fn tenant_not_found(id: &TenantId) -> KeelError {
+    KeelError::NotFound(format!("tenant {id} does not exist"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    name: String,
+    plan: Option<String>,
+    region: Option<String>,
+    rate_limit_per_minute: Option<i64>,
+    autonomy: Option<Autonomy>,
+    redact_pii: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    name: Option<String>,
+    plan: Option<String>,
+    status: Option<TenantStatus>,
+    rate_limit_per_minute: Option<i64>,
+    autonomy: Option<Autonomy>,
+    redact_pii: Option<bool>,
+    /// Drops the tenant to suggest-only at once.
+    kill_switch: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    principal: String,
+    roles: Vec<String>,
+    attributes: Option<HashMap<String, Value>>,
+}

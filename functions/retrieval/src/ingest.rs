@@ -1,0 +1,150 @@
+//! The ingest-queue consumer. Two kinds of message arrive:
+//! - producers' document changes: `{"op":"put","doc_id","document":{…}}` or
+//!   `{"op":"delete","doc_id"}`, with the tenant in the `tenant` message attribute;
+//! - S3 event notifications for `tenants/<tenant>/inbox/<doc_id>.json|.txt`
+//!   (the tenant comes from the key, never from the object).
+//!
+//! Each message succeeds or fails alone; failed ones are retried by the queue
+//! and land in its DLQ past the redrive limit. Re-delivery is harmless: a put
+//! of the same document writes the same chunks.
+
+use crate::{DocumentInput, Retrieval};
+use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::ports::QueueMessage;
+use keel_core::tenants::require_active;
+use keel_core::KeelError;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum DocumentChange {
+    Put { doc_id: String, document: DocumentInput },
+    Delete { doc_id: String },
+}
+
+impl Retrieval {
+    /// Processes a batch; returns the message ids that failed (to be retried).
+    pub async fn ingest(&self, messages: &[QueueMessage]) -> Vec<String> {
+        let mut failed = Vec::new();
+        for m in messages {
+            if let Err(e) = self.ingest_one(m).await {
+                tracing::warn!(message_id = %m.message_id, error = %e, "ingest message failed");
+                failed.push(m.message_id.clone());
+            }
+        }
+        failed
+    }
+
+    async fn ingest_one(&self, m: &QueueMessage) -> Result<(), KeelError> {
+        let body: Value = serde_json::from_str(&m.body)
+            .map_err(|e| KeelError::BadRequest(format!("message body is not JSON: {e}")))?;
+        if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+            return Ok(());
+        }
+        if let Some(records) = body.get("Records").and_then(Value::as_array) {
+            for r in records {
+                self.apply_s3_record(r).await?;
+            }
+            return Ok(());
+        }
+        let tenant = TenantId::parse(
+            m.attributes
+                .get("tenant")
+                .ok_or_else(|| KeelError::BadRequest("producer message without a 'tenant' attribute".into()))?,
+        )?;
+        require_active(self.table.as_ref(), &tenant).await?;
+        let change: DocumentChange = serde_json::from_value(body)
+            .map_err(|e| KeelError::BadRequest(format!("not a document change: {e}")))?;
+        match change {
+            DocumentChange::Put { doc_id, document } => {
+                self.put_document(&tenant, &parse_path_id("document", &doc_id)?, document).await?;
+            }
+            DocumentChange::Delete { doc_id } => match self.delete_document(&tenant, &parse_path_id("document", &doc_id)?).await {
+                Ok(()) | Err(KeelError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            },
+        }
+        Ok(())
+    }
+
+    async fn apply_s3_record(&self, record: &Value) -> Result<(), KeelError> {
+        let raw_key = record
+            .pointer("/s3/object/key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| KeelError::BadRequest("S3 record without an object key".into()))?;
+        let key = percent_decode(raw_key);
+        let (tenant, doc_id, ext) = parse_inbox_key(&key)?;
+        require_active(self.table.as_ref(), &tenant).await?;
+        let event = record.get("eventName").and_then(Value::as_str).unwrap_or("");
+        if event.starts_with("ObjectRemoved") {
+            return match self.delete_document(&tenant, &doc_id).await {
+                Ok(()) | Err(KeelError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let bytes = self
+            .blobs
+            .get(&key)
+            .await?
+            .ok_or_else(|| KeelError::Unavailable(format!("object {key} not found (yet)")))?;
+        let document = if ext == "json" {
+            serde_json::from_slice(&bytes).map_err(|e| KeelError::BadRequest(format!("{key}: not a document: {e}")))?
+        } else {
+            let text = String::from_utf8(bytes).map_err(|_| KeelError::BadRequest(format!("{key}: not UTF-8 text")))?;
+            DocumentInput { title: None, text, acl: None, source: Some(format!("s3://{key}")), updated_at: None }
+        };
+        self.put_document(&tenant, &doc_id, document).await?;
+        Ok(())
+    }
+}
+
+/// `tenants/<tenant>/inbox/<doc_id>.<json|txt>` → its parts.
+fn parse_inbox_key(key: &str) -> Result<(TenantId, String, String), KeelError> {
+    let bad = || KeelError::BadRequest(format!("object key {key:?} is not tenants/<tenant>/inbox/<doc_id>.json|.txt"));
+    let rest = key.strip_prefix("tenants/").ok_or_else(bad)?;
+    let (tenant, file) = rest.split_once("/inbox/").ok_or_else(bad)?;
+    let (doc_id, ext) = file.rsplit_once('.').ok_or_else(bad)?;
+    if !matches!(ext, "json" | "txt") {
+        return Err(bad());
+    }
+    Ok((TenantId::parse(tenant)?, parse_path_id("document", doc_id)?, ext.to_string()))
+}
+
+/// S3 event keys are URL-encoded, with `+` for spaces.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_keys() {
+        let (t, d, e) = parse_inbox_key("tenants/acme/inbox/hand-book.json").unwrap();
+        assert_eq!((t.as_str(), d.as_str(), e.as_str()), ("acme", "hand-book", "json"));
+        assert!(parse_inbox_key("tenants/acme/other/x.json").is_err());
+        assert!(parse_inbox_key("tenants/acme/inbox/x.exe").is_err());
+        assert_eq!(percent_decode("a%2Fb+c%"), "a/b c%");
+    }
+}

@@ -1,0 +1,130 @@
+//! Evidence sufficiency and extractive answers.
+
+use keel_core::text::{content_terms, sentence_spans, terms};
+use keel_retrieval::SearchHit;
+use std::collections::HashSet;
+
+/// Sentences an extractive answer quotes at most.
+const MAX_SENTENCES: usize = 3;
+
+pub struct Answer {
+    pub text: String,
+    /// Indexes into the evidence list, in citation order ([1] is `cited[0]`).
+    pub cited: Vec<usize>,
+    pub refused: bool,
+    pub reason: Option<String>,
+    pub tier: &'static str,
+    pub model: String,
+}
+
+impl Answer {
+    pub fn refusal(reason: String) -> Self {
+        Self {
+            text: "I can't answer that from the documents available to you.".into(),
+            cited: vec![],
+            refused: true,
+            reason: Some(reason),
+            tier: "extractive",
+            model: "none".into(),
+        }
+    }
+}
+
+/// Share of the question's content terms found in the top evidence (0..=1).
+pub fn evidence_coverage(question: &str, evidence: &[SearchHit]) -> f32 {
+    let wanted = content_terms(question);
+    if wanted.is_empty() {
+        return 0.0;
+    }
+    let present: HashSet<String> = evidence.iter().take(3).flat_map(|h| terms(&h.text)).collect();
+    wanted.iter().filter(|t| present.contains(*t)).count() as f32 / wanted.len() as f32
+}
+
+/// The evidence sentences that share the most terms with the question, each
+/// followed by its citation marker `[n]`.
+pub fn extractive_answer(question: &str, evidence: &[SearchHit]) -> Answer {
+    let wanted: HashSet<String> = content_terms(question).into_iter().collect();
+    let mut scored = Vec::new();
+    for (ei, hit) in evidence.iter().enumerate() {
+        for (pos, (s, e)) in sentence_spans(&hit.text).into_iter().enumerate() {
+            let sentence = &hit.text[s..e];
+            let overlap = content_terms(sentence).iter().filter(|t| wanted.contains(*t)).count();
+            if overlap > 0 {
+                // Better overlap first, then better-ranked evidence, then reading order.
+                scored.push((std::cmp::Reverse(overlap), ei, pos, sentence.to_string()));
+            }
+        }
+    }
+    scored.sort();
+    scored.truncate(MAX_SENTENCES);
+    let mut cited: Vec<usize> = Vec::new();
+    let mut parts = Vec::new();
+    for (_, ei, _, sentence) in scored {
+        let n = match cited.iter().position(|c| *c == ei) {
+            Some(p) => p + 1,
+            None => {
+                cited.push(ei);
+                cited.len()
+            }
+        };
+        parts.push(format!("{sentence} [{n}]"));
+    }
+    Answer { text: parts.join(" "), cited, refused: false, reason: None, tier: "extractive", model: "extractive".into() }
+}
+
+/// Evidence indexes cited as `[n]` (1-based, within range), in first-seen order.
+pub fn parse_citations(text: &str, evidence_len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        if let Some(close) = rest.find(']') {
+            if let Ok(n) = rest[..close].trim().parse::<usize>() {
+                if (1..=evidence_len).contains(&n) && !out.contains(&(n - 1)) {
+                    out.push(n - 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::chunking::Anchor;
+
+    fn hit(doc: &str, text: &str) -> SearchHit {
+        SearchHit {
+            doc_id: doc.into(),
+            chunk_id: format!("{doc}#0"),
+            score: 1.0,
+            text: text.into(),
+            title: None,
+            anchor: Anchor { doc_id: doc.into(), chunk: 0, start: 0, end: text.len() },
+        }
+    }
+
+    #[test]
+    fn every_sentence_of_an_extractive_answer_is_cited() {
+        let ev = vec![
+            hit("refunds", "Refunds are paid within 5 days. The office has plants."),
+            hit("policy", "A refund needs a receipt. Lunch is at noon."),
+        ];
+        let a = extractive_answer("How are refunds paid, and is a receipt needed for a refund?", &ev);
+        assert!(!a.refused);
+        assert_eq!(a.cited.len(), 2);
+        for sentence in a.text.split_inclusive(']') {
+            assert!(sentence.trim_end().ends_with(']'), "uncited: {sentence}");
+        }
+        assert!(!a.text.contains("plants") && !a.text.contains("Lunch"));
+    }
+
+    #[test]
+    fn coverage_and_citations() {
+        let ev = vec![hit("a", "Refunds are paid within 5 days.")];
+        assert!(evidence_coverage("refunds paid", &ev) > 0.99);
+        assert!(evidence_coverage("quantum chromodynamics lattice", &ev) < 0.01);
+        assert_eq!(parse_citations("x [2] y [1] [2] [9] [a]", 3), vec![1, 0]);
+    }
+}

@@ -1,0 +1,255 @@
+//! `Table` over one DynamoDB table: `pk`, `sk` strings, the record in `data`
+//! (JSON string), a write counter `ver`, an atomic counter `n`, TTL in `ttl`.
+
+use crate::sdk_message;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::Client;
+use keel_core::ports::{Condition, Item, QueryOptions, Table, Write};
+use keel_core::time::now_secs;
+use keel_core::StoreError;
+use std::collections::HashMap;
+
+#[derive(Clone)]
+pub struct DynamoTable {
+    client: Client,
+    table: String,
+}
+
+type Attrs = HashMap<String, AttributeValue>;
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// The pieces of an UpdateItem that performs a `Write`.
+struct UpdateParts {
+    key: Attrs,
+    expression: String,
+    condition: Option<String>,
+    names: HashMap<String, String>,
+    values: Attrs,
+}
+
+fn update_parts(w: &Write) -> UpdateParts {
+    let mut names = HashMap::from([("#d".to_string(), "data".to_string()), ("#t".to_string(), "ttl".to_string())]);
+    let mut values = Attrs::from([(":d".into(), s(&w.data.to_string())), (":one".into(), n(1))]);
+    let mut expression = "SET #d = :d".to_string();
+    match w.expires_at {
+        Some(t) => {
+            expression.push_str(", #t = :t");
+            values.insert(":t".into(), n(t));
+        }
+        None => expression.push_str(" REMOVE #t"),
+    }
+    expression.push_str(" ADD ver :one");
+    let condition = match w.condition {
+        Condition::Always => None,
+        Condition::NotExists => {
+            values.insert(":now".into(), n(now_secs()));
+            Some("attribute_not_exists(pk) OR (attribute_exists(#t) AND #t <= :now)".to_string())
+        }
+        Condition::Version(v) => {
+            names.insert("#v".into(), "ver".into());
+            values.insert(":v".into(), n(v));
+            Some("#v = :v".to_string())
+        }
+    };
+    UpdateParts {
+        key: Attrs::from([("pk".into(), s(&w.pk)), ("sk".into(), s(&w.sk))]),
+        expression,
+        condition,
+        names,
+        values,
+    }
+}
+
+fn num(attrs: &Attrs, name: &str) -> Option<i64> {
+    attrs.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+fn to_item(attrs: &Attrs) -> Result<Option<Item>, StoreError> {
+    let expires_at = num(attrs, "ttl");
+    if expires_at.is_some_and(|t| t <= now_secs()) {
+        return Ok(None);
+    }
+    let text = |k: &str| attrs.get(k).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+    let data = match attrs.get("data").and_then(|v| v.as_s().ok()) {
+        Some(d) => serde_json::from_str(d).map_err(|e| StoreError::Backend(format!("corrupt item data: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    Ok(Some(Item {
+        pk: text("pk"),
+        sk: text("sk"),
+        data,
+        version: num(attrs, "ver").unwrap_or(0) as u64,
+        counter: num(attrs, "n").unwrap_or(0),
+        expires_at,
+    }))
+}
+
+impl DynamoTable {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+}
+
+#[async_trait]
+impl Table for DynamoTable {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+        match out.item() {
+            Some(attrs) => to_item(attrs),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, write: Write) -> Result<u64, StoreError> {
+        let p = update_parts(&write);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(p.key))
+            .update_expression(p.expression)
+            .set_condition_expression(p.condition)
+            .set_expression_attribute_names(Some(p.names))
+            .set_expression_attribute_values(Some(p.values))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_conditional_check_failed_exception() => StoreError::ConditionFailed,
+                _ => StoreError::Backend(sdk_message(&e)),
+            })?;
+        Ok(out.attributes().and_then(|a| num(a, "ver")).unwrap_or(1) as u64)
+    }
+
+    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(writes.len());
+        for w in &writes {
+            let p = update_parts(w);
+            let update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(p.key))
+                .update_expression(p.expression)
+                .set_condition_expression(p.condition)
+                .set_expression_attribute_names(Some(p.names))
+                .set_expression_attribute_values(Some(p.values))
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+        }
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(se) if se.is_transaction_canceled_exception() => StoreError::ConditionFailed,
+                _ => StoreError::Backend(sdk_message(&e)),
+            })?;
+        Ok(())
+    }
+
+    async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .send()
+            .await
+            .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+        Ok(())
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Attrs> = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .scan_index_forward(!options.descending)
+                .expression_attribute_values(":pk", s(pk))
+                .set_exclusive_start_key(start.take());
+            q = if sk_prefix.is_empty() {
+                q.key_condition_expression("pk = :pk")
+            } else {
+                q.key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                    .expression_attribute_values(":p", s(sk_prefix))
+            };
+            if let Some(limit) = options.limit {
+                q = q.limit((limit - out.len()).clamp(1, 1000) as i32);
+            }
+            let page = q.send().await.map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+            for attrs in page.items() {
+                if let Some(item) = to_item(attrs)? {
+                    out.push(item);
+                }
+            }
+            let done = options.limit.is_some_and(|l| out.len() >= l);
+            match page.last_evaluated_key() {
+                Some(k) if !done => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        if let Some(l) = options.limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    async fn increment(
+        &self,
+        pk: &str,
+        sk: &str,
+        by: i64,
+        max: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .expression_attribute_values(":by", n(by))
+            .return_values(ReturnValue::UpdatedNew);
+        req = match expires_at {
+            Some(t) => req
+                .update_expression("ADD n :by SET #t = :t")
+                .expression_attribute_names("#t", "ttl")
+                .expression_attribute_values(":t", n(t)),
+            None => req.update_expression("ADD n :by"),
+        };
+        if let Some(max) = max {
+            req = req
+                .condition_expression("attribute_not_exists(n) OR n <= :lim")
+                .expression_attribute_values(":lim", n(max - by));
+        }
+        let out = req.send().await.map_err(|e| match e.as_service_error() {
+            Some(se) if se.is_conditional_check_failed_exception() => StoreError::ConditionFailed,
+            _ => StoreError::Backend(sdk_message(&e)),
+        })?;
+        out.attributes()
+            .and_then(|a| num(a, "n"))
+            .ok_or_else(|| StoreError::Backend("counter missing from UpdateItem result".into()))
+    }
+}

@@ -1,0 +1,79 @@
+//! keel-aws: the production adapters of Keel's ports, over the AWS SDK.
+//! Tested over the wire against moto server (tests/), Bedrock against a stub.
+
+mod bedrock;
+mod dynamodb;
+mod s3;
+mod sfn;
+mod sqs;
+
+pub use bedrock::BedrockProvider;
+pub use dynamodb::DynamoTable;
+pub use s3::S3Blobs;
+pub use sfn::StepFunctionsSaga;
+pub use sqs::SqsQueue;
+
+use keel_core::ports::QueueName;
+use keel_core::KeelError;
+use std::collections::HashMap;
+
+/// The AWS resources a function works on, named by the template's environment.
+#[derive(Clone, Debug)]
+pub struct AwsResources {
+    pub table: String,
+    pub bucket: String,
+    pub queue_urls: HashMap<QueueName, String>,
+    pub saga_arn: String,
+}
+
+impl AwsResources {
+    pub fn from_env() -> Result<Self, KeelError> {
+        let var = |k: &str| std::env::var(k).map_err(|_| KeelError::BadRequest(format!("{k} must be set")));
+        let mut queue_urls = HashMap::new();
+        queue_urls.insert(QueueName::Ingest, var("KEEL_INGEST_QUEUE_URL")?);
+        queue_urls.insert(QueueName::Audit, var("KEEL_AUDIT_QUEUE_URL")?);
+        Ok(Self { table: var("KEEL_TABLE")?, bucket: var("KEEL_BUCKET")?, queue_urls, saga_arn: var("KEEL_SAGA_ARN")? })
+    }
+}
+
+/// Loads the SDK config once (region, credentials and `AWS_ENDPOINT_URL` from the environment).
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// An S3 client; path-style addressing when a custom endpoint (moto) is set.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Flattens an SDK error, with its service error details, into a message.
+pub(crate) fn sdk_message<E: std::fmt::Debug>(e: &E) -> String {
+    let s = format!("{e:?}");
+    s.chars().take(400).collect()
+}
+
+/// Every AWS adapter a function may need, built once in `main`.
+pub struct Adapters {
+    pub sdk: aws_config::SdkConfig,
+    pub table: std::sync::Arc<DynamoTable>,
+    pub blobs: std::sync::Arc<S3Blobs>,
+    pub queue: std::sync::Arc<SqsQueue>,
+    pub saga: std::sync::Arc<StepFunctionsSaga>,
+}
+
+impl Adapters {
+    pub async fn from_env() -> Result<Self, KeelError> {
+        let resources = AwsResources::from_env()?;
+        let sdk = load_sdk_config().await;
+        Ok(Self {
+            table: std::sync::Arc::new(DynamoTable::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
+            blobs: std::sync::Arc::new(S3Blobs::new(s3_client(&sdk), resources.bucket)),
+            queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls)),
+            saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
+            sdk,
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! Who is calling: API keys (stored only as a hash), HS256 JWTs, and the
+//! `Caller` the authorizer hands to every function through its context.
+
+use crate::error::KeelError;
+use crate::ids::TenantId;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+pub const ROLE_PLATFORM_ADMIN: &str = "platform_admin";
+pub const ROLE_ADMIN: &str = "admin";
+pub const ROLE_MEMBER: &str = "member";
+pub const ROLE_APPROVER: &str = "approver";
+
+/// The authenticated caller of one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Caller {
+    /// `None` only for the platform admin.
+    pub tenant: Option<TenantId>,
+    pub principal: String,
+    pub roles: Vec<String>,
+    /// ACL groups (from the key's or token's `groups` attribute).
+    pub groups: Vec<String>,
+    /// Set by the authorizer when the tenant's rate limit is exceeded; the
+    /// function answers 429 (an HTTP API authorizer can only allow or deny).
+    #[serde(default)]
+    pub throttled: bool,
+}
+
+impl Caller {
+    pub fn platform_admin() -> Self {
+        Self {
+            tenant: None,
+            principal: ROLE_PLATFORM_ADMIN.into(),
+            roles: vec![ROLE_PLATFORM_ADMIN.into()],
+            groups: vec![],
+            throttled: false,
+        }
+    }
+
+    pub fn is_platform_admin(&self) -> bool {
+        self.tenant.is_none() && self.has_role(ROLE_PLATFORM_ADMIN)
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// The caller's tenant; tenant routes refuse the platform admin key.
+    pub fn tenant(&self) -> Result<&TenantId, KeelError> {
+        self.tenant
+            .as_ref()
+            .ok_or_else(|| KeelError::Forbidden("this route needs a tenant key, not the platform admin key".into()))
+    }
+
+    pub fn require_role(&self, role: &str) -> Result<(), KeelError> {
+        if self.has_role(role) {
+            Ok(())
+        } else {
+            Err(KeelError::Forbidden(format!("this needs the '{role}' role")))
+        }
+    }
+
+    /// Serializes into the flat string map an HTTP API authorizer context holds.
+    pub fn to_context(&self) -> HashMap<String, Value> {
+        let mut m = HashMap::new();
+        m.insert("tenant".into(), Value::from(self.tenant.as_ref().map(|t| t.as_str()).unwrap_or("")));
+        m.insert("principal".into(), Value::from(self.principal.clone()));
+        m.insert("roles".into(), Value::from(self.roles.join(",")));
+        m.insert("groups".into(), Value::from(self.groups.join(",")));
+        m.insert("throttled".into(), Value::from(self.throttled));
+        m
+    }
+
+    pub fn from_context(ctx: &HashMap<String, Value>) -> Result<Self, KeelError> {
+        let s = |k: &str| ctx.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let list = |k: &str| s(k).split(',').filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        let principal = s("principal");
+        if principal.is_empty() {
+            return Err(KeelError::Unauthorized("missing authorizer context".into()));
+        }
+        let tenant = match s("tenant").as_str() {
+            "" => None,
+            t => Some(TenantId::parse(t)?),
+        };
+        let throttled = match ctx.get("throttled") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(v)) => v == "true",
+            _ => false,
+        };
+        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups"), throttled })
+    }
+}
+
+/// A new API key for `tenant`: `keel_<tenant>_<secret>`. The tenant part only
+/// routes the lookup; the hash of the whole key is what authenticates.
+pub fn new_api_key(tenant: &TenantId) -> String {
+    let mut secret = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut secret);
+    format!("keel_{}_{}", tenant, URL_SAFE_NO_PAD.encode(secret))
+}
+
+/// A new platform admin key (no tenant part).
+pub fn new_admin_key() -> String {
+    let mut secret = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut secret);
+    format!("keel_admin_{}", URL_SAFE_NO_PAD.encode(secret))
+}
+
+/// The tenant an API key claims to belong to (not yet verified).
+pub fn api_key_tenant(key: &str) -> Option<TenantId> {
+    let rest = key.strip_prefix("keel_")?;
+    let (tenant, secret) = rest.rsplit_once('_')?;
+    if secret.len() < 16 {
+        return None;
+    }
+    TenantId::parse(tenant).ok()
+}
+
+/// What is stored for a key: its SHA-256, hex.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Constant-time comparison for secrets.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The stored record of an API key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub principal: String,
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub attributes: HashMap<String, Value>,
+    pub created_at: String,
+}
+
+/// Reads `groups` from a key's or token's attributes.
+pub fn groups_of(attributes: &HashMap<String, Value>) -> Vec<String> {
+    match attributes.get("groups") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(s)) => s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect(),
+        _ => vec![],
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub secret: String,
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// Claims Keel reads from a JWT.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JwtClaims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: Value,
+    pub exp: i64,
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    pub tenant: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Signs claims as an HS256 JWT (for tests, the demo and operators' tooling).
+pub fn sign_jwt(claims: &JwtClaims, secret: &str) -> Result<String, KeelError> {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
+        .map_err(|_| KeelError::Internal("bad JWT secret".into()))?;
+    mac.update(signing_input.as_bytes());
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())))
+}
+
+/// Verifies an HS256 JWT: algorithm, signature, issuer, audience, expiry, not-before.
+pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtClaims, KeelError> {
+    let bad = |why: &str| KeelError::Unauthorized(format!("invalid token: {why}"));
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("not a JWT"));
+    };
+    let header: Value = URL_SAFE_NO_PAD
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| bad("unreadable header"))?;
+    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        return Err(bad("only HS256 is accepted"));
+    }
+    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad("unreadable signature"))?;
+    let mut mac = HmacSha256::new_from_slice(settings.secret.as_bytes())
+        .map_err(|_| KeelError::Internal("bad JWT secret".into()))?;
+    mac.update(format!("{h}.{p}").as_bytes());
+    mac.verify_slice(&signature).map_err(|_| bad("signature mismatch"))?;
+    let claims: JwtClaims = URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| bad("unreadable claims"))?;
+    if claims.iss != settings.issuer {
+        return Err(bad("wrong issuer"));
+    }
+    let audience_ok = match &claims.aud {
+        Value::String(a) => *a == settings.audience,
+        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(settings.audience.as_str())),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(bad("wrong audience"));
+    }
+    if claims.exp <= now {
+        return Err(bad("expired"));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now) {
+        return Err(bad("not yet valid"));
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> JwtSettings {
+        JwtSettings { secret: "s3cret".into(), issuer: "https://idp".into(), audience: "keel".into() }
+    }
+
+    fn claims() -> JwtClaims {
+        JwtClaims {
+            sub: "ann".into(),
+            iss: "https://idp".into(),
+            aud: Value::from("keel"),
+            exp: 2_000,
+            nbf: None,
+            tenant: "acme".into(),
+            roles: vec!["member".into()],
+            groups: vec!["eng".into()],
+        }
+    }
+
+    #[test]
+    fn jwt_round_trip_and_every_check() {
+        let token = sign_jwt(&claims(), "s3cret").unwrap();
+        assert_eq!(verify_jwt(&token, &settings(), 1_000).unwrap(), claims());
+        assert!(verify_jwt(&token, &settings(), 2_000).is_err(), "expired");
+        let other = sign_jwt(&claims(), "other").unwrap();
+        assert!(verify_jwt(&other, &settings(), 1_000).is_err(), "forged signature");
+        let mut c = claims();
+        c.iss = "evil".into();
+        assert!(verify_jwt(&sign_jwt(&c, "s3cret").unwrap(), &settings(), 1_000).is_err());
+        let mut c = claims();
+        c.aud = Value::from(vec!["x", "keel"]);
+        assert!(verify_jwt(&sign_jwt(&c, "s3cret").unwrap(), &settings(), 1_000).is_ok());
+        c.aud = Value::from("x");
+        assert!(verify_jwt(&sign_jwt(&c, "s3cret").unwrap(), &settings(), 1_000).is_err());
+        // alg=none with the same payload is refused.
+        let parts: Vec<&str> = token.split('.').collect();
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), parts[1]);
+        assert!(verify_jwt(&none, &settings(), 1_000).is_err());
+        assert!(verify_jwt("garbage", &settings(), 1_000).is_err());
+    }
+
+    #[test]
+    fn api_keys_route_by_tenant_and_hash() {
+        let t = TenantId::parse("acme-co").unwrap();
+        let key = new_api_key(&t);
+        assert_eq!(api_key_tenant(&key), Some(t));
+        assert_ne!(hash_api_key(&key), key);
+        assert_eq!(api_key_tenant("keel_acme_short"), None);
+        assert_eq!(api_key_tenant("nope"), None);
+        assert!(secrets_equal("abc", "abc") && !secrets_equal("abc", "abd") && !secrets_equal("a", "ab"));
+    }
+
+    #[test]
+    fn caller_context_round_trip() {
+        let c = Caller {
+            tenant: Some(TenantId::parse("acme").unwrap()),
+            principal: "ann".into(),
+            roles: vec!["member".into(), "approver".into()],
+            groups: vec!["eng".into()],
+            throttled: true,
+        };
+        assert_eq!(Caller::from_context(&c.to_context()).unwrap(), c);
+        let admin = Caller::platform_admin();
+        assert!(Caller::from_context(&admin.to_context()).unwrap().is_platform_admin());
+        assert!(Caller::from_context(&HashMap::new()).is_err());
+    }
+}

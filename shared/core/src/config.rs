@@ -1,0 +1,122 @@
+//! One config, read and validated once at init. Every function's `main` and
+//! the local stack build it from the environment; a bad value fails start-up
+//! with a message naming the variable.
+
+use crate::auth::JwtSettings;
+use crate::error::KeelError;
+
+/// Which model answers `/v1/ask` once evidence is found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelChoice {
+    /// In-function extractive answers from the evidence (no hosted model).
+    Extractive,
+    /// Bedrock `Converse` with this model id and its prices (USD per 1,000 tokens).
+    Bedrock { model_id: String, usd_per_1k_input: f64, usd_per_1k_output: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The platform admin key (`KEEL_ADMIN_KEY`).
+    pub admin_key: String,
+    /// HS256 JWTs are accepted when a secret is configured.
+    pub jwt: Option<JwtSettings>,
+    /// How long a warm authorizer trusts a cached tenant record.
+    pub tenant_cache_secs: u64,
+    /// Rate limit given to new tenants (requests per minute).
+    pub default_rate_limit_per_minute: i64,
+    /// Largest document body accepted by `PUT /v1/documents/{id}`.
+    pub document_body_limit: usize,
+    pub model: ModelChoice,
+    pub model_max_tokens: u32,
+    /// Share of the question's content terms the best evidence must contain; below it, refuse.
+    pub min_evidence_coverage: f32,
+    /// Timeout for a connector call of a governed action.
+    pub connector_timeout_ms: u64,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, KeelError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, KeelError> {
+        let admin_key = get("KEEL_ADMIN_KEY").filter(|k| k.len() >= 16).ok_or_else(|| {
+            KeelError::BadRequest("KEEL_ADMIN_KEY must be set to a secret of at least 16 characters".into())
+        })?;
+        let jwt = match get("KEEL_JWT_SECRET").filter(|s| !s.is_empty()) {
+            Some(secret) => Some(JwtSettings {
+                secret,
+                issuer: get("KEEL_JWT_ISSUER").ok_or_else(|| missing("KEEL_JWT_ISSUER"))?,
+                audience: get("KEEL_JWT_AUDIENCE").unwrap_or_else(|| "keel".into()),
+            }),
+            None => None,
+        };
+        let model = match get("KEEL_MODEL_PROVIDER").as_deref() {
+            None | Some("") | Some("extractive") => ModelChoice::Extractive,
+            // Prices have no default: a wrong one would misreport every cost.
+            Some("bedrock") => ModelChoice::Bedrock {
+                model_id: get("KEEL_BEDROCK_MODEL_ID").ok_or_else(|| missing("KEEL_BEDROCK_MODEL_ID"))?,
+                usd_per_1k_input: required_number(&get, "KEEL_BEDROCK_USD_PER_1K_INPUT")?,
+                usd_per_1k_output: required_number(&get, "KEEL_BEDROCK_USD_PER_1K_OUTPUT")?,
+            },
+            Some(other) => {
+                return Err(KeelError::BadRequest(format!(
+                    "KEEL_MODEL_PROVIDER={other:?} is not one of: extractive, bedrock"
+                )))
+            }
+        };
+        Ok(Self {
+            admin_key,
+            jwt,
+            tenant_cache_secs: number(&get, "KEEL_TENANT_CACHE_SECS", 5)?,
+            default_rate_limit_per_minute: number(&get, "KEEL_DEFAULT_RATE_LIMIT", 600)?,
+            document_body_limit: number(&get, "KEEL_DOCUMENT_BODY_LIMIT", 1024 * 1024)?,
+            model,
+            model_max_tokens: number(&get, "KEEL_MODEL_MAX_TOKENS", 512)?,
+            min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", 0.5)?,
+            connector_timeout_ms: number(&get, "KEEL_CONNECTOR_TIMEOUT_MS", 5_000)?,
+        })
+    }
+}
+
+fn missing(var: &str) -> KeelError {
+    KeelError::BadRequest(format!("{var} must be set"))
+}
+
+fn required_number(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<f64, KeelError> {
+    get(var).ok_or_else(|| missing(var))?;
+    number(get, var, 0.0)
+}
+
+fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, var: &str, default: T) -> Result<T, KeelError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| KeelError::BadRequest(format!("{var}={v:?} is not a valid number"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, KeelError> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn validates_and_names_the_variable() {
+        assert!(from(&[]).unwrap_err().to_string().contains("KEEL_ADMIN_KEY"));
+        let ok = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef")]).unwrap();
+        assert_eq!(ok.model, ModelChoice::Extractive);
+        let bad = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_TENANT_CACHE_SECS", "x")]);
+        assert!(bad.unwrap_err().to_string().contains("KEEL_TENANT_CACHE_SECS"));
+        let bedrock = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODEL_PROVIDER", "bedrock")]);
+        assert!(bedrock.unwrap_err().to_string().contains("KEEL_BEDROCK_MODEL_ID"));
+        let jwt = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_JWT_SECRET", "s")]);
+        assert!(jwt.unwrap_err().to_string().contains("KEEL_JWT_ISSUER"));
+    }
+}

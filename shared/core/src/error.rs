@@ -1,0 +1,90 @@
+//! Typed errors, mapped to HTTP once (in `http::ApiResponse::from_error`).
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KeelError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Schema-invalid input; `path` is the JSON pointer of the failing value.
+    #[error("{message} (at {path})")]
+    Unprocessable { path: String, message: String },
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl KeelError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
+            Self::PayloadTooLarge(_) => 413,
+            Self::Unprocessable { .. } => 422,
+            Self::TooManyRequests(_) => 429,
+            Self::Unavailable(_) => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unprocessable { .. } => "invalid_arguments",
+            Self::TooManyRequests(_) => "too_many_requests",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether a queue consumer or saga step should retry this error.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Internal(_) | Self::TooManyRequests(_))
+    }
+}
+
+/// Errors of the storage ports.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A conditional write lost: the item exists, is missing, or moved on.
+    #[error("condition failed")]
+    ConditionFailed,
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for KeelError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ConditionFailed => KeelError::Conflict("concurrent update; retry".into()),
+            StoreError::Backend(m) => KeelError::Unavailable(format!("storage unavailable: {m}")),
+        }
+    }
+}
+
+impl From<serde_json::Error> for KeelError {
+    fn from(e: serde_json::Error) -> Self {
+        KeelError::Internal(format!("corrupt stored record: {e}"))
+    }
+}

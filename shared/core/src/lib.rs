@@ -1,0 +1,18 @@
+//! keel-core: domain types, ports, policies, errors and config shared by every
+//! Keel function. No AWS SDK and no ONNX Runtime in here: adapters live in
+//! keel-aws (production) and keel-local (embedded).
+
+pub mod auth;
+pub mod chain;
+pub mod chunking;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod ports;
+pub mod tenants;
+pub mod text;
+pub mod time;
+
+pub use error::{KeelError, StoreError};
+pub use ids::TenantId;

@@ -1,0 +1,170 @@
+//! Ports: the small traits every function talks to storage, queues, the saga
+//! and models through. Each has an AWS adapter (keel-aws) and an embedded one
+//! (keel-local), and one contract test suite (tests/) runs against both.
+
+use crate::error::StoreError;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// One item of the single table. `data` is the record, `version` counts its
+/// writes (optimistic concurrency), `counter` is an atomic counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub pk: String,
+    pub sk: String,
+    pub data: Value,
+    pub version: u64,
+    pub counter: i64,
+    /// Epoch seconds after which the item is gone (TTL).
+    pub expires_at: Option<i64>,
+}
+
+/// What must hold for a write to happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    /// The item must not exist (create only).
+    NotExists,
+    /// The item must exist at exactly this version.
+    Version(u64),
+}
+
+/// One write of an atomic group.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub pk: String,
+    pub sk: String,
+    pub data: Value,
+    pub expires_at: Option<i64>,
+    pub condition: Condition,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct QueryOptions {
+    pub limit: Option<usize>,
+    /// Newest-first order of sort keys.
+    pub descending: bool,
+}
+
+/// The single table (DynamoDB in AWS, a SQLite file locally). Every `pk`
+/// begins with `T#<tenant>`; expired items are never returned.
+#[async_trait]
+pub trait Table: Send + Sync {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError>;
+    /// Writes `data` and bumps the version; returns the new version.
+    async fn put(&self, write: Write) -> Result<u64, StoreError>;
+    /// Applies all writes or none; any failed condition fails the group.
+    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError>;
+    /// Items of `pk` whose sort key begins with `sk_prefix`, in sort-key order.
+    async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError>;
+    /// Atomically adds `by` to the item's counter and returns the new value.
+    /// With `max`, fails with `ConditionFailed` instead of passing it.
+    async fn increment(
+        &self,
+        pk: &str,
+        sk: &str,
+        by: i64,
+        max: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<i64, StoreError>;
+}
+
+/// The blob store (S3 in AWS, a directory locally). Keys begin `tenants/<tenant>/`.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Keys under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// The queues Keel's functions are chained by: a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueName {
+    /// Document changes for `retrieval` (producers and S3 events).
+    Ingest,
+    /// Decision events for `audit`.
+    Audit,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 2] = [QueueName::Ingest, QueueName::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Ingest => "ingest",
+            QueueName::Audit => "audit",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueMessage {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+    pub attributes: HashMap<String, String>,
+    /// How often this message has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// A durable work queue (SQS in AWS, a SQLite table locally).
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError>;
+    /// Up to `max` visible messages; they stay hidden until acked or their visibility times out.
+    async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError>;
+    async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecutionStatus {
+    Running,
+    Succeeded(Value),
+    Failed { error: String, cause: String },
+}
+
+/// The action saga (Step Functions in AWS, an in-process ASL executor locally).
+#[async_trait]
+pub trait Saga: Send + Sync {
+    /// Starts an execution named `name`. Starting the same name again with the
+    /// same input returns the same execution: a retry never runs a saga twice.
+    async fn start(&self, name: &str, input: Value) -> Result<String, StoreError>;
+    async fn status(&self, execution_id: &str) -> Result<ExecutionStatus, StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRequest {
+    pub model: String,
+    pub system: String,
+    pub user: String,
+    pub max_tokens: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelResponse {
+    pub text: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model throttled: {0}")]
+    Throttled(String),
+    #[error("model unavailable: {0}")]
+    Unavailable(String),
+    #[error("model rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// A hosted text generator (Bedrock `Converse`, …).
+#[async_trait]
+pub trait ModelProvider: Send + Sync {
+    async fn generate(&self, request: ModelRequest) -> Result<ModelResponse, ModelError>;
+}

@@ -1,0 +1,96 @@
+//! The tenant registry and API keys, stored in the single table.
+
+use crate::auth::{hash_api_key, ApiKeyRecord};
+use crate::error::KeelError;
+use crate::ids::TenantId;
+use crate::ports::{Condition, Table, Write};
+use serde::{Deserialize, Serialize};
+
+pub const TENANT_SK: &str = "TENANT";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+/// How far actions may run without a human click (the kill switch drops to `SuggestOnly`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Autonomy {
+    SuggestOnly,
+    OneClick,
+    Unattended,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub plan: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    pub status: TenantStatus,
+    /// Requests per minute across the tenant.
+    pub rate_limit_per_minute: i64,
+    pub autonomy: Autonomy,
+    /// Redact PII from stored text and answers.
+    #[serde(default)]
+    pub redact_pii: bool,
+    pub created_at: String,
+}
+
+pub async fn get_tenant(table: &dyn Table, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
+    match table.get(&tenant.pk(), TENANT_SK).await? {
+        Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
+        None => Ok(None),
+    }
+}
+
+/// Writes the tenant record under `condition` (create: `NotExists`; update: `Version`).
+pub async fn put_tenant(table: &dyn Table, tenant: &Tenant, condition: Condition) -> Result<(), KeelError> {
+    table
+        .put(Write {
+            pk: tenant.id.pk(),
+            sk: TENANT_SK.into(),
+            data: serde_json::to_value(tenant)?,
+            expires_at: None,
+            condition,
+        })
+        .await?;
+    Ok(())
+}
+
+pub fn key_sk(key_hash: &str) -> String {
+    format!("KEY#{key_hash}")
+}
+
+pub async fn put_api_key(table: &dyn Table, tenant: &TenantId, key: &str, record: &ApiKeyRecord) -> Result<(), KeelError> {
+    table
+        .put(Write {
+            pk: tenant.pk(),
+            sk: key_sk(&hash_api_key(key)),
+            data: serde_json::to_value(record)?,
+            expires_at: None,
+            condition: Condition::NotExists,
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn get_api_key(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
+    match table.get(&tenant.pk(), &key_sk(&hash_api_key(key))).await? {
+        Some(item) => Ok(Some(serde_json::from_value(item.data)?)),
+        None => Ok(None),
+    }
+}
+
+/// Loads the tenant and fails unless it exists and is active.
+pub async fn require_active(table: &dyn Table, tenant: &TenantId) -> Result<Tenant, KeelError> {
+    match get_tenant(table, tenant).await? {
+        Some((t, _)) if t.status == TenantStatus::Active => Ok(t),
+        Some(_) => Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
+        None => Err(KeelError::NotFound(format!("tenant {tenant} does not exist"))),
+    }
+}
