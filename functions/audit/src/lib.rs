@@ -1,0 +1,188 @@
+//! audit: appends decision events to each tenant's hash chain (a conditional
+//! write per entry, so the chain can neither fork nor gap, and a replayed
+//! event is appended once), serves decisions, verifies and exports the chain,
+//! and reports usage.
+
+use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
+use keel_core::http::{not_found, ApiRequest, ApiResponse};
+use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::ports::{BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
+use keel_core::time::{current_month, now_rfc3339};
+use keel_core::{KeelError, StoreError};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Attempts to win the next sequence number against concurrent appenders.
+const APPEND_ATTEMPTS: usize = 20;
+
+pub struct Audit {
+    table: Arc<dyn Table>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+fn entry_sk(seq: u64) -> String {
+    format!("AUDIT#{seq:012}")
+}
+
+fn pointer_sk(decision_id: &str, event_id: &str) -> String {
+    format!("DECISION#{decision_id}#{event_id}")
+}
+
+impl Audit {
+    pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self { table, blobs }
+    }
+
+    /// Consumes audit-queue messages; returns the ids of those to retry.
+    pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {
+        let mut failed = Vec::new();
+        for m in messages {
+            let result = async {
+                let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
+                let event: DecisionEvent = serde_json::from_str(&m.body)
+                    .map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
+                self.append(&tenant, event).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(message_id = %m.message_id, error = %e, "audit message failed");
+                failed.push(m.message_id.clone());
+            }
+        }
+        failed
+    }
+
+    /// Appends one event; an event already in the chain is not appended again.
+    pub async fn append(&self, tenant: &TenantId, event: DecisionEvent) -> Result<Option<u64>, KeelError> {
+        let pointer = pointer_sk(&event.decision_id, &event.event_id);
+        for _ in 0..APPEND_ATTEMPTS {
+            if self.table.get(&tenant.pk(), &pointer).await?.is_some() {
+                return Ok(None);
+            }
+            let head = self.head(tenant).await?;
+            let entry = next_entry(head.as_ref(), now_rfc3339(), event.clone());
+            let writes = vec![
+                Write {
+                    pk: tenant.pk(),
+                    sk: entry_sk(entry.seq),
+                    data: serde_json::to_value(&entry)?,
+                    expires_at: None,
+                    condition: Condition::NotExists,
+                },
+                Write {
+                    pk: tenant.pk(),
+                    sk: pointer.clone(),
+                    data: json!({"seq": entry.seq}),
+                    expires_at: None,
+                    condition: Condition::NotExists,
+                },
+            ];
+            match self.table.put_all(writes).await {
+                Ok(()) => return Ok(Some(entry.seq)),
+                // Another writer took this sequence number (or recorded this event): look again.
+                Err(StoreError::ConditionFailed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeelError::Unavailable("audit chain is contended; retry".into()))
+    }
+
+    async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
+        let last = self
+            .table
+            .query(&tenant.pk(), "AUDIT#", QueryOptions { limit: Some(1), descending: true })
+            .await?;
+        last.into_iter().next().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).transpose()
+    }
+
+    async fn entries(&self, tenant: &TenantId) -> Result<Vec<ChainEntry>, KeelError> {
+        let items = self.table.query(&tenant.pk(), "AUDIT#", QueryOptions::default()).await?;
+        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
+    }
+
+    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
+        let tenant = req.caller()?.tenant()?.clone();
+        match (req.method.as_str(), req.segments().as_slice()) {
+            ("GET", ["v1", "decisions", id]) => self.decision(&tenant, &parse_path_id("decision", id)?).await,
+            ("POST", ["v1", "audit", "verify"]) => self.verify(&tenant).await,
+            ("GET", ["v1", "audit", "export"]) => {
+                self.export(&tenant, req.query.get("from").map(String::as_str), req.query.get("to").map(String::as_str))
+                    .await
+            }
+            ("GET", ["v1", "usage"]) => self.usage(&tenant).await,
+            _ => Err(not_found(&req)),
+        }
+    }
+
+    async fn decision(&self, tenant: &TenantId, id: &str) -> Result<ApiResponse, KeelError> {
+        let pointers = self.table.query(&tenant.pk(), &format!("DECISION#{id}#"), QueryOptions::default()).await?;
+        let mut seqs: Vec<u64> = pointers.iter().filter_map(|p| p.data["seq"].as_u64()).collect();
+        seqs.sort_unstable();
+        let mut events = Vec::new();
+        for seq in seqs {
+            if let Some(item) = self.table.get(&tenant.pk(), &entry_sk(seq)).await? {
+                events.push(serde_json::from_value::<ChainEntry>(item.data)?);
+            }
+        }
+        if events.is_empty() {
+            return Err(KeelError::NotFound(format!("decision {id} not found")));
+        }
+        Ok(ApiResponse::ok(&json!({"decision_id": id, "events": events})))
+    }
+
+    /// Verifies the chain and that every recorded decision still has its entry
+    /// (which catches a deleted last entry too).
+    async fn verify(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+        let entries = self.entries(tenant).await?;
+        let mut problems = verify_chain(&entries);
+        let pointers = self.table.query(&tenant.pk(), "DECISION#", QueryOptions::default()).await?;
+        for p in pointers {
+            let seq = p.data["seq"].as_u64().unwrap_or(0);
+            let event_id = p.sk.rsplit('#').next().unwrap_or("");
+            let found = entries.iter().any(|e| e.seq == seq && e.event.event_id == event_id);
+            if !found {
+                problems.push(keel_core::chain::ChainProblem { seq, problem: format!("entry of event {event_id} is missing or replaced") });
+            }
+        }
+        Ok(ApiResponse::ok(&json!({
+            "ok": problems.is_empty(),
+            "entries": entries.len(),
+            "head": entries.last().map(|e| &e.hash),
+            "problems": problems,
+        })))
+    }
+
+    /// JSON Lines of the entries recorded in `[from, to)` (RFC 3339), also archived to the blob store.
+    async fn export(&self, tenant: &TenantId, from: Option<&str>, to: Option<&str>) -> Result<ApiResponse, KeelError> {
+        for bound in [from, to].into_iter().flatten() {
+            chrono::DateTime::parse_from_rfc3339(bound)
+                .map_err(|_| KeelError::BadRequest(format!("{bound:?} is not an RFC 3339 timestamp")))?;
+        }
+        let mut lines = String::new();
+        for e in self.entries(tenant).await? {
+            if from.is_some_and(|f| e.recorded_at.as_str() < f) || to.is_some_and(|t| e.recorded_at.as_str() >= t) {
+                continue;
+            }
+            lines.push_str(&serde_json::to_string(&e)?);
+            lines.push('\n');
+        }
+        let key = tenant.blob_key(&format!("exports/{}.jsonl", now_rfc3339()));
+        self.blobs.put(&key, lines.clone().into_bytes()).await?;
+        let mut response = ApiResponse::text(200, "application/x-ndjson", lines);
+        response.headers.push(("x-keel-export-key".into(), key));
+        Ok(response)
+    }
+
+    async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+        let month = current_month();
+        let items = self.table.query(&tenant.pk(), &format!("USAGE#{month}#"), QueryOptions::default()).await?;
+        let mut usage = serde_json::Map::new();
+        for item in items {
+            if let Some(name) = item.sk.rsplit('#').next() {
+                usage.insert(name.to_string(), Value::from(item.counter));
+            }
+        }
+        let cost = usage.get("cost_micro_usd").and_then(Value::as_i64).unwrap_or(0) as f64 / 1e6;
+        Ok(ApiResponse::ok(&json!({"period": month, "counters": usage, "cost_usd": cost})))
+    }
+}

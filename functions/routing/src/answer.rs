@@ -44,12 +44,14 @@ pub fn evidence_coverage(question: &str, evidence: &[SearchHit]) -> f32 {
 /// followed by its citation marker `[n]`.
 pub fn extractive_answer(question: &str, evidence: &[SearchHit]) -> Answer {
     let wanted: HashSet<String> = content_terms(question).into_iter().collect();
+    // A sentence must share a third of the question's terms (at least one) to be quoted.
+    let min_overlap = (wanted.len() / 3).max(1);
     let mut scored = Vec::new();
     for (ei, hit) in evidence.iter().enumerate() {
         for (pos, (s, e)) in sentence_spans(&hit.text).into_iter().enumerate() {
             let sentence = &hit.text[s..e];
             let overlap = content_terms(sentence).iter().filter(|t| wanted.contains(*t)).count();
-            if overlap > 0 {
+            if overlap >= min_overlap {
                 // Better overlap first, then better-ranked evidence, then reading order.
                 scored.push((std::cmp::Reverse(overlap), ei, pos, sentence.to_string()));
             }

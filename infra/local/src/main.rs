@@ -1,1 +1,95 @@
-fn main() {}
+//! `keel-local serve|demo`: the local stack (see README.md).
+
+use keel_core::config::Config;
+use keel_core::KeelError;
+use keel_local::{demo, Stack, StackOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR]";
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel-local: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(std::env::args().skip(1).collect())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-local: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn tracing_subscriber_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(args: Vec<String>) -> Result<(), KeelError> {
+    let mut port = 8080u16;
+    let mut data_dir = PathBuf::from(".keel");
+    let command = args.first().cloned().unwrap_or_default();
+    let mut rest = args.iter().skip(1);
+    while let Some(flag) = rest.next() {
+        let value = rest.next().ok_or_else(|| KeelError::BadRequest(format!("{flag} needs a value\n{USAGE}")))?;
+        match flag.as_str() {
+            "--port" => port = value.parse().map_err(|_| KeelError::BadRequest(format!("bad port {value:?}")))?,
+            "--data-dir" => data_dir = PathBuf::from(value),
+            _ => return Err(KeelError::BadRequest(format!("unknown flag {flag}\n{USAGE}"))),
+        }
+    }
+    match command.as_str() {
+        "serve" => {
+            let stack = start(&data_dir, port).await?;
+            println!("Keel local stack on {} (data in {})", stack.url(), data_dir.display());
+            stack.run_until_ctrl_c().await;
+            Ok(())
+        }
+        "demo" => {
+            let stack = start(&data_dir, 0).await?;
+            println!("Keel local stack on {} (data in {})", stack.url(), data_dir.display());
+            let client = demo::Client::new(stack.url());
+            let result = demo::run(&client, &stack.admin_key, || stack.settle(Duration::from_secs(10))).await;
+            stack.stop().await;
+            result
+        }
+        _ => Err(KeelError::BadRequest(USAGE.into())),
+    }
+}
+
+/// Reads the config from the environment; the admin key comes from
+/// `KEEL_ADMIN_KEY`, or is generated on first start and kept in the data dir.
+async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| KeelError::Internal(format!("{}: {e}", data_dir.display())))?;
+    let admin_key = match std::env::var("KEEL_ADMIN_KEY") {
+        Ok(k) => k,
+        Err(_) => {
+            let path = data_dir.join("admin.key");
+            match std::fs::read_to_string(&path) {
+                Ok(k) => k.trim().to_string(),
+                Err(_) => {
+                    let k = keel_core::auth::new_admin_key();
+                    std::fs::write(&path, &k).map_err(|e| KeelError::Internal(format!("{}: {e}", path.display())))?;
+                    println!("Generated the platform admin key (saved in {}):\n  {k}", path.display());
+                    k
+                }
+            }
+        }
+    };
+    let config = Config::from_lookup(|k| if k == "KEEL_ADMIN_KEY" { Some(admin_key.clone()) } else { std::env::var(k).ok() })?;
+    Stack::start(StackOptions {
+        data_dir: data_dir.to_path_buf(),
+        port,
+        config,
+        retry_interval_scale: 1.0,
+        queue_visibility: Duration::from_secs(5),
+        max_receives: 3,
+    })
+    .await
+}

@@ -1,0 +1,359 @@
+//! An in-process executor of the Amazon States Language subset Keel's saga
+//! uses: Pass, Task (`lambda:invoke`, with Retry and Catch), Choice, Succeed
+//! and Fail; Parameters with `.$` paths, InputPath, ResultPath, OutputPath.
+//! `LocalSaga` runs `infra/statemachines/*.asl.json` with it, durably: every
+//! execution is recorded in SQLite and resumed after a restart (steps are
+//! idempotent, so re-running one is safe).
+
+use crate::sqlite::Db;
+use async_trait::async_trait;
+use keel_core::ports::{ExecutionStatus, Saga};
+use keel_core::StoreError;
+use rusqlite::{params, OptionalExtension};
+use serde_json::{json, Map, Value};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// A task failure as Step Functions names it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskFailure {
+    pub error: String,
+    pub cause: String,
+}
+
+/// Runs a Task state's resource (a Lambda function, locally in-process).
+#[async_trait]
+pub trait TaskRunner: Send + Sync {
+    async fn invoke(&self, function: &str, payload: Value) -> Result<Value, TaskFailure>;
+}
+
+fn fail(error: &str, cause: impl Into<String>) -> TaskFailure {
+    TaskFailure { error: error.into(), cause: cause.into() }
+}
+
+/// Reads `$`, `$.a.b` from a document.
+fn read_path(doc: &Value, path: &str) -> Result<Value, TaskFailure> {
+    let rest = path.strip_prefix('$').ok_or_else(|| fail("States.Runtime", format!("bad path {path}")))?;
+    let mut cur = doc;
+    for part in rest.split('.').filter(|p| !p.is_empty()) {
+        cur = cur.get(part).ok_or_else(|| fail("States.Runtime", format!("path {path} not found in input")))?;
+    }
+    Ok(cur.clone())
+}
+
+/// Writes `value` at `$.a.b` into `doc` (`$` replaces it).
+fn write_path(doc: Value, path: &str, value: Value) -> Result<Value, TaskFailure> {
+    let parts: Vec<&str> = path.trim_start_matches('$').split('.').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Ok(value);
+    }
+    let mut doc = if doc.is_object() { doc } else { json!({}) };
+    let mut cur = &mut doc;
+    for (i, part) in parts.iter().enumerate() {
+        let obj = cur.as_object_mut().ok_or_else(|| fail("States.Runtime", format!("cannot write {path}")))?;
+        if i == parts.len() - 1 {
+            obj.insert((*part).to_string(), value);
+            break;
+        }
+        cur = obj.entry((*part).to_string()).or_insert_with(|| json!({}));
+    }
+    Ok(doc)
+}
+
+/// Resolves a Parameters template: keys ending in `.$` take their value from the input.
+fn resolve(template: &Value, input: &Value) -> Result<Value, TaskFailure> {
+    match template {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                match (k.strip_suffix(".$"), v.as_str()) {
+                    (Some(name), Some(path)) => out.insert(name.to_string(), read_path(input, path)?),
+                    _ => out.insert(k.clone(), resolve(v, input)?),
+                };
+            }
+            Ok(Value::Object(out))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+fn matches_error(list: &Value, error: &str) -> bool {
+    list.as_array()
+        .is_some_and(|l| l.iter().any(|e| e == "States.ALL" || e.as_str() == Some(error) || (e == "States.TaskFailed" && !error.starts_with("States."))))
+}
+
+fn choice_matches(rule: &Value, input: &Value) -> bool {
+    let Some(var) = rule.get("Variable").and_then(Value::as_str) else { return false };
+    let Ok(value) = read_path(input, var) else { return false };
+    if let Some(s) = rule.get("StringEquals") {
+        return &value == s;
+    }
+    if let Some(b) = rule.get("BooleanEquals") {
+        return &value == b;
+    }
+    if let Some(n) = rule.get("NumericEquals") {
+        return value.as_f64() == n.as_f64();
+    }
+    false
+}
+
+/// Runs a state machine definition to its end.
+pub async fn execute(definition: &Value, input: Value, tasks: &dyn TaskRunner, interval_scale: f64) -> Result<Value, TaskFailure> {
+    let states = definition.get("States").ok_or_else(|| fail("States.Runtime", "definition has no States"))?;
+    let mut name = definition["StartAt"].as_str().unwrap_or_default().to_string();
+    let mut data = input;
+    for _ in 0..1_000 {
+        let state = states.get(&name).ok_or_else(|| fail("States.Runtime", format!("no state {name}")))?;
+        let kind = state["Type"].as_str().unwrap_or_default();
+        let effective = match state.get("InputPath").and_then(Value::as_str) {
+            Some(p) => read_path(&data, p)?,
+            None => data.clone(),
+        };
+        let next = |state: &Value| state.get("Next").and_then(Value::as_str).map(str::to_string);
+        let result = match kind {
+            "Pass" => Ok(match state.get("Result") {
+                Some(r) => r.clone(),
+                None => match state.get("Parameters") {
+                    Some(p) => resolve(p, &effective)?,
+                    None => effective.clone(),
+                },
+            }),
+            "Succeed" => return Ok(effective),
+            "Fail" => {
+                return Err(fail(
+                    state["Error"].as_str().unwrap_or("States.Fail"),
+                    state["Cause"].as_str().unwrap_or_default(),
+                ))
+            }
+            "Choice" => {
+                let rules = state["Choices"].as_array().cloned().unwrap_or_default();
+                let target = rules
+                    .iter()
+                    .find(|r| choice_matches(r, &effective))
+                    .and_then(|r| r["Next"].as_str())
+                    .or_else(|| state["Default"].as_str())
+                    .ok_or_else(|| fail("States.NoChoiceMatched", format!("in state {name}")))?;
+                name = target.to_string();
+                continue;
+            }
+            "Task" => run_task(state, &effective, tasks, interval_scale).await,
+            other => return Err(fail("States.Runtime", format!("state type {other} is not supported locally"))),
+        };
+        match result {
+            Ok(result) => {
+                data = match state.get("ResultPath") {
+                    Some(Value::Null) => data,
+                    Some(Value::String(p)) => write_path(data, p, result)?,
+                    _ => result,
+                };
+                if let Some(p) = state.get("OutputPath").and_then(Value::as_str) {
+                    data = read_path(&data, p)?;
+                }
+            }
+            Err(failure) => {
+                let catcher = state["Catch"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| matches_error(&c["ErrorEquals"], &failure.error)));
+                let Some(catcher) = catcher else { return Err(failure) };
+                let error = json!({"Error": failure.error, "Cause": failure.cause});
+                data = match catcher.get("ResultPath").and_then(Value::as_str) {
+                    Some(p) => write_path(data, p, error)?,
+                    None => error,
+                };
+                name = catcher["Next"].as_str().unwrap_or_default().to_string();
+                continue;
+            }
+        }
+        if state.get("End").and_then(Value::as_bool) == Some(true) {
+            return Ok(data);
+        }
+        name = next(state).ok_or_else(|| fail("States.Runtime", format!("state {name} has neither Next nor End")))?;
+    }
+    Err(fail("States.Runtime", "too many transitions"))
+}
+
+async fn run_task(state: &Value, input: &Value, tasks: &dyn TaskRunner, interval_scale: f64) -> Result<Value, TaskFailure> {
+    let resource = state["Resource"].as_str().unwrap_or_default();
+    let params = match state.get("Parameters") {
+        Some(p) => resolve(p, input)?,
+        None => input.clone(),
+    };
+    let (function, payload, wrap) = if resource == "arn:aws:states:::lambda:invoke" {
+        (params["FunctionName"].as_str().unwrap_or_default().to_string(), params["Payload"].clone(), true)
+    } else {
+        (resource.to_string(), params, false)
+    };
+    let retriers = state["Retry"].as_array().cloned().unwrap_or_default();
+    let mut attempts = vec![0u32; retriers.len()];
+    loop {
+        match tasks.invoke(&function, payload.clone()).await {
+            Ok(out) => return Ok(if wrap { json!({"Payload": out, "StatusCode": 200}) } else { out }),
+            Err(failure) => {
+                let Some(i) = retriers.iter().position(|r| matches_error(&r["ErrorEquals"], &failure.error)) else {
+                    return Err(failure);
+                };
+                let r = &retriers[i];
+                let max = r["MaxAttempts"].as_u64().unwrap_or(3) as u32;
+                if attempts[i] >= max {
+                    return Err(failure);
+                }
+                let wait = r["IntervalSeconds"].as_f64().unwrap_or(1.0)
+                    * r["BackoffRate"].as_f64().unwrap_or(2.0).powi(attempts[i] as i32);
+                attempts[i] += 1;
+                tokio::time::sleep(Duration::from_secs_f64(wait * interval_scale)).await;
+            }
+        }
+    }
+}
+
+/// The saga port locally: the ASL file, run in-process, recorded in SQLite.
+#[derive(Clone)]
+pub struct LocalSaga(Arc<SagaInner>);
+
+struct SagaInner {
+    db: Db,
+    definition: Value,
+    runner: OnceLock<Arc<dyn TaskRunner>>,
+    interval_scale: f64,
+}
+
+impl LocalSaga {
+    pub fn new(db: Db, definition: Value, interval_scale: f64) -> Self {
+        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale }))
+    }
+
+    /// Connects the task runner (the tools function), which itself needs the saga.
+    pub fn connect(&self, runner: Arc<dyn TaskRunner>) {
+        let _ = self.0.runner.set(runner);
+    }
+
+    /// Restarts executions a previous process left running.
+    pub fn resume(&self) -> Result<usize, StoreError> {
+        let running: Vec<(String, String)> = self.0.db.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT name, input FROM executions WHERE status = 'RUNNING'")
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::Backend(e.to_string()))
+        })?;
+        for (name, input) in &running {
+            self.spawn(name.clone(), serde_json::from_str(input).unwrap_or(Value::Null));
+        }
+        Ok(running.len())
+    }
+
+    fn spawn(&self, name: String, input: Value) {
+        let saga = self.0.clone();
+        tokio::spawn(async move {
+            let result = match saga.runner.get() {
+                Some(runner) => execute(&saga.definition, input, runner.as_ref(), saga.interval_scale).await,
+                None => Err(fail("States.Runtime", "no task runner connected")),
+            };
+            let (status, output, error, cause) = match result {
+                Ok(out) => ("SUCCEEDED", Some(out.to_string()), None, None),
+                Err(f) => ("FAILED", None, Some(f.error), Some(f.cause)),
+            };
+            let saved = saga.db.with(|c| {
+                c.execute(
+                    "UPDATE executions SET status = ?2, output = ?3, error = ?4, cause = ?5 WHERE name = ?1",
+                    params![name, status, output, error, cause],
+                )
+                .map_err(|e| StoreError::Backend(e.to_string()))
+            });
+            if let Err(e) = saved {
+                tracing::error!(error = %e, execution = %name, "could not record saga result");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Saga for LocalSaga {
+    async fn start(&self, name: &str, input: Value) -> Result<String, StoreError> {
+        let inserted = self.0.db.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO executions (name, input, status) VALUES (?1, ?2, 'RUNNING')",
+                params![name, input.to_string()],
+            )
+            .map_err(|e| StoreError::Backend(e.to_string()))
+        })?;
+        if inserted == 1 {
+            self.spawn(name.to_string(), input);
+        }
+        Ok(name.to_string())
+    }
+
+    async fn status(&self, execution_id: &str) -> Result<ExecutionStatus, StoreError> {
+        let row: Option<(String, Option<String>, Option<String>, Option<String>)> = self.0.db.with(|c| {
+            c.query_row(
+                "SELECT status, output, error, cause FROM executions WHERE name = ?1",
+                params![execution_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| StoreError::Backend(e.to_string()))
+        })?;
+        match row {
+            None => Err(StoreError::Backend(format!("no execution {execution_id}"))),
+            Some((status, output, error, cause)) => Ok(match status.as_str() {
+                "RUNNING" => ExecutionStatus::Running,
+                "SUCCEEDED" => ExecutionStatus::Succeeded(output.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or(Value::Null)),
+                _ => ExecutionStatus::Failed { error: error.unwrap_or_default(), cause: cause.unwrap_or_default() },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Fails with `Keel.Retryable` the first `flaky` times, then echoes.
+    struct Flaky {
+        flaky: Mutex<u32>,
+        error: &'static str,
+    }
+
+    #[async_trait]
+    impl TaskRunner for Flaky {
+        async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
+            let mut left = self.flaky.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Err(fail(self.error, "boom"));
+            }
+            Ok(json!({"seen": payload}))
+        }
+    }
+
+    fn saga() -> Value {
+        serde_json::from_str(include_str!("../../statemachines/action.asl.json")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn retries_then_succeeds() {
+        let runner = Flaky { flaky: Mutex::new(2), error: "Keel.Retryable" };
+        let out = execute(&saga(), json!({"tenant": "acme", "action_id": "a1", "operation": "execute"}), &runner, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"seen": {"step": "execute", "tenant": "acme", "action_id": "a1"}}));
+    }
+
+    #[tokio::test]
+    async fn routes_compensation_and_catches_permanent_failure() {
+        let runner = Flaky { flaky: Mutex::new(0), error: "" };
+        let out = execute(&saga(), json!({"tenant": "t", "action_id": "a", "operation": "compensate"}), &runner, 0.0)
+            .await
+            .unwrap();
+        assert_eq!(out["seen"]["step"], "compensate");
+        // A non-retryable failure is caught, recorded by the `fail` step, then the execution fails.
+        let runner = Flaky { flaky: Mutex::new(1), error: "Keel.Failed" };
+        let err = execute(&saga(), json!({"tenant": "t", "action_id": "a", "operation": "execute"}), &runner, 0.0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.error, "Keel.ActionFailed");
+    }
+}

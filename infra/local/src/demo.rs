@@ -1,0 +1,229 @@
+//! `keel-local demo`: walks the whole path against a running local stack,
+//! printing each step, and fails loudly if any step does not do what it should.
+
+use keel_core::KeelError;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A small HTTP client for the local API.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self { base: base.into(), http: reqwest::Client::new() }
+    }
+
+    /// Sends a request; returns (status, JSON body or the text as a JSON string).
+    pub async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Result<(u16, Value), KeelError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| KeelError::BadRequest(e.to_string()))?;
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+}
+
+/// The demo's stand-in for a customer's system: records every call it gets.
+pub struct Connector {
+    pub url: String,
+    pub calls: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+/// Starts a refund endpoint on loopback: `POST /refunds` and `POST /refunds/cancel`.
+pub async fn start_connector() -> Result<Connector, KeelError> {
+    let calls: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let recorded = calls.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let recorded = recorded.clone();
+        async move {
+            let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let path = req.uri().path().to_string();
+            if let Ok(mut c) = recorded.lock() {
+                c.push((path.clone(), key.clone()));
+            }
+            axum::Json(json!({"ok": true, "path": path, "idempotency_key": key}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| KeelError::Internal(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| KeelError::Internal(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Connector { url: format!("http://{addr}"), calls })
+}
+
+fn step(n: &mut u32, text: &str) {
+    *n += 1;
+    println!("\n[{n:>2}] {text}");
+}
+
+fn expect(status: u16, wanted: u16, body: &Value, what: &str) -> Result<(), KeelError> {
+    if status == wanted {
+        Ok(())
+    } else {
+        Err(KeelError::Internal(format!("{what}: expected HTTP {wanted}, got {status}: {body}")))
+    }
+}
+
+fn show(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default().lines().map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Polls an action until it reaches `status`.
+async fn wait_for(client: &Client, key: &str, action_id: &str, status: &str) -> Result<Value, KeelError> {
+    for _ in 0..200 {
+        let (_, a) = client.call("GET", &format!("/v1/actions/{action_id}"), key, None).await?;
+        if a["status"] == status {
+            return Ok(a);
+        }
+        if a["status"] == "failed" {
+            return Err(KeelError::Internal(format!("action failed: {}", a["error"])));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(KeelError::Internal(format!("action {action_id} never reached {status}")))
+}
+
+/// Walks the demo flow. `settle` waits for the audit queue to drain.
+pub async fn run<F, Fut>(client: &Client, admin_key: &str, settle: F) -> Result<(), KeelError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut n = 0;
+    let tenant = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+
+    step(&mut n, &format!("Platform admin creates tenant {tenant}"));
+    let (s, t) = client
+        .call("POST", "/v1/tenants", admin_key, Some(json!({"id": tenant, "name": "Demo Co", "plan": "pro"})))
+        .await?;
+    expect(s, 201, &t, "create tenant")?;
+    println!("     status={} autonomy={} rate_limit_per_minute={}", t["status"], t["autonomy"], t["rate_limit_per_minute"]);
+
+    step(&mut n, "Keys for three principals: ann (member), bob (approver), carol (admin)");
+    let mut keys = Vec::new();
+    for (who, roles) in [("ann", json!(["member"])), ("bob", json!(["approver"])), ("carol", json!(["admin"]))] {
+        let body = json!({"principal": who, "roles": roles, "attributes": {"groups": ["staff"]}});
+        let (s, k) = client.call("POST", &format!("/v1/tenants/{tenant}/keys"), admin_key, Some(body)).await?;
+        expect(s, 201, &k, "create key")?;
+        println!("     {who}: {}… (shown once, stored as a hash)", &k["key"].as_str().unwrap_or("")[..20.min(k["key"].as_str().unwrap_or("").len())]);
+        keys.push(k["key"].as_str().unwrap_or_default().to_string());
+    }
+    let (ann, bob, carol) = (&keys[0], &keys[1], &keys[2]);
+
+    step(&mut n, "ann puts three documents");
+    let docs = [
+        ("refund-policy", "Refund policy", "Refunds are paid back to the original card within 5 business days. \
+          A refund needs the order number. Refunds over 500 euros need a manager's approval."),
+        ("shipping", "Shipping", "Orders ship within 2 days from our Lisbon warehouse. \
+          Express shipping costs 15 euros and arrives the next day."),
+        ("security", "Security handbook", "Staff rotate their passwords every 90 days. \
+          Laptops use full-disk encryption."),
+    ];
+    for (id, title, text) in docs {
+        let (s, r) = client
+            .call("PUT", &format!("/v1/documents/{id}"), ann, Some(json!({"title": title, "text": text, "acl": {"groups": ["staff"]}})))
+            .await?;
+        expect(s, 200, &r, "put document")?;
+        println!("     {id}: version {} with {} chunk(s)", r["version"], r["chunks"]);
+    }
+
+    step(&mut n, "ann searches for \"refund card\"");
+    let (s, r) = client.call("POST", "/v1/search", ann, Some(json!({"query": "refund card", "k": 3}))).await?;
+    expect(s, 200, &r, "search")?;
+    for hit in r["results"].as_array().into_iter().flatten() {
+        println!("     {} score={:.3} anchor=[{}..{}]", hit["chunk_id"], hit["score"].as_f64().unwrap_or(0.0), hit["anchor"]["start"], hit["anchor"]["end"]);
+    }
+
+    step(&mut n, "ann asks: How many days until refunds are paid back to the card?");
+    let (s, a) = client
+        .call("POST", "/v1/ask", ann, Some(json!({"question": "How many days until refunds are paid back to the card?"})))
+        .await?;
+    expect(s, 200, &a, "ask")?;
+    if a["refused"] != false || a["citations"].as_array().is_none_or(|c| c.is_empty()) {
+        return Err(KeelError::Internal(format!("expected a cited answer, got {a}")));
+    }
+    println!("     answer: {}\n     citations: {}  tier={} cost={}", a["answer"], a["citations"], a["tier"], a["cost"]);
+
+    step(&mut n, "ann asks something the documents do not cover: What is the boiling point of mercury?");
+    let (s, a) = client
+        .call("POST", "/v1/ask", ann, Some(json!({"question": "What is the boiling point of mercury?"})))
+        .await?;
+    expect(s, 200, &a, "ask")?;
+    if a["refused"] != true {
+        return Err(KeelError::Internal(format!("expected a refusal, got {a}")));
+    }
+    println!("     refused: {}", a["reason"]);
+
+    step(&mut n, "Start a refund service on loopback; carol registers the issue_refund tool (high risk, undoable)");
+    let connector = start_connector().await?;
+    let tool = json!({
+        "description": "Refund an order to the original card",
+        "input_schema": {"type": "object", "required": ["order_id", "amount"], "additionalProperties": false,
+            "properties": {"order_id": {"type": "string"}, "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}}},
+        "connector": {"url": format!("{}/refunds", connector.url)},
+        "compensation": {"url": format!("{}/refunds/cancel", connector.url)},
+        "risk": "high"
+    });
+    let (s, r) = client.call("PUT", "/v1/tools/issue_refund", carol, Some(tool)).await?;
+    expect(s, 200, &r, "register tool")?;
+    println!("     issue_refund v{} reversible={} connector={}", r["version"], r["reversible"], r["connector"]["url"]);
+
+    step(&mut n, "ann proposes a refund of 42.50 for order A-1001");
+    let proposal = json!({"tool": "issue_refund", "args": {"order_id": "A-1001", "amount": 42.5}, "idempotency_key": format!("refund-A-1001-{tenant}")});
+    let (s, p) = client.call("POST", "/v1/actions", ann, Some(proposal)).await?;
+    expect(s, 201, &p, "propose")?;
+    let action_id = p["action_id"].as_str().unwrap_or_default().to_string();
+    println!("     {action_id}: status={}\n     preview:\n{}", p["status"], show(&p["preview"]));
+
+    step(&mut n, "ann tries to approve her own action (maker-checker says no)");
+    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/approve"), ann, None).await?;
+    expect(s, 403, &r, "self-approval")?;
+    println!("     HTTP 403: {}", r["error"]["message"]);
+
+    step(&mut n, "bob approves; the saga executes it through the connector");
+    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/approve"), bob, None).await?;
+    expect(s, 200, &r, "approve")?;
+    let done = wait_for(client, ann, &action_id, "executed").await?;
+    println!("     executed: {}", done["outcome"]);
+
+    step(&mut n, "ann undoes it; the saga runs the compensation once");
+    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/undo"), ann, None).await?;
+    expect(s, 200, &r, "undo")?;
+    let undone = wait_for(client, ann, &action_id, "undone").await?;
+    println!("     undone: {}", undone["undo_outcome"]);
+    let calls = connector.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    println!("     the refund service saw: {calls:?}");
+
+    if !settle().await {
+        return Err(KeelError::Internal("the audit queue did not drain".into()));
+    }
+    step(&mut n, "ann exports the audit log (JSON Lines)");
+    let (s, export) = client.call("GET", "/v1/audit/export", ann, None).await?;
+    expect(s, 200, &export, "export")?;
+    let lines: Vec<&str> = export.as_str().unwrap_or("").lines().collect();
+    for line in &lines {
+        let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        println!("     #{} {:<22} by {:<6} hash {}…", e["seq"], e["event"]["kind"].as_str().unwrap_or(""), e["event"]["principal"].as_str().unwrap_or(""), &e["hash"].as_str().unwrap_or("")[..12.min(e["hash"].as_str().unwrap_or("").len())]);
+    }
+
+    step(&mut n, "ann verifies the hash chain");
+    let (s, v) = client.call("POST", "/v1/audit/verify", ann, None).await?;
+    expect(s, 200, &v, "verify")?;
+    if v["ok"] != true {
+        return Err(KeelError::Internal(format!("chain verification failed: {v}")));
+    }
+    println!("     ok={} entries={} head={}", v["ok"], v["entries"], v["head"]);
+    println!("\nDemo complete.");
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! Embedded adapters over one SQLite file: the table (`Table`) and the
+//! durable queues (`WorkQueue`, with visibility timeout and a dead-letter
+//! state after `max_receives`, as SQS with a redrive policy).
+
+use async_trait::async_trait;
+use keel_core::ports::{Condition, Item, QueryOptions, QueueMessage, QueueName, Table, WorkQueue, Write};
+use keel_core::time::now_secs;
+use keel_core::StoreError;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// One SQLite connection shared by the embedded adapters.
+#[derive(Clone)]
+pub struct Db(Arc<Mutex<Connection>>);
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE IF NOT EXISTS items (pk TEXT NOT NULL, sk TEXT NOT NULL, data TEXT NOT NULL,
+                 ver INTEGER NOT NULL DEFAULT 0, n INTEGER, ttl INTEGER, PRIMARY KEY (pk, sk)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+                 message_id TEXT NOT NULL, body TEXT NOT NULL, attributes TEXT NOT NULL,
+                 receives INTEGER NOT NULL DEFAULT 0, visible_at INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead, visible_at);
+             CREATE TABLE IF NOT EXISTS executions (name TEXT PRIMARY KEY, input TEXT NOT NULL,
+                 status TEXT NOT NULL, output TEXT, error TEXT, cause TEXT);",
+        )
+        .map_err(backend)?;
+        Ok(Self(Arc::new(Mutex::new(conn))))
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.0.lock().map_err(|_| backend("database lock poisoned"))?;
+        f(&mut conn)
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteTable {
+    db: Db,
+}
+
+impl SqliteTable {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+/// (version, ttl) of a live-or-expired row.
+fn current(tx: &Transaction<'_>, pk: &str, sk: &str) -> Result<Option<(u64, Option<i64>)>, StoreError> {
+    tx.query_row("SELECT ver, ttl FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
+    })
+    .optional()
+    .map_err(backend)
+}
+
+/// Checks a write's condition and performs it; returns the new version.
+fn apply(tx: &Transaction<'_>, w: &Write) -> Result<u64, StoreError> {
+    let now = now_secs();
+    let row = current(tx, &w.pk, &w.sk)?;
+    let live = row.filter(|(_, ttl)| ttl.is_none_or(|t| t > now));
+    let ok = match w.condition {
+        Condition::Always => true,
+        Condition::NotExists => live.is_none(),
+        Condition::Version(v) => live.is_some_and(|(ver, _)| ver == v),
+    };
+    if !ok {
+        return Err(StoreError::ConditionFailed);
+    }
+    let version = row.map_or(0, |(v, _)| v) + 1;
+    tx.execute(
+        "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = excluded.ver, ttl = excluded.ttl",
+        params![w.pk, w.sk, w.data.to_string(), version as i64, w.expires_at],
+    )
+    .map_err(backend)?;
+    Ok(version)
+}
+
+fn row_to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, Option<i64>, Option<i64>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn to_item(row: (String, String, String, i64, Option<i64>, Option<i64>)) -> Result<Item, StoreError> {
+    let (pk, sk, data, ver, n, ttl) = row;
+    Ok(Item {
+        pk,
+        sk,
+        data: serde_json::from_str(&data).map_err(backend)?,
+        version: ver as u64,
+        counter: n.unwrap_or(0),
+        expires_at: ttl,
+    })
+}
+
+const COLUMNS: &str = "pk, sk, data, ver, n, ttl";
+
+#[async_trait]
+impl Table for SqliteTable {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        self.db.with(|c| {
+            let row = c
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2 AND (ttl IS NULL OR ttl > ?3)"),
+                    params![pk, sk, now_secs()],
+                    row_to_item,
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(to_item).transpose()
+        })
+    }
+
+    async fn put(&self, write: Write) -> Result<u64, StoreError> {
+        self.db.with(|c| {
+            let tx = c.transaction().map_err(backend)?;
+            let v = apply(&tx, &write)?;
+            tx.commit().map_err(backend)?;
+            Ok(v)
+        })
+    }
+
+    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.db.with(|c| {
+            let tx = c.transaction().map_err(backend)?;
+            for w in &writes {
+                apply(&tx, w)?; // dropping `tx` on error rolls everything back
+            }
+            tx.commit().map_err(backend)
+        })
+    }
+
+    async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
+        self.db.with(|c| {
+            c.execute("DELETE FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk]).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
+        self.db.with(|c| {
+            let order = if options.descending { "DESC" } else { "ASC" };
+            let limit = options.limit.map_or(-1, |l| l as i64);
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND substr(sk, 1, length(?2)) = ?2
+                     AND (ttl IS NULL OR ttl > ?3) ORDER BY sk {order} LIMIT ?4"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![pk, sk_prefix, now_secs(), limit], row_to_item)
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            rows.into_iter().map(to_item).collect()
+        })
+    }
+
+    async fn increment(&self, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
+        self.db.with(|c| {
+            let tx = c.transaction().map_err(backend)?;
+            let old: Option<Option<i64>> = tx
+                .query_row("SELECT n FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let old = old.flatten();
+            if let (Some(max), Some(n)) = (max, old) {
+                if n + by > max {
+                    return Err(StoreError::ConditionFailed);
+                }
+            }
+            let new = old.unwrap_or(0) + by;
+            tx.execute(
+                "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
+                 ON CONFLICT (pk, sk) DO UPDATE SET n = excluded.n, ttl = coalesce(excluded.ttl, items.ttl)",
+                params![pk, sk, new, expires_at],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(new)
+        })
+    }
+}
+
+/// Durable local queues in the same SQLite file.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Db,
+    visibility: Duration,
+    max_receives: u32,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl SqliteQueue {
+    pub fn new(db: Db, visibility: Duration, max_receives: u32) -> Self {
+        Self { db, visibility, max_receives }
+    }
+
+    /// Bodies of the messages that went to the dead-letter state.
+    pub fn dead_letters(&self, queue: QueueName) -> Result<Vec<String>, StoreError> {
+        self.db.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT body FROM messages WHERE queue = ?1 AND dead = 1 ORDER BY id")
+                .map_err(backend)?;
+            let rows = stmt.query_map(params![queue.as_str()], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+    }
+
+    /// Messages not yet acked (in flight or waiting), dead letters excluded.
+    pub fn pending(&self, queue: QueueName) -> Result<usize, StoreError> {
+        self.db.with(|c| {
+            c.query_row("SELECT count(*) FROM messages WHERE queue = ?1 AND dead = 0", params![queue.as_str()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(backend)
+        })
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let attrs = serde_json::to_string(&attributes).map_err(backend)?;
+        self.db.with(|c| {
+            c.execute(
+                "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![queue.as_str(), message_id, body, attrs, now_ms()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })?;
+        Ok(message_id)
+    }
+
+    async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
+        let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
+        self.db.with(|c| {
+            let tx = c.transaction().map_err(backend)?;
+            let now = now_ms();
+            let rows = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT id, message_id, body, attributes, receives FROM messages
+                         WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![queue.as_str(), now, max as i64], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?))
+                    })
+                    .map_err(backend)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(backend)?;
+                rows
+            };
+            let mut out = Vec::new();
+            for (id, message_id, body, attrs, receives) in rows {
+                if receives as u32 >= max_receives {
+                    // Past the redrive limit: to the dead-letter state, as SQS moves it to the DLQ.
+                    tx.execute("UPDATE messages SET dead = 1 WHERE id = ?1", params![id]).map_err(backend)?;
+                    continue;
+                }
+                tx.execute(
+                    "UPDATE messages SET receives = receives + 1, visible_at = ?2 WHERE id = ?1",
+                    params![id, now + visibility],
+                )
+                .map_err(backend)?;
+                out.push(QueueMessage {
+                    message_id,
+                    receipt: id.to_string(),
+                    body,
+                    attributes: serde_json::from_str(&attrs).map_err(backend)?,
+                    receive_count: receives as u32 + 1,
+                });
+            }
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+    }
+
+    async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
+        let id: i64 = receipt.parse().map_err(|_| backend("bad receipt"))?;
+        self.db.with(|c| {
+            c.execute("DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()]).map_err(backend)?;
+            Ok(())
+        })
+    }
+}

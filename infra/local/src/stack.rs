@@ -1,0 +1,250 @@
+//! The local stack: wiring, HTTP server and queue drainers.
+
+use crate::asl::{LocalSaga, TaskFailure, TaskRunner};
+use crate::blobs::DirBlobs;
+use crate::sqlite::{Db, SqliteQueue, SqliteTable};
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use keel_audit::Audit;
+use keel_auth::Auth;
+use keel_core::config::Config;
+use keel_core::http::{dispatch, respond, ApiRequest, ApiResponse};
+use keel_core::ports::{QueueName, WorkQueue};
+use keel_core::KeelError;
+use keel_retrieval::Retrieval;
+use keel_routing::Routing;
+use keel_tools::{StepInput, Tools};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The largest request body the local API reads (API Gateway's own limit is 10 MB).
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+
+pub struct StackOptions {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub config: Config,
+    /// Scales the saga's retry intervals (tests use a small value).
+    pub retry_interval_scale: f64,
+    pub queue_visibility: Duration,
+    pub max_receives: u32,
+}
+
+struct Services {
+    auth: Auth,
+    retrieval: Arc<Retrieval>,
+    routing: Routing,
+    tools: Arc<Tools>,
+    audit: Audit,
+}
+
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub queue: Arc<SqliteQueue>,
+    pub table: Arc<SqliteTable>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// The tools function, as the saga's Lambda task.
+struct ToolsTask(Arc<Tools>);
+
+#[async_trait]
+impl TaskRunner for ToolsTask {
+    async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
+        let input: StepInput = serde_json::from_value(payload)
+            .map_err(|e| TaskFailure { error: "Keel.Failed".into(), cause: e.to_string() })?;
+        self.0.run_step(input).await.map_err(|e| {
+            let d = keel_lambda::task_error(&e);
+            TaskFailure { error: d.error_type, cause: d.error_message }
+        })
+    }
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Result<Self, KeelError> {
+        let io = |e: std::io::Error| KeelError::Internal(format!("{}: {e}", options.data_dir.display()));
+        std::fs::create_dir_all(&options.data_dir).map_err(io)?;
+        let db = Db::open(&options.data_dir.join("keel.sqlite3"))?;
+        let table = Arc::new(SqliteTable::new(db.clone()));
+        let blobs = Arc::new(DirBlobs::new(options.data_dir.join("blobs")));
+        let queue = Arc::new(SqliteQueue::new(db.clone(), options.queue_visibility, options.max_receives));
+        let definition: Value = serde_json::from_str(include_str!("../../statemachines/action.asl.json"))?;
+        let saga = LocalSaga::new(db, definition, options.retry_interval_scale);
+        let config = Arc::new(options.config);
+
+        let retrieval = Arc::new(Retrieval::new(table.clone(), blobs.clone(), config.document_body_limit));
+        let tools = Arc::new(Tools::new(
+            table.clone(),
+            queue.clone(),
+            Arc::new(saga.clone()),
+            Duration::from_millis(config.connector_timeout_ms),
+        )?);
+        saga.connect(Arc::new(ToolsTask(tools.clone())));
+        let resumed = saga.resume()?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resumed saga executions");
+        }
+        let services = Arc::new(Services {
+            auth: Auth::new(table.clone(), config.clone()),
+            routing: Routing::new(
+                retrieval.clone(),
+                table.clone(),
+                queue.clone(),
+                None,
+                config.min_evidence_coverage,
+                config.model_max_tokens,
+            ),
+            retrieval,
+            tools,
+            audit: Audit::new(table.clone(), blobs),
+        });
+
+        let (shutdown, stopped) = watch::channel(false);
+        for q in QueueName::ALL {
+            tokio::spawn(drain(q, queue.clone(), services.clone(), stopped.clone()));
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        let app = axum::Router::new().fallback(serve_http).with_state(services);
+        let mut stop = stopped.clone();
+        let server = tokio::spawn(async move {
+            let graceful = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+                tracing::error!(error = %e, "local API stopped");
+            }
+        });
+        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, shutdown, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until both queues are empty (dead letters aside), up to `timeout`.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let pending: usize = QueueName::ALL.iter().map(|q| self.queue.pending(*q).unwrap_or(1)).sum();
+            if pending == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+    }
+
+    /// Serves until Ctrl-C.
+    pub async fn run_until_ctrl_c(self) {
+        let _ = tokio::signal::ctrl_c().await;
+        self.stop().await;
+    }
+}
+
+/// Feeds one queue to its consumer, acking what succeeded; failures come back
+/// after the visibility timeout and go dead past `max_receives`.
+async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let batch = match store.receive(queue, 10).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "queue receive failed");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let failed = match queue {
+            QueueName::Ingest => services.retrieval.ingest(&batch).await,
+            QueueName::Audit => services.audit.consume(&batch).await,
+        };
+        for m in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
+            if let Err(e) = store.ack(queue, &m.receipt).await {
+                tracing::error!(error = %e, "queue ack failed");
+            }
+        }
+    }
+}
+
+async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body>) -> Response<Body> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            let e = KeelError::PayloadTooLarge(format!("request body exceeds {MAX_REQUEST_BYTES} bytes"));
+            return to_http(respond(Err(e), &request_id));
+        }
+    };
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri).map(|x| x.0).unwrap_or_else(|_| {
+            tracing::debug!(query = q, "unparsable query string");
+            HashMap::new()
+        }))
+        .unwrap_or_default();
+    let mut req = ApiRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query,
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
+            .collect(),
+        body,
+        request_id: request_id.clone(),
+        caller: None,
+    };
+    // The authorizer runs before every route, as in API Gateway.
+    match services.auth.authorize(&req).await {
+        Ok(caller) => req.caller = Some(caller),
+        Err(e) => return to_http(respond(Err(e), &request_id)),
+    }
+    let family = req.segments().get(1).copied().unwrap_or("").to_string();
+    let s = &services;
+    let response = match family.as_str() {
+        "tenants" => dispatch(req, |r| s.auth.handle(r)).await,
+        "documents" | "search" => dispatch(req, |r| s.retrieval.handle(r)).await,
+        "ask" => dispatch(req, |r| s.routing.handle(r)).await,
+        "tools" | "actions" => dispatch(req, |r| s.tools.handle(r)).await,
+        "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,
+        _ => respond(Err(keel_core::http::not_found(&req)), &request_id),
+    };
+    to_http(response)
+}
+
+fn to_http(response: ApiResponse) -> Response<Body> {
+    let mut out = Response::new(Body::from(response.body));
+    *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (k, v) in response.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            out.headers_mut().insert(k, v);
+        }
+    }
+    out
+}
