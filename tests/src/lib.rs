@@ -1,0 +1,34 @@
+//! Helpers for Keel's end-to-end and contract tests.
+
+use keel_core::config::Config;
+use keel_local::{Stack, StackOptions};
+use std::path::Path;
+use std::time::Duration;
+
+pub use keel_local::demo::Client;
+
+pub const ADMIN_KEY: &str = "keel_admin_test_0123456789abcdef";
+
+pub fn config(extra: &[(&str, &str)]) -> Config {
+    let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Config::from_lookup(|k| match k {
+        "KEEL_ADMIN_KEY" => Some(ADMIN_KEY.into()),
+        "KEEL_TENANT_CACHE_SECS" => Some("0".into()),
+        _ => extra.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+    })
+    .expect("test config")
+}
+
+/// A local stack on an ephemeral loopback port with fast retries.
+pub async fn start_stack(dir: &Path, config: Config) -> Stack {
+    Stack::start(StackOptions {
+        data_dir: dir.to_path_buf(),
+        port: 0,
+        config,
+        retry_interval_scale: 0.01,
+        queue_visibility: Duration::from_millis(100),
+        max_receives: 3,
+    })
+    .await
+    .expect("stack starts")
+}

@@ -17,7 +17,7 @@ impl Client {
         Self { base: base.into(), http: reqwest::Client::new() }
     }
 
-    /// Sends a request; returns (status, JSON body or the text as a JSON string).
+    /// Sends a request; returns (status, the JSON body, or any other body as a JSON string).
     pub async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Result<(u16, Value), KeelError> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| KeelError::BadRequest(e.to_string()))?;
         let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
@@ -26,8 +26,14 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
         let status = resp.status().as_u16();
+        let is_json = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
         let text = resp.text().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        let body = if is_json { serde_json::from_str(&text).unwrap_or(Value::String(text)) } else { Value::String(text) };
+        Ok((status, body))
     }
 }
 

@@ -1,0 +1,281 @@
+//! Whole flows against the local stack over loopback HTTP.
+
+use keel_core::ports::{QueueName, Table, WorkQueue};
+use keel_tests::{config, start_stack, Client, ADMIN_KEY};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+struct Tenant {
+    member: String,
+    approver: String,
+    admin: String,
+}
+
+async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
+    let mut body = json!({"id": id, "name": id});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (s, r) = c.call("POST", "/v1/tenants", ADMIN_KEY, Some(body)).await.unwrap();
+    assert_eq!(s, 201, "{r}");
+    let mut keys = Vec::new();
+    for (who, role) in [("ann", "member"), ("bob", "approver"), ("carol", "admin")] {
+        let (s, k) = c
+            .call("POST", &format!("/v1/tenants/{id}/keys"), ADMIN_KEY,
+                Some(json!({"principal": who, "roles": [role], "attributes": {"groups": ["staff"]}})))
+            .await
+            .unwrap();
+        assert_eq!(s, 201, "{k}");
+        keys.push(k["key"].as_str().unwrap().to_string());
+    }
+    Tenant { member: keys[0].clone(), approver: keys[1].clone(), admin: keys[2].clone() }
+}
+
+fn refund_tool(connector: &str) -> Value {
+    json!({"description": "refund", "risk": "high",
+        "input_schema": {"type": "object", "required": ["order_id", "amount"], "additionalProperties": false,
+            "properties": {"order_id": {"type": "string"}, "amount": {"type": "number", "maximum": 1000}}},
+        "connector": {"url": format!("{connector}/refunds")}, "compensation": {"url": format!("{connector}/refunds/cancel")}})
+}
+
+#[tokio::test]
+async fn demo_walks_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let client = Client::new(stack.url());
+    keel_local::demo::run(&client, ADMIN_KEY, || stack.settle(Duration::from_secs(10))).await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_a_cannot_reach_tenant_b_through_any_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let a = tenant(&c, "tenant-a", json!({})).await;
+    let b = tenant(&c, "tenant-b", json!({})).await;
+    let connector = keel_local::demo::start_connector().await.unwrap();
+
+    // B's secrets live in B's documents, tools and actions.
+    let (s, _) = c.call("PUT", "/v1/documents/secret", &b.member, Some(json!({"text": "Project zephyr launches in March."}))).await.unwrap();
+    assert_eq!(s, 200);
+    let (s, _) = c.call("PUT", "/v1/tools/refund", &b.admin, Some(refund_tool(&connector.url))).await.unwrap();
+    assert_eq!(s, 200);
+    let (s, act) = c
+        .call("POST", "/v1/actions", &b.member, Some(json!({"tool": "refund", "args": {"order_id": "1", "amount": 1}, "idempotency_key": "k1"})))
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{act}");
+    let b_action = act["action_id"].as_str().unwrap().to_string();
+    let (_, ask) = c.call("POST", "/v1/ask", &b.member, Some(json!({"question": "When does project zephyr launch?"}))).await.unwrap();
+    let b_decision = ask["decision_id"].as_str().unwrap().to_string();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+
+    // A, with every role it has, sees none of it.
+    for key in [&a.member, &a.approver, &a.admin] {
+        let (s, r) = c.call("POST", "/v1/search", key, Some(json!({"query": "project zephyr launches"}))).await.unwrap();
+        assert_eq!((s, r["results"].as_array().map(Vec::len)), (200, Some(0)), "{r}");
+        assert_eq!(c.call("GET", "/v1/documents/secret", key, None).await.unwrap().0, 404);
+        assert_eq!(c.call("DELETE", "/v1/documents/secret", key, None).await.unwrap().0, 404);
+        assert_eq!(c.call("GET", "/v1/tools/refund", key, None).await.unwrap().0, 404);
+        assert_eq!(c.call("GET", &format!("/v1/actions/{b_action}"), key, None).await.unwrap().0, 404);
+        for verb in ["approve", "reject", "undo"] {
+            assert_eq!(c.call("POST", &format!("/v1/actions/{b_action}/{verb}"), key, None).await.unwrap().0, 404);
+        }
+        assert_eq!(c.call("GET", &format!("/v1/decisions/{b_decision}"), key, None).await.unwrap().0, 404);
+        let (_, ask) = c.call("POST", "/v1/ask", key, Some(json!({"question": "When does project zephyr launch?"}))).await.unwrap();
+        assert_eq!(ask["refused"], true, "{ask}");
+    }
+    // Proposing with B's tool name uses A's registry (where it does not exist).
+    let (s, _) = c
+        .call("POST", "/v1/actions", &a.member, Some(json!({"tool": "refund", "args": {"order_id": "1", "amount": 1}, "idempotency_key": "k1"})))
+        .await
+        .unwrap();
+    assert_eq!(s, 404);
+    // Writing the same ids in A changes nothing in B.
+    let (s, _) = c.call("PUT", "/v1/documents/secret", &a.member, Some(json!({"text": "nothing here"}))).await.unwrap();
+    assert_eq!(s, 200);
+    let (_, r) = c.call("POST", "/v1/search", &b.member, Some(json!({"query": "zephyr"}))).await.unwrap();
+    assert_eq!(r["results"][0]["text"], "Project zephyr launches in March.");
+    // A's audit export holds none of B's events.
+    let (_, export) = c.call("GET", "/v1/audit/export", &a.member, None).await.unwrap();
+    assert!(!export.as_str().unwrap().contains(&b_decision) && !export.as_str().unwrap().contains(&b_action));
+    // A's admin cannot mint keys for B, nor change tenants; a key with B's name pasted in is refused.
+    let (s, _) = c.call("POST", "/v1/tenants/tenant-b/keys", &a.admin, Some(json!({"principal": "x", "roles": ["admin"]}))).await.unwrap();
+    assert_eq!(s, 403);
+    assert_eq!(c.call("PATCH", "/v1/tenants/tenant-b", &a.admin, Some(json!({"status": "suspended"}))).await.unwrap().0, 403);
+    let forged = a.member.replacen("tenant-a", "tenant-b", 1);
+    assert_eq!(c.call("POST", "/v1/search", &forged, Some(json!({"query": "zephyr"}))).await.unwrap().0, 401);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let http = reqwest::Client::new();
+    let url = stack.url();
+
+    // Malformed JSON: 400 with the error envelope and a request id.
+    let r = http.post(format!("{url}/v1/search")).bearer_auth(&t.member).body("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let rid = r.headers().get("x-request-id").unwrap().to_str().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert_eq!(body["error"]["request_id"], rid.as_str());
+    // Missing and forged credentials.
+    assert_eq!(http.post(format!("{url}/v1/search")).send().await.unwrap().status(), 401);
+    assert_eq!(c.call("POST", "/v1/search", "keel_acme_AAAAAAAAAAAAAAAAAAAAAAAA", Some(json!({"query": "x"}))).await.unwrap().0, 401);
+    assert_eq!(c.call("POST", "/v1/search", "a.b.c", Some(json!({"query": "x"}))).await.unwrap().0, 401);
+    // The platform admin key is not a tenant key; a member is not a platform admin.
+    assert_eq!(c.call("POST", "/v1/search", ADMIN_KEY, Some(json!({"query": "x"}))).await.unwrap().0, 403);
+    assert_eq!(c.call("POST", "/v1/tenants", &t.admin, Some(json!({"id": "evil", "name": "x"}))).await.unwrap().0, 403);
+    // Oversized document: 413, and the earlier version survives.
+    let (s, _) = c.call("PUT", "/v1/documents/d1", &t.member, Some(json!({"text": "Original text about llamas."}))).await.unwrap();
+    assert_eq!(s, 200);
+    let huge = "x ".repeat(600 * 1024);
+    let (s, r) = c.call("PUT", "/v1/documents/d1", &t.member, Some(json!({"text": huge}))).await.unwrap();
+    assert_eq!(s, 413, "{r}");
+    let (_, r) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "llamas"}))).await.unwrap();
+    assert_eq!(r["results"][0]["text"], "Original text about llamas.");
+    // Ids that could smuggle key separators are refused.
+    assert_eq!(c.call("PUT", "/v1/documents/a%23b", &t.member, Some(json!({"text": "x"}))).await.unwrap().0, 400);
+    // Tools: only admins register; schema-invalid args are 422 with the path; key reuse with other args is 409.
+    let connector = keel_local::demo::start_connector().await.unwrap();
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.member, Some(refund_tool(&connector.url))).await.unwrap().0, 403);
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund_tool(&connector.url))).await.unwrap().0, 200);
+    let propose = |args: Value, key: &str| json!({"tool": "refund", "args": args, "idempotency_key": key});
+    let (s, r) = c.call("POST", "/v1/actions", &t.member, Some(propose(json!({"order_id": "1", "amount": "ten"}), "k0"))).await.unwrap();
+    assert_eq!((s, r["error"]["path"].as_str()), (422, Some("/amount")), "{r}");
+    let (s, first) = c.call("POST", "/v1/actions", &t.member, Some(propose(json!({"order_id": "1", "amount": 10}), "k1"))).await.unwrap();
+    assert_eq!(s, 201);
+    let (s, again) = c.call("POST", "/v1/actions", &t.member, Some(propose(json!({"order_id": "1", "amount": 10}), "k1"))).await.unwrap();
+    assert_eq!((s, &again["action_id"]), (200, &first["action_id"]));
+    let (s, r) = c.call("POST", "/v1/actions", &t.member, Some(propose(json!({"order_id": "1", "amount": 11}), "k1"))).await.unwrap();
+    assert_eq!(s, 409, "{r}");
+    // Unknown routes are 404 in the envelope.
+    let (s, r) = c.call("GET", "/v1/nothing", &t.member, None).await.unwrap();
+    assert_eq!((s, r["error"]["code"].as_str()), (404, Some("not_found")));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_dead_and_the_rest_of_the_batch_is_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let attrs = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    let good = json!({"op": "put", "doc_id": "queued", "document": {"text": "Quokkas live on Rottnest island."}});
+    stack.queue.send(QueueName::Ingest, "{poison".into(), attrs.clone()).await.unwrap();
+    stack.queue.send(QueueName::Ingest, good.to_string(), attrs.clone()).await.unwrap();
+    // A message naming no tenant, or a forged one, is not applied anywhere.
+    stack.queue.send(QueueName::Ingest, good.to_string(), HashMap::new()).await.unwrap();
+    stack.queue.send(QueueName::Ingest, good.to_string(), HashMap::from([("tenant".into(), "nobody".into())])).await.unwrap();
+    assert!(stack.settle(Duration::from_secs(10)).await, "queue never drained");
+    assert_eq!(stack.queue.dead_letters(QueueName::Ingest).unwrap().len(), 3);
+    let (_, r) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "quokkas"}))).await.unwrap();
+    assert_eq!(r["results"][0]["doc_id"], "queued");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn replayed_audit_events_are_appended_once_and_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let (_, ask) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": "anything at all?"}))).await.unwrap();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let (_, d) = c.call("GET", &format!("/v1/decisions/{}", ask["decision_id"].as_str().unwrap()), &t.member, None).await.unwrap();
+    let event = d["events"][0]["event"].clone();
+    let attrs = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    for _ in 0..3 {
+        stack.queue.send(QueueName::Audit, event.to_string(), attrs.clone()).await.unwrap();
+    }
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let (_, v) = c.call("POST", "/v1/audit/verify", &t.member, None).await.unwrap();
+    assert_eq!((v["ok"].as_bool(), v["entries"].as_u64()), (Some(true), Some(1)), "{v}");
+    // Rewrite the stored entry behind Keel's back.
+    let mut item = stack.table.get("T#acme", "AUDIT#000000000001").await.unwrap().unwrap();
+    item.data["event"]["input"]["question"] = json!("something else");
+    stack
+        .table
+        .put(keel_core::ports::Write { pk: item.pk, sk: item.sk, data: item.data, expires_at: None, condition: keel_core::ports::Condition::Always })
+        .await
+        .unwrap();
+    let (_, v) = c.call("POST", "/v1/audit/verify", &t.member, None).await.unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_suspension_and_jwt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&[("KEEL_JWT_SECRET", "jwt-secret"), ("KEEL_JWT_ISSUER", "https://idp.test")]);
+    let stack = start_stack(dir.path(), cfg).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"rate_limit_per_minute": 3})).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(c.call("POST", "/v1/search", &t.member, Some(json!({"query": "x"}))).await.unwrap().0);
+    }
+    // The limit counts every request of the tenant in the current minute (key creation included none).
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
+    let (s, _) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 1000}))).await.unwrap();
+    assert_eq!(s, 200);
+    let claims = |exp: i64| keel_core::auth::JwtClaims {
+        sub: "jay".into(), iss: "https://idp.test".into(), aud: json!("keel"), exp, nbf: None,
+        tenant: "acme".into(), roles: vec!["member".into()], groups: vec![],
+    };
+    let now = keel_core::time::now_secs();
+    let token = keel_core::auth::sign_jwt(&claims(now + 60), "jwt-secret").unwrap();
+    assert_eq!(c.call("POST", "/v1/search", &token, Some(json!({"query": "x"}))).await.unwrap().0, 200);
+    let expired = keel_core::auth::sign_jwt(&claims(now - 1), "jwt-secret").unwrap();
+    assert_eq!(c.call("POST", "/v1/search", &expired, Some(json!({"query": "x"}))).await.unwrap().0, 401);
+    let forged = keel_core::auth::sign_jwt(&claims(now + 60), "not-the-secret").unwrap();
+    assert_eq!(c.call("POST", "/v1/search", &forged, Some(json!({"query": "x"}))).await.unwrap().0, 401);
+    // A suspended tenant is denied, keys and tokens alike.
+    let (s, _) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"status": "suspended"}))).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(c.call("POST", "/v1/search", &t.member, Some(json!({"query": "x"}))).await.unwrap().0, 403);
+    assert_eq!(c.call("POST", "/v1/search", &token, Some(json!({"query": "x"}))).await.unwrap().0, 403);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn acl_filters_before_ranking_and_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let (s, k) = c
+        .call("POST", "/v1/tenants/acme/keys", ADMIN_KEY, Some(json!({"principal": "fin", "roles": ["member"], "attributes": {"groups": ["finance"]}})))
+        .await
+        .unwrap();
+    assert_eq!(s, 201);
+    let finance = k["key"].as_str().unwrap().to_string();
+    for i in 0..5 {
+        let body = json!({"text": format!("Budget budget budget figures for quarter {i}."), "acl": {"groups": ["finance"]}});
+        assert_eq!(c.call("PUT", &format!("/v1/documents/fin{i}"), &t.member, Some(body)).await.unwrap().0, 200);
+    }
+    assert_eq!(c.call("PUT", "/v1/documents/pub", &t.member, Some(json!({"text": "The budget is public in summary."}))).await.unwrap().0, 200);
+    // ann (staff) gets the one public hit at k=1 even though five better-scoring chunks are hidden.
+    let (_, r) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "budget", "k": 1}))).await.unwrap();
+    assert_eq!(r["results"][0]["doc_id"], "pub", "{r}");
+    let (_, r) = c.call("POST", "/v1/search", &finance, Some(json!({"query": "budget", "k": 10}))).await.unwrap();
+    assert_eq!(r["results"].as_array().unwrap().len(), 6);
+    assert_eq!(c.call("GET", "/v1/documents/fin0", &t.member, None).await.unwrap().0, 404);
+    // Re-putting a shorter document drops its old chunks; delete removes it.
+    assert_eq!(c.call("DELETE", "/v1/documents/fin4", &finance, None).await.unwrap().0, 200);
+    stack.stop().await;
+
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let (_, r) = c.call("POST", "/v1/search", &finance, Some(json!({"query": "budget", "k": 10}))).await.unwrap();
+    assert_eq!(r["results"].as_array().unwrap().len(), 5, "{r}");
+    stack.stop().await;
+}
