@@ -206,6 +206,16 @@ async fn run_task(state: &Value, input: &Value, tasks: &dyn TaskRunner, interval
     }
 }
 
+/// The runner of a saga nobody connected: any Task state fails.
+struct NoTasks;
+
+#[async_trait]
+impl TaskRunner for NoTasks {
+    async fn invoke(&self, function: &str, _payload: Value) -> Result<Value, TaskFailure> {
+        Err(fail("States.Runtime", format!("no task runner connected for {function}")))
+    }
+}
+
 /// The saga port locally: the ASL file, run in-process, recorded in SQLite.
 #[derive(Clone)]
 pub struct LocalSaga(Arc<SagaInner>);
@@ -247,10 +257,8 @@ impl LocalSaga {
     fn spawn(&self, name: String, input: Value) {
         let saga = self.0.clone();
         tokio::spawn(async move {
-            let result = match saga.runner.get() {
-                Some(runner) => execute(&saga.definition, input, runner.as_ref(), saga.interval_scale).await,
-                None => Err(fail("States.Runtime", "no task runner connected")),
-            };
+            let runner: Arc<dyn TaskRunner> = saga.runner.get().cloned().unwrap_or_else(|| Arc::new(NoTasks));
+            let result = execute(&saga.definition, input, runner.as_ref(), saga.interval_scale).await;
             let (status, output, error, cause) = match result {
                 Ok(out) => ("SUCCEEDED", Some(out.to_string()), None, None),
                 Err(f) => ("FAILED", None, Some(f.error), Some(f.cause)),

@@ -1,0 +1,245 @@
+//! One contract suite for the storage ports, run against the embedded
+//! adapters and, over the wire, the AWS adapters against moto server
+//! (`KEEL_MOTO_ENDPOINT`, started by scripts/test.sh). Bedrock `Converse`
+//! runs against a stub HTTP server, since moto lacks it.
+
+use keel_aws::{BedrockProvider, DynamoTable, S3Blobs, SqsQueue, StepFunctionsSaga};
+use keel_core::ports::*;
+use keel_core::StoreError;
+use keel_local::blobs::DirBlobs;
+use keel_local::sqlite::{Db, SqliteQueue, SqliteTable};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn write(pk: &str, sk: &str, data: Value, condition: Condition) -> Write {
+    Write { pk: pk.into(), sk: sk.into(), data, expires_at: None, condition }
+}
+
+async fn table_contract(t: &dyn Table) {
+    let pk = format!("T#c{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(t.get(&pk, "A").await.unwrap(), None);
+    assert_eq!(t.put(write(&pk, "A", json!({"v": 1}), Condition::NotExists)).await.unwrap(), 1);
+    assert!(matches!(t.put(write(&pk, "A", json!({"v": 9}), Condition::NotExists)).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(t.put(write(&pk, "A", json!({"v": 9}), Condition::Version(7))).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.put(write(&pk, "A", json!({"v": 2}), Condition::Version(1))).await.unwrap(), 2);
+    let item = t.get(&pk, "A").await.unwrap().unwrap();
+    assert_eq!((item.data, item.version), (json!({"v": 2}), 2));
+    // An expired item is gone for reads and for create-only writes.
+    let mut expired = write(&pk, "OLD", json!(1), Condition::Always);
+    expired.expires_at = Some(keel_core::time::now_secs() - 10);
+    t.put(expired).await.unwrap();
+    assert_eq!(t.get(&pk, "OLD").await.unwrap(), None);
+    t.put(write(&pk, "OLD", json!(2), Condition::NotExists)).await.unwrap();
+    // Query: prefix, order, limit.
+    for sk in ["Q#3", "Q#1", "Q#2", "R#1"] {
+        t.put(write(&pk, sk, json!(sk), Condition::Always)).await.unwrap();
+    }
+    let sks = |items: Vec<Item>| items.into_iter().map(|i| i.sk).collect::<Vec<_>>();
+    assert_eq!(sks(t.query(&pk, "Q#", QueryOptions::default()).await.unwrap()), ["Q#1", "Q#2", "Q#3"]);
+    assert_eq!(sks(t.query(&pk, "Q#", QueryOptions { limit: Some(1), descending: true }).await.unwrap()), ["Q#3"]);
+    // Atomic group: one failed condition writes nothing.
+    let group = vec![write(&pk, "G1", json!(1), Condition::NotExists), write(&pk, "A", json!(0), Condition::NotExists)];
+    assert!(matches!(t.put_all(group).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.get(&pk, "G1").await.unwrap(), None);
+    t.put_all(vec![write(&pk, "G1", json!(1), Condition::NotExists), write(&pk, "G2", json!(2), Condition::NotExists)]).await.unwrap();
+    assert!(t.get(&pk, "G2").await.unwrap().is_some());
+    // Counters: atomic, bounded.
+    assert_eq!(t.increment(&pk, "N", 1, Some(2), None).await.unwrap(), 1);
+    assert_eq!(t.increment(&pk, "N", 1, Some(2), None).await.unwrap(), 2);
+    assert!(matches!(t.increment(&pk, "N", 1, Some(2), None).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.increment(&pk, "N", 5, None, None).await.unwrap(), 7);
+    assert_eq!(t.get(&pk, "N").await.unwrap().unwrap().counter, 7);
+    t.delete(&pk, "A").await.unwrap();
+    assert_eq!(t.get(&pk, "A").await.unwrap(), None);
+}
+
+async fn concurrent_increments(t: std::sync::Arc<dyn Table>) {
+    let pk = format!("T#c{}", uuid::Uuid::new_v4().simple());
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (t, pk) = (t.clone(), pk.clone());
+        tasks.push(tokio::spawn(async move { t.increment(&pk, "RATE", 1, Some(10), None).await.is_ok() }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += usize::from(task.await.unwrap());
+    }
+    assert_eq!(allowed, 10, "exactly the limit passes under concurrency");
+}
+
+async fn blob_contract(b: &dyn BlobStore) {
+    let prefix = format!("tenants/c{}/", uuid::Uuid::new_v4().simple());
+    assert_eq!(b.get(&format!("{prefix}missing")).await.unwrap(), None);
+    b.put(&format!("{prefix}docs/a.json"), b"A".to_vec()).await.unwrap();
+    b.put(&format!("{prefix}docs/b.json"), b"B".to_vec()).await.unwrap();
+    b.put(&format!("{prefix}other.txt"), b"O".to_vec()).await.unwrap();
+    assert_eq!(b.get(&format!("{prefix}docs/a.json")).await.unwrap(), Some(b"A".to_vec()));
+    assert_eq!(b.list(&format!("{prefix}docs/")).await.unwrap(), [format!("{prefix}docs/a.json"), format!("{prefix}docs/b.json")]);
+    b.delete(&format!("{prefix}docs/a.json")).await.unwrap();
+    b.delete(&format!("{prefix}docs/a.json")).await.unwrap();
+    assert_eq!(b.get(&format!("{prefix}docs/a.json")).await.unwrap(), None);
+}
+
+async fn queue_contract(q: &dyn WorkQueue) {
+    let attrs = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    q.send(QueueName::Audit, "one".into(), attrs.clone()).await.unwrap();
+    q.send(QueueName::Audit, "two".into(), HashMap::new()).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        for m in q.receive(QueueName::Audit, 10).await.unwrap() {
+            assert_eq!(m.receive_count, 1);
+            q.ack(QueueName::Audit, &m.receipt).await.unwrap();
+            got.push((m.body, m.attributes));
+        }
+        if got.len() == 2 {
+            break;
+        }
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, vec![("one".to_string(), attrs), ("two".to_string(), HashMap::new())]);
+    assert!(q.receive(QueueName::Audit, 10).await.unwrap().is_empty(), "acked messages are gone");
+}
+
+/// A Pass-only machine: starting the same name twice is one execution.
+async fn saga_contract(s: &dyn Saga) {
+    let name = format!("c{}", uuid::Uuid::new_v4().simple());
+    let id = s.start(&name, json!({"x": 1})).await.unwrap();
+    assert_eq!(s.start(&name, json!({"x": 1})).await.unwrap(), id);
+    for _ in 0..100 {
+        match s.status(&id).await.unwrap() {
+            ExecutionStatus::Running => tokio::time::sleep(Duration::from_millis(50)).await,
+            ExecutionStatus::Succeeded(out) => {
+                assert_eq!(out, json!({"x": 1, "seen": true}));
+                return;
+            }
+            other => panic!("saga failed: {other:?}"),
+        }
+    }
+    panic!("saga never finished");
+}
+
+const PASS_MACHINE: &str = r#"{"StartAt": "Mark", "States": {"Mark": {"Type": "Pass", "Result": true, "ResultPath": "$.seen", "End": true}}}"#;
+
+#[tokio::test]
+async fn embedded_adapters_meet_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let table = std::sync::Arc::new(SqliteTable::new(db.clone()));
+    table_contract(table.as_ref()).await;
+    concurrent_increments(table).await;
+    blob_contract(&DirBlobs::new(dir.path().join("blobs"))).await;
+    queue_contract(&SqliteQueue::new(db.clone(), Duration::from_secs(30), 3)).await;
+    let saga = keel_local::asl::LocalSaga::new(db, serde_json::from_str(PASS_MACHINE).unwrap(), 0.0);
+    saga_contract(&saga).await;
+}
+
+/// The moto endpoint, or `None` (and the AWS tests are skipped) when it is not
+/// set; scripts/test.sh sets it and `KEEL_REQUIRE_MOTO=1`, which turns a
+/// missing endpoint into a failure.
+fn moto() -> Option<String> {
+    match std::env::var("KEEL_MOTO_ENDPOINT") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("KEEL_REQUIRE_MOTO").is_ok() => panic!("KEEL_REQUIRE_MOTO is set but KEEL_MOTO_ENDPOINT is not"),
+        Err(_) => {
+            eprintln!("KEEL_MOTO_ENDPOINT not set: skipping the AWS adapter contract tests (scripts/test.sh runs them)");
+            None
+        }
+    }
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await
+}
+
+#[tokio::test]
+async fn aws_adapters_meet_the_contract_against_moto() {
+    let Some(endpoint) = moto() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+
+    // The table as template.yaml defines it.
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table_name = format!("keel-{suffix}");
+    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap();
+    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    ddb.create_table()
+        .table_name(&table_name)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let table = std::sync::Arc::new(DynamoTable::new(ddb, table_name));
+    table_contract(table.as_ref()).await;
+    concurrent_increments(table).await;
+
+    let s3 = keel_aws::s3_client(&sdk);
+    let bucket = format!("keel-{suffix}");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    blob_contract(&S3Blobs::new(s3, bucket)).await;
+
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let mut urls = HashMap::new();
+    for q in QueueName::ALL {
+        let out = sqs.create_queue().queue_name(format!("keel-{}-{suffix}", q.as_str())).send().await.unwrap();
+        urls.insert(q, out.queue_url().unwrap().to_string());
+    }
+    queue_contract(&SqsQueue::new(sqs, urls)).await;
+
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let machine = sfn
+        .create_state_machine()
+        .name(format!("keel-{suffix}"))
+        .definition(PASS_MACHINE)
+        .role_arn("arn:aws:iam::123456789012:role/keel-saga")
+        .send()
+        .await
+        .unwrap();
+    saga_contract(&StepFunctionsSaga::new(sfn, machine.state_machine_arn())).await;
+}
+
+#[tokio::test]
+async fn bedrock_converse_against_a_stub_server() {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> = Default::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let recorded = recorded.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+            recorded.lock().unwrap().push((path, serde_json::from_slice(&body).unwrap()));
+            axum::Json(json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": "Refunds take 5 days [1]."}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 120, "outputTokens": 9, "totalTokens": 129},
+                "metrics": {"latencyMs": 3}
+            }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sdk = sdk_config(&format!("http://{addr}")).await;
+    let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
+    let out = provider
+        .generate(ModelRequest { model: "anthropic.claude-test".into(), system: "be brief".into(), user: "Q".into(), max_tokens: 64 })
+        .await
+        .unwrap();
+    assert_eq!(out, ModelResponse { text: "Refunds take 5 days [1].".into(), input_tokens: 120, output_tokens: 9 });
+    let (path, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(path, "/model/anthropic.claude-test/converse");
+    assert_eq!(body["system"][0]["text"], "be brief");
+    assert_eq!(body["messages"][0]["content"][0]["text"], "Q");
+    assert_eq!(body["inferenceConfig"]["maxTokens"], 64);
+}
