@@ -1,4 +1,5 @@
-//! Helpers for Keel's end-to-end and contract tests.
+//! Helpers for Keel's end-to-end and contract tests (test-only code).
+#![allow(clippy::expect_used)]
 
 use keel_core::config::Config;
 use keel_local::{Stack, StackOptions};

@@ -1,3 +1,6 @@
+// Test-only code: helpers outside #[test] functions may unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! One contract suite for the storage ports, run against the embedded
 //! adapters and, over the wire, the AWS adapters against moto server
 //! (`KEEL_MOTO_ENDPOINT`, started by scripts/test.sh). Bedrock `Converse`

@@ -1,3 +1,6 @@
+// Test-only code: helpers outside #[test] functions may unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! Whole flows against the local stack over loopback HTTP.
 
 use keel_core::ports::{QueueName, Table, WorkQueue};

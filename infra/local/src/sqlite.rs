@@ -87,11 +87,14 @@ fn apply(tx: &Transaction<'_>, w: &Write) -> Result<u64, StoreError> {
     Ok(version)
 }
 
-fn row_to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, Option<i64>, Option<i64>)> {
+/// pk, sk, data, ver, n, ttl.
+type ItemRow = (String, String, String, i64, Option<i64>, Option<i64>);
+
+fn row_to_item(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn to_item(row: (String, String, String, i64, Option<i64>, Option<i64>)) -> Result<Item, StoreError> {
+fn to_item(row: ItemRow) -> Result<Item, StoreError> {
     let (pk, sk, data, ver, n, ttl) = row;
     Ok(Item {
         pk,

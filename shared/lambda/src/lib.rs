@@ -117,10 +117,8 @@ pub fn authorizer_response(caller: Option<&Caller>) -> Value {
     }
 }
 
-/// The result of one SQS message: `Err(retryable_reason)` puts it back on the
-/// queue (and, past maxReceiveCount, into the DLQ) without failing the batch.
-pub type MessageOutcome = Result<(), String>;
-
+/// Names the failed messages: SQS redelivers only those (and, past
+/// maxReceiveCount, moves them to the DLQ); the rest of the batch is done.
 pub fn batch_response(failed_message_ids: Vec<String>) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed_message_ids
@@ -140,40 +138,6 @@ pub fn task_error(error: &KeelError) -> Diagnostic {
     Diagnostic {
         error_type: if error.is_retryable() { "Keel.Retryable" } else { "Keel.Failed" }.into(),
         error_message: error.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_event_round_trip() {
-        let event = json!({
-            "version": "2.0", "rawPath": "/v1/search", "rawQueryString": "",
-            "headers": {"Content-Type": "application/json"},
-            "queryStringParameters": {"from": "2026-01-01"},
-            "requestContext": {"http": {"method": "POST"}, "requestId": "r1",
-                "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": "", "throttled": false}}},
-            "body": "eyJxdWVyeSI6ImEifQ==", "isBase64Encoded": true
-        });
-        let Incoming::Http(req) = classify(event).unwrap() else { panic!("not http") };
-        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/search"));
-        assert_eq!(req.body, br#"{"query":"a"}"#);
-        assert_eq!(req.headers.get("content-type").map(String::as_str), Some("application/json"));
-        assert_eq!(req.query.get("from").map(String::as_str), Some("2026-01-01"));
-        assert_eq!(req.caller.unwrap().principal, "ann");
-        let out = http_response(ApiResponse::ok(&json!({"a": 1})).with_request_id("r1"));
-        assert_eq!(out["statusCode"], 200);
-        assert_eq!(out["headers"]["x-request-id"], "r1");
-        assert!(classify(json!({"what": 1})).is_err());
-    }
-
-    #[test]
-    fn batch_failures_name_only_failed_messages() {
-        let r = batch_response(vec!["m2".into()]);
-        let v = serde_json::to_value(r).unwrap();
-        assert_eq!(v, json!({"batchItemFailures": [{"itemIdentifier": "m2"}]}));
     }
 }
 
@@ -223,7 +187,41 @@ pub fn queue_messages(batch: SqsEvent) -> Vec<keel_core::ports::QueueMessage> {
         .collect()
 }
 
-/// The batch response for consumer results (`Err` ids are retried).
+/// Serializes a handler's result for the runtime.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, Diagnostic> {
     serde_json::to_value(value).map_err(|e| Diagnostic { error_type: "Keel.Internal".into(), error_message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_event_round_trip() {
+        let event = json!({
+            "version": "2.0", "rawPath": "/v1/search", "rawQueryString": "",
+            "headers": {"Content-Type": "application/json"},
+            "queryStringParameters": {"from": "2026-01-01"},
+            "requestContext": {"http": {"method": "POST"}, "requestId": "r1",
+                "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": "", "throttled": false}}},
+            "body": "eyJxdWVyeSI6ImEifQ==", "isBase64Encoded": true
+        });
+        let Incoming::Http(req) = classify(event).unwrap() else { panic!("not http") };
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/search"));
+        assert_eq!(req.body, br#"{"query":"a"}"#);
+        assert_eq!(req.headers.get("content-type").map(String::as_str), Some("application/json"));
+        assert_eq!(req.query.get("from").map(String::as_str), Some("2026-01-01"));
+        assert_eq!(req.caller.unwrap().principal, "ann");
+        let out = http_response(ApiResponse::ok(&json!({"a": 1})).with_request_id("r1"));
+        assert_eq!(out["statusCode"], 200);
+        assert_eq!(out["headers"]["x-request-id"], "r1");
+        assert!(classify(json!({"what": 1})).is_err());
+    }
+
+    #[test]
+    fn batch_failures_name_only_failed_messages() {
+        let r = batch_response(vec!["m2".into()]);
+        let v = serde_json::to_value(r).unwrap();
+        assert_eq!(v, json!({"batchItemFailures": [{"itemIdentifier": "m2"}]}));
+    }
 }

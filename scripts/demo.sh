@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Builds the local stack and walks the demo flow (no AWS account needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --locked -p keel-local
+exec target/debug/keel-local demo --data-dir "${KEEL_DATA_DIR:-.keel}"

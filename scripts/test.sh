@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the contract suite against the embedded
+# adapters and against moto server (started here on 127.0.0.1, stopped on
+# exit), end-to-end tests against the local stack, clippy, cfn-lint and
+# `sam validate --lint`. Set-up (a venv in .tools/) is done on first run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+VENV=.tools/venv
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" > .tools/moto.log 2>&1 &
+MOTO_PID=$!
+trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+python3 - "$PORT" <<'PY'
+import json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/config"
+for _ in range(100):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        break
+    except Exception:
+        time.sleep(0.2)
+else:
+    sys.exit("moto server did not start; see .tools/moto.log")
+body = json.dumps({"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}).encode()
+urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=5)
+PY
+export KEEL_MOTO_ENDPOINT="http://127.0.0.1:$PORT" KEEL_REQUIRE_MOTO=1
+
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
+
+"$VENV/bin/cfn-lint" template.yaml
+SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 "$VENV/bin/sam" validate --lint
+echo "cfn-lint and sam validate: template.yaml is valid"
