@@ -29,8 +29,11 @@ PY
 export KEEL_MOTO_ENDPOINT="http://127.0.0.1:$PORT" KEEL_REQUIRE_MOTO=1
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee .tools/cargo-test.log
 
 "$VENV/bin/cfn-lint" template.yaml
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 "$VENV/bin/sam" validate --lint
 echo "cfn-lint and sam validate: template.yaml is valid"
+
+# One closing line with the totals of every cargo test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' .tools/cargo-test.log
