@@ -5,7 +5,7 @@
 //! execution is recorded in SQLite and resumed after a restart (steps are
 //! idempotent, so re-running one is safe).
 
-use crate::sqlite::Db;
+use crate::sqlite::{backend, Db};
 use async_trait::async_trait;
 use keel_core::ports::{ExecutionStatus, Saga};
 use keel_core::StoreError;
@@ -242,11 +242,11 @@ impl LocalSaga {
         let running: Vec<(String, String)> = self.0.db.with(|c| {
             let mut stmt = c
                 .prepare("SELECT name, input FROM executions WHERE status = 'RUNNING'")
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+                .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::Backend(e.to_string()))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })?;
         for (name, input) in &running {
             self.spawn(name.clone(), serde_json::from_str(input).unwrap_or(Value::Null));
@@ -268,7 +268,7 @@ impl LocalSaga {
                     "UPDATE executions SET status = ?2, output = ?3, error = ?4, cause = ?5 WHERE name = ?1",
                     params![name, status, output, error, cause],
                 )
-                .map_err(|e| StoreError::Backend(e.to_string()))
+                .map_err(backend)
             });
             if let Err(e) = saved {
                 tracing::error!(error = %e, execution = %name, "could not record saga result");
@@ -285,7 +285,7 @@ impl Saga for LocalSaga {
                 "INSERT OR IGNORE INTO executions (name, input, status) VALUES (?1, ?2, 'RUNNING')",
                 params![name, input.to_string()],
             )
-            .map_err(|e| StoreError::Backend(e.to_string()))
+            .map_err(backend)
         })?;
         if inserted == 1 {
             self.spawn(name.to_string(), input);
@@ -301,7 +301,7 @@ impl Saga for LocalSaga {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
-            .map_err(|e| StoreError::Backend(e.to_string()))
+            .map_err(backend)
         })?;
         match row {
             None => Err(StoreError::Backend(format!("no execution {execution_id}"))),

@@ -81,6 +81,11 @@ fn expect(status: u16, wanted: u16, body: &Value, what: &str) -> Result<(), Keel
     }
 }
 
+/// The first `n` characters of a JSON string, for display.
+fn head(v: &Value, n: usize) -> String {
+    v.as_str().unwrap_or("").chars().take(n).collect()
+}
+
 fn show(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default().lines().map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n")
 }
@@ -122,7 +127,7 @@ where
         let body = json!({"principal": who, "roles": roles, "attributes": {"groups": ["staff"]}});
         let (s, k) = client.call("POST", &format!("/v1/tenants/{tenant}/keys"), admin_key, Some(body)).await?;
         expect(s, 201, &k, "create key")?;
-        println!("     {who}: {}… (shown once, stored as a hash)", &k["key"].as_str().unwrap_or("")[..20.min(k["key"].as_str().unwrap_or("").len())]);
+        println!("     {who}: {}… (shown once, stored as a hash)", head(&k["key"], 20));
         keys.push(k["key"].as_str().unwrap_or_default().to_string());
     }
     let (ann, bob, carol) = (&keys[0], &keys[1], &keys[2]);
@@ -220,7 +225,7 @@ where
     let lines: Vec<&str> = export.as_str().unwrap_or("").lines().collect();
     for line in &lines {
         let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-        println!("     #{} {:<22} by {:<6} hash {}…", e["seq"], e["event"]["kind"].as_str().unwrap_or(""), e["event"]["principal"].as_str().unwrap_or(""), &e["hash"].as_str().unwrap_or("")[..12.min(e["hash"].as_str().unwrap_or("").len())]);
+        println!("     #{} {:<22} by {:<6} hash {}…", e["seq"], e["event"]["kind"].as_str().unwrap_or(""), e["event"]["principal"].as_str().unwrap_or(""), head(&e["hash"], 12));
     }
 
     step(&mut n, "ann verifies the hash chain");

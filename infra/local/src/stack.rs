@@ -199,13 +199,9 @@ async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body
             return to_http(respond(Err(e), &request_id));
         }
     };
-    let query: HashMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri).map(|x| x.0).unwrap_or_else(|_| {
-            tracing::debug!(query = q, "unparsable query string");
-            HashMap::new()
-        }))
+    // An unparsable query string reads as no parameters.
+    let query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
         .unwrap_or_default();
     let mut req = ApiRequest {
         method: parts.method.to_string(),
