@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for the tests: a Python venv in .tools/venv with moto
-# server (AWS adapters' contract tests), cfn-lint and the SAM CLI.
+# server (AWS adapters' contract tests), cfn-lint and the SAM CLI, and the
+# embedding model with ONNX Runtime in .models (scripts/fetch-models.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.tools/venv
@@ -10,3 +11,4 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5' 'cfn-lint>=1' 'aws-sam-cli>=1.120'
   touch "$STAMP"
 fi
+scripts/fetch-models.sh
