@@ -15,9 +15,16 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
     Config::from_lookup(|k| match k {
         "KEEL_ADMIN_KEY" => Some(ADMIN_KEY.into()),
         "KEEL_TENANT_CACHE_SECS" => Some("0".into()),
+        // scripts/fetch-models.sh (run by the test script) puts the model here.
+        "KEEL_MODEL_DIR" => Some(models_dir().join("minilm").display().to_string()),
+        "ORT_DYLIB_PATH" => Some(models_dir().join("onnxruntime/libonnxruntime.so").display().to_string()),
         _ => extra.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
     })
     .expect("test config")
+}
+
+pub fn models_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models")
 }
 
 /// A local stack on an ephemeral loopback port with fast retries.

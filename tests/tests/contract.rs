@@ -40,7 +40,9 @@ async fn table_contract(t: &dyn Table) {
     }
     let sks = |items: Vec<Item>| items.into_iter().map(|i| i.sk).collect::<Vec<_>>();
     assert_eq!(sks(t.query(&pk, "Q#", QueryOptions::default()).await.unwrap()), ["Q#1", "Q#2", "Q#3"]);
-    assert_eq!(sks(t.query(&pk, "Q#", QueryOptions { limit: Some(1), descending: true }).await.unwrap()), ["Q#3"]);
+    assert_eq!(sks(t.query(&pk, "Q#", QueryOptions { limit: Some(1), descending: true, ..Default::default() }).await.unwrap()), ["Q#3"]);
+    let after = QueryOptions { after: Some("Q#1".into()), ..Default::default() };
+    assert_eq!(sks(t.query(&pk, "Q#", after).await.unwrap()), ["Q#2", "Q#3"]);
     // Atomic group: one failed condition writes nothing.
     let group = vec![write(&pk, "G1", json!(1), Condition::NotExists), write(&pk, "A", json!(0), Condition::NotExists)];
     assert!(matches!(t.put_all(group).await, Err(StoreError::ConditionFailed)));

@@ -55,7 +55,7 @@ async fn sample_queue_batches_run_through_their_consumers() {
     put_tenant(table.as_ref(), &tenant, Condition::NotExists).await.unwrap();
     blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();
 
-    let retrieval = keel_retrieval::Retrieval::new(table.clone(), blobs.clone(), 1 << 20);
+    let retrieval = keel_retrieval::Retrieval::from_config(table.clone(), blobs.clone(), &keel_tests::config(&[])).unwrap();
     let Incoming::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
     let caller = Caller { tenant: Some(acme.clone()), principal: "ann".into(), roles: vec!["member".into()], groups: vec![], throttled: false };

@@ -90,7 +90,7 @@ impl Audit {
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
         let last = self
             .table
-            .query(&tenant.pk(), "AUDIT#", QueryOptions { limit: Some(1), descending: true })
+            .query(&tenant.pk(), "AUDIT#", QueryOptions { limit: Some(1), descending: true, ..Default::default() })
             .await?;
         last.into_iter().next().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).transpose()
     }

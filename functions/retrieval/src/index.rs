@@ -1,121 +1,213 @@
-//! One tenant's BM25 index (tantivy, in RAM). ACL groups are indexed terms
-//! and the ACL is a required clause of the query, so chunks a principal may
-//! not see are filtered before ranking and never count against `k`.
+//! One tenant's index in memory: its loaded segments, which of their chunks
+//! are live, and hybrid search over them.
+//!
+//! Search scores BM25 and int8 cosine similarity only over chunks that are
+//! live and visible to the principal (the ACL filter comes before ranking, so
+//! a hidden chunk never takes a place in the top k), then fuses the two
+//! rankings: a convex combination of min-max-normalized scores, with the
+//! weights tuned on SciFact's train queries (see `keel-eval tune`).
 
-use crate::{ChunkRecord, PUBLIC_GROUP};
-use keel_core::chunking::Anchor;
-use keel_core::KeelError;
-use serde::Serialize;
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, Value, INDEXED, STORED, STRING, TEXT};
-use tantivy::tokenizer::TokenStream;
-use tantivy::{doc, Index, IndexReader, IndexWriter, TantivyDocument, Term};
+use crate::manifest::IndexManifest;
+use crate::segment::{dot_i8, quantize, LoadedSegment, SegmentChunk};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct SearchHit {
-    pub doc_id: String,
-    pub chunk_id: String,
+/// Ranking knobs. The defaults are the values tuned on SciFact train.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    pub k1: f32,
+    pub b: f32,
+    /// Weight of the lexical score in the fusion (the vector gets the rest).
+    pub lexical_weight: f32,
+    /// How many candidates each ranking contributes to the fusion.
+    pub candidates: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self { k1: 1.2, b: 0.75, lexical_weight: 0.5, candidates: 100 }
+    }
+}
+
+/// A ranked chunk: where it is and its scores.
+#[derive(Clone, Debug)]
+pub struct Ranked {
+    pub segment: usize,
+    pub chunk: usize,
     pub score: f32,
-    pub text: String,
-    pub title: Option<String>,
-    pub anchor: Anchor,
+    pub lexical: f32,
+    /// Cosine similarity to the query, when both have vectors.
+    pub similarity: Option<f32>,
 }
 
 pub struct TenantIndex {
-    pub version: i64,
-    index: Index,
-    reader: IndexReader,
-    text: Field,
-    title: Field,
-    acl: Field,
-    ord: Field,
-    records: Vec<ChunkRecord>,
-}
-
-/// The indexing arena (tantivy requires at least 15 MB per writer thread).
-const INDEX_WRITER_MEMORY: usize = 20_000_000;
-
-fn index_error(e: tantivy::TantivyError) -> KeelError {
-    KeelError::Internal(format!("search index: {e}"))
+    /// The manifest item's version this index was built from.
+    pub version: u64,
+    pub manifest: IndexManifest,
+    pub segments: Vec<Arc<LoadedSegment>>,
+    live: Vec<Vec<bool>>,
+    live_chunks: usize,
+    average_length: f32,
 }
 
 impl TenantIndex {
-    pub fn build(version: i64, records: Vec<ChunkRecord>) -> Result<Self, KeelError> {
-        let mut schema = Schema::builder();
-        let text = schema.add_text_field("text", TEXT);
-        let title = schema.add_text_field("title", TEXT);
-        let acl = schema.add_text_field("acl", STRING);
-        let ord = schema.add_u64_field("ord", INDEXED | STORED);
-        let index = Index::create_in_ram(schema.build());
-        let mut writer: IndexWriter =
-            index.writer_with_num_threads(1, INDEX_WRITER_MEMORY).map_err(index_error)?;
-        for (i, r) in records.iter().enumerate() {
-            let mut d = doc!(text => r.chunk.text.as_str(), ord => i as u64);
-            if let Some(t) = &r.title {
-                d.add_text(title, t);
-            }
-            if r.acl_groups.is_empty() {
-                d.add_text(acl, PUBLIC_GROUP);
-            }
-            for g in &r.acl_groups {
-                d.add_text(acl, g);
-            }
-            writer.add_document(d).map_err(index_error)?;
+    /// `segments` in the manifest's order (oldest generation first).
+    pub fn new(version: u64, manifest: IndexManifest, segments: Vec<Arc<LoadedSegment>>) -> Self {
+        // Newest first: the first segment to mention a document decides it.
+        let mut decided: HashSet<&str> = HashSet::new();
+        let mut live = vec![Vec::new(); segments.len()];
+        for (s, seg) in segments.iter().enumerate().rev() {
+            live[s] = seg.data.chunks.iter().map(|c| !decided.contains(c.doc_id.as_str())).collect();
+            decided.extend(seg.data.chunks.iter().map(|c| c.doc_id.as_str()));
+            decided.extend(seg.data.deleted_docs.iter().map(String::as_str));
         }
-        writer.commit().map_err(index_error)?;
-        let reader = index.reader().map_err(index_error)?;
-        Ok(Self { version, index, reader, text, title, acl, ord, records })
+        let mut live_chunks = 0;
+        let mut total_length = 0u64;
+        for (seg, l) in segments.iter().zip(&live) {
+            for (c, alive) in seg.data.chunks.iter().zip(l) {
+                if *alive {
+                    live_chunks += 1;
+                    total_length += u64::from(c.length);
+                }
+            }
+        }
+        let average_length = if live_chunks == 0 { 1.0 } else { total_length as f32 / live_chunks as f32 };
+        Self { version, manifest, segments, live, live_chunks, average_length }
     }
 
-    pub fn search(&self, query: &str, groups: &[&str], k: usize) -> Result<Vec<SearchHit>, KeelError> {
-        // Terms through the field's own analyzer, OR-ed: plain BM25, no query syntax.
-        let mut analyzer = self.index.tokenizer_for_field(self.text).map_err(index_error)?;
-        let mut stream = analyzer.token_stream(query);
-        let mut words = Vec::new();
-        while stream.advance() {
-            words.push(stream.token().text.clone());
-        }
-        words.sort();
-        words.dedup();
-        if words.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for w in &words {
-            for field in [self.text, self.title] {
-                let term = Term::from_field_text(field, w);
-                terms.push((Occur::Should, Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))));
-            }
-        }
-        let acl: Vec<(Occur, Box<dyn Query>)> = groups
+    pub fn live_chunks(&self) -> usize {
+        self.live_chunks
+    }
+
+    /// Chunks kept in memory (live or not), for the cache's bound.
+    pub fn resident_chunks(&self) -> usize {
+        self.segments.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn chunk(&self, r: &Ranked) -> &SegmentChunk {
+        &self.segments[r.segment].data.chunks[r.chunk]
+    }
+
+    /// The live chunks of one document, in anchor order.
+    pub fn document_chunks(&self, doc_id: &str) -> Vec<&SegmentChunk> {
+        let mut out: Vec<&SegmentChunk> = self
+            .segments
             .iter()
-            .map(|g| {
-                let term = Term::from_field_text(self.acl, g);
-                (Occur::Should, Box::new(TermQuery::new(term, IndexRecordOption::Basic)) as Box<dyn Query>)
+            .zip(&self.live)
+            .flat_map(|(s, l)| s.data.chunks.iter().zip(l).filter(|(c, alive)| **alive && c.doc_id == doc_id).map(|(c, _)| c))
+            .collect();
+        out.sort_by_key(|c| c.anchor.chunk);
+        out
+    }
+
+    /// Hybrid search. `query_terms` are analyzed terms; `visible` says
+    /// whether a principal may see a chunk with these ACL groups.
+    pub fn search(
+        &self,
+        query_terms: &[String],
+        query_vector: Option<&[f32]>,
+        visible: &dyn Fn(&[String]) -> bool,
+        k: usize,
+        tuning: &Tuning,
+    ) -> Vec<Ranked> {
+        let allowed: Vec<Vec<bool>> = self
+            .segments
+            .iter()
+            .zip(&self.live)
+            .map(|(s, l)| s.data.chunks.iter().zip(l).map(|(c, alive)| *alive && visible(&c.acl_groups)).collect())
+            .collect();
+        let lexical = self.bm25(query_terms, &allowed, tuning);
+        let vector = query_vector.map(|q| self.cosine(q, &allowed)).unwrap_or_default();
+        let lexical_top = top(&lexical, tuning.candidates);
+        let vector_top = top(&vector, tuning.candidates);
+        let norm = |list: &[((usize, usize), f32)]| -> (f32, f32) {
+            let max = list.first().map_or(0.0, |x| x.1);
+            let min = list.last().map_or(0.0, |x| x.1);
+            (min, (max - min).max(1e-6))
+        };
+        let (lmin, lspan) = norm(&lexical_top);
+        let (vmin, vspan) = norm(&vector_top);
+        let mut candidates: Vec<(usize, usize)> = lexical_top.iter().chain(&vector_top).map(|x| x.0).collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let w = tuning.lexical_weight;
+        let mut ranked: Vec<Ranked> = candidates
+            .into_iter()
+            .map(|(s, c)| {
+                let lex = lexical.get(s).map_or(0.0, |v| v[c]);
+                let sim = vector.get(s).map(|v| v[c]);
+                let nl = if lex > 0.0 { ((lex - lmin) / lspan).max(0.0) } else { 0.0 };
+                let nv = sim.map_or(0.0, |v| ((v - vmin) / vspan).max(0.0));
+                let score = if vector.is_empty() { lex } else { w * nl + (1.0 - w) * nv };
+                Ranked { segment: s, chunk: c, score, lexical: lex, similarity: sim }
             })
             .collect();
-        let query = BooleanQuery::new(vec![
-            (Occur::Must, Box::new(BooleanQuery::new(terms))),
-            (Occur::Must, Box::new(BooleanQuery::new(acl))),
-        ]);
-        let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(index_error)?;
-        let mut hits = Vec::with_capacity(top.len());
-        for (score, address) in top {
-            let stored: TantivyDocument = searcher.doc(address).map_err(index_error)?;
-            let Some(r) = stored.get_first(self.ord).and_then(|v| v.as_u64()).and_then(|o| self.records.get(o as usize)) else {
-                continue;
-            };
-            hits.push(SearchHit {
-                doc_id: r.chunk.anchor.doc_id.clone(),
-                chunk_id: r.chunk.chunk_id.clone(),
-                score,
-                text: r.chunk.text.clone(),
-                title: r.title.clone(),
-                anchor: r.chunk.anchor.clone(),
-            });
-        }
-        Ok(hits)
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then((a.segment, a.chunk).cmp(&(b.segment, b.chunk))));
+        ranked.truncate(k);
+        ranked
     }
+
+    /// BM25 scores per segment and chunk (0 where no term matches).
+    fn bm25(&self, terms: &[String], allowed: &[Vec<bool>], t: &Tuning) -> Vec<Vec<f32>> {
+        let mut scores: Vec<Vec<f32>> = self.segments.iter().map(|s| vec![0.0; s.len()]).collect();
+        let mut unique: Vec<&String> = terms.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let n = self.live_chunks.max(1) as f32;
+        for term in unique {
+            let df: usize = self.segments.iter().map(|s| s.postings.get(term).map_or(0, Vec::len)).sum();
+            if df == 0 {
+                continue;
+            }
+            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln().max(0.0);
+            for (si, seg) in self.segments.iter().enumerate() {
+                let Some(list) = seg.postings.get(term) else { continue };
+                for &(c, tf) in list {
+                    let c = c as usize;
+                    if !allowed[si][c] {
+                        continue;
+                    }
+                    let tf = f32::from(tf);
+                    let len = seg.data.chunks[c].length as f32;
+                    let norm = t.k1 * (1.0 - t.b + t.b * len / self.average_length);
+                    scores[si][c] += idf * tf * (t.k1 + 1.0) / (tf + norm);
+                }
+            }
+        }
+        scores
+    }
+
+    /// Cosine similarity per segment and chunk (`f32::MIN` where not allowed
+    /// or the segment has no vectors of the query's width).
+    fn cosine(&self, query: &[f32], allowed: &[Vec<bool>]) -> Vec<Vec<f32>> {
+        let (q, qscale) = quantize(query);
+        self.segments
+            .iter()
+            .zip(allowed)
+            .map(|(seg, ok)| {
+                (0..seg.len())
+                    .map(|c| match seg.data.vector(c) {
+                        Some(v) if ok[c] && v.len() == q.len() => dot_i8(&q, v) as f32 * qscale * seg.data.scales[c],
+                        _ => f32::MIN,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The `n` best (segment, chunk) positions by score, best first; chunks
+/// without a match (0 or `f32::MIN`) never qualify.
+fn top(scores: &[Vec<f32>], n: usize) -> Vec<((usize, usize), f32)> {
+    let mut all: Vec<((usize, usize), f32)> = scores
+        .iter()
+        .enumerate()
+        .flat_map(|(s, v)| v.iter().enumerate().filter(|(_, x)| **x > f32::MIN && **x != 0.0).map(move |(c, x)| ((s, c), *x)))
+        .collect();
+    if all.len() > n {
+        all.select_nth_unstable_by(n, |a, b| b.1.total_cmp(&a.1));
+        all.truncate(n);
+    }
+    all.sort_by(|a, b| b.1.total_cmp(&a.1));
+    all
 }

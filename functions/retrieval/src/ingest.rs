@@ -6,82 +6,102 @@
 //!
 //! Each message succeeds or fails alone; failed ones are retried by the queue
 //! and land in its DLQ past the redrive limit. Re-delivery is harmless: a put
-//! of the same document writes the same chunks.
+//! of unchanged content is recognized by its hash and not rewritten, and a
+//! delete of a missing document is a no-op.
 
 use crate::{DocumentInput, Retrieval};
 use keel_core::ids::{parse_path_id, TenantId};
 use keel_core::ports::QueueMessage;
-use keel_core::tenants::require_active;
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
-#[derive(Deserialize)]
+/// A producer's document change (the message body).
+#[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum DocumentChange {
+pub enum DocumentChange {
     Put { doc_id: String, document: DocumentInput },
     Delete { doc_id: String },
 }
 
 impl Retrieval {
-    /// Processes a batch; returns the message ids that failed (to be retried).
+    /// Processes a batch; returns the message ids that failed (to be
+    /// retried). Each tenant's changes are embedded together and written as
+    /// one segment; a message that cannot be read fails alone.
     pub async fn ingest(&self, messages: &[QueueMessage]) -> Vec<String> {
         let mut failed = Vec::new();
+        let mut by_tenant: BTreeMap<TenantId, Vec<(String, DocumentChange)>> = BTreeMap::new();
         for m in messages {
-            if let Err(e) = self.ingest_one(m).await {
-                tracing::warn!(message_id = %m.message_id, error = %e, "ingest message failed");
-                failed.push(m.message_id.clone());
+            match self.read_message(m).await {
+                Ok(changes) => {
+                    for (tenant, change) in changes {
+                        by_tenant.entry(tenant).or_default().push((m.message_id.clone(), change));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(message_id = %m.message_id, error = %e, "ingest message rejected");
+                    failed.push(m.message_id.clone());
+                }
             }
         }
+        for (tenant, changes) in by_tenant {
+            let (ids, changes): (Vec<String>, Vec<DocumentChange>) = changes.into_iter().unzip();
+            match self.apply_changes(&tenant, changes).await {
+                Ok(results) => {
+                    for (id, r) in ids.into_iter().zip(results) {
+                        if let Err(e) = r {
+                            tracing::warn!(message_id = %id, tenant = %tenant, error = %e, "document change failed");
+                            failed.push(id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "ingest batch failed");
+                    failed.extend(ids);
+                }
+            }
+        }
+        failed.sort();
+        failed.dedup();
         failed
     }
 
-    async fn ingest_one(&self, m: &QueueMessage) -> Result<(), KeelError> {
+    /// The changes one message carries: a producer's change (tenant from the
+    /// message attribute) or S3 records (tenant from each object key).
+    async fn read_message(&self, m: &QueueMessage) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
         let body: Value = serde_json::from_str(&m.body)
             .map_err(|e| KeelError::BadRequest(format!("message body is not JSON: {e}")))?;
         if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-            return Ok(());
+            return Ok(vec![]);
         }
         if let Some(records) = body.get("Records").and_then(Value::as_array) {
+            let mut out = Vec::with_capacity(records.len());
             for r in records {
-                self.apply_s3_record(r).await?;
+                out.push(self.read_s3_record(r).await?);
             }
-            return Ok(());
+            return Ok(out);
         }
         let tenant = TenantId::parse(
             m.attributes
                 .get("tenant")
                 .ok_or_else(|| KeelError::BadRequest("producer message without a 'tenant' attribute".into()))?,
         )?;
-        require_active(self.table.as_ref(), &tenant).await?;
         let change: DocumentChange = serde_json::from_value(body)
             .map_err(|e| KeelError::BadRequest(format!("not a document change: {e}")))?;
-        match change {
-            DocumentChange::Put { doc_id, document } => {
-                self.put_document(&tenant, &parse_path_id("document", &doc_id)?, document).await?;
-            }
-            DocumentChange::Delete { doc_id } => match self.delete_document(&tenant, &parse_path_id("document", &doc_id)?).await {
-                Ok(()) | Err(KeelError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            },
-        }
-        Ok(())
+        Ok(vec![(tenant, change)])
     }
 
-    async fn apply_s3_record(&self, record: &Value) -> Result<(), KeelError> {
+    async fn read_s3_record(&self, record: &Value) -> Result<(TenantId, DocumentChange), KeelError> {
         let raw_key = record
             .pointer("/s3/object/key")
             .and_then(Value::as_str)
             .ok_or_else(|| KeelError::BadRequest("S3 record without an object key".into()))?;
         let key = percent_decode(raw_key);
         let (tenant, doc_id, ext) = parse_inbox_key(&key)?;
-        require_active(self.table.as_ref(), &tenant).await?;
         let event = record.get("eventName").and_then(Value::as_str).unwrap_or("");
         if event.starts_with("ObjectRemoved") {
-            return match self.delete_document(&tenant, &doc_id).await {
-                Ok(()) | Err(KeelError::NotFound(_)) => Ok(()),
-                Err(e) => Err(e),
-            };
+            return Ok((tenant, DocumentChange::Delete { doc_id }));
         }
         let bytes = self
             .blobs
@@ -92,10 +112,9 @@ impl Retrieval {
             serde_json::from_slice(&bytes).map_err(|e| KeelError::BadRequest(format!("{key}: not a document: {e}")))?
         } else {
             let text = String::from_utf8(bytes).map_err(|_| KeelError::BadRequest(format!("{key}: not UTF-8 text")))?;
-            DocumentInput { title: None, text, acl: None, source: Some(format!("s3://{key}")), updated_at: None }
+            DocumentInput { title: None, text, acl: None, source: Some("s3".into()), updated_at: None }
         };
-        self.put_document(&tenant, &doc_id, document).await?;
-        Ok(())
+        Ok((tenant, DocumentChange::Put { doc_id, document }))
     }
 }
 

@@ -1,38 +1,54 @@
-//! retrieval: documents in, chunks with anchors, a per-tenant BM25 index with
-//! ACL filtering, `POST /v1/search`, and the ingest-queue consumer.
+//! retrieval: documents in (chunked with anchors, PII-tagged and optionally
+//! redacted, embedded in batches), a per-tenant hybrid index in immutable
+//! segments, `POST /v1/search` with ACL filtering before ranking, freshness
+//! flags, a changed-documents feed, and the ingest-queue consumer.
 //!
-//! Durable state lives in the table (document manifests and chunks, an index
-//! version counter per tenant) and the blob store (document sources). A warm
-//! function keeps each tenant's index in memory and rebuilds it when the
-//! tenant's index version moves, so a document is searchable on the next query.
+//! Durable state: the table holds a record per document, a change feed and
+//! the index manifest; the blob store holds document sources and segments. A
+//! warm function keeps tenant indexes in an LRU cache and checks the manifest
+//! version on every search, so a document is searchable on the next query
+//! after its ingest completes.
 
-mod index;
+mod analyzer;
+pub mod index;
 mod ingest;
+mod manifest;
+pub mod pii;
+mod segment;
+mod store;
 
-pub use index::SearchHit;
+pub use index::Tuning;
+pub use ingest::DocumentChange;
 
 use index::TenantIndex;
 use keel_core::auth::Caller;
-use keel_core::chunking::{chunk_document, Chunk};
+use keel_core::chunking::{chunk_document, Anchor};
 use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
 use keel_core::ids::{parse_path_id, TenantId};
 use keel_core::ports::{BlobStore, Condition, QueryOptions, Table, Write};
-use keel_core::time::now_rfc3339;
+use keel_core::tenants::require_active;
 use keel_core::KeelError;
+use keel_ml::Embedder;
+use manifest::IndexCache;
+use pii::{PiiKind, PiiSpan};
+use segment::{SegmentChunk, SegmentData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Most results one search may ask for.
 pub const MAX_K: usize = 50;
-/// Sort key of the per-tenant index version counter.
-const INDEX_VERSION_SK: &str = "INDEX";
-/// The ACL group every principal has: documents without an ACL carry it.
-const PUBLIC_GROUP: &str = "__public";
+/// How many chunks one embedding call takes.
+const EMBED_BATCH: usize = 32;
+/// How long the changed-documents feed remembers a change.
+const CHANGE_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Most changes one feed page returns.
+const MAX_CHANGES: usize = 1000;
 
 /// A document as `PUT /v1/documents/{id}` and producers send it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentInput {
     #[serde(default)]
@@ -42,6 +58,7 @@ pub struct DocumentInput {
     pub acl: Option<Acl>,
     #[serde(default)]
     pub source: Option<String>,
+    /// When the source last changed (RFC 3339); defaults to ingest time.
     #[serde(default)]
     pub updated_at: Option<String>,
 }
@@ -55,65 +72,176 @@ pub struct Acl {
 
 /// What the table holds for a document.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-struct Manifest {
+struct DocumentRecord {
     doc_id: String,
     title: Option<String>,
     acl_groups: Vec<String>,
     source: Option<String>,
     updated_at: String,
+    indexed_at: String,
     chunks: usize,
+    /// SHA-256 of the input and the redaction setting: an identical re-ingest is a no-op.
+    content_hash: String,
+    pii: BTreeMap<PiiKind, usize>,
+    redacted: bool,
 }
 
-/// What the table holds for a chunk (enough to rebuild the index).
+/// One entry of the changed-documents feed.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-pub(crate) struct ChunkRecord {
-    pub chunk: Chunk,
+struct ChangeRecord {
+    doc_id: String,
+    op: String,
+    at: String,
+    acl_groups: Vec<String>,
+}
+
+/// The result of one document change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ChangeOutcome {
+    Indexed { doc_id: String, version: u64, chunks: usize },
+    Unchanged { doc_id: String, version: u64, chunks: usize },
+    Deleted { doc_id: String },
+    NotFound { doc_id: String },
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SearchHit {
+    pub doc_id: String,
+    pub chunk_id: String,
+    /// The fused score (higher is better; comparable within one search).
+    pub score: f32,
+    /// BM25 and cosine similarity behind it.
+    pub lexical_score: f32,
+    pub similarity: Option<f32>,
+    pub text: String,
     pub title: Option<String>,
-    pub acl_groups: Vec<String>,
+    pub anchor: Anchor,
+    pub source: Option<String>,
+    pub updated_at: String,
+    /// Older than its source's freshness SLA.
+    pub stale: bool,
+    pub pii: Vec<PiiKind>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetrievalSettings {
+    pub document_body_limit: usize,
+    /// Bound of the warm index cache, in chunks across tenants.
+    pub cache_chunks: usize,
+    /// Segments a tenant may have before a compaction merges some.
+    pub max_segments: usize,
+    pub tuning: Tuning,
+}
+
+impl Default for RetrievalSettings {
+    fn default() -> Self {
+        Self { document_body_limit: 1024 * 1024, cache_chunks: 500_000, max_segments: 8, tuning: Tuning::default() }
+    }
 }
 
 pub struct Retrieval {
     table: Arc<dyn Table>,
     blobs: Arc<dyn BlobStore>,
-    document_body_limit: usize,
-    indexes: Mutex<HashMap<TenantId, Arc<TenantIndex>>>,
+    embedder: Option<Arc<Embedder>>,
+    settings: RetrievalSettings,
+    cache: Mutex<IndexCache>,
 }
 
 fn doc_sk(doc_id: &str) -> String {
     format!("DOC#{doc_id}")
 }
 
-fn chunk_sk(doc_id: &str, index: usize) -> String {
-    format!("CHUNK#{doc_id}#{index:06}")
+fn source_key(tenant: &TenantId, doc_id: &str) -> String {
+    tenant.blob_key(&format!("documents/{doc_id}.json"))
+}
+
+/// Change-feed keys sort by time: fixed-width UTC microseconds.
+fn change_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_time(field: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, KeelError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| KeelError::BadRequest(format!("{field} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")))
 }
 
 impl Retrieval {
-    pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, document_body_limit: usize) -> Self {
-        Self { table, blobs, document_body_limit, indexes: Mutex::new(HashMap::new()) }
+    pub fn new(
+        table: Arc<dyn Table>,
+        blobs: Arc<dyn BlobStore>,
+        embedder: Option<Arc<Embedder>>,
+        settings: RetrievalSettings,
+    ) -> Self {
+        let cache = Mutex::new(IndexCache::new(settings.cache_chunks));
+        Self { table, blobs, embedder, settings, cache }
     }
 
-    /// HTTP routes: `/v1/documents/{id}` and `/v1/search`.
+    /// The service as configured: loads the embedding model when one is set.
+    pub fn from_config(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, config: &keel_core::config::Config) -> Result<Self, KeelError> {
+        let embedder = match &config.embedding {
+            Some(files) => Some(Arc::new(
+                Embedder::load(&keel_ml::EmbedderConfig {
+                    model_dir: files.model_dir.clone(),
+                    runtime_library: files.runtime_library.clone(),
+                    intra_threads: files.intra_threads,
+                })
+                .map_err(|e| KeelError::Internal(format!("embedding model: {e}")))?,
+            )),
+            None => None,
+        };
+        let settings = RetrievalSettings {
+            document_body_limit: config.document_body_limit,
+            cache_chunks: config.index_cache_chunks,
+            max_segments: config.index_max_segments,
+            tuning: Tuning::default(),
+        };
+        Ok(Self::new(table, blobs, embedder, settings))
+    }
+
+    /// `hybrid` with an embedder, `lexical` without.
+    pub fn mode(&self) -> &'static str {
+        if self.embedder.is_some() {
+            "hybrid"
+        } else {
+            "lexical"
+        }
+    }
+
+    /// HTTP routes: `/v1/documents/{id}`, `/v1/search`, `/v1/changes`, `/v1/sources/{name}`.
     pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
         let caller = req.caller()?;
         let tenant = caller.tenant()?;
         match (req.method.as_str(), req.segments().as_slice()) {
             ("PUT", ["v1", "documents", id]) => {
                 let doc_id = parse_path_id("document", id)?;
-                let input: DocumentInput = req.json(self.document_body_limit)?;
-                let (version, chunks) = self.put_document(tenant, &doc_id, input).await?;
-                Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "version": version, "chunks": chunks})))
+                let input: DocumentInput = req.json(self.settings.document_body_limit)?;
+                let outcome = self.apply_one(tenant, DocumentChange::Put { doc_id, document: input }).await?;
+                let (ChangeOutcome::Indexed { doc_id, version, chunks } | ChangeOutcome::Unchanged { doc_id, version, chunks }) =
+                    &outcome
+                else {
+                    return Err(KeelError::Internal("a put did not index".into()));
+                };
+                let unchanged = matches!(outcome, ChangeOutcome::Unchanged { .. });
+                Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "version": version, "chunks": chunks, "unchanged": unchanged})))
             }
             ("GET", ["v1", "documents", id]) => {
                 let doc_id = parse_path_id("document", id)?;
-                let m = self.manifest(tenant, &doc_id).await?.filter(|(m, _)| visible(caller, &m.acl_groups));
-                let (m, version) = m.ok_or_else(|| document_not_found(&doc_id))?;
-                Ok(ApiResponse::ok(&json!({"doc_id": m.doc_id, "title": m.title, "version": version,
-                    "chunks": m.chunks, "updated_at": m.updated_at, "acl": {"groups": m.acl_groups}})))
+                let found = self.document(tenant, &doc_id).await?.filter(|(d, _)| visible(caller, &d.acl_groups));
+                let (d, version) = found.ok_or_else(|| document_not_found(&doc_id))?;
+                let index = self.tenant_index(tenant).await?;
+                let stale = is_stale(&index.manifest.freshness_sla, d.source.as_deref(), &d.updated_at);
+                Ok(ApiResponse::ok(&json!({"doc_id": d.doc_id, "title": d.title, "version": version,
+                    "chunks": d.chunks, "updated_at": d.updated_at, "indexed_at": d.indexed_at, "source": d.source,
+                    "stale": stale, "acl": {"groups": d.acl_groups}, "pii": d.pii, "redacted": d.redacted})))
             }
             ("DELETE", ["v1", "documents", id]) => {
                 let doc_id = parse_path_id("document", id)?;
-                self.delete_document(tenant, &doc_id).await?;
-                Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "deleted": true})))
+                match self.apply_one(tenant, DocumentChange::Delete { doc_id: doc_id.clone() }).await? {
+                    ChangeOutcome::NotFound { .. } => Err(document_not_found(&doc_id)),
+                    _ => Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "deleted": true}))),
+                }
             }
             ("POST", ["v1", "search"]) => {
                 let body: SearchRequest = req.json(DEFAULT_BODY_LIMIT)?;
@@ -125,21 +253,147 @@ impl Retrieval {
                     return Err(KeelError::BadRequest("query must not be empty".into()));
                 }
                 let results = self.search(caller, &body.query, k).await?;
-                Ok(ApiResponse::ok(&json!({"results": results})))
+                Ok(ApiResponse::ok(&json!({"results": results, "mode": self.mode()})))
+            }
+            ("GET", ["v1", "changes"]) => self.changes(caller, &req.query).await,
+            ("PUT", ["v1", "sources", name]) => {
+                caller.require_role("admin")?;
+                let name = parse_path_id("source", name)?;
+                let body: SourceSettings = req.json(DEFAULT_BODY_LIMIT)?;
+                self.update_manifest(tenant, |m| {
+                    m.freshness_sla.insert(name.clone(), body.freshness_sla_seconds);
+                    true
+                })
+                .await?;
+                Ok(ApiResponse::ok(&json!({"source": name, "freshness_sla_seconds": body.freshness_sla_seconds})))
             }
             _ => Err(not_found(&req)),
         }
     }
 
-    async fn manifest(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(Manifest, u64)>, KeelError> {
+    async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
         match self.table.get(&tenant.pk(), &doc_sk(doc_id)).await? {
             Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
             None => Ok(None),
         }
     }
 
-    /// Stores, chunks and indexes a document; returns (version, chunk count).
-    pub async fn put_document(&self, tenant: &TenantId, doc_id: &str, input: DocumentInput) -> Result<(u64, usize), KeelError> {
+    async fn apply_one(&self, tenant: &TenantId, change: DocumentChange) -> Result<ChangeOutcome, KeelError> {
+        self.apply_changes(tenant, vec![change]).await?.pop().ok_or_else(|| KeelError::Internal("no outcome".into()))?
+    }
+
+    /// Applies a batch of document changes for one tenant: every put is
+    /// chunked, PII-tagged (and redacted when the tenant asks), and all new
+    /// chunks are embedded in batches and written as one segment. Returns one
+    /// result per change, in order; `Err` for the whole batch means nothing
+    /// was indexed. Unchanged documents (same content hash) are not rewritten,
+    /// so redelivered messages are harmless.
+    pub async fn apply_changes(
+        &self,
+        tenant: &TenantId,
+        changes: Vec<DocumentChange>,
+    ) -> Result<Vec<Result<ChangeOutcome, KeelError>>, KeelError> {
+        let redact = require_active(self.table.as_ref(), tenant).await?.redact_pii;
+        let now = chrono::Utc::now();
+        let indexed_at = change_time(now);
+        let mut results: Vec<Result<ChangeOutcome, KeelError>> = Vec::with_capacity(changes.len());
+        // The last change of a document in the batch wins.
+        let mut puts: HashMap<String, PreparedDocument> = HashMap::new();
+        let mut deletes: HashMap<String, Option<DocumentRecord>> = HashMap::new();
+        for change in changes {
+            let result = match change {
+                DocumentChange::Put { doc_id, document } => {
+                    match self.prepare(tenant, &doc_id, document, redact, &indexed_at).await {
+                        Ok(Prepared::Unchanged(outcome)) => Ok(outcome),
+                        Ok(Prepared::New(p)) => {
+                            deletes.remove(&doc_id);
+                            let chunks = p.chunks.len();
+                            puts.insert(doc_id.clone(), *p);
+                            // The version is known after the write; filled in below.
+                            Ok(ChangeOutcome::Indexed { doc_id, version: 0, chunks })
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                DocumentChange::Delete { doc_id } => match self.document(tenant, &doc_id).await {
+                    Ok(existing) => {
+                        puts.remove(&doc_id);
+                        let outcome = if existing.is_some() || puts.contains_key(&doc_id) {
+                            ChangeOutcome::Deleted { doc_id: doc_id.clone() }
+                        } else {
+                            ChangeOutcome::NotFound { doc_id: doc_id.clone() }
+                        };
+                        deletes.insert(doc_id, existing.map(|(d, _)| d));
+                        Ok(outcome)
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            results.push(result);
+        }
+        if puts.is_empty() && deletes.values().all(Option::is_none) {
+            return Ok(results);
+        }
+
+        let mut segment = SegmentData::new();
+        let mut docs: Vec<PreparedDocument> = puts.into_values().collect();
+        docs.sort_by(|a, b| a.record.doc_id.cmp(&b.record.doc_id));
+        let texts: Vec<String> = docs.iter().flat_map(|d| d.chunks.iter().map(|c| embedding_text(c))).collect();
+        let mut vectors = self.embed(texts).await?.into_iter();
+        for d in &docs {
+            for c in &d.chunks {
+                let v = vectors.next();
+                segment.push(c.clone(), v.as_deref());
+            }
+        }
+        segment.deleted_docs = deletes.keys().cloned().collect();
+        segment.deleted_docs.sort();
+        for d in &docs {
+            self.blobs.put(&source_key(tenant, &d.record.doc_id), serde_json::to_vec(&d.source)?).await?;
+        }
+        self.commit_segment(tenant, &segment).await?;
+
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        for d in &docs {
+            let write = Write {
+                pk: tenant.pk(),
+                sk: doc_sk(&d.record.doc_id),
+                data: serde_json::to_value(&d.record)?,
+                expires_at: None,
+                condition: Condition::Always,
+            };
+            versions.insert(d.record.doc_id.clone(), self.table.put(write).await?);
+            self.record_change(tenant, &d.record.doc_id, "put", now, &d.record.acl_groups).await?;
+        }
+        for (doc_id, existing) in &deletes {
+            if let Some(record) = existing {
+                self.table.delete(&tenant.pk(), &doc_sk(doc_id)).await?;
+                self.blobs.delete(&source_key(tenant, doc_id)).await?;
+                self.record_change(tenant, doc_id, "delete", now, &record.acl_groups).await?;
+            }
+        }
+        for r in results.iter_mut() {
+            if let Ok(ChangeOutcome::Indexed { doc_id, version, .. }) = r {
+                *version = versions.get(doc_id.as_str()).copied().unwrap_or(*version);
+            }
+        }
+        tracing::info!(tenant = %tenant, documents = docs.len(), deletes = deletes.len(), chunks = segment.chunks.len(), "segment written");
+        if let Err(e) = self.compact(tenant, self.settings.max_segments).await {
+            tracing::warn!(tenant = %tenant, error = %e, "compaction failed; the next write retries it");
+        }
+        Ok(results)
+    }
+
+    /// Validates, redacts, chunks and analyzes one document (no embedding yet).
+    async fn prepare(
+        &self,
+        tenant: &TenantId,
+        doc_id: &str,
+        input: DocumentInput,
+        redact: bool,
+        indexed_at: &str,
+    ) -> Result<Prepared, KeelError> {
+        let doc_id = parse_path_id("document", doc_id)?;
         if input.text.trim().is_empty() {
             return Err(KeelError::BadRequest("text must not be empty".into()));
         }
@@ -147,93 +401,209 @@ impl Retrieval {
         if acl_groups.iter().any(|g| g.is_empty() || g.starts_with("__")) {
             return Err(KeelError::BadRequest("ACL group names must be non-empty and not start with '__'".into()));
         }
-        let existing = self.manifest(tenant, doc_id).await?;
-        let chunks = chunk_document(doc_id, &input.text);
-        self.blobs
-            .put(&tenant.blob_key(&format!("documents/{doc_id}.json")), serde_json::to_vec(&input)?)
-            .await?;
-        for chunk in &chunks {
-            let record = ChunkRecord { chunk: chunk.clone(), title: input.title.clone(), acl_groups: acl_groups.clone() };
-            self.table
-                .put(Write {
-                    pk: tenant.pk(),
-                    sk: chunk_sk(doc_id, chunk.anchor.chunk),
-                    data: serde_json::to_value(&record)?,
-                    expires_at: None,
-                    condition: Condition::Always,
-                })
-                .await?;
-        }
-        let old_chunks = existing.as_ref().map_or(0, |(m, _)| m.chunks);
-        for stale in chunks.len()..old_chunks {
-            self.table.delete(&tenant.pk(), &chunk_sk(doc_id, stale)).await?;
-        }
-        let manifest = Manifest {
-            doc_id: doc_id.to_string(),
-            title: input.title,
-            acl_groups,
-            source: input.source,
-            updated_at: input.updated_at.unwrap_or_else(now_rfc3339),
-            chunks: chunks.len(),
+        let updated_at = match &input.updated_at {
+            Some(t) => change_time(parse_time("updated_at", t)?),
+            None => indexed_at.to_string(),
         };
-        let condition = existing.map_or(Condition::NotExists, |(_, v)| Condition::Version(v));
-        let version = self
-            .table
-            .put(Write { pk: tenant.pk(), sk: doc_sk(doc_id), data: serde_json::to_value(&manifest)?, expires_at: None, condition })
-            .await
-            .map_err(|e| match e {
-                keel_core::StoreError::ConditionFailed => {
-                    KeelError::Conflict(format!("document {doc_id} was changed concurrently; retry"))
-                }
-                other => other.into(),
-            })?;
-        self.bump_index_version(tenant).await?;
-        tracing::info!(tenant = %tenant, doc_id, chunks = chunks.len(), "document indexed");
-        Ok((version, chunks.len()))
-    }
-
-    pub async fn delete_document(&self, tenant: &TenantId, doc_id: &str) -> Result<(), KeelError> {
-        let (manifest, _) = self.manifest(tenant, doc_id).await?.ok_or_else(|| document_not_found(doc_id))?;
-        self.table.delete(&tenant.pk(), &doc_sk(doc_id)).await?;
-        for i in 0..manifest.chunks {
-            self.table.delete(&tenant.pk(), &chunk_sk(doc_id, i)).await?;
+        let content_hash = hex::encode(Sha256::digest(serde_json::to_vec(&(&input, redact))?));
+        if let Some((existing, version)) = self.document(tenant, &doc_id).await? {
+            if existing.content_hash == content_hash {
+                return Ok(Prepared::Unchanged(ChangeOutcome::Unchanged { doc_id, version, chunks: existing.chunks }));
+            }
         }
-        self.blobs.delete(&tenant.blob_key(&format!("documents/{doc_id}.json"))).await?;
-        self.bump_index_version(tenant).await
+        // Redaction happens before chunking, so anchors point into the stored (redacted) text.
+        let found = pii::detect(&input.text);
+        let mut counts: BTreeMap<PiiKind, usize> = BTreeMap::new();
+        for s in &found {
+            *counts.entry(s.kind).or_default() += 1;
+        }
+        let (text, spans) = if redact { pii::redact(&input.text, &found) } else { (input.text.clone(), found) };
+        let chunks: Vec<SegmentChunk> = chunk_document(&doc_id, &text)
+            .into_iter()
+            .map(|c| {
+                let (terms, length) = analyzer::term_frequencies(&format!("{}\n{}", input.title.as_deref().unwrap_or(""), c.text));
+                let pii = spans
+                    .iter()
+                    .filter(|s| s.start >= c.anchor.start && s.end <= c.anchor.end)
+                    .map(|s| PiiSpan { kind: s.kind, start: s.start - c.anchor.start, end: s.end - c.anchor.start })
+                    .collect();
+                SegmentChunk {
+                    chunk_id: c.chunk_id,
+                    doc_id: doc_id.clone(),
+                    anchor: c.anchor,
+                    title: input.title.clone(),
+                    text: c.text,
+                    acl_groups: acl_groups.clone(),
+                    source: input.source.clone(),
+                    updated_at: updated_at.clone(),
+                    pii,
+                    terms,
+                    length,
+                }
+            })
+            .collect();
+        let record = DocumentRecord {
+            doc_id: doc_id.clone(),
+            title: input.title.clone(),
+            acl_groups,
+            source: input.source.clone(),
+            updated_at,
+            indexed_at: indexed_at.to_string(),
+            chunks: chunks.len(),
+            content_hash,
+            pii: counts,
+            redacted: redact,
+        };
+        let source = DocumentInput { text, ..input };
+        Ok(Prepared::New(Box::new(PreparedDocument { record, chunks, source })))
     }
 
-    async fn bump_index_version(&self, tenant: &TenantId) -> Result<(), KeelError> {
-        self.table.increment(&tenant.pk(), INDEX_VERSION_SK, 1, None, None).await?;
+    /// Embeds texts in batches off the async workers; empty without an embedder.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, KeelError> {
+        let Some(embedder) = self.embedder.clone() else { return Ok(vec![]) };
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(texts.len());
+            for batch in texts.chunks(EMBED_BATCH) {
+                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                out.extend(embedder.embed(&refs).map_err(|e| KeelError::Unavailable(format!("embedding: {e}")))?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| KeelError::Internal(format!("embedding task: {e}")))?
+    }
+
+    async fn record_change(
+        &self,
+        tenant: &TenantId,
+        doc_id: &str,
+        op: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        acl_groups: &[String],
+    ) -> Result<(), KeelError> {
+        let at = change_time(at);
+        let record = ChangeRecord { doc_id: doc_id.into(), op: op.into(), at: at.clone(), acl_groups: acl_groups.to_vec() };
+        self.table
+            .put(Write {
+                pk: tenant.pk(),
+                sk: format!("CHANGE#{at}#{doc_id}"),
+                data: serde_json::to_value(&record)?,
+                expires_at: Some(keel_core::time::now_secs() + CHANGE_TTL_SECS),
+                condition: Condition::Always,
+            })
+            .await?;
         Ok(())
     }
 
-    /// BM25 search over the caller's tenant, only over chunks the caller may see.
-    pub async fn search(&self, caller: &Caller, query: &str, k: usize) -> Result<Vec<SearchHit>, KeelError> {
+    /// `GET /v1/changes?since=<RFC 3339>&limit=N` (or `cursor=` from the last
+    /// page): documents put or deleted after that time, oldest first, only
+    /// those the caller may see.
+    async fn changes(&self, caller: &Caller, query: &HashMap<String, String>) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
-        let index = self.tenant_index(tenant).await?;
-        let mut groups: Vec<&str> = caller.groups.iter().map(String::as_str).collect();
-        groups.push(PUBLIC_GROUP);
-        index.search(query, &groups, k)
+        let limit = match query.get("limit") {
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_CHANGES).contains(l)).ok_or_else(|| {
+                KeelError::BadRequest(format!("limit must be between 1 and {MAX_CHANGES}"))
+            })?,
+            None => 100,
+        };
+        let after = match (query.get("cursor"), query.get("since")) {
+            (Some(cursor), _) if cursor.starts_with("CHANGE#") => cursor.clone(),
+            (Some(_), _) => return Err(KeelError::BadRequest("cursor is not one this feed returned".into())),
+            (None, Some(since)) => format!("CHANGE#{}#\u{10FFFF}", change_time(parse_time("since", since)?)),
+            (None, None) => return Err(KeelError::BadRequest("give since (RFC 3339) or cursor".into())),
+        };
+        let items = self
+            .table
+            .query(&tenant.pk(), "CHANGE#", QueryOptions { limit: Some(limit), after: Some(after), ..Default::default() })
+            .await?;
+        let cursor = items.last().map(|i| i.sk.clone());
+        let changes: Vec<ChangeRecord> = items
+            .into_iter()
+            .map(|i| serde_json::from_value::<ChangeRecord>(i.data))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|c| visible(caller, &c.acl_groups))
+            .collect();
+        let out: Vec<_> = changes.iter().map(|c| json!({"doc_id": c.doc_id, "op": c.op, "at": c.at})).collect();
+        Ok(ApiResponse::ok(&json!({"changes": out, "cursor": cursor})))
     }
 
-    /// The tenant's in-memory index, rebuilt if the stored version moved on.
-    async fn tenant_index(&self, tenant: &TenantId) -> Result<Arc<TenantIndex>, KeelError> {
-        let version = self.table.get(&tenant.pk(), INDEX_VERSION_SK).await?.map_or(0, |i| i.counter);
-        let cached = self.indexes.lock().ok().and_then(|c| c.get(tenant).cloned());
-        if let Some(index) = cached.filter(|i| i.version == version) {
-            return Ok(index);
-        }
-        let items = self.table.query(&tenant.pk(), "CHUNK#", QueryOptions::default()).await?;
-        let records = items
-            .into_iter()
-            .map(|i| serde_json::from_value::<ChunkRecord>(i.data))
-            .collect::<Result<Vec<_>, _>>()?;
-        let index = Arc::new(TenantIndex::build(version, records)?);
-        if let Ok(mut c) = self.indexes.lock() {
-            c.insert(tenant.clone(), index.clone());
-        }
-        Ok(index)
+    /// Hybrid search over the caller's tenant, only over chunks the caller may see.
+    pub async fn search(&self, caller: &Caller, query: &str, k: usize) -> Result<Vec<SearchHit>, KeelError> {
+        self.search_tuned(caller, query, k, &self.settings.tuning).await
     }
+
+    /// Search with explicit ranking knobs (for tuning on a train split).
+    pub async fn search_tuned(&self, caller: &Caller, query: &str, k: usize, tuning: &Tuning) -> Result<Vec<SearchHit>, KeelError> {
+        let tenant = caller.tenant()?;
+        let index = self.tenant_index(tenant).await?;
+        let query_vector = self.embed(vec![query.to_string()]).await?.pop();
+        let terms = analyzer::analyze(query);
+        let acl = |groups: &[String]| visible(caller, groups);
+        let ranked = index.search(&terms, query_vector.as_deref(), &acl, k, tuning);
+        Ok(ranked.iter().map(|r| hit(&index, r)).collect())
+    }
+
+    /// Chunks held in the warm cache and tenants cached (for benchmarks).
+    pub fn cache_stats(&self) -> (usize, usize) {
+        self.cache.lock().map(|c| (c.resident_chunks(), c.tenants())).unwrap_or((0, 0))
+    }
+
+    /// Drops every warm index (benchmarks measure cold loads with it).
+    pub fn clear_cache(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            *c = IndexCache::new(self.settings.cache_chunks);
+        }
+    }
+}
+
+fn hit(index: &TenantIndex, r: &index::Ranked) -> SearchHit {
+    let c = index.chunk(r);
+    let mut pii: Vec<PiiKind> = c.pii.iter().map(|s| s.kind).collect();
+    pii.sort();
+    pii.dedup();
+    SearchHit {
+        doc_id: c.doc_id.clone(),
+        chunk_id: c.chunk_id.clone(),
+        score: r.score,
+        lexical_score: r.lexical,
+        similarity: r.similarity,
+        text: c.text.clone(),
+        title: c.title.clone(),
+        anchor: c.anchor.clone(),
+        source: c.source.clone(),
+        updated_at: c.updated_at.clone(),
+        stale: is_stale(&index.manifest.freshness_sla, c.source.as_deref(), &c.updated_at),
+        pii,
+    }
+}
+
+/// The text a chunk is embedded as: its title gives the model context.
+fn embedding_text(c: &SegmentChunk) -> String {
+    match &c.title {
+        Some(t) => format!("{t}. {}", c.text),
+        None => c.text.clone(),
+    }
+}
+
+/// Past its source's SLA (sources without one are never stale).
+fn is_stale(slas: &BTreeMap<String, u64>, source: Option<&str>, updated_at: &str) -> bool {
+    let Some(sla) = source.and_then(|s| slas.get(s)) else { return false };
+    chrono::DateTime::parse_from_rfc3339(updated_at)
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() > *sla as i64)
+        .unwrap_or(false)
+}
+
+enum Prepared {
+    Unchanged(ChangeOutcome),
+    New(Box<PreparedDocument>),
+}
+
+struct PreparedDocument {
+    record: DocumentRecord,
+    chunks: Vec<SegmentChunk>,
+    /// The document as stored in the blob store (redacted when asked).
+    source: DocumentInput,
 }
 
 /// Whether a caller may see a document with these ACL groups.
@@ -250,4 +620,10 @@ fn document_not_found(doc_id: &str) -> KeelError {
 struct SearchRequest {
     query: String,
     k: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSettings {
+    freshness_sla_seconds: u64,
 }

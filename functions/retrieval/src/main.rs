@@ -11,7 +11,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
-    let retrieval = Arc::new(Retrieval::new(aws.table, aws.blobs, config.document_body_limit));
+    let retrieval = Arc::new(Retrieval::from_config(aws.table, aws.blobs, &config)?);
     serve(|incoming| {
         let retrieval = retrieval.clone();
         async move {

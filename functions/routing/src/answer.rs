@@ -101,9 +101,15 @@ mod tests {
             doc_id: doc.into(),
             chunk_id: format!("{doc}#0"),
             score: 1.0,
+            lexical_score: 1.0,
+            similarity: None,
             text: text.into(),
             title: None,
             anchor: Anchor { doc_id: doc.into(), chunk: 0, start: 0, end: text.len() },
+            source: None,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            stale: false,
+            pii: vec![],
         }
     }
 

@@ -21,7 +21,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             usd_per_1k_output: *usd_per_1k_output,
         }),
     };
-    let retrieval = Arc::new(Retrieval::new(aws.table.clone(), aws.blobs, config.document_body_limit));
+    let retrieval = Arc::new(Retrieval::from_config(aws.table.clone(), aws.blobs, &config)?);
     let routing = Arc::new(Routing::new(
         retrieval,
         aws.table,

@@ -82,7 +82,12 @@ async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
             }
         }
     };
-    let config = Config::from_lookup(|k| if k == "KEEL_ADMIN_KEY" { Some(admin_key.clone()) } else { std::env::var(k).ok() })?;
+    let config = Config::from_lookup(|k| match k {
+        "KEEL_ADMIN_KEY" => Some(admin_key.clone()),
+        // The model fetched by scripts/fetch-models.sh, unless told otherwise.
+        "KEEL_MODEL_DIR" | "ORT_DYLIB_PATH" => std::env::var(k).ok().or_else(|| default_model_file(k)),
+        _ => std::env::var(k).ok(),
+    })?;
     Stack::start(StackOptions {
         data_dir: data_dir.to_path_buf(),
         port,
@@ -92,4 +97,15 @@ async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
         max_receives: 3,
     })
     .await
+}
+
+/// `.models/` in the working directory, where scripts/fetch-models.sh puts
+/// the embedding model and ONNX Runtime; None when it is not there.
+fn default_model_file(var: &str) -> Option<String> {
+    let path = match var {
+        "KEEL_MODEL_DIR" => ".models/minilm",
+        _ => ".models/onnxruntime/libonnxruntime.so",
+    };
+    let model_present = std::path::Path::new(".models/minilm/model.onnx").is_file();
+    model_present.then(|| path.to_string())
 }

@@ -157,11 +157,11 @@ impl Table for SqliteTable {
             let mut stmt = c
                 .prepare(&format!(
                     "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND substr(sk, 1, length(?2)) = ?2
-                     AND (ttl IS NULL OR ttl > ?3) ORDER BY sk {order} LIMIT ?4"
+                     AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk {order} LIMIT ?4"
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![pk, sk_prefix, now_secs(), limit], row_to_item)
+                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after], row_to_item)
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;

@@ -81,7 +81,7 @@ impl Stack {
         let saga = LocalSaga::new(db, definition, options.retry_interval_scale);
         let config = Arc::new(options.config);
 
-        let retrieval = Arc::new(Retrieval::new(table.clone(), blobs.clone(), config.document_body_limit));
+        let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
         let tools = Arc::new(Tools::new(
             table.clone(),
             queue.clone(),

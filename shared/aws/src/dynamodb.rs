@@ -189,7 +189,12 @@ impl Table for DynamoTable {
                 .scan_index_forward(!options.descending)
                 .expression_attribute_values(":pk", s(pk))
                 .set_exclusive_start_key(start.take());
-            q = if sk_prefix.is_empty() {
+            q = if let Some(after) = &options.after {
+                // The smallest key above `after` up to the last key with the prefix.
+                q.key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":lo", s(&format!("{after}\u{1}")))
+                    .expression_attribute_values(":hi", s(&format!("{sk_prefix}\u{10FFFF}")))
+            } else if sk_prefix.is_empty() {
                 q.key_condition_expression("pk = :pk")
             } else {
                 q.key_condition_expression("pk = :pk AND begins_with(sk, :p)")
@@ -200,7 +205,7 @@ impl Table for DynamoTable {
             }
             let page = q.send().await.map_err(|e| StoreError::Backend(sdk_message(&e)))?;
             for attrs in page.items() {
-                if let Some(item) = to_item(attrs)? {
+                if let Some(item) = to_item(attrs)?.filter(|i| i.sk.starts_with(sk_prefix)) {
                     out.push(item);
                 }
             }

@@ -14,6 +14,17 @@ pub enum ModelChoice {
     Bedrock { model_id: String, usd_per_1k_input: f64, usd_per_1k_output: f64 },
 }
 
+/// Where the in-function embedding model and ONNX Runtime live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingFiles {
+    /// A directory with `model.onnx` and `tokenizer.json` (`KEEL_MODEL_DIR`).
+    pub model_dir: std::path::PathBuf,
+    /// `libonnxruntime.so` (`ORT_DYLIB_PATH`).
+    pub runtime_library: std::path::PathBuf,
+    /// ONNX Runtime intra-op threads (`KEEL_ORT_THREADS`, default 1).
+    pub intra_threads: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The platform admin key (`KEEL_ADMIN_KEY`).
@@ -30,8 +41,16 @@ pub struct Config {
     pub model_max_tokens: u32,
     /// Share of the question's content terms the best evidence must contain; below it, refuse.
     pub min_evidence_coverage: f32,
+    /// Least cosine similarity of the best evidence to the question; below it, refuse.
+    pub min_evidence_similarity: f32,
     /// Timeout for a connector call of a governed action.
     pub connector_timeout_ms: u64,
+    /// Hybrid retrieval when set; lexical (BM25) only when not.
+    pub embedding: Option<EmbeddingFiles>,
+    /// Bound of a warm function's index cache, in chunks across tenants.
+    pub index_cache_chunks: usize,
+    /// Segments a tenant index may have before compaction merges some.
+    pub index_max_segments: usize,
 }
 
 impl Config {
@@ -65,6 +84,14 @@ impl Config {
                 )))
             }
         };
+        let embedding = match get("KEEL_MODEL_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => Some(EmbeddingFiles {
+                model_dir: dir.into(),
+                runtime_library: get("ORT_DYLIB_PATH").ok_or_else(|| missing("ORT_DYLIB_PATH"))?.into(),
+                intra_threads: number(&get, "KEEL_ORT_THREADS", 1)?,
+            }),
+            None => None,
+        };
         Ok(Self {
             admin_key,
             jwt,
@@ -74,10 +101,17 @@ impl Config {
             model,
             model_max_tokens: number(&get, "KEEL_MODEL_MAX_TOKENS", 512)?,
             min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", 0.5)?,
+            min_evidence_similarity: number(&get, "KEEL_MIN_EVIDENCE_SIMILARITY", DEFAULT_MIN_EVIDENCE_SIMILARITY)?,
             connector_timeout_ms: number(&get, "KEEL_CONNECTOR_TIMEOUT_MS", 5_000)?,
+            embedding,
+            index_cache_chunks: number(&get, "KEEL_INDEX_CACHE_CHUNKS", 500_000)?,
+            index_max_segments: number(&get, "KEEL_INDEX_MAX_SEGMENTS", 8)?,
         })
     }
 }
+
+/// Calibrated with `keel-eval refusal` on SciFact train questions (see README).
+pub const DEFAULT_MIN_EVIDENCE_SIMILARITY: f32 = 0.3;
 
 fn missing(var: &str) -> KeelError {
     KeelError::BadRequest(format!("{var} must be set"))
@@ -118,5 +152,7 @@ mod tests {
         assert!(bedrock.unwrap_err().to_string().contains("KEEL_BEDROCK_MODEL_ID"));
         let jwt = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_JWT_SECRET", "s")]);
         assert!(jwt.unwrap_err().to_string().contains("KEEL_JWT_ISSUER"));
+        let model = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODEL_DIR", "/opt/minilm")]);
+        assert!(model.unwrap_err().to_string().contains("ORT_DYLIB_PATH"));
     }
 }

@@ -46,6 +46,8 @@ pub struct QueryOptions {
     pub limit: Option<usize>,
     /// Newest-first order of sort keys.
     pub descending: bool,
+    /// Only sort keys greater than this one (ascending feeds: "what changed since").
+    pub after: Option<String>,
 }
 
 /// The single table (DynamoDB in AWS, a SQLite file locally). Every `pk`

@@ -1,0 +1,151 @@
+//! The per-tenant index manifest (one table item, versioned) and the warm
+//! function's LRU cache of tenant indexes.
+//!
+//! The manifest lists the tenant's segments in generation order and the
+//! freshness SLA of each source. Every change to it (a new segment, a
+//! compaction, an SLA) is one conditional write, so concurrent writers never
+//! lose each other's segments, and a warm function that sees a new version
+//! reloads only the segments it does not hold yet.
+
+use crate::index::TenantIndex;
+use keel_core::ids::TenantId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Sort key of the manifest item.
+pub const MANIFEST_SK: &str = "INDEX";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IndexManifest {
+    /// Oldest generation first.
+    pub segments: Vec<SegmentRef>,
+    pub next_generation: u64,
+    /// Freshness SLA per source name, in seconds.
+    #[serde(default)]
+    pub freshness_sla: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SegmentRef {
+    pub id: String,
+    pub generation: u64,
+    pub chunks: usize,
+}
+
+impl IndexManifest {
+    pub fn segment_key(tenant: &TenantId, id: &str) -> String {
+        tenant.blob_key(&format!("index/{id}.seg"))
+    }
+
+    /// The newest run of segments to merge, when there are more than
+    /// `max_segments`: the newest segments back to the first one that is larger
+    /// than their total (a binary carry: each chunk is rewritten O(log n)
+    /// times). Always at least two.
+    pub fn compaction_run(&self, max_segments: usize) -> Option<std::ops::Range<usize>> {
+        let n = self.segments.len();
+        if n <= max_segments.max(1) {
+            return None;
+        }
+        let mut start = n - 1;
+        let mut total = self.segments[start].chunks;
+        while start > 0 && self.segments[start - 1].chunks <= total {
+            start -= 1;
+            total += self.segments[start].chunks;
+        }
+        Some(start.min(n - 2)..n)
+    }
+}
+
+/// Warm tenant indexes, bounded by the chunks they hold; the least recently
+/// used tenant goes first.
+pub struct IndexCache {
+    capacity_chunks: usize,
+    tick: u64,
+    entries: HashMap<TenantId, (Arc<TenantIndex>, u64)>,
+}
+
+impl IndexCache {
+    pub fn new(capacity_chunks: usize) -> Self {
+        Self { capacity_chunks, tick: 0, entries: HashMap::new() }
+    }
+
+    pub fn get(&mut self, tenant: &TenantId) -> Option<Arc<TenantIndex>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(tenant).map(|(index, used)| {
+            *used = tick;
+            index.clone()
+        })
+    }
+
+    pub fn insert(&mut self, tenant: TenantId, index: Arc<TenantIndex>) {
+        self.tick += 1;
+        self.entries.insert(tenant.clone(), (index, self.tick));
+        while self.resident_chunks() > self.capacity_chunks && self.entries.len() > 1 {
+            let oldest = self.entries.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, (_, used))| *used).map(|(t, _)| t.clone());
+            match oldest {
+                Some(t) => {
+                    self.entries.remove(&t);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn resident_chunks(&self) -> usize {
+        self.entries.values().map(|(i, _)| i.resident_chunks()).sum()
+    }
+
+    pub fn tenants(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(sizes: &[usize]) -> IndexManifest {
+        IndexManifest {
+            segments: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &chunks)| SegmentRef { id: format!("s{i}"), generation: i as u64, chunks })
+                .collect(),
+            next_generation: sizes.len() as u64,
+            freshness_sla: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn compaction_merges_the_small_newest_run() {
+        assert_eq!(manifest(&[100, 1, 1]).compaction_run(8), None);
+        assert_eq!(manifest(&[100, 40, 20, 10, 5, 3, 1, 1, 1]).compaction_run(8), Some(1..9));
+        assert_eq!(manifest(&[1000, 50, 40, 30, 20, 10, 5, 2, 1]).compaction_run(8), Some(7..9));
+        assert_eq!(manifest(&[1; 9]).compaction_run(8), Some(0..9));
+        // A big newest segment still merges with its neighbour.
+        assert_eq!(manifest(&[1, 1, 1, 1, 1, 1, 1, 1, 500]).compaction_run(8), Some(0..9));
+        assert_eq!(manifest(&[900, 800, 700, 600, 500, 400, 300, 200, 1]).compaction_run(8), Some(7..9));
+    }
+
+    #[test]
+    fn cache_evicts_the_least_recently_used_tenant() {
+        let index = |n: usize| {
+            let mut data = crate::segment::SegmentData::new();
+            for i in 0..n {
+                data.push(crate::segment::tests::chunk(&format!("d{i}")), None);
+            }
+            Arc::new(TenantIndex::new(1, IndexManifest::default(), vec![Arc::new(crate::segment::LoadedSegment::new("s".into(), data))]))
+        };
+        let (a, b, c) = (TenantId::parse("ta").unwrap(), TenantId::parse("tb").unwrap(), TenantId::parse("tc").unwrap());
+        let mut cache = IndexCache::new(10);
+        cache.insert(a.clone(), index(4));
+        cache.insert(b.clone(), index(4));
+        assert!(cache.get(&a).is_some());
+        cache.insert(c.clone(), index(4));
+        assert!(cache.get(&b).is_none(), "b was least recently used");
+        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+        assert_eq!(cache.resident_chunks(), 8);
+    }
+}

@@ -1,0 +1,236 @@
+//! Segment storage: writing a segment and committing it to the manifest,
+//! loading a tenant's index (reusing the segments a warm function already
+//! holds), and size-tiered compaction.
+
+use crate::index::TenantIndex;
+use crate::manifest::{IndexManifest, SegmentRef, MANIFEST_SK};
+use crate::segment::{LoadedSegment, SegmentData};
+use crate::Retrieval;
+use keel_core::ids::{new_id, TenantId};
+use keel_core::ports::{Condition, Write};
+use keel_core::{KeelError, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Attempts at a conditional manifest write before giving up (each one lost
+/// a race to another writer, which made progress).
+const COMMIT_ATTEMPTS: usize = 50;
+
+impl Retrieval {
+    pub(crate) async fn read_manifest(&self, tenant: &TenantId) -> Result<(IndexManifest, Option<u64>), KeelError> {
+        match self.table.get(&tenant.pk(), MANIFEST_SK).await? {
+            Some(item) => Ok((serde_json::from_value(item.data)?, Some(item.version))),
+            None => Ok((IndexManifest::default(), None)),
+        }
+    }
+
+    /// Applies `change` to the manifest with optimistic concurrency, retrying
+    /// on a lost race. `change` returns false to give up (nothing written).
+    pub(crate) async fn update_manifest(
+        &self,
+        tenant: &TenantId,
+        mut change: impl FnMut(&mut IndexManifest) -> bool,
+    ) -> Result<Option<u64>, KeelError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (mut manifest, version) = self.read_manifest(tenant).await?;
+            if !change(&mut manifest) {
+                return Ok(None);
+            }
+            let condition = version.map_or(Condition::NotExists, Condition::Version);
+            let write = Write { pk: tenant.pk(), sk: MANIFEST_SK.into(), data: serde_json::to_value(&manifest)?, expires_at: None, condition };
+            match self.table.put(write).await {
+                Ok(v) => return Ok(Some(v)),
+                Err(StoreError::ConditionFailed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeelError::Unavailable("the index manifest is too busy; retry".into()))
+    }
+
+    /// Writes a segment to the blob store and appends it to the manifest.
+    pub(crate) async fn commit_segment(&self, tenant: &TenantId, data: &SegmentData) -> Result<(), KeelError> {
+        let id = new_id("seg");
+        self.blobs.put(&IndexManifest::segment_key(tenant, &id), data.to_bytes()?).await?;
+        let chunks = data.chunks.len();
+        self.update_manifest(tenant, |m| {
+            m.segments.push(SegmentRef { id: id.clone(), generation: m.next_generation, chunks });
+            m.next_generation += 1;
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The tenant's index as of the manifest's current version: from the
+    /// cache when it is current, otherwise assembled from the segments the
+    /// cached index already holds plus the new ones from the blob store.
+    pub(crate) async fn tenant_index(&self, tenant: &TenantId) -> Result<Arc<TenantIndex>, KeelError> {
+        // A compaction may delete a segment between reading the manifest and
+        // loading it: read the manifest again then.
+        for _ in 0..3 {
+            let (manifest, version) = self.read_manifest(tenant).await?;
+            let version = version.unwrap_or(0);
+            let cached = self.cache.lock().ok().and_then(|mut c| c.get(tenant));
+            if let Some(index) = cached.as_ref().filter(|i| i.version == version) {
+                return Ok(index.clone());
+            }
+            let held: HashMap<&str, Arc<LoadedSegment>> =
+                cached.iter().flat_map(|i| i.segments.iter().map(|s| (s.id.as_str(), s.clone()))).collect();
+            match self.load_segments(tenant, &manifest, &held).await {
+                Ok(segments) => {
+                    let index = Arc::new(TenantIndex::new(version, manifest, segments));
+                    if let Ok(mut c) = self.cache.lock() {
+                        c.insert(tenant.clone(), index.clone());
+                    }
+                    return Ok(index);
+                }
+                Err(KeelError::NotFound(missing)) => {
+                    tracing::info!(tenant = %tenant, missing, "segment gone (compacted); reloading the manifest");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(KeelError::Unavailable("the index is being compacted; retry".into()))
+    }
+
+    async fn load_segments(
+        &self,
+        tenant: &TenantId,
+        manifest: &IndexManifest,
+        held: &HashMap<&str, Arc<LoadedSegment>>,
+    ) -> Result<Vec<Arc<LoadedSegment>>, KeelError> {
+        let mut out = Vec::with_capacity(manifest.segments.len());
+        for r in &manifest.segments {
+            match held.get(r.id.as_str()) {
+                Some(s) => out.push(s.clone()),
+                None => out.push(Arc::new(self.load_segment(tenant, &r.id).await?)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_segment(&self, tenant: &TenantId, id: &str) -> Result<LoadedSegment, KeelError> {
+        let bytes = self
+            .blobs
+            .get(&IndexManifest::segment_key(tenant, id))
+            .await?
+            .ok_or_else(|| KeelError::NotFound(id.to_string()))?;
+        let data = tokio::task::spawn_blocking(move || SegmentData::from_bytes(&bytes))
+            .await
+            .map_err(|e| KeelError::Internal(format!("segment load task: {e}")))??;
+        Ok(LoadedSegment::new(id.to_string(), data))
+    }
+
+    /// Merges the newest run of segments when there are too many. Returns
+    /// whether it merged. A concurrent compaction of the same run wins; this
+    /// one then discards its output.
+    pub async fn compact(&self, tenant: &TenantId, max_segments: usize) -> Result<bool, KeelError> {
+        let (manifest, _) = self.read_manifest(tenant).await?;
+        let Some(run) = manifest.compaction_run(max_segments) else { return Ok(false) };
+        let refs: Vec<SegmentRef> = manifest.segments[run.clone()].to_vec();
+        let from_oldest = run.start == 0;
+        let index = self.tenant_index(tenant).await?;
+        let mut segments = Vec::new();
+        for r in &refs {
+            match index.segments.iter().find(|s| s.id == r.id) {
+                Some(s) => segments.push(s.clone()),
+                None => segments.push(Arc::new(self.load_segment(tenant, &r.id).await?)),
+            }
+        }
+        let merged = merge(&segments, from_oldest);
+        let id = new_id("seg");
+        self.blobs.put(&IndexManifest::segment_key(tenant, &id), merged.to_bytes()?).await?;
+        let generation = refs.last().map_or(0, |r| r.generation);
+        let chunks = merged.chunks.len();
+        let committed = self
+            .update_manifest(tenant, |m| {
+                // Only if the run is still there, unchanged and contiguous.
+                let Some(start) = m.segments.iter().position(|s| refs.first().is_some_and(|f| f.id == s.id)) else { return false };
+                if m.segments.get(start..start + refs.len()) != Some(refs.as_slice()) {
+                    return false;
+                }
+                m.segments.splice(start..start + refs.len(), [SegmentRef { id: id.clone(), generation, chunks }]);
+                true
+            })
+            .await?;
+        let obsolete: Vec<&str> = if committed.is_some() { refs.iter().map(|r| r.id.as_str()).collect() } else { vec![id.as_str()] };
+        for old in obsolete {
+            self.blobs.delete(&IndexManifest::segment_key(tenant, old)).await?;
+        }
+        tracing::info!(tenant = %tenant, merged = refs.len(), chunks, committed = committed.is_some(), "compaction");
+        Ok(committed.is_some())
+    }
+}
+
+/// One segment equal to `segments` (oldest first): each document as the
+/// newest of them has it. Deletes are kept unless the run starts at the
+/// oldest segment, where nothing older can hold the document.
+fn merge(segments: &[Arc<LoadedSegment>], from_oldest: bool) -> SegmentData {
+    let mut decided: HashSet<&str> = HashSet::new();
+    let mut kept: Vec<(usize, usize)> = Vec::new();
+    let mut deletes: Vec<String> = Vec::new();
+    for (s, seg) in segments.iter().enumerate().rev() {
+        for (c, chunk) in seg.data.chunks.iter().enumerate() {
+            if !decided.contains(chunk.doc_id.as_str()) {
+                kept.push((s, c));
+            }
+        }
+        for d in &seg.data.deleted_docs {
+            if !decided.contains(d.as_str()) && !seg.data.chunks.iter().any(|c| &c.doc_id == d) && !from_oldest {
+                deletes.push(d.clone());
+            }
+        }
+        decided.extend(seg.data.chunks.iter().map(|c| c.doc_id.as_str()));
+        decided.extend(seg.data.deleted_docs.iter().map(String::as_str));
+    }
+    kept.sort_unstable();
+    // Vectors only when every merged segment has them at one width (an
+    // embedder added or changed later leaves older segments without).
+    let widths: HashSet<u32> = segments.iter().filter(|s| s.len() > 0).map(|s| s.data.dimensions).collect();
+    let with_vectors = widths.len() == 1 && !widths.contains(&0);
+    let mut out = SegmentData::new();
+    out.deleted_docs = deletes;
+    for (s, c) in kept {
+        let data = &segments[s].data;
+        let vector = data.vector(c).filter(|_| with_vectors).map(|v| (v, data.scales[c]));
+        out.push_quantized(data.chunks[c].clone(), vector);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::tests::chunk;
+
+    fn segment(id: &str, docs: &[&str], deletes: &[&str]) -> Arc<LoadedSegment> {
+        let mut data = SegmentData::new();
+        for d in docs {
+            data.push(chunk(d), Some(&[1.0, 0.0]));
+        }
+        data.deleted_docs = deletes.iter().map(|d| d.to_string()).collect();
+        Arc::new(LoadedSegment::new(id.into(), data))
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_version_and_needed_deletes() {
+        let segs = [segment("a", &["x", "y"], &[]), segment("b", &["y"], &["z"]), segment("c", &[], &["x"])];
+        let merged = merge(&segs, false);
+        let docs: Vec<&str> = merged.chunks.iter().map(|c| c.doc_id.as_str()).collect();
+        assert_eq!(docs, ["y"]);
+        assert_eq!(merged.vectors.len(), 2);
+        let mut deletes = merged.deleted_docs.clone();
+        deletes.sort();
+        assert_eq!(deletes, ["x", "z"]);
+        assert!(merge(&segs, true).deleted_docs.is_empty());
+    }
+
+    #[test]
+    fn liveness_follows_the_newest_segment() {
+        let segs = vec![segment("a", &["x", "y"], &[]), segment("b", &["y"], &["x"])];
+        let index = TenantIndex::new(1, IndexManifest::default(), segs);
+        assert_eq!(index.live_chunks(), 1);
+        assert!(index.document_chunks("x").is_empty());
+        assert_eq!(index.document_chunks("y").len(), 1);
+    }
+}
