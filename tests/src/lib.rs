@@ -1,8 +1,9 @@
 //! Helpers for Keel's end-to-end and contract tests (test-only code).
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use keel_core::config::Config;
 use keel_local::{Stack, StackOptions};
+use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,4 +40,33 @@ pub async fn start_stack(dir: &Path, config: Config) -> Stack {
     })
     .await
     .expect("stack starts")
+}
+
+/// Keys of a new tenant's three principals (all in group `staff`).
+pub struct Tenant {
+    pub member: String,
+    pub approver: String,
+    pub admin: String,
+}
+
+/// Creates a tenant (with `extra` fields) and keys for ann (member), bob
+/// (approver) and carol (admin).
+pub async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
+    let mut body = json!({"id": id, "name": id});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let (s, r) = c.call("POST", "/v1/tenants", ADMIN_KEY, Some(body)).await.unwrap();
+    assert_eq!(s, 201, "{r}");
+    let mut keys = Vec::new();
+    for (who, role) in [("ann", "member"), ("bob", "approver"), ("carol", "admin")] {
+        let (s, k) = c
+            .call("POST", &format!("/v1/tenants/{id}/keys"), ADMIN_KEY,
+                Some(json!({"principal": who, "roles": [role], "attributes": {"groups": ["staff"]}})))
+            .await
+            .unwrap();
+        assert_eq!(s, 201, "{k}");
+        keys.push(k["key"].as_str().unwrap().to_string());
+    }
+    Tenant { member: keys[0].clone(), approver: keys[1].clone(), admin: keys[2].clone() }
 }

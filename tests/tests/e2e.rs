@@ -4,36 +4,10 @@
 //! Whole flows against the local stack over loopback HTTP.
 
 use keel_core::ports::{QueueName, Table, WorkQueue};
-use keel_tests::{config, start_stack, Client, ADMIN_KEY};
+use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-
-struct Tenant {
-    member: String,
-    approver: String,
-    admin: String,
-}
-
-async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
-    let mut body = json!({"id": id, "name": id});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        b.extend(e.clone());
-    }
-    let (s, r) = c.call("POST", "/v1/tenants", ADMIN_KEY, Some(body)).await.unwrap();
-    assert_eq!(s, 201, "{r}");
-    let mut keys = Vec::new();
-    for (who, role) in [("ann", "member"), ("bob", "approver"), ("carol", "admin")] {
-        let (s, k) = c
-            .call("POST", &format!("/v1/tenants/{id}/keys"), ADMIN_KEY,
-                Some(json!({"principal": who, "roles": [role], "attributes": {"groups": ["staff"]}})))
-            .await
-            .unwrap();
-        assert_eq!(s, 201, "{k}");
-        keys.push(k["key"].as_str().unwrap().to_string());
-    }
-    Tenant { member: keys[0].clone(), approver: keys[1].clone(), admin: keys[2].clone() }
-}
 
 fn refund_tool(connector: &str) -> Value {
     json!({"description": "refund", "risk": "high",

@@ -4,7 +4,7 @@
 //! Search scores BM25 and int8 cosine similarity only over chunks that are
 //! live and visible to the principal (the ACL filter comes before ranking, so
 //! a hidden chunk never takes a place in the top k), then fuses the two
-//! rankings: a convex combination of min-max-normalized scores, with the
+//! rankings: a convex combination of normalized scores, with the
 //! weights tuned on SciFact's train queries (see `keel-eval tune`).
 
 use crate::manifest::IndexManifest;
@@ -120,13 +120,12 @@ impl TenantIndex {
         let vector = query_vector.map(|q| self.cosine(q, &allowed)).unwrap_or_default();
         let lexical_top = top(&lexical, tuning.candidates);
         let vector_top = top(&vector, tuning.candidates);
-        let norm = |list: &[((usize, usize), f32)]| -> (f32, f32) {
-            let max = list.first().map_or(0.0, |x| x.1);
-            let min = list.last().map_or(0.0, |x| x.1);
-            (min, (max - min).max(1e-6))
-        };
-        let (lmin, lspan) = norm(&lexical_top);
-        let (vmin, vspan) = norm(&vector_top);
+        // BM25 is scaled by its best score (0 stays 0); similarity is min-max
+        // scaled over the vector candidates (a lone candidate scales to 1).
+        let lmax = lexical_top.first().map_or(1.0, |x| x.1);
+        let vmax = vector_top.first().map_or(1.0, |x| x.1);
+        let vmin = vector_top.last().map_or(0.0, |x| x.1);
+        let vspan = vmax - vmin;
         let mut candidates: Vec<(usize, usize)> = lexical_top.iter().chain(&vector_top).map(|x| x.0).collect();
         candidates.sort_unstable();
         candidates.dedup();
@@ -136,10 +135,14 @@ impl TenantIndex {
             .map(|(s, c)| {
                 let lex = lexical.get(s).map_or(0.0, |v| v[c]);
                 let sim = vector.get(s).map(|v| v[c]);
-                let nl = if lex > 0.0 { ((lex - lmin) / lspan).max(0.0) } else { 0.0 };
-                let nv = sim.map_or(0.0, |v| ((v - vmin) / vspan).max(0.0));
+                let nl = if lex > 0.0 { lex / lmax } else { 0.0 };
+                let nv = match sim {
+                    Some(v) if v > f32::MIN && vspan > 1e-6 => ((v - vmin) / vspan).clamp(0.0, 1.0),
+                    Some(v) if v > f32::MIN => 1.0,
+                    _ => 0.0,
+                };
                 let score = if vector.is_empty() { lex } else { w * nl + (1.0 - w) * nv };
-                Ranked { segment: s, chunk: c, score, lexical: lex, similarity: sim }
+                Ranked { segment: s, chunk: c, score, lexical: lex, similarity: sim.filter(|v| *v > f32::MIN) }
             })
             .collect();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then((a.segment, a.chunk).cmp(&(b.segment, b.chunk))));

@@ -14,7 +14,7 @@ pub mod index;
 mod ingest;
 mod manifest;
 pub mod pii;
-mod segment;
+pub mod segment;
 mod store;
 
 pub use index::Tuning;

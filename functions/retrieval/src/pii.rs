@@ -51,6 +51,8 @@ struct Patterns {
     ipv4: Regex,
     ipv6: Regex,
     phone: Regex,
+    phone_words: Regex,
+    date: Regex,
 }
 
 #[allow(clippy::expect_used)] // constant patterns, covered by the tests
@@ -65,6 +67,8 @@ fn patterns() -> &'static Patterns {
             ssn: re(r"\b(\d{3})[- ](\d{2})[- ](\d{4})\b"),
             ipv4: re(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"),
             ipv6: re(r"(?i)\b[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}\b"),
+            phone_words: re(r"(?i)\b(?:phone|call|tel|telephone|mobile|cell|fax|contact|number|no\.|reach|text|whatsapp|dial)\b"),
+            date: re(r"^\d{4}-\d{2}-\d{2}"),
             phone: re(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?: ?(?:x|ext\.?) ?\d{1,5})?\b"),
         }
     })
@@ -153,7 +157,11 @@ pub fn detect(text: &str) -> Vec<PiiSpan> {
     }
     for m in p.phone.find_iter(text) {
         let n = digits_of(m.as_str()).len();
-        if (7..=15).contains(&n) {
+        // Short numbers look like addresses and codes: they need a phone-like
+        // format (+, parentheses) or a phone word just before them.
+        let context = &text[text[..m.start()].char_indices().rev().nth(40).map_or(0, |(i, _)| i)..m.start()];
+        let marked = m.as_str().contains(['+', '(']) || p.phone_words.is_match(context);
+        if (7..=15).contains(&n) && !p.date.is_match(m.as_str()) && (n >= 10 || marked) {
             found.push((m.start(), m.end(), PiiKind::Phone));
         }
     }

@@ -61,6 +61,18 @@ impl Retrieval {
         Ok(())
     }
 
+    /// Every segment of a tenant's index, oldest first (backups, migrations,
+    /// benchmarks).
+    pub async fn export_segments(&self, tenant: &TenantId) -> Result<Vec<SegmentData>, KeelError> {
+        let index = self.tenant_index(tenant).await?;
+        Ok(index.segments.iter().map(|s| s.data.clone()).collect())
+    }
+
+    /// Adds a segment written elsewhere (see `export_segments`) to a tenant's index.
+    pub async fn import_segment(&self, tenant: &TenantId, data: &SegmentData) -> Result<(), KeelError> {
+        self.commit_segment(tenant, data).await
+    }
+
     /// The tenant's index as of the manifest's current version: from the
     /// cache when it is current, otherwise assembled from the segments the
     /// cached index already holds plus the new ones from the blob store.

@@ -38,6 +38,8 @@ pub struct Routing {
     queue: Arc<dyn WorkQueue>,
     hosted: Option<HostedModel>,
     min_coverage: f32,
+    /// Least cosine similarity of the best evidence (calibrated; see README).
+    min_similarity: f32,
     max_tokens: u32,
 }
 
@@ -74,9 +76,10 @@ impl Routing {
         queue: Arc<dyn WorkQueue>,
         hosted: Option<HostedModel>,
         min_coverage: f32,
+        min_similarity: f32,
         max_tokens: u32,
     ) -> Self {
-        Self { retrieval, table, queue, hosted, min_coverage, max_tokens }
+        Self { retrieval, table, queue, hosted, min_coverage, min_similarity, max_tokens }
     }
 
     pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
@@ -100,14 +103,24 @@ impl Routing {
         }
         let evidence = self.retrieval.search(caller, question, EVIDENCE_K).await?;
         let coverage = evidence_coverage(question, &evidence);
+        // Semantic closeness of the best passage (absent in lexical-only mode).
+        let similarity = evidence.iter().filter_map(|h| h.similarity).reduce(f32::max);
         let decision_id = new_id("dec");
-        let (answer, usage) = if evidence.is_empty() || coverage < self.min_coverage {
-            let reason = format!(
-                "insufficient evidence: the best passages cover {:.0}% of the question's terms (need {:.0}%)",
+        let thin = if evidence.is_empty() {
+            Some("no passage matches the question".to_string())
+        } else if coverage < self.min_coverage {
+            Some(format!(
+                "the best passages cover {:.0}% of the question's terms (need {:.0}%)",
                 coverage * 100.0,
                 self.min_coverage * 100.0
-            );
-            (Answer::refusal(reason), Usage::default())
+            ))
+        } else {
+            similarity.filter(|s| *s < self.min_similarity).map(|s| {
+                format!("the closest passage has similarity {s:.2} to the question (need {:.2})", self.min_similarity)
+            })
+        };
+        let (answer, usage) = if let Some(why) = thin {
+            (Answer::refusal(format!("insufficient evidence: {why}")), Usage::default())
         } else {
             match &self.hosted {
                 None => (extractive_answer(question, &evidence), Usage::default()),

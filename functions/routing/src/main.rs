@@ -28,6 +28,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         aws.queue,
         hosted,
         config.min_evidence_coverage,
+        config.min_evidence_similarity,
         config.model_max_tokens,
     ));
     serve(|incoming| {

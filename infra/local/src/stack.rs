@@ -50,6 +50,8 @@ pub struct Stack {
     pub admin_key: String,
     pub queue: Arc<SqliteQueue>,
     pub table: Arc<SqliteTable>,
+    /// The retrieval service itself (benchmarks time it in-process).
+    pub retrieval: Arc<Retrieval>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -101,9 +103,10 @@ impl Stack {
                 queue.clone(),
                 None,
                 config.min_evidence_coverage,
+                config.min_evidence_similarity,
                 config.model_max_tokens,
             ),
-            retrieval,
+            retrieval: retrieval.clone(),
             tools,
             audit: Audit::new(table.clone(), blobs),
         });
@@ -124,7 +127,7 @@ impl Stack {
                 tracing::error!(error = %e, "local API stopped");
             }
         });
-        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, shutdown, server })
+        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, retrieval, shutdown, server })
     }
 
     pub fn url(&self) -> String {
@@ -225,7 +228,7 @@ async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body
     let s = &services;
     let response = match family.as_str() {
         "tenants" => dispatch(req, |r| s.auth.handle(r)).await,
-        "documents" | "search" => dispatch(req, |r| s.retrieval.handle(r)).await,
+        "documents" | "search" | "changes" | "sources" => dispatch(req, |r| s.retrieval.handle(r)).await,
         "ask" => dispatch(req, |r| s.routing.handle(r)).await,
         "tools" | "actions" => dispatch(req, |r| s.tools.handle(r)).await,
         "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,

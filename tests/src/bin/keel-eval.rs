@@ -1,0 +1,435 @@
+//! `keel-eval`: retrieval quality and performance on the public data sets in
+//! `../shared/evaldata`, through the local stack. Build it in release:
+//!
+//! ```text
+//! cargo run --release -p keel-tests --bin keel-eval -- search    # nDCG@10, latency, ingest, cold load, 100k chunks
+//! cargo run --release -p keel-tests --bin keel-eval -- tune      # grid search on SciFact *train* qrels
+//! cargo run --release -p keel-tests --bin keel-eval -- refusal   # refusal / false refusal (calibrated on train)
+//! cargo run --release -p keel-tests --bin keel-eval -- pii       # precision / recall per entity type
+//! ```
+//!
+//! `KEEL_EVALDATA` points at the data (default `../shared/evaldata`).
+//! Latencies are medians and percentiles over every query of repeated rounds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keel_core::auth::Caller;
+use keel_core::ports::{QueueName, WorkQueue};
+use keel_core::TenantId;
+use keel_local::demo::Client;
+use keel_local::Stack;
+use keel_retrieval::pii::{detect, PiiKind};
+use keel_retrieval::Tuning;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+const SCALE_CHUNKS: usize = 100_000;
+
+fn evaldata() -> PathBuf {
+    std::env::var("KEEL_EVALDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/evaldata"))
+}
+
+struct Doc {
+    id: String,
+    title: String,
+    text: String,
+}
+
+fn scifact_corpus() -> Vec<Doc> {
+    let raw = std::fs::read_to_string(evaldata().join("beir-scifact/corpus.jsonl")).expect("SciFact corpus");
+    raw.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Doc { id: v["_id"].as_str().unwrap().into(), title: v["title"].as_str().unwrap_or("").into(), text: v["text"].as_str().unwrap().into() }
+        })
+        .collect()
+}
+
+/// Query id → text.
+fn scifact_queries() -> HashMap<String, String> {
+    let raw = std::fs::read_to_string(evaldata().join("beir-scifact/queries.jsonl")).unwrap();
+    raw.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["_id"].as_str().unwrap().to_string(), v["text"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Query id → relevant doc ids, for `train` or `test`.
+fn qrels(split: &str) -> BTreeMap<String, HashSet<String>> {
+    let raw = std::fs::read_to_string(evaldata().join(format!("beir-scifact/qrels/{split}.tsv"))).unwrap();
+    let mut out: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for line in raw.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() >= 3 && f[2].trim() != "0" {
+            out.entry(f[0].to_string()).or_default().insert(f[1].to_string());
+        }
+    }
+    out
+}
+
+fn cranfield_corpus() -> Vec<Doc> {
+    let raw = std::fs::read_to_string(evaldata().join("cranfield/cran.all.1400")).unwrap();
+    let mut docs = Vec::new();
+    for record in raw.split(".I ").skip(1) {
+        let id = record.lines().next().unwrap_or("").trim().to_string();
+        let field = |tag: &str| -> String {
+            let Some(start) = record.find(&format!("\n.{tag}\n")) else { return String::new() };
+            let rest = &record[start + 4..];
+            let end = rest.find("\n.").unwrap_or(rest.len());
+            rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+        };
+        let text = field("W");
+        if !text.is_empty() {
+            docs.push(Doc { id: format!("cran-{id}"), title: field("T"), text });
+        }
+    }
+    docs
+}
+
+fn ndcg_at_10(ranked: &[String], relevant: &HashSet<String>) -> f64 {
+    let dcg: f64 = ranked.iter().take(10).enumerate().filter(|(_, d)| relevant.contains(*d)).map(|(i, _)| 1.0 / ((i + 2) as f64).log2()).sum();
+    let ideal: f64 = (0..relevant.len().min(10)).map(|i| 1.0 / ((i + 2) as f64).log2()).sum();
+    if ideal == 0.0 {
+        0.0
+    } else {
+        dcg / ideal
+    }
+}
+
+/// First occurrence of each document in a ranked chunk list.
+fn documents(hits: &[Value]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    hits.iter().filter_map(|h| h["doc_id"].as_str()).filter(|d| seen.insert(d.to_string())).map(str::to_string).collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn report(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "  {label}: n={} p50={:.2} ms p95={:.2} ms p99={:.2} ms max={:.2} ms",
+        ms.len(),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.95),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+fn peak_memory_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    stack: Stack,
+    client: Client,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = keel_tests::config(&[("KEEL_DEFAULT_RATE_LIMIT", "100000000")]);
+        let stack = keel_tests::start_stack(dir.path(), config).await;
+        let client = Client::new(stack.url());
+        Self { _dir: dir, stack, client }
+    }
+
+    /// Creates a tenant and returns a member key for it.
+    async fn tenant(&self, id: &str) -> String {
+        let admin = &self.stack.admin_key;
+        let (s, b) = self.client.call("POST", "/v1/tenants", admin, Some(json!({"id": id, "name": id, "plan": "pro"}))).await.unwrap();
+        assert_eq!(s, 201, "{b}");
+        let body = json!({"principal": "eval", "roles": ["member", "admin"]});
+        let (s, k) = self.client.call("POST", &format!("/v1/tenants/{id}/keys"), admin, Some(body)).await.unwrap();
+        assert_eq!(s, 201, "{k}");
+        k["key"].as_str().unwrap().to_string()
+    }
+
+    /// Sends every document through the ingest queue as producers do and
+    /// waits for it to drain. Returns (seconds, chunks indexed).
+    async fn ingest(&self, tenant: &str, docs: &[Doc]) -> (f64, usize) {
+        let started = Instant::now();
+        let attrs: HashMap<String, String> = [("tenant".to_string(), tenant.to_string())].into();
+        for d in docs {
+            let body = json!({"op": "put", "doc_id": d.id, "document": {"title": d.title, "text": d.text, "source": "eval"}});
+            self.stack.queue.send(QueueName::Ingest, body.to_string(), attrs.clone()).await.unwrap();
+        }
+        assert!(self.stack.settle(Duration::from_secs(3600)).await, "ingest did not drain");
+        let dead = self.stack.queue.dead_letters(QueueName::Ingest).unwrap();
+        assert!(dead.is_empty(), "{} ingest messages failed", dead.len());
+        let seconds = started.elapsed().as_secs_f64();
+        let t = TenantId::parse(tenant).unwrap();
+        let chunks: usize = self.stack.retrieval.export_segments(&t).await.unwrap().iter().map(|s| s.chunks.len()).sum();
+        (seconds, chunks)
+    }
+
+    async fn search(&self, key: &str, query: &str, k: usize) -> Vec<Value> {
+        let (s, b) = self.client.call("POST", "/v1/search", key, Some(json!({"query": query, "k": k}))).await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        b["results"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn caller(tenant: &str) -> Caller {
+    Caller { tenant: Some(TenantId::parse(tenant).unwrap()), principal: "eval".into(), roles: vec!["member".into()], groups: vec![], throttled: false }
+}
+
+async fn search_eval() {
+    let env = Env::start().await;
+    let key = env.tenant("scifact").await;
+    let corpus = scifact_corpus();
+    println!("SciFact: {} documents", corpus.len());
+    let (seconds, chunks) = env.ingest("scifact", &corpus).await;
+    println!("Ingest (queue → chunk → PII → embed in batches → segment), ORT threads 1:");
+    println!("  {chunks} chunks in {seconds:.1} s = {:.0} chunks/s, {:.1} docs/s; peak memory {:.0} MiB",
+        chunks as f64 / seconds, corpus.len() as f64 / seconds, peak_memory_mib());
+
+    let queries = scifact_queries();
+    let test = qrels("test");
+    let mut scores = Vec::new();
+    let mut http_ms = Vec::new();
+    for round in 0..ROUNDS {
+        for (qid, relevant) in &test {
+            let started = Instant::now();
+            let hits = env.search(&key, &queries[qid], 50).await;
+            http_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            if round == 0 {
+                scores.push(ndcg_at_10(&documents(&hits), relevant));
+            }
+        }
+    }
+    println!("Quality, SciFact test ({} queries) via POST /v1/search:", scores.len());
+    println!("  nDCG@10 = {:.4}   (published: BM25 0.665, all-MiniLM-L6-v2 0.645)", scores.iter().sum::<f64>() / scores.len() as f64);
+    println!("Latency, {ROUNDS} rounds of the test queries, one at a time:");
+    report("HTTP round trip on loopback (authorizer + embed + hybrid search)", http_ms);
+    let c = caller("scifact");
+    let mut in_function = Vec::new();
+    for _ in 0..ROUNDS {
+        for qid in test.keys() {
+            let started = Instant::now();
+            env.stack.retrieval.search(&c, &queries[qid], 10).await.unwrap();
+            in_function.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    report(&format!("in-function embed + hybrid search, {chunks} chunks"), in_function);
+    cold_load(&env, "scifact", &queries["1"]).await;
+
+    // 100k chunks of one tenant: the SciFact segments replicated under new ids.
+    let segments = env.stack.retrieval.export_segments(&TenantId::parse("scifact").unwrap()).await.unwrap();
+    env.tenant("scale").await;
+    let scale = TenantId::parse("scale").unwrap();
+    let mut total = 0;
+    let mut copy = 0;
+    while total < SCALE_CHUNKS {
+        for s in &segments {
+            let mut s = s.clone();
+            for c in &mut s.chunks {
+                c.doc_id = format!("{}-c{copy}", c.doc_id);
+                c.chunk_id = format!("{}-c{copy}", c.chunk_id);
+                c.anchor.doc_id.clone_from(&c.doc_id);
+            }
+            total += s.chunks.len();
+            env.stack.retrieval.import_segment(&scale, &s).await.unwrap();
+        }
+        copy += 1;
+    }
+    let c = caller("scale");
+    env.stack.retrieval.search(&c, "warm up", 10).await.unwrap();
+    let mut scaled = Vec::new();
+    for _ in 0..ROUNDS {
+        for qid in test.keys() {
+            let started = Instant::now();
+            env.stack.retrieval.search(&c, &queries[qid], 10).await.unwrap();
+            scaled.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    report(&format!("in-function embed + hybrid search, {total} chunks of one tenant"), scaled);
+    cold_load(&env, "scale", &queries["1"]).await;
+    println!("Peak memory of the whole run: {:.0} MiB", peak_memory_mib());
+    env.stack.stop().await;
+}
+
+/// Cold index load: the cache dropped, then one search (minus a warm search's time).
+async fn cold_load(env: &Env, tenant: &str, query: &str) {
+    let c = caller(tenant);
+    let mut ms = Vec::new();
+    for _ in 0..5 {
+        env.stack.retrieval.clear_cache();
+        let started = Instant::now();
+        env.stack.retrieval.search(&c, query, 10).await.unwrap();
+        let cold = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        env.stack.retrieval.search(&c, query, 10).await.unwrap();
+        ms.push((cold - started.elapsed().as_secs_f64()) * 1000.0);
+    }
+    report(&format!("cold index load from the blob store ({tenant})"), ms);
+}
+
+async fn tune() {
+    let env = Env::start().await;
+    env.tenant("scifact").await;
+    env.ingest("scifact", &scifact_corpus()).await;
+    let queries = scifact_queries();
+    let train = qrels("train");
+    let c = caller("scifact");
+    println!("Grid search on SciFact train ({} queries); nDCG@10:", train.len());
+    let mut best = (0.0, Tuning::default());
+    for k1 in [0.9f32, 1.2, 1.5] {
+        for b in [0.4f32, 0.6, 0.75, 0.9] {
+            for w in [0.0f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0] {
+                let t = Tuning { k1, b, lexical_weight: w, ..Tuning::default() };
+                let mut sum = 0.0;
+                for (qid, relevant) in &train {
+                    let hits = env.stack.retrieval.search_tuned(&c, &queries[qid], 50, &t).await.unwrap();
+                    let hits: Vec<Value> = hits.iter().map(|h| json!({"doc_id": h.doc_id})).collect();
+                    sum += ndcg_at_10(&documents(&hits), relevant);
+                }
+                let score = sum / train.len() as f64;
+                println!("  k1={k1} b={b} lexical_weight={w}: {score:.4}");
+                if score > best.0 {
+                    best = (score, t);
+                }
+            }
+        }
+    }
+    println!("Best on train: {:.4} with {:?}", best.0, best.1);
+    env.stack.stop().await;
+}
+
+async fn refusal() {
+    let env = Env::start().await;
+    let sci_key = env.tenant("scifact").await;
+    let cran_key = env.tenant("cranfield").await;
+    env.ingest("scifact", &scifact_corpus()).await;
+    env.ingest("cranfield", &cranfield_corpus()).await;
+    let queries = scifact_queries();
+
+    // Calibrate on train: the best passage's similarity for answerable
+    // questions (SciFact tenant) vs unanswerable ones (Cranfield tenant).
+    let mut answerable = Vec::new();
+    let mut unanswerable = Vec::new();
+    for qid in qrels("train").keys() {
+        for (tenant, out) in [("scifact", &mut answerable), ("cranfield", &mut unanswerable)] {
+            let hits = env.stack.retrieval.search(&caller(tenant), &queries[qid], 5).await.unwrap();
+            out.push(hits.iter().filter_map(|h| h.similarity).fold(f32::MIN, f32::max));
+        }
+    }
+    let rate = |v: &[f32], t: f32| v.iter().filter(|s| **s < t).count() as f64 / v.len() as f64;
+    println!("Calibration on SciFact train ({} questions): threshold → false refusal (SciFact) / refusal (Cranfield)", answerable.len());
+    let mut best = (f64::MIN, 0.0f32);
+    for step in 10..=60 {
+        let t = step as f32 / 100.0;
+        let (fr, r) = (rate(&answerable, t), rate(&unanswerable, t));
+        if step % 5 == 0 {
+            println!("  {t:.2}: {:.1}% / {:.1}%", fr * 100.0, r * 100.0);
+        }
+        // Youden's J: refusals of unanswerable questions minus false refusals.
+        if r - fr > best.0 {
+            best = (r - fr, t);
+        }
+    }
+    println!("  best separation (Youden's J) at {:.2}; configured KEEL_MIN_EVIDENCE_SIMILARITY = {:.2}", best.1, keel_core::config::DEFAULT_MIN_EVIDENCE_SIMILARITY);
+
+    println!("Test questions through POST /v1/ask (coverage and similarity checks as configured):");
+    let test = qrels("test");
+    for (label, key) in [("SciFact tenant (false refusals)", &sci_key), ("Cranfield-only tenant (refusals)", &cran_key)] {
+        let mut refused = 0;
+        for qid in test.keys() {
+            let (s, b) = env.client.call("POST", "/v1/ask", key, Some(json!({"question": queries[qid]}))).await.unwrap();
+            assert_eq!(s, 200, "{b}");
+            refused += usize::from(b["refused"] == json!(true));
+        }
+        println!("  {label}: {refused}/{} = {:.1}% refused", test.len(), refused as f64 * 100.0 / test.len() as f64);
+    }
+    env.stack.stop().await;
+}
+
+fn pii_eval() {
+    let raw = std::fs::read_to_string(evaldata().join("pii-presidio-synth/synth_dataset_v2.json")).unwrap();
+    let samples: Vec<Value> = serde_json::from_str(&raw).unwrap();
+    let kind_of = |t: &str| match t {
+        "EMAIL_ADDRESS" => Some(PiiKind::Email),
+        "PHONE_NUMBER" => Some(PiiKind::Phone),
+        "CREDIT_CARD" => Some(PiiKind::Card),
+        "IBAN_CODE" => Some(PiiKind::Iban),
+        "US_SSN" => Some(PiiKind::NationalId),
+        "IP_ADDRESS" => Some(PiiKind::IpAddress),
+        _ => None,
+    };
+    // (true positives, predicted, gold) per kind; a prediction is right when
+    // it overlaps a gold span of the same kind.
+    let mut counts: BTreeMap<PiiKind, (usize, usize, usize)> = BTreeMap::new();
+    let mut found_gold: BTreeMap<PiiKind, usize> = BTreeMap::new();
+    let show_misses = std::env::var("KEEL_EVAL_SHOW_MISSES").is_ok();
+    for s in &samples {
+        let text = s["full_text"].as_str().unwrap();
+        let gold: Vec<(PiiKind, usize, usize)> = s["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|g| {
+                let k = kind_of(g["entity_type"].as_str()?)?;
+                // Dataset offsets are Python (code point) offsets, like ours.
+                Some((k, g["start_position"].as_u64()? as usize, g["end_position"].as_u64()? as usize))
+            })
+            .collect();
+        let predicted = detect(text);
+        for p in &predicted {
+            let e = counts.entry(p.kind).or_default();
+            e.1 += 1;
+            if gold.iter().any(|g| g.0 == p.kind && p.start < g.2 && g.1 < p.end) {
+                e.0 += 1;
+            } else if show_misses {
+                let value: String = text.chars().skip(p.start).take(p.end - p.start).collect();
+                println!("  false {:?}: {value:?}", p.kind);
+            }
+        }
+        for g in &gold {
+            counts.entry(g.0).or_default().2 += 1;
+            if predicted.iter().any(|p| p.kind == g.0 && p.start < g.2 && g.1 < p.end) {
+                *found_gold.entry(g.0).or_default() += 1;
+            }
+        }
+    }
+    println!("PII detection on presidio-research synth_dataset_v2 ({} samples); overlap match per entity type:", samples.len());
+    for (kind, (tp, predicted, gold)) in counts {
+        let recall_hits = found_gold.get(&kind).copied().unwrap_or(0);
+        let precision = if predicted == 0 { f64::NAN } else { tp as f64 / predicted as f64 };
+        let recall = if gold == 0 { f64::NAN } else { recall_hits as f64 / gold as f64 };
+        println!("  {kind:?}: precision {precision:.3} ({tp}/{predicted}), recall {recall:.3} ({recall_hits}/{gold})");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("search") => search_eval().await,
+        Some("tune") => tune().await,
+        Some("refusal") => refusal().await,
+        Some("pii") => pii_eval(),
+        _ => {
+            eprintln!("usage: keel-eval search | tune | refusal | pii");
+            std::process::exit(2);
+        }
+    }
+}
