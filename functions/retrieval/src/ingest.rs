@@ -78,7 +78,7 @@ impl Retrieval {
         if let Some(records) = body.get("Records").and_then(Value::as_array) {
             let mut out = Vec::with_capacity(records.len());
             for r in records {
-                out.push(self.read_s3_record(r).await?);
+                out.extend(self.read_s3_record(r).await?);
             }
             return Ok(out);
         }
@@ -92,16 +92,22 @@ impl Retrieval {
         Ok(vec![(tenant, change)])
     }
 
-    async fn read_s3_record(&self, record: &Value) -> Result<(TenantId, DocumentChange), KeelError> {
+    /// None for keys outside an inbox: the bucket notification also fires
+    /// for the sources and exports Keel writes itself.
+    async fn read_s3_record(&self, record: &Value) -> Result<Option<(TenantId, DocumentChange)>, KeelError> {
         let raw_key = record
             .pointer("/s3/object/key")
             .and_then(Value::as_str)
             .ok_or_else(|| KeelError::BadRequest("S3 record without an object key".into()))?;
         let key = percent_decode(raw_key);
+        if !key.split('/').nth(2).is_some_and(|part| part == "inbox") {
+            tracing::debug!(key, "not an inbox object; ignored");
+            return Ok(None);
+        }
         let (tenant, doc_id, ext) = parse_inbox_key(&key)?;
         let event = record.get("eventName").and_then(Value::as_str).unwrap_or("");
         if event.starts_with("ObjectRemoved") {
-            return Ok((tenant, DocumentChange::Delete { doc_id }));
+            return Ok(Some((tenant, DocumentChange::Delete { doc_id })));
         }
         let bytes = self
             .blobs
@@ -114,7 +120,7 @@ impl Retrieval {
             let text = String::from_utf8(bytes).map_err(|_| KeelError::BadRequest(format!("{key}: not UTF-8 text")))?;
             DocumentInput { title: None, text, acl: None, source: Some("s3".into()), updated_at: None }
         };
-        Ok((tenant, DocumentChange::Put { doc_id, document }))
+        Ok(Some((tenant, DocumentChange::Put { doc_id, document })))
     }
 }
 
