@@ -38,22 +38,20 @@ impl IndexManifest {
         tenant.blob_key(&format!("index/{id}.seg"))
     }
 
-    /// The newest run of segments to merge, when there are more than
-    /// `max_segments`: the newest segments back to the first one that is larger
-    /// than their total (a binary carry: each chunk is rewritten O(log n)
-    /// times). Always at least two.
+    /// The run of adjacent segments to merge when there are more than
+    /// `max_segments`: of all runs of half that many, the one with the fewest
+    /// chunks. Small segments merge with each other and big ones are left
+    /// alone, so each chunk is rewritten O(log n) times. Runs are contiguous
+    /// in generation order, which keeps "the newest segment decides" true.
     pub fn compaction_run(&self, max_segments: usize) -> Option<std::ops::Range<usize>> {
         let n = self.segments.len();
-        if n <= max_segments.max(1) {
+        if n <= max_segments.max(2) {
             return None;
         }
-        let mut start = n - 1;
-        let mut total = self.segments[start].chunks;
-        while start > 0 && self.segments[start - 1].chunks <= total {
-            start -= 1;
-            total += self.segments[start].chunks;
-        }
-        Some(start.min(n - 2)..n)
+        let width = (max_segments / 2).clamp(2, n);
+        (0..=n - width)
+            .min_by_key(|&start| self.segments[start..start + width].iter().map(|s| s.chunks).sum::<usize>())
+            .map(|start| start..start + width)
     }
 }
 
@@ -121,12 +119,11 @@ mod tests {
     #[test]
     fn compaction_merges_the_small_newest_run() {
         assert_eq!(manifest(&[100, 1, 1]).compaction_run(8), None);
-        assert_eq!(manifest(&[100, 40, 20, 10, 5, 3, 1, 1, 1]).compaction_run(8), Some(1..9));
-        assert_eq!(manifest(&[1000, 50, 40, 30, 20, 10, 5, 2, 1]).compaction_run(8), Some(7..9));
-        assert_eq!(manifest(&[1; 9]).compaction_run(8), Some(0..9));
-        // A big newest segment still merges with its neighbour.
-        assert_eq!(manifest(&[1, 1, 1, 1, 1, 1, 1, 1, 500]).compaction_run(8), Some(0..9));
-        assert_eq!(manifest(&[900, 800, 700, 600, 500, 400, 300, 200, 1]).compaction_run(8), Some(7..9));
+        assert_eq!(manifest(&[100, 40, 20, 10, 5, 3, 1, 1, 1]).compaction_run(8), Some(5..9));
+        assert_eq!(manifest(&[1; 9]).compaction_run(8), Some(0..4));
+        // A big segment is left alone, wherever it is.
+        assert_eq!(manifest(&[30, 30, 30, 30, 30, 30, 30, 2000, 30]).compaction_run(8), Some(0..4));
+        assert_eq!(manifest(&[2000, 120, 120, 30, 30, 120, 30, 30, 30]).compaction_run(8), Some(3..7));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! cargo run --release -p keel-tests --bin keel-eval -- tune      # grid search on SciFact *train* qrels
 //! cargo run --release -p keel-tests --bin keel-eval -- refusal   # refusal / false refusal (calibrated on train)
 //! cargo run --release -p keel-tests --bin keel-eval -- pii       # precision / recall per entity type
+//! cargo run --release -p keel-tests --bin keel-eval -- embed     # the embedding model alone
 //! ```
 //!
 //! `KEEL_EVALDATA` points at the data (default `../shared/evaldata`).
@@ -140,29 +141,52 @@ fn peak_memory_mib() -> f64 {
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     stack: Stack,
     client: Client,
 }
 
 impl Env {
+    /// A local stack in a temporary directory, or in `KEEL_EVAL_DATA_DIR` so
+    /// that several commands share one ingest (tenants found there are reused).
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, path) = match std::env::var("KEEL_EVAL_DATA_DIR") {
+            Ok(p) => (None, PathBuf::from(p)),
+            Err(_) => {
+                let d = tempfile::tempdir().unwrap();
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
         let config = keel_tests::config(&[("KEEL_DEFAULT_RATE_LIMIT", "100000000")]);
-        let stack = keel_tests::start_stack(dir.path(), config).await;
+        let stack = keel_tests::start_stack(&path, config).await;
         let client = Client::new(stack.url());
         Self { _dir: dir, stack, client }
     }
 
-    /// Creates a tenant and returns a member key for it.
-    async fn tenant(&self, id: &str) -> String {
+    /// Creates a tenant (or finds it) and returns a key for it, and whether it is new.
+    async fn tenant(&self, id: &str) -> (String, bool) {
         let admin = &self.stack.admin_key;
         let (s, b) = self.client.call("POST", "/v1/tenants", admin, Some(json!({"id": id, "name": id, "plan": "pro"}))).await.unwrap();
-        assert_eq!(s, 201, "{b}");
+        assert!(s == 201 || s == 409, "{b}");
         let body = json!({"principal": "eval", "roles": ["member", "admin"]});
         let (s, k) = self.client.call("POST", &format!("/v1/tenants/{id}/keys"), admin, Some(body)).await.unwrap();
         assert_eq!(s, 201, "{k}");
-        k["key"].as_str().unwrap().to_string()
+        (k["key"].as_str().unwrap().to_string(), s == 201 && b["id"] == json!(id))
+    }
+
+    /// A tenant holding `docs`, ingested unless it was there already.
+    async fn tenant_with(&self, id: &str, docs: &[Doc]) -> String {
+        let (key, new) = self.tenant(id).await;
+        if new {
+            let (seconds, chunks) = self.ingest(id, docs).await;
+            println!("Ingest of {id} (queue → chunk → PII → embed in batches → segment), one ONNX Runtime thread:");
+            println!("  {} documents, {chunks} chunks in {seconds:.1} s = {:.1} chunks/s, {:.1} documents/s; peak memory so far {:.0} MiB",
+                docs.len(), chunks as f64 / seconds, docs.len() as f64 / seconds, peak_memory_mib());
+        } else {
+            println!("Reusing tenant {id} from KEEL_EVAL_DATA_DIR");
+        }
+        key
     }
 
     /// Sends every document through the ingest queue as producers do and
@@ -196,13 +220,9 @@ fn caller(tenant: &str) -> Caller {
 
 async fn search_eval() {
     let env = Env::start().await;
-    let key = env.tenant("scifact").await;
-    let corpus = scifact_corpus();
-    println!("SciFact: {} documents", corpus.len());
-    let (seconds, chunks) = env.ingest("scifact", &corpus).await;
-    println!("Ingest (queue → chunk → PII → embed in batches → segment), ORT threads 1:");
-    println!("  {chunks} chunks in {seconds:.1} s = {:.0} chunks/s, {:.1} docs/s; peak memory {:.0} MiB",
-        chunks as f64 / seconds, corpus.len() as f64 / seconds, peak_memory_mib());
+    let key = env.tenant_with("scifact", &scifact_corpus()).await;
+    let sci = TenantId::parse("scifact").unwrap();
+    let chunks: usize = env.stack.retrieval.export_segments(&sci).await.unwrap().iter().map(|s| s.chunks.len()).sum();
 
     let queries = scifact_queries();
     let test = qrels("test");
@@ -236,7 +256,8 @@ async fn search_eval() {
 
     // 100k chunks of one tenant: the SciFact segments replicated under new ids.
     let segments = env.stack.retrieval.export_segments(&TenantId::parse("scifact").unwrap()).await.unwrap();
-    env.tenant("scale").await;
+    let (_, new) = env.tenant("scale").await;
+    assert!(new, "the scale tenant is built fresh; use a new KEEL_EVAL_DATA_DIR");
     let scale = TenantId::parse("scale").unwrap();
     let mut total = 0;
     let mut copy = 0;
@@ -253,6 +274,9 @@ async fn search_eval() {
         }
         copy += 1;
     }
+    let started = Instant::now();
+    while env.stack.retrieval.compact(&scale, 8).await.unwrap() {}
+    println!("  {total} chunks imported as {copy} copies of the SciFact segments; compacted in {:.1} s", started.elapsed().as_secs_f64());
     let c = caller("scale");
     env.stack.retrieval.search(&c, "warm up", 10).await.unwrap();
     let mut scaled = Vec::new();
@@ -287,16 +311,15 @@ async fn cold_load(env: &Env, tenant: &str, query: &str) {
 
 async fn tune() {
     let env = Env::start().await;
-    env.tenant("scifact").await;
-    env.ingest("scifact", &scifact_corpus()).await;
+    env.tenant_with("scifact", &scifact_corpus()).await;
     let queries = scifact_queries();
     let train = qrels("train");
     let c = caller("scifact");
     println!("Grid search on SciFact train ({} queries); nDCG@10:", train.len());
     let mut best = (0.0, Tuning::default());
-    for k1 in [0.9f32, 1.2, 1.5] {
-        for b in [0.4f32, 0.6, 0.75, 0.9] {
-            for w in [0.0f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0] {
+    for k1 in [0.9f32, 1.2] {
+        for b in [0.4f32, 0.75] {
+            for w in [0.0f32, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0] {
                 let t = Tuning { k1, b, lexical_weight: w, ..Tuning::default() };
                 let mut sum = 0.0;
                 for (qid, relevant) in &train {
@@ -318,10 +341,8 @@ async fn tune() {
 
 async fn refusal() {
     let env = Env::start().await;
-    let sci_key = env.tenant("scifact").await;
-    let cran_key = env.tenant("cranfield").await;
-    env.ingest("scifact", &scifact_corpus()).await;
-    env.ingest("cranfield", &cranfield_corpus()).await;
+    let sci_key = env.tenant_with("scifact", &scifact_corpus()).await;
+    let cran_key = env.tenant_with("cranfield", &cranfield_corpus()).await;
     let queries = scifact_queries();
 
     // Calibrate on train: the best passage's similarity for answerable
@@ -362,6 +383,41 @@ async fn refusal() {
         println!("  {label}: {refused}/{} = {:.1}% refused", test.len(), refused as f64 * 100.0 / test.len() as f64);
     }
     env.stack.stop().await;
+}
+
+/// The embedding model alone: one query at a time (DESIGN budget: < 10 ms on
+/// one thread) and ingest-sized batches.
+fn embed_eval() {
+    let models = keel_tests::models_dir();
+    let threads: usize = std::env::var("KEEL_ORT_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    let embedder = keel_ml::Embedder::load(&keel_ml::EmbedderConfig {
+        model_dir: models.join("minilm"),
+        runtime_library: models.join("onnxruntime/libonnxruntime.so"),
+        intra_threads: threads,
+    })
+    .unwrap();
+    let queries = scifact_queries();
+    let texts: Vec<&String> = queries.values().take(300).collect();
+    let mut ms = Vec::new();
+    for _ in 0..ROUNDS {
+        for q in &texts {
+            let started = Instant::now();
+            embedder.embed(&[q.as_str()]).unwrap();
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    println!("Embedding, {threads} ONNX Runtime thread(s):");
+    report("one query", ms);
+    let corpus = scifact_corpus();
+    let passages: Vec<String> = corpus.iter().take(256).map(|d| d.text.chars().take(600).collect()).collect();
+    for batch in [1usize, 8, 32] {
+        let started = Instant::now();
+        for chunk in passages.chunks(batch) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            embedder.embed(&refs).unwrap();
+        }
+        println!("  passages of 600 characters, batch {batch}: {:.0} per second", passages.len() as f64 / started.elapsed().as_secs_f64());
+    }
 }
 
 fn pii_eval() {
@@ -427,8 +483,9 @@ async fn main() {
         Some("tune") => tune().await,
         Some("refusal") => refusal().await,
         Some("pii") => pii_eval(),
+        Some("embed") => embed_eval(),
         _ => {
-            eprintln!("usage: keel-eval search | tune | refusal | pii");
+            eprintln!("usage: keel-eval search | tune | refusal | pii | embed");
             std::process::exit(2);
         }
     }
