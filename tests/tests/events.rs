@@ -26,6 +26,8 @@ fn every_sample_event_is_recognized() {
         include_str!("../../events/auth/create-key.json"),
         include_str!("../../events/retrieval/put-document.json"),
         include_str!("../../events/retrieval/search.json"),
+        include_str!("../../events/retrieval/changes.json"),
+        include_str!("../../events/retrieval/put-source.json"),
         include_str!("../../events/routing/ask.json"),
         include_str!("../../events/tools/put-tool.json"),
         include_str!("../../events/tools/propose-action.json"),

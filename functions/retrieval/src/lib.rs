@@ -230,8 +230,8 @@ impl Retrieval {
                 let doc_id = parse_path_id("document", id)?;
                 let found = self.document(tenant, &doc_id).await?.filter(|(d, _)| visible(caller, &d.acl_groups));
                 let (d, version) = found.ok_or_else(|| document_not_found(&doc_id))?;
-                let index = self.tenant_index(tenant).await?;
-                let stale = is_stale(&index.manifest.freshness_sla, d.source.as_deref(), &d.updated_at);
+                let (manifest, _) = self.read_manifest(tenant).await?;
+                let stale = is_stale(&manifest.freshness_sla, d.source.as_deref(), &d.updated_at);
                 Ok(ApiResponse::ok(&json!({"doc_id": d.doc_id, "title": d.title, "version": version,
                     "chunks": d.chunks, "updated_at": d.updated_at, "indexed_at": d.indexed_at, "source": d.source,
                     "stale": stale, "acl": {"groups": d.acl_groups}, "pii": d.pii, "redacted": d.redacted})))
@@ -317,8 +317,8 @@ impl Retrieval {
                 }
                 DocumentChange::Delete { doc_id } => match self.document(tenant, &doc_id).await {
                     Ok(existing) => {
-                        puts.remove(&doc_id);
-                        let outcome = if existing.is_some() || puts.contains_key(&doc_id) {
+                        let put_in_batch = puts.remove(&doc_id).is_some();
+                        let outcome = if existing.is_some() || put_in_batch {
                             ChangeOutcome::Deleted { doc_id: doc_id.clone() }
                         } else {
                             ChangeOutcome::NotFound { doc_id: doc_id.clone() }
