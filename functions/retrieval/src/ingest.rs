@@ -100,7 +100,7 @@ impl Retrieval {
             .and_then(Value::as_str)
             .ok_or_else(|| KeelError::BadRequest("S3 record without an object key".into()))?;
         let key = percent_decode(raw_key);
-        if !key.split('/').nth(2).is_some_and(|part| part == "inbox") {
+        if key.split('/').nth(2).is_none_or(|part| part != "inbox") {
             tracing::debug!(key, "not an inbox object; ignored");
             return Ok(None);
         }

@@ -338,7 +338,7 @@ impl Retrieval {
         let mut segment = SegmentData::new();
         let mut docs: Vec<PreparedDocument> = puts.into_values().collect();
         docs.sort_by(|a, b| a.record.doc_id.cmp(&b.record.doc_id));
-        let texts: Vec<String> = docs.iter().flat_map(|d| d.chunks.iter().map(|c| embedding_text(c))).collect();
+        let texts: Vec<String> = docs.iter().flat_map(|d| d.chunks.iter().map(embedding_text)).collect();
         let mut vectors = self.embed(texts).await?.into_iter();
         for d in &docs {
             for c in &d.chunks {

@@ -131,6 +131,10 @@ impl LoadedSegment {
     pub fn len(&self) -> usize {
         self.data.chunks.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.chunks.is_empty()
+    }
 }
 
 #[cfg(test)]

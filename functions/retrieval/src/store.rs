@@ -198,7 +198,7 @@ fn merge(segments: &[Arc<LoadedSegment>], from_oldest: bool) -> SegmentData {
     kept.sort_unstable();
     // Vectors only when every merged segment has them at one width (an
     // embedder added or changed later leaves older segments without).
-    let widths: HashSet<u32> = segments.iter().filter(|s| s.len() > 0).map(|s| s.data.dimensions).collect();
+    let widths: HashSet<u32> = segments.iter().filter(|s| !s.is_empty()).map(|s| s.data.dimensions).collect();
     let with_vectors = widths.len() == 1 && !widths.contains(&0);
     let mut out = SegmentData::new();
     out.deleted_docs = deletes;
