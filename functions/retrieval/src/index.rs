@@ -12,7 +12,8 @@ use crate::segment::{dot_i8, quantize, LoadedSegment, SegmentChunk};
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// Ranking knobs. The defaults are the values tuned on SciFact train.
+/// Ranking knobs. The defaults are the best of `keel-eval tune` on SciFact's
+/// 809 train queries (nDCG@10 0.745 there; BM25 alone 0.689, vectors alone 0.688).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tuning {
     pub k1: f32,
@@ -25,7 +26,7 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { k1: 1.2, b: 0.75, lexical_weight: 0.5, candidates: 100 }
+        Self { k1: 0.9, b: 0.4, lexical_weight: 0.6, candidates: 100 }
     }
 }
 
