@@ -4,7 +4,7 @@
 //! (Bedrock `Converse`) whose answer must cite the evidence, meters usage and
 //! sends a decision event to the audit queue.
 
-mod answer;
+pub mod answer;
 
 use answer::{evidence_coverage, extractive_answer, parse_citations, Answer};
 use keel_core::auth::Caller;

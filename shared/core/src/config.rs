@@ -100,7 +100,7 @@ impl Config {
             document_body_limit: number(&get, "KEEL_DOCUMENT_BODY_LIMIT", 1024 * 1024)?,
             model,
             model_max_tokens: number(&get, "KEEL_MODEL_MAX_TOKENS", 512)?,
-            min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", 0.5)?,
+            min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", DEFAULT_MIN_EVIDENCE_COVERAGE)?,
             min_evidence_similarity: number(&get, "KEEL_MIN_EVIDENCE_SIMILARITY", DEFAULT_MIN_EVIDENCE_SIMILARITY)?,
             connector_timeout_ms: number(&get, "KEEL_CONNECTOR_TIMEOUT_MS", 5_000)?,
             embedding,
@@ -110,7 +110,9 @@ impl Config {
     }
 }
 
-/// Calibrated with `keel-eval refusal` on SciFact train questions (see README).
+/// Refusal thresholds, calibrated with `keel-eval refusal` on SciFact train
+/// questions asked of a SciFact tenant and of a Cranfield-only tenant (README).
+pub const DEFAULT_MIN_EVIDENCE_COVERAGE: f32 = 0.5;
 pub const DEFAULT_MIN_EVIDENCE_SIMILARITY: f32 = 0.3;
 
 fn missing(var: &str) -> KeelError {

@@ -75,7 +75,7 @@ fn qrels(split: &str) -> BTreeMap<String, HashSet<String>> {
 }
 
 fn cranfield_corpus() -> Vec<Doc> {
-    let raw = std::fs::read_to_string(evaldata().join("cranfield/cran.all.1400")).unwrap();
+    let raw = std::fs::read_to_string(evaldata().join("cranfield/cran.all.1400")).unwrap().replace("\r\n", "\n");
     let mut docs = Vec::new();
     for record in raw.split(".I ").skip(1) {
         let id = record.lines().next().unwrap_or("").trim().to_string();
@@ -345,31 +345,35 @@ async fn refusal() {
     let cran_key = env.tenant_with("cranfield", &cranfield_corpus()).await;
     let queries = scifact_queries();
 
-    // Calibrate on train: the best passage's similarity for answerable
-    // questions (SciFact tenant) vs unanswerable ones (Cranfield tenant).
+    // Calibrate on train: (term coverage, best similarity) of the evidence
+    // /v1/ask would get, for answerable questions (SciFact tenant) and
+    // unanswerable ones (Cranfield tenant).
     let mut answerable = Vec::new();
     let mut unanswerable = Vec::new();
     for qid in qrels("train").keys() {
         for (tenant, out) in [("scifact", &mut answerable), ("cranfield", &mut unanswerable)] {
             let hits = env.stack.retrieval.search(&caller(tenant), &queries[qid], 5).await.unwrap();
-            out.push(hits.iter().filter_map(|h| h.similarity).fold(f32::MIN, f32::max));
+            let coverage = keel_routing::answer::evidence_coverage(&queries[qid], &hits);
+            out.push((coverage, hits.iter().filter_map(|h| h.similarity).fold(f32::MIN, f32::max)));
         }
     }
-    let rate = |v: &[f32], t: f32| v.iter().filter(|s| **s < t).count() as f64 / v.len() as f64;
-    println!("Calibration on SciFact train ({} questions): threshold → false refusal (SciFact) / refusal (Cranfield)", answerable.len());
-    let mut best = (f64::MIN, 0.0f32);
-    for step in 10..=60 {
-        let t = step as f32 / 100.0;
-        let (fr, r) = (rate(&answerable, t), rate(&unanswerable, t));
-        if step % 5 == 0 {
-            println!("  {t:.2}: {:.1}% / {:.1}%", fr * 100.0, r * 100.0);
-        }
-        // Youden's J: refusals of unanswerable questions minus false refusals.
-        if r - fr > best.0 {
-            best = (r - fr, t);
+    let rate = |v: &[(f32, f32)], c: f32, s: f32| v.iter().filter(|(cv, sv)| *cv < c || *sv < s).count() as f64 / v.len() as f64;
+    println!("Calibration on SciFact train ({} questions): (min coverage, min similarity) → false refusal (SciFact) / refusal (Cranfield)", answerable.len());
+    let mut best = (f64::MIN, 0.0f32, 0.0f32);
+    for c in [0.0f32, 0.2, 0.3, 0.4, 0.5] {
+        for step in 2..=12 {
+            let s = step as f32 * 0.05;
+            let (fr, r) = (rate(&answerable, c, s), rate(&unanswerable, c, s));
+            println!("  ({c:.1}, {s:.2}): {:.1}% / {:.1}%", fr * 100.0, r * 100.0);
+            // Youden's J: refusals of unanswerable questions minus false refusals.
+            if r - fr > best.0 + 1e-9 {
+                best = (r - fr, c, s);
+            }
         }
     }
-    println!("  best separation (Youden's J) at {:.2}; configured KEEL_MIN_EVIDENCE_SIMILARITY = {:.2}", best.1, keel_core::config::DEFAULT_MIN_EVIDENCE_SIMILARITY);
+    println!("  best separation (Youden's J = {:.3}) at coverage {:.1}, similarity {:.2}", best.0, best.1, best.2);
+    println!("  configured: KEEL_MIN_EVIDENCE_COVERAGE = {:.2}, KEEL_MIN_EVIDENCE_SIMILARITY = {:.2}",
+        keel_core::config::DEFAULT_MIN_EVIDENCE_COVERAGE, keel_core::config::DEFAULT_MIN_EVIDENCE_SIMILARITY);
 
     println!("Test questions through POST /v1/ask (coverage and similarity checks as configured):");
     let test = qrels("test");
