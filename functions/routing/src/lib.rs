@@ -106,18 +106,19 @@ impl Routing {
         // Semantic closeness of the best passage (absent in lexical-only mode).
         let similarity = evidence.iter().filter_map(|h| h.similarity).reduce(f32::max);
         let decision_id = new_id("dec");
-        let thin = if evidence.is_empty() {
-            Some("no passage matches the question".to_string())
-        } else if coverage < self.min_coverage {
-            Some(format!(
+        // With vectors, the calibrated similarity threshold decides; term
+        // coverage is the guard only in lexical-only mode.
+        let thin = match similarity {
+            _ if evidence.is_empty() => Some("no passage matches the question".to_string()),
+            Some(s) if s < self.min_similarity => {
+                Some(format!("the closest passage has similarity {s:.2} to the question (need {:.2})", self.min_similarity))
+            }
+            None if coverage < self.min_coverage => Some(format!(
                 "the best passages cover {:.0}% of the question's terms (need {:.0}%)",
                 coverage * 100.0,
                 self.min_coverage * 100.0
-            ))
-        } else {
-            similarity.filter(|s| *s < self.min_similarity).map(|s| {
-                format!("the closest passage has similarity {s:.2} to the question (need {:.2})", self.min_similarity)
-            })
+            )),
+            _ => None,
         };
         let (answer, usage) = if let Some(why) = thin {
             (Answer::refusal(format!("insufficient evidence: {why}")), Usage::default())
