@@ -242,15 +242,8 @@ async fn search_eval() {
     println!("  nDCG@10 = {:.4}   (published: BM25 0.665, all-MiniLM-L6-v2 0.645)", scores.iter().sum::<f64>() / scores.len() as f64);
     println!("Latency, {ROUNDS} rounds of the test queries, one at a time:");
     report("HTTP round trip on loopback (authorizer + embed + hybrid search)", http_ms);
-    let c = caller("scifact");
-    let mut in_function = Vec::new();
-    for _ in 0..ROUNDS {
-        for qid in test.keys() {
-            let started = Instant::now();
-            env.stack.retrieval.search(&c, &queries[qid], 10).await.unwrap();
-            in_function.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
+    let test_queries: Vec<&str> = test.keys().map(|q| queries[q].as_str()).collect();
+    let in_function = time_searches(&env, "scifact", &test_queries).await;
     report(&format!("in-function embed + hybrid search, {chunks} chunks"), in_function);
     cold_load(&env, "scifact", &queries["1"]).await;
 
@@ -277,20 +270,26 @@ async fn search_eval() {
     let started = Instant::now();
     while env.stack.retrieval.compact(&scale, 8).await.unwrap() {}
     println!("  {total} chunks imported as {copy} copies of the SciFact segments; compacted in {:.1} s", started.elapsed().as_secs_f64());
-    let c = caller("scale");
-    env.stack.retrieval.search(&c, "warm up", 10).await.unwrap();
-    let mut scaled = Vec::new();
-    for _ in 0..ROUNDS {
-        for qid in test.keys() {
-            let started = Instant::now();
-            env.stack.retrieval.search(&c, &queries[qid], 10).await.unwrap();
-            scaled.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
+    env.stack.retrieval.search(&caller("scale"), "warm up", 10).await.unwrap();
+    let scaled = time_searches(&env, "scale", &test_queries).await;
     report(&format!("in-function embed + hybrid search, {total} chunks of one tenant"), scaled);
     cold_load(&env, "scale", &queries["1"]).await;
     println!("Peak memory of the whole run: {:.0} MiB", peak_memory_mib());
     env.stack.stop().await;
+}
+
+/// In-function search times (ms) of every query, `ROUNDS` times over.
+async fn time_searches(env: &Env, tenant: &str, queries: &[&str]) -> Vec<f64> {
+    let c = caller(tenant);
+    let mut ms = Vec::new();
+    for _ in 0..ROUNDS {
+        for q in queries {
+            let started = Instant::now();
+            env.stack.retrieval.search(&c, q, 10).await.unwrap();
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    ms
 }
 
 /// Cold index load: the cache dropped, then one search (minus a warm search's time).
