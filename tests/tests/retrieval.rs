@@ -23,9 +23,13 @@ async fn put(c: &Client, key: &str, id: &str, doc: Value) -> Value {
 }
 
 async fn search(c: &Client, key: &str, query: &str, k: usize) -> Vec<Value> {
+    search_in_mode(c, key, query, k, "hybrid").await
+}
+
+async fn search_in_mode(c: &Client, key: &str, query: &str, k: usize, mode: &str) -> Vec<Value> {
     let (s, b) = c.call("POST", "/v1/search", key, Some(json!({"query": query, "k": k}))).await.unwrap();
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["mode"], "hybrid");
+    assert_eq!(b["mode"], mode);
     b["results"].as_array().unwrap().clone()
 }
 
@@ -216,5 +220,27 @@ async fn queue_ingest_batches_fails_per_message_and_ignores_redelivery() {
     assert!(search(&c, &other.member, "model2 batteries", 10).await.is_empty());
     let (s, _) = c.call("GET", "/v1/documents/faq-2", &other.member, None).await.unwrap();
     assert_eq!(s, 404);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_model_search_is_lexical_and_ask_refuses_on_term_coverage() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_MODEL_DIR", "")])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "lexical", json!({})).await;
+    put(&c, &t.member, "refunds", json!({"text": "Refunds are paid within five business days."})).await;
+    let hits = search_in_mode(&c, &t.member, "refund paid", 3, "lexical").await;
+    assert_eq!(hits[0]["doc_id"], "refunds");
+    assert_eq!(hits[0]["similarity"], Value::Null);
+    let ask = |q: &'static str| {
+        let (c, key) = (&c, &t.member);
+        async move { c.call("POST", "/v1/ask", key, Some(json!({"question": q}))).await.unwrap().1 }
+    };
+    let answered = ask("How fast are refunds paid?").await;
+    assert_eq!(answered["refused"], false, "{answered}");
+    let refused = ask("Which telescope mirrors are paid for by grants?").await;
+    assert_eq!(refused["refused"], true, "{refused}");
+    assert!(refused["reason"].as_str().unwrap().contains("terms"), "{refused}");
     stack.stop().await;
 }
