@@ -425,6 +425,7 @@ fn embed_eval() {
         }
         println!("  passages of 600 characters, batch {batch}: {:.0} per second", passages.len() as f64 / started.elapsed().as_secs_f64());
     }
+    println!("  peak memory {:.0} MiB", peak_memory_mib());
 }
 
 fn pii_eval() {
