@@ -8,8 +8,7 @@
 //! weights tuned on SciFact's train queries (see `keel-eval tune`).
 
 use crate::manifest::IndexManifest;
-use crate::segment::{dot_i8, quantize, LoadedSegment, SegmentChunk};
-use std::collections::HashSet;
+use crate::segment::{decisive, dot_i8, quantize, LoadedSegment, SegmentChunk};
 use std::sync::Arc;
 
 /// Ranking knobs. The defaults are the best of `keel-eval tune` on SciFact's
@@ -54,14 +53,7 @@ pub struct TenantIndex {
 impl TenantIndex {
     /// `segments` in the manifest's order (oldest generation first).
     pub fn new(version: u64, manifest: IndexManifest, segments: Vec<Arc<LoadedSegment>>) -> Self {
-        // Newest first: the first segment to mention a document decides it.
-        let mut decided: HashSet<&str> = HashSet::new();
-        let mut live = vec![Vec::new(); segments.len()];
-        for (s, seg) in segments.iter().enumerate().rev() {
-            live[s] = seg.data.chunks.iter().map(|c| !decided.contains(c.doc_id.as_str())).collect();
-            decided.extend(seg.data.chunks.iter().map(|c| c.doc_id.as_str()));
-            decided.extend(seg.data.deleted_docs.iter().map(String::as_str));
-        }
+        let live: Vec<Vec<bool>> = decisive(&segments).into_iter().map(|(chunks, _)| chunks).collect();
         let mut live_chunks = 0;
         let mut total_length = 0u64;
         for (seg, l) in segments.iter().zip(&live) {
@@ -76,10 +68,6 @@ impl TenantIndex {
         Self { version, manifest, segments, live, live_chunks, average_length }
     }
 
-    pub fn live_chunks(&self) -> usize {
-        self.live_chunks
-    }
-
     /// Chunks kept in memory (live or not), for the cache's bound.
     pub fn resident_chunks(&self) -> usize {
         self.segments.iter().map(|s| s.len()).sum()
@@ -87,18 +75,6 @@ impl TenantIndex {
 
     pub fn chunk(&self, r: &Ranked) -> &SegmentChunk {
         &self.segments[r.segment].data.chunks[r.chunk]
-    }
-
-    /// The live chunks of one document, in anchor order.
-    pub fn document_chunks(&self, doc_id: &str) -> Vec<&SegmentChunk> {
-        let mut out: Vec<&SegmentChunk> = self
-            .segments
-            .iter()
-            .zip(&self.live)
-            .flat_map(|(s, l)| s.data.chunks.iter().zip(l).filter(|(c, alive)| **alive && c.doc_id == doc_id).map(|(c, _)| c))
-            .collect();
-        out.sort_by_key(|c| c.anchor.chunk);
-        out
     }
 
     /// Hybrid search. `query_terms` are analyzed terms; `visible` says

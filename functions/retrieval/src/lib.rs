@@ -134,12 +134,6 @@ pub struct RetrievalSettings {
     pub tuning: Tuning,
 }
 
-impl Default for RetrievalSettings {
-    fn default() -> Self {
-        Self { document_body_limit: 1024 * 1024, cache_chunks: 500_000, max_segments: 8, tuning: Tuning::default() }
-    }
-}
-
 pub struct Retrieval {
     table: Arc<dyn Table>,
     blobs: Arc<dyn BlobStore>,
@@ -340,10 +334,10 @@ impl Retrieval {
         docs.sort_by(|a, b| a.record.doc_id.cmp(&b.record.doc_id));
         let texts: Vec<String> = docs.iter().flat_map(|d| d.chunks.iter().map(embedding_text)).collect();
         let mut vectors = self.embed(texts).await?.into_iter();
-        for d in &docs {
-            for c in &d.chunks {
+        for d in &mut docs {
+            for c in std::mem::take(&mut d.chunks) {
                 let v = vectors.next();
-                segment.push(c.clone(), v.as_deref());
+                segment.push(c, v.as_deref());
             }
         }
         segment.deleted_docs = deletes.keys().cloned().collect();
@@ -542,11 +536,6 @@ impl Retrieval {
         let acl = |groups: &[String]| visible(caller, groups);
         let ranked = index.search(&terms, query_vector.as_deref(), &acl, k, tuning);
         Ok(ranked.iter().map(|r| hit(&index, r)).collect())
-    }
-
-    /// Chunks held in the warm cache and tenants cached (for benchmarks).
-    pub fn cache_stats(&self) -> (usize, usize) {
-        self.cache.lock().map(|c| (c.resident_chunks(), c.tenants())).unwrap_or((0, 0))
     }
 
     /// Drops every warm index (benchmarks measure cold loads with it).

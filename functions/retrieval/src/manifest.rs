@@ -94,10 +94,6 @@ impl IndexCache {
     pub fn resident_chunks(&self) -> usize {
         self.entries.values().map(|(i, _)| i.resident_chunks()).sum()
     }
-
-    pub fn tenants(&self) -> usize {
-        self.entries.len()
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use crate::pii::PiiSpan;
 use keel_core::chunking::Anchor;
 use keel_core::KeelError;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Bumped when the byte layout changes; older segments are refused clearly.
 const FORMAT: u32 = 1;
@@ -51,13 +52,8 @@ impl SegmentData {
     }
 
     pub fn push(&mut self, chunk: SegmentChunk, vector: Option<&[f32]>) {
-        if let Some(v) = vector {
-            let (q, scale) = quantize(v);
-            self.dimensions = q.len() as u32;
-            self.vectors.extend(q);
-            self.scales.push(scale);
-        }
-        self.chunks.push(chunk);
+        let quantized = vector.map(quantize);
+        self.push_quantized(chunk, quantized.as_ref().map(|(q, scale)| (q.as_slice(), *scale)));
     }
 
     /// Adds a chunk whose vector is already quantized (compaction).
@@ -104,6 +100,24 @@ pub fn quantize(v: &[f32]) -> (Vec<i8>, f32) {
 
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+}
+
+/// Which chunks and deletes of `segments` (oldest first) decide their
+/// document: for each document, the newest segment that mentions it. Returns
+/// per segment a mask over its chunks and one over its deleted documents (a
+/// delete beside the same document's chunks never decides: the chunks do).
+pub fn decisive(segments: &[Arc<LoadedSegment>]) -> Vec<(Vec<bool>, Vec<bool>)> {
+    let mut decided: HashSet<&str> = HashSet::new();
+    let mut out = vec![(Vec::new(), Vec::new()); segments.len()];
+    for (s, seg) in segments.iter().enumerate().rev() {
+        let own: HashSet<&str> = seg.data.chunks.iter().map(|c| c.doc_id.as_str()).collect();
+        let chunks = seg.data.chunks.iter().map(|c| !decided.contains(c.doc_id.as_str())).collect();
+        let deletes = seg.data.deleted_docs.iter().map(|d| !decided.contains(d.as_str()) && !own.contains(d.as_str())).collect();
+        decided.extend(own);
+        decided.extend(seg.data.deleted_docs.iter().map(String::as_str));
+        out[s] = (chunks, deletes);
+    }
+    out
 }
 
 /// A segment in memory, with its inverted index.

@@ -4,7 +4,7 @@
 
 use crate::index::TenantIndex;
 use crate::manifest::{IndexManifest, SegmentRef, MANIFEST_SK};
-use crate::segment::{LoadedSegment, SegmentData};
+use crate::segment::{decisive, LoadedSegment, SegmentData};
 use crate::Retrieval;
 use keel_core::ids::{new_id, TenantId};
 use keel_core::ports::{Condition, Write};
@@ -86,9 +86,7 @@ impl Retrieval {
             if let Some(index) = cached.as_ref().filter(|i| i.version == version) {
                 return Ok(index.clone());
             }
-            let held: HashMap<&str, Arc<LoadedSegment>> =
-                cached.iter().flat_map(|i| i.segments.iter().map(|s| (s.id.as_str(), s.clone()))).collect();
-            match self.load_segments(tenant, &manifest, &held).await {
+            match self.load_segments(tenant, &manifest.segments, cached.as_deref()).await {
                 Ok(segments) => {
                     let index = Arc::new(TenantIndex::new(version, manifest, segments));
                     if let Ok(mut c) = self.cache.lock() {
@@ -105,16 +103,20 @@ impl Retrieval {
         Err(KeelError::Unavailable("the index is being compacted; retry".into()))
     }
 
+    /// The segments `refs` names: those `held` already has are reused, the
+    /// others are loaded from the blob store.
     async fn load_segments(
         &self,
         tenant: &TenantId,
-        manifest: &IndexManifest,
-        held: &HashMap<&str, Arc<LoadedSegment>>,
+        refs: &[SegmentRef],
+        held: Option<&TenantIndex>,
     ) -> Result<Vec<Arc<LoadedSegment>>, KeelError> {
-        let mut out = Vec::with_capacity(manifest.segments.len());
-        for r in &manifest.segments {
+        let held: HashMap<&str, &Arc<LoadedSegment>> =
+            held.iter().flat_map(|i| i.segments.iter().map(|s| (s.id.as_str(), s))).collect();
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
             match held.get(r.id.as_str()) {
-                Some(s) => out.push(s.clone()),
+                Some(s) => out.push(Arc::clone(s)),
                 None => out.push(Arc::new(self.load_segment(tenant, &r.id).await?)),
             }
         }
@@ -133,7 +135,8 @@ impl Retrieval {
         Ok(LoadedSegment::new(id.to_string(), data))
     }
 
-    /// Merges the newest run of segments when there are too many. Returns
+    /// Merges the smallest run of adjacent segments when there are too many
+    /// (`IndexManifest::compaction_run`). Returns
     /// whether it merged. A concurrent compaction of the same run wins; this
     /// one then discards its output.
     pub async fn compact(&self, tenant: &TenantId, max_segments: usize) -> Result<bool, KeelError> {
@@ -142,13 +145,7 @@ impl Retrieval {
         let refs: Vec<SegmentRef> = manifest.segments[run.clone()].to_vec();
         let from_oldest = run.start == 0;
         let index = self.tenant_index(tenant).await?;
-        let mut segments = Vec::new();
-        for r in &refs {
-            match index.segments.iter().find(|s| s.id == r.id) {
-                Some(s) => segments.push(s.clone()),
-                None => segments.push(Arc::new(self.load_segment(tenant, &r.id).await?)),
-            }
-        }
+        let segments = self.load_segments(tenant, &refs, Some(&index)).await?;
         let merged = merge(&segments, from_oldest);
         let id = new_id("seg");
         self.blobs.put(&IndexManifest::segment_key(tenant, &id), merged.to_bytes()?).await?;
@@ -178,22 +175,14 @@ impl Retrieval {
 /// newest of them has it. Deletes are kept unless the run starts at the
 /// oldest segment, where nothing older can hold the document.
 fn merge(segments: &[Arc<LoadedSegment>], from_oldest: bool) -> SegmentData {
-    let mut decided: HashSet<&str> = HashSet::new();
     let mut kept: Vec<(usize, usize)> = Vec::new();
     let mut deletes: Vec<String> = Vec::new();
-    for (s, seg) in segments.iter().enumerate().rev() {
-        for (c, chunk) in seg.data.chunks.iter().enumerate() {
-            if !decided.contains(chunk.doc_id.as_str()) {
-                kept.push((s, c));
-            }
+    for (s, (chunks, deleted)) in decisive(segments).into_iter().enumerate() {
+        kept.extend(chunks.iter().enumerate().filter(|(_, keep)| **keep).map(|(c, _)| (s, c)));
+        if !from_oldest {
+            let docs = &segments[s].data.deleted_docs;
+            deletes.extend(docs.iter().zip(&deleted).filter(|(_, keep)| **keep).map(|(d, _)| d.clone()));
         }
-        for d in &seg.data.deleted_docs {
-            if !decided.contains(d.as_str()) && !seg.data.chunks.iter().any(|c| &c.doc_id == d) && !from_oldest {
-                deletes.push(d.clone());
-            }
-        }
-        decided.extend(seg.data.chunks.iter().map(|c| c.doc_id.as_str()));
-        decided.extend(seg.data.deleted_docs.iter().map(String::as_str));
     }
     kept.sort_unstable();
     // Vectors only when every merged segment has them at one width (an
@@ -240,9 +229,13 @@ mod tests {
     #[test]
     fn liveness_follows_the_newest_segment() {
         let segs = vec![segment("a", &["x", "y"], &[]), segment("b", &["y"], &["x"])];
+        let masks = decisive(&segs);
+        assert_eq!(masks[0], (vec![false, false], vec![]));
+        assert_eq!(masks[1], (vec![true], vec![true]));
         let index = TenantIndex::new(1, IndexManifest::default(), segs);
-        assert_eq!(index.live_chunks(), 1);
-        assert!(index.document_chunks("x").is_empty());
-        assert_eq!(index.document_chunks("y").len(), 1);
+        // By vector alone: only live chunks are scored at all.
+        let hits = index.search(&[], Some(&[1.0, 0.0]), &|_| true, 10, &crate::Tuning::default());
+        let docs: Vec<&str> = hits.iter().map(|r| index.chunk(r).doc_id.as_str()).collect();
+        assert_eq!(docs, ["y"]);
     }
 }
