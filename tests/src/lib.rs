@@ -14,12 +14,13 @@ pub const ADMIN_KEY: &str = "keel_admin_test_0123456789abcdef";
 /// The tests' config; `extra` entries override the defaults below.
 pub fn config(extra: &[(&str, &str)]) -> Config {
     let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // scripts/fetch-models.sh (run by the test script) puts the model here.
+    let model = keel_ml::EmbedderConfig::fetched(&models_dir(), 1);
     let default = |k: &str| match k {
         "KEEL_ADMIN_KEY" => Some(ADMIN_KEY.into()),
         "KEEL_TENANT_CACHE_SECS" => Some("0".into()),
-        // scripts/fetch-models.sh (run by the test script) puts the model here.
-        "KEEL_MODEL_DIR" => Some(models_dir().join("minilm").display().to_string()),
-        "ORT_DYLIB_PATH" => Some(models_dir().join("onnxruntime/libonnxruntime.so").display().to_string()),
+        "KEEL_MODEL_DIR" => Some(model.model_dir.display().to_string()),
+        "ORT_DYLIB_PATH" => Some(model.runtime_library.display().to_string()),
         _ => None,
     };
     Config::from_lookup(|k| extra.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).or_else(|| default(k)))

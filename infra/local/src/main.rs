@@ -102,10 +102,10 @@ async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
 /// `.models/` in the working directory, where scripts/fetch-models.sh puts
 /// the embedding model and ONNX Runtime; None when it is not there.
 fn default_model_file(var: &str) -> Option<String> {
+    let fetched = keel_ml::EmbedderConfig::fetched(std::path::Path::new(".models"), 1);
     let path = match var {
-        "KEEL_MODEL_DIR" => ".models/minilm",
-        _ => ".models/onnxruntime/libonnxruntime.so",
+        "KEEL_MODEL_DIR" => &fetched.model_dir,
+        _ => &fetched.runtime_library,
     };
-    let model_present = std::path::Path::new(".models/minilm/model.onnx").is_file();
-    model_present.then(|| path.to_string())
+    fetched.model_dir.join("model.onnx").is_file().then(|| path.display().to_string())
 }

@@ -42,6 +42,19 @@ pub struct EmbedderConfig {
     pub intra_threads: usize,
 }
 
+impl EmbedderConfig {
+    /// The layout `scripts/fetch-models.sh` (and the Lambda layer) writes
+    /// under `root`: `minilm/{model.onnx,tokenizer.json}` and
+    /// `onnxruntime/libonnxruntime.so`.
+    pub fn fetched(root: &Path, intra_threads: usize) -> Self {
+        Self {
+            model_dir: root.join("minilm"),
+            runtime_library: root.join("onnxruntime/libonnxruntime.so"),
+            intra_threads,
+        }
+    }
+}
+
 /// The ONNX Runtime library can be loaded once per process; later calls must
 /// name the same file.
 static RUNTIME: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -171,12 +184,7 @@ mod tests {
 
     /// The model fetched by scripts/fetch-models.sh (the test script runs it).
     fn config() -> EmbedderConfig {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.models");
-        EmbedderConfig {
-            model_dir: root.join("minilm"),
-            runtime_library: root.join("onnxruntime/libonnxruntime.so"),
-            intra_threads: 1,
-        }
+        EmbedderConfig::fetched(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.models"), 1)
     }
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {

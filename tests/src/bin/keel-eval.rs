@@ -395,14 +395,8 @@ async fn refusal() {
 /// The embedding model alone: one query at a time (DESIGN budget: < 10 ms on
 /// one thread) and ingest-sized batches.
 fn embed_eval() {
-    let models = keel_tests::models_dir();
     let threads: usize = std::env::var("KEEL_ORT_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let embedder = keel_ml::Embedder::load(&keel_ml::EmbedderConfig {
-        model_dir: models.join("minilm"),
-        runtime_library: models.join("onnxruntime/libonnxruntime.so"),
-        intra_threads: threads,
-    })
-    .unwrap();
+    let embedder = keel_ml::Embedder::load(&keel_ml::EmbedderConfig::fetched(&keel_tests::models_dir(), threads)).unwrap();
     let queries = scifact_queries();
     let texts: Vec<&String> = queries.values().take(300).collect();
     let mut ms = Vec::new();
