@@ -73,3 +73,14 @@ pub async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
     }
     Tenant { member: keys[0].clone(), approver: keys[1].clone(), admin: keys[2].clone() }
 }
+
+/// A member of `tenant` without groups, as the authorizer would pass it in.
+pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
+    keel_core::auth::Caller {
+        tenant: Some(keel_core::TenantId::parse(tenant).expect("tenant id")),
+        principal: principal.into(),
+        roles: vec!["member".into()],
+        groups: vec![],
+        throttled: false,
+    }
+}

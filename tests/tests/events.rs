@@ -5,7 +5,6 @@
 //! accepts; here each is recognized as its trigger, and the queue batches
 //! are run through their real consumers over the embedded backends.
 
-use keel_core::auth::Caller;
 use keel_core::ports::{BlobStore, Condition};
 use keel_core::tenants::{put_tenant, Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
@@ -60,7 +59,7 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let retrieval = keel_retrieval::Retrieval::from_config(table.clone(), blobs.clone(), &keel_tests::config(&[])).unwrap();
     let Incoming::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
-    let caller = Caller { tenant: Some(acme.clone()), principal: "ann".into(), roles: vec!["member".into()], groups: vec![], throttled: false };
+    let caller = keel_tests::member("acme", "ann");
     assert_eq!(retrieval.search(&caller, "ship orders", 3).await.unwrap()[0].doc_id, "shipping");
     assert_eq!(retrieval.search(&caller, "gift cards", 3).await.unwrap()[0].doc_id, "faq");
 

@@ -5,9 +5,7 @@
 //! compaction, cold loads by a second function instance, freshness, the
 //! changes feed, PII, and idempotent batched ingest.
 
-use keel_core::auth::Caller;
 use keel_core::ports::{QueueName, Table, WorkQueue};
-use keel_core::TenantId;
 use keel_local::blobs::DirBlobs;
 use keel_retrieval::Retrieval;
 use keel_tests::{config, start_stack, tenant, Client};
@@ -91,13 +89,7 @@ async fn segments_compact_and_a_cold_instance_sees_every_write() {
     // A second function instance with a cold cache, over the same table and bucket.
     let blobs = Arc::new(DirBlobs::new(dir.path().join("blobs")));
     let cold = Retrieval::from_config(stack.table.clone(), blobs, &config(&[])).unwrap();
-    let caller = Caller {
-        tenant: Some(TenantId::parse("segments").unwrap()),
-        principal: "ann".into(),
-        roles: vec!["member".into()],
-        groups: vec![],
-        throttled: false,
-    };
+    let caller = keel_tests::member("segments", "ann");
     for i in [0, 7, 19] {
         let hits = cold.search(&caller, &format!("topic{i}"), 3).await.unwrap();
         assert_eq!(hits[0].doc_id, format!("note-{i}"));

@@ -215,7 +215,7 @@ impl Env {
 }
 
 fn caller(tenant: &str) -> Caller {
-    Caller { tenant: Some(TenantId::parse(tenant).unwrap()), principal: "eval".into(), roles: vec!["member".into()], groups: vec![], throttled: false }
+    keel_tests::member(tenant, "eval")
 }
 
 async fn search_eval() {
