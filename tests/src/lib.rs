@@ -1,6 +1,8 @@
 //! Helpers for Keel's end-to-end and contract tests (test-only code).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod stub;
+
 use keel_core::config::Config;
 use keel_local::{Stack, StackOptions};
 use serde_json::{json, Value};
@@ -33,6 +35,7 @@ pub fn models_dir() -> std::path::PathBuf {
 
 /// A local stack on an ephemeral loopback port with fast retries.
 pub async fn start_stack(dir: &Path, config: Config) -> Stack {
+    let config_routing = config.clone();
     Stack::start(StackOptions {
         data_dir: dir.to_path_buf(),
         port: 0,
@@ -40,9 +43,24 @@ pub async fn start_stack(dir: &Path, config: Config) -> Stack {
         retry_interval_scale: 0.01,
         queue_visibility: Duration::from_millis(100),
         max_receives: 3,
+        routing: fast_routing(&config_routing),
     })
     .await
     .expect("stack starts")
+}
+
+/// The gateway's settings with millisecond retries and a breaker that opens
+/// after 3 failures and half-opens after 300 ms.
+pub fn fast_routing(config: &Config) -> keel_routing::RoutingOptions {
+    keel_routing::RoutingOptions {
+        retry: keel_routing::resilience::RetryPolicy {
+            attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        },
+        breakers: keel_routing::resilience::BreakerSettings { failures_to_open: 3, cool_down: Duration::from_millis(300) },
+        ..keel_routing::RoutingOptions::from_config(config)
+    }
 }
 
 /// Keys of a new tenant's three principals (all in group `staff`).

@@ -54,6 +54,10 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!(t.increment(&pk, "N", 1, Some(2), None).await.unwrap(), 2);
     assert!(matches!(t.increment(&pk, "N", 1, Some(2), None).await, Err(StoreError::ConditionFailed)));
     assert_eq!(t.increment(&pk, "N", 5, None, None).await.unwrap(), 7);
+    // A counter that does not exist yet counts as 0: it may not start above the limit.
+    assert!(matches!(t.increment(&pk, "FRESH", 3, Some(2), None).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.get(&pk, "FRESH").await.unwrap(), None);
+    assert_eq!(t.increment(&pk, "FRESH", -4, Some(2), None).await.unwrap(), -4);
     assert_eq!(t.get(&pk, "N").await.unwrap().unwrap().counter, 7);
     t.delete(&pk, "A").await.unwrap();
     assert_eq!(t.get(&pk, "A").await.unwrap(), None);
@@ -238,7 +242,13 @@ async fn bedrock_converse_against_a_stub_server() {
     let sdk = sdk_config(&format!("http://{addr}")).await;
     let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
     let out = provider
-        .generate(ModelRequest { model: "anthropic.claude-test".into(), system: "be brief".into(), user: "Q".into(), max_tokens: 64 })
+        .generate(ModelRequest {
+            model: "anthropic.claude-test".into(),
+            system: "be brief".into(),
+            messages: vec![ChatMessage::user("Q")],
+            max_tokens: 64,
+            temperature: Some(0.0),
+        })
         .await
         .unwrap();
     assert_eq!(out, ModelResponse { text: "Refunds take 5 days [1].".into(), input_tokens: 120, output_tokens: 9 });
@@ -247,4 +257,32 @@ async fn bedrock_converse_against_a_stub_server() {
     assert_eq!(body["system"][0]["text"], "be brief");
     assert_eq!(body["messages"][0]["content"][0]["text"], "Q");
     assert_eq!(body["inferenceConfig"]["maxTokens"], 64);
+    assert_eq!(body["inferenceConfig"]["temperature"], 0.0);
+}
+
+#[tokio::test]
+async fn sagemaker_invoke_endpoint_against_moto() {
+    let Some(endpoint) = moto() else { return };
+    // moto answers InvokeEndpoint with the bodies queued here, in order.
+    let completion = keel_core::openai::completion("c1", "tgi", 0, "Refunds take 5 days [1].", 80, 7);
+    let queued = json!({"results": [{"Body": completion.to_string(), "ContentType": "application/json",
+        "InvokedProductionVariant": "primary", "CustomAttributes": ""}]});
+    let r = reqwest::Client::new()
+        .post(format!("{endpoint}/moto-api/static/sagemaker/endpoint-results"))
+        .json(&queued)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let sdk = sdk_config(&endpoint).await;
+    let provider = keel_aws::SageMakerProvider::new(aws_sdk_sagemakerruntime::Client::new(&sdk));
+    let request = ModelRequest {
+        model: format!("keel-gpu-{}", uuid::Uuid::new_v4().simple()),
+        system: "cite".into(),
+        messages: vec![ChatMessage::user("How long do refunds take?")],
+        max_tokens: 32,
+        temperature: None,
+    };
+    let out = provider.generate(request).await.unwrap();
+    assert_eq!(out, ModelResponse { text: "Refunds take 5 days [1].".into(), input_tokens: 80, output_tokens: 7 });
 }

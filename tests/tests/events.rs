@@ -51,7 +51,8 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let acme = TenantId::parse("acme").unwrap();
     let tenant = Tenant {
         id: acme.clone(), name: "Acme".into(), plan: "pro".into(), region: None, status: TenantStatus::Active,
-        rate_limit_per_minute: 10, autonomy: Autonomy::OneClick, redact_pii: false, created_at: "now".into(),
+        rate_limit_per_minute: 10, autonomy: Autonomy::OneClick, redact_pii: false, routing: Default::default(),
+        budgets: Default::default(), models_off: false, created_at: "now".into(),
     };
     put_tenant(table.as_ref(), &tenant, Condition::NotExists).await.unwrap();
     blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();

@@ -7,6 +7,8 @@ use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
 use keel_core::http::{not_found, ApiRequest, ApiResponse};
 use keel_core::ids::{parse_path_id, TenantId};
 use keel_core::ports::{BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
+use keel_core::models::spend_sk;
+use keel_core::tenants::get_tenant;
 use keel_core::time::{current_month, now_rfc3339};
 use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
@@ -41,7 +43,10 @@ impl Audit {
                 let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
                 let event: DecisionEvent = serde_json::from_str(&m.body)
                     .map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
-                self.append(&tenant, event).await
+                if self.append(&tenant, event.clone()).await?.is_some() {
+                    self.meter(&tenant, &event).await?;
+                }
+                Ok::<(), KeelError>(())
             }
             .await;
             if let Err(e) = result {
@@ -85,6 +90,29 @@ impl Audit {
             }
         }
         Err(KeelError::Unavailable("audit chain is contended; retry".into()))
+    }
+
+    /// Adds a newly appended gateway decision to the month's usage counters
+    /// (off the request path; a replayed event is not appended, so not counted twice).
+    async fn meter(&self, tenant: &TenantId, event: &DecisionEvent) -> Result<(), KeelError> {
+        if !matches!(event.kind.as_str(), "ask" | "chat") {
+            return Ok(());
+        }
+        let month = current_month();
+        let n = |k: &str| event.usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let cache = event.usage.get("cache").and_then(Value::as_str).unwrap_or("off");
+        let counters = [
+            (format!("{}_requests", event.kind), 1),
+            ("input_tokens".into(), n("input_tokens")),
+            ("output_tokens".into(), n("output_tokens")),
+            ("cost_micro_usd".into(), n("cost_micro_usd")),
+            ("cache_hits".into(), i64::from(cache == "hit")),
+            ("cache_misses".into(), i64::from(cache == "miss")),
+        ];
+        for (name, by) in counters.into_iter().filter(|(_, by)| *by != 0) {
+            self.table.increment(&tenant.pk(), &format!("USAGE#{month}#{name}"), by, None, None).await?;
+        }
+        Ok(())
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
@@ -182,7 +210,28 @@ impl Audit {
                 usage.insert(name.to_string(), Value::from(item.counter));
             }
         }
-        let cost = usage.get("cost_micro_usd").and_then(Value::as_i64).unwrap_or(0) as f64 / 1e6;
-        Ok(ApiResponse::ok(&json!({"period": month, "counters": usage, "cost_usd": cost})))
+        let count = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let cost = count("cost_micro_usd") as f64 / 1e6;
+        let lookups = count("cache_hits") + count("cache_misses");
+        let hit_rate = (lookups > 0).then(|| count("cache_hits") as f64 / lookups as f64);
+        Ok(ApiResponse::ok(&json!({"period": month, "counters": usage, "cost_usd": cost, "cache_hit_rate": hit_rate,
+            "budget": self.budget(tenant, &month).await?})))
+    }
+
+    /// Budgets and what is spent against them this month (reserved spend included).
+    async fn budget(&self, tenant: &TenantId, month: &str) -> Result<Value, KeelError> {
+        let budgets = get_tenant(self.table.as_ref(), tenant).await?.map(|(t, _)| t.budgets).unwrap_or_default();
+        let spent = |wf: Option<String>| async move {
+            let item = self.table.get(&tenant.pk(), &spend_sk(month, wf.as_deref())).await?;
+            Ok::<f64, KeelError>(item.map(|i| i.counter).unwrap_or(0) as f64 / 1e6)
+        };
+        let total = spent(None).await?;
+        let mut workflows = serde_json::Map::new();
+        for (w, limit) in &budgets.workflows {
+            let s = spent(Some(w.clone())).await?;
+            workflows.insert(w.clone(), json!({"limit_usd": limit, "spent_usd": s, "left_usd": (limit - s).max(0.0)}));
+        }
+        Ok(json!({"monthly_usd": budgets.monthly_usd, "spent_usd": total,
+            "left_usd": budgets.monthly_usd.map(|l| (l - total).max(0.0)), "workflows": workflows}))
     }
 }

@@ -8,26 +8,27 @@ use keel_core::auth::{
 use keel_core::config::Config;
 use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
 use keel_core::ids::TenantId;
+use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::ports::{Condition, Table};
-use keel_core::tenants::{get_tenant, put_api_key, put_tenant, Autonomy, Tenant, TenantStatus};
+use keel_core::tenants::{get_tenant, put_api_key, put_tenant, Autonomy, Tenant, TenantCache, TenantStatus};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::{KeelError, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 pub struct Auth {
     table: Arc<dyn Table>,
     config: Arc<Config>,
     /// Warm-container cache of tenant records (short TTL: a suspension takes effect within it).
-    tenants: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
+    tenants: Arc<TenantCache>,
 }
 
 impl Auth {
-    pub fn new(table: Arc<dyn Table>, config: Arc<Config>) -> Self {
-        Self { table, config, tenants: Mutex::new(HashMap::new()) }
+    /// `tenants` may be shared with other functions of the same process (the local stack).
+    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantCache>) -> Self {
+        Self { table, config, tenants }
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
@@ -87,20 +88,11 @@ impl Auth {
     }
 
     async fn active_tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
-        let ttl = Duration::from_secs(self.config.tenant_cache_secs);
-        let cached = self.tenants.lock().ok().and_then(|c| c.get(id).filter(|(at, _)| at.elapsed() < ttl).map(|(_, t)| t.clone()));
-        let tenant = match cached {
-            Some(t) => t,
-            None => {
-                let (t, _) = get_tenant(self.table.as_ref(), id)
-                    .await?
-                    .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
-                if let Ok(mut c) = self.tenants.lock() {
-                    c.insert(id.clone(), (Instant::now(), t.clone()));
-                }
-                t
-            }
-        };
+        let tenant = self
+            .tenants
+            .get(self.table.as_ref(), id)
+            .await?
+            .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
         if tenant.status != TenantStatus::Active {
             return Err(KeelError::Forbidden(format!("tenant {id} is suspended")));
         }
@@ -157,8 +149,13 @@ impl Auth {
             rate_limit_per_minute: body.rate_limit_per_minute.unwrap_or(self.config.default_rate_limit_per_minute),
             autonomy: body.autonomy.unwrap_or(Autonomy::OneClick),
             redact_pii: body.redact_pii.unwrap_or(false),
+            routing: body.routing.unwrap_or_default(),
+            budgets: body.budgets.unwrap_or_default(),
+            models_off: false,
             created_at: now_rfc3339(),
         };
+        tenant.routing.validate(&self.config.models)?;
+        tenant.budgets.validate()?;
         put_tenant(self.table.as_ref(), &tenant, Condition::NotExists)
             .await
             .map_err(|e| match e {
@@ -192,13 +189,26 @@ impl Auth {
         if let Some(v) = patch.redact_pii {
             t.redact_pii = v;
         }
-        if patch.kill_switch == Some(true) {
-            t.autonomy = Autonomy::SuggestOnly;
+        if let Some(v) = patch.routing {
+            v.validate(&self.config.models)?;
+            t.routing = v;
+        }
+        if let Some(v) = patch.budgets {
+            v.validate()?;
+            t.budgets = v;
+        }
+        // On: actions drop to suggest-only and hosted models stop at once.
+        // Off: models resume; autonomy is raised again only explicitly.
+        match patch.kill_switch {
+            Some(true) => {
+                t.autonomy = Autonomy::SuggestOnly;
+                t.models_off = true;
+            }
+            Some(false) => t.models_off = false,
+            None => {}
         }
         put_tenant(self.table.as_ref(), &t, Condition::Version(version)).await?;
-        if let Ok(mut c) = self.tenants.lock() {
-            c.remove(&id);
-        }
+        self.tenants.invalidate(&id);
         Ok(ApiResponse::ok(&t))
     }
 
@@ -260,6 +270,8 @@ struct NewTenant {
     rate_limit_per_minute: Option<i64>,
     autonomy: Option<Autonomy>,
     redact_pii: Option<bool>,
+    routing: Option<RoutingPolicy>,
+    budgets: Option<Budgets>,
 }
 
 #[derive(Deserialize)]
@@ -271,7 +283,9 @@ struct TenantPatch {
     rate_limit_per_minute: Option<i64>,
     autonomy: Option<Autonomy>,
     redact_pii: Option<bool>,
-    /// Drops the tenant to suggest-only at once.
+    routing: Option<RoutingPolicy>,
+    budgets: Option<Budgets>,
+    /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
 }
 

@@ -1,4 +1,4 @@
-//! Evidence sufficiency and extractive answers.
+//! Evidence sufficiency and extractive (T1, in-function) answers.
 
 use keel_core::text::{content_terms, sentence_spans, terms};
 use keel_retrieval::SearchHit;
@@ -11,23 +11,6 @@ pub struct Answer {
     pub text: String,
     /// Indexes into the evidence list, in citation order ([1] is `cited[0]`).
     pub cited: Vec<usize>,
-    pub refused: bool,
-    pub reason: Option<String>,
-    pub tier: &'static str,
-    pub model: String,
-}
-
-impl Answer {
-    pub fn refusal(reason: String) -> Self {
-        Self {
-            text: "I can't answer that from the documents available to you.".into(),
-            cited: vec![],
-            refused: true,
-            reason: Some(reason),
-            tier: "extractive",
-            model: "none".into(),
-        }
-    }
 }
 
 /// Share of the question's content terms found in the top evidence (0..=1).
@@ -71,24 +54,7 @@ pub fn extractive_answer(question: &str, evidence: &[SearchHit]) -> Answer {
         };
         parts.push(format!("{sentence} [{n}]"));
     }
-    Answer { text: parts.join(" "), cited, refused: false, reason: None, tier: "extractive", model: "extractive".into() }
-}
-
-/// Evidence indexes cited as `[n]` (1-based, within range), in first-seen order.
-pub fn parse_citations(text: &str, evidence_len: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('[') {
-        rest = &rest[open + 1..];
-        if let Some(close) = rest.find(']') {
-            if let Ok(n) = rest[..close].trim().parse::<usize>() {
-                if (1..=evidence_len).contains(&n) && !out.contains(&(n - 1)) {
-                    out.push(n - 1);
-                }
-            }
-        }
-    }
-    out
+    Answer { text: parts.join(" "), cited }
 }
 
 #[cfg(test)]
@@ -120,7 +86,6 @@ mod tests {
             hit("policy", "A refund needs a receipt. Lunch is at noon."),
         ];
         let a = extractive_answer("How are refunds paid, and is a receipt needed for a refund?", &ev);
-        assert!(!a.refused);
         assert_eq!(a.cited.len(), 2);
         for sentence in a.text.split_inclusive(']') {
             assert!(sentence.trim_end().ends_with(']'), "uncited: {sentence}");
@@ -129,10 +94,9 @@ mod tests {
     }
 
     #[test]
-    fn coverage_and_citations() {
+    fn coverage() {
         let ev = vec![hit("a", "Refunds are paid within 5 days.")];
         assert!(evidence_coverage("refunds paid", &ev) > 0.99);
         assert!(evidence_coverage("quantum chromodynamics lattice", &ev) < 0.01);
-        assert_eq!(parse_citations("x [2] y [1] [2] [9] [a]", 3), vec![1, 0]);
     }
 }

@@ -177,10 +177,9 @@ impl Table for SqliteTable {
                 .optional()
                 .map_err(backend)?;
             let old = old.flatten();
-            if let (Some(max), Some(n)) = (max, old) {
-                if n + by > max {
-                    return Err(StoreError::ConditionFailed);
-                }
+            // A missing counter counts as 0.
+            if max.is_some_and(|max| old.unwrap_or(0) + by > max) {
+                return Err(StoreError::ConditionFailed);
             }
             let new = old.unwrap_or(0) + by;
             tx.execute(

@@ -14,7 +14,12 @@ use keel_core::http::{dispatch, respond, ApiRequest, ApiResponse};
 use keel_core::ports::{QueueName, WorkQueue};
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
-use keel_routing::Routing;
+use keel_routing::sse::Reply;
+use keel_routing::providers::hosted_models;
+use keel_routing::{Routing, RoutingOptions};
+use keel_core::tenants::TenantCache;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
 use keel_tools::{StepInput, Tools};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -35,12 +40,14 @@ pub struct StackOptions {
     pub retry_interval_scale: f64,
     pub queue_visibility: Duration,
     pub max_receives: u32,
+    /// Gateway settings: refusal thresholds, retries and breakers (tests shorten them).
+    pub routing: RoutingOptions,
 }
 
 struct Services {
     auth: Auth,
     retrieval: Arc<Retrieval>,
-    routing: Routing,
+    routing: Arc<Routing>,
     tools: Arc<Tools>,
     audit: Audit,
 }
@@ -95,17 +102,19 @@ impl Stack {
         if resumed > 0 {
             tracing::info!(resumed, "resumed saga executions");
         }
+        // One tenant cache for the whole process: a kill switch or suspension
+        // set through the admin API reaches the gateway at once.
+        let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
         let services = Arc::new(Services {
-            auth: Auth::new(table.clone(), config.clone()),
-            routing: Routing::new(
+            auth: Auth::new(table.clone(), config.clone(), tenants.clone()),
+            routing: Arc::new(Routing::new(
                 retrieval.clone(),
                 table.clone(),
                 queue.clone(),
-                None,
-                config.min_evidence_coverage,
-                config.min_evidence_similarity,
-                config.model_max_tokens,
-            ),
+                tenants,
+                hosted_models(&config.models).await,
+                options.routing,
+            )),
             retrieval: retrieval.clone(),
             tools,
             audit: Audit::new(table.clone(), blobs),
@@ -229,12 +238,28 @@ async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body
     let response = match family.as_str() {
         "tenants" => dispatch(req, |r| s.auth.handle(r)).await,
         "documents" | "search" | "changes" | "sources" => dispatch(req, |r| s.retrieval.handle(r)).await,
-        "ask" => dispatch(req, |r| s.routing.handle(r)).await,
+        "ask" | "chat" => match s.routing.serve(req).await {
+            Reply::Whole(r) => r,
+            Reply::Stream(rx) => return event_stream(rx, &request_id),
+        },
         "tools" | "actions" => dispatch(req, |r| s.tools.handle(r)).await,
         "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,
         _ => respond(Err(keel_core::http::not_found(&req)), &request_id),
     };
     to_http(response)
+}
+
+/// Server-sent events, written to the client as they are produced.
+fn event_stream(rx: tokio::sync::mpsc::UnboundedReceiver<String>, request_id: &str) -> Response<Body> {
+    let frames = UnboundedReceiverStream::new(rx).map(Ok::<String, std::convert::Infallible>);
+    let mut out = Response::new(Body::from_stream(frames));
+    let headers = out.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::try_from(request_id) {
+        headers.insert("x-request-id", v);
+    }
+    out
 }
 
 fn to_http(response: ApiResponse) -> Response<Body> {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_bedrockruntime::operation::converse::ConverseError;
 use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, ConverseOutput, InferenceConfiguration, Message, SystemContentBlock};
 use aws_sdk_bedrockruntime::Client;
-use keel_core::ports::{ModelError, ModelProvider, ModelRequest, ModelResponse};
+use keel_core::ports::{ModelError, ModelProvider, ModelRequest, ModelResponse, Role};
 
 #[derive(Clone)]
 pub struct BedrockProvider {
@@ -21,18 +21,28 @@ impl BedrockProvider {
 #[async_trait]
 impl ModelProvider for BedrockProvider {
     async fn generate(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let message = Message::builder()
-            .role(ConversationRole::User)
-            .content(ContentBlock::Text(request.user))
-            .build()
-            .map_err(|e| ModelError::Rejected(e.to_string()))?;
-        let out = self
-            .client
-            .converse()
-            .model_id(&request.model)
-            .system(SystemContentBlock::Text(request.system))
-            .messages(message)
-            .inference_config(InferenceConfiguration::builder().max_tokens(request.max_tokens as i32).build())
+        let mut call = self.client.converse().model_id(&request.model);
+        if !request.system.is_empty() {
+            call = call.system(SystemContentBlock::Text(request.system));
+        }
+        for m in request.messages {
+            let role = match m.role {
+                Role::User => ConversationRole::User,
+                Role::Assistant => ConversationRole::Assistant,
+            };
+            let message = Message::builder()
+                .role(role)
+                .content(ContentBlock::Text(m.content))
+                .build()
+                .map_err(|e| ModelError::Rejected(e.to_string()))?;
+            call = call.messages(message);
+        }
+        let config = InferenceConfiguration::builder()
+            .max_tokens(request.max_tokens as i32)
+            .set_temperature(request.temperature)
+            .build();
+        let out = call
+            .inference_config(config)
             .send()
             .await
             .map_err(|e| match e.as_service_error() {
@@ -42,6 +52,7 @@ impl ModelProvider for BedrockProvider {
                     | ConverseError::AccessDeniedException(_)
                     | ConverseError::ResourceNotFoundException(_),
                 ) => ModelError::Rejected(sdk_message(&e)),
+                Some(ConverseError::ModelTimeoutException(_)) => ModelError::Unavailable(sdk_message(&e)),
                 _ => ModelError::Unavailable(sdk_message(&e)),
             })?;
         let text = match out.output() {

@@ -245,8 +245,10 @@ impl Table for DynamoTable {
             None => req.update_expression("ADD n :by"),
         };
         if let Some(max) = max {
+            // A missing counter counts as 0, so it may start only if `by` fits.
+            let condition = if by <= max { "attribute_not_exists(n) OR n <= :lim" } else { "n <= :lim" };
             req = req
-                .condition_expression("attribute_not_exists(n) OR n <= :lim")
+                .condition_expression(condition)
                 .expression_attribute_values(":lim", n(max - by));
         }
         let out = req.send().await.map_err(|e| match e.as_service_error() {

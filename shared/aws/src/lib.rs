@@ -1,15 +1,18 @@
 //! keel-aws: the production adapters of Keel's ports, over the AWS SDK.
-//! Tested over the wire against moto server (tests/), Bedrock against a stub.
+//! Tested over the wire against moto server (tests/; SageMaker runtime
+//! included), Bedrock against a stub.
 
 mod bedrock;
 mod dynamodb;
 mod s3;
+mod sagemaker;
 mod sfn;
 mod sqs;
 
 pub use bedrock::BedrockProvider;
 pub use dynamodb::DynamoTable;
 pub use s3::S3Blobs;
+pub use sagemaker::SageMakerProvider;
 pub use sfn::StepFunctionsSaga;
 pub use sqs::SqsQueue;
 

@@ -4,15 +4,7 @@
 
 use crate::auth::JwtSettings;
 use crate::error::KeelError;
-
-/// Which model answers `/v1/ask` once evidence is found.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ModelChoice {
-    /// In-function extractive answers from the evidence (no hosted model).
-    Extractive,
-    /// Bedrock `Converse` with this model id and its prices (USD per 1,000 tokens).
-    Bedrock { model_id: String, usd_per_1k_input: f64, usd_per_1k_output: f64 },
-}
+use crate::models::{parse_catalog, ModelSpec};
 
 /// Where the in-function embedding model and ONNX Runtime live.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +29,9 @@ pub struct Config {
     pub default_rate_limit_per_minute: i64,
     /// Largest document body accepted by `PUT /v1/documents/{id}`.
     pub document_body_limit: usize,
-    pub model: ModelChoice,
+    /// The hosted models and their prices (`KEEL_MODELS`, a JSON array); empty:
+    /// answers are in-function only.
+    pub models: Vec<ModelSpec>,
     pub model_max_tokens: u32,
     /// Share of the question's content terms the best evidence must contain; below it, refuse.
     pub min_evidence_coverage: f32,
@@ -70,19 +64,9 @@ impl Config {
             }),
             None => None,
         };
-        let model = match get("KEEL_MODEL_PROVIDER").as_deref() {
-            None | Some("") | Some("extractive") => ModelChoice::Extractive,
-            // Prices have no default: a wrong one would misreport every cost.
-            Some("bedrock") => ModelChoice::Bedrock {
-                model_id: get("KEEL_BEDROCK_MODEL_ID").ok_or_else(|| missing("KEEL_BEDROCK_MODEL_ID"))?,
-                usd_per_1k_input: required_number(&get, "KEEL_BEDROCK_USD_PER_1K_INPUT")?,
-                usd_per_1k_output: required_number(&get, "KEEL_BEDROCK_USD_PER_1K_OUTPUT")?,
-            },
-            Some(other) => {
-                return Err(KeelError::BadRequest(format!(
-                    "KEEL_MODEL_PROVIDER={other:?} is not one of: extractive, bedrock"
-                )))
-            }
+        let models = match get("KEEL_MODELS").filter(|m| !m.trim().is_empty()) {
+            Some(json) => parse_catalog(&json)?,
+            None => vec![],
         };
         let embedding = match get("KEEL_MODEL_DIR").filter(|d| !d.is_empty()) {
             Some(dir) => Some(EmbeddingFiles {
@@ -98,7 +82,7 @@ impl Config {
             tenant_cache_secs: number(&get, "KEEL_TENANT_CACHE_SECS", 5)?,
             default_rate_limit_per_minute: number(&get, "KEEL_DEFAULT_RATE_LIMIT", 600)?,
             document_body_limit: number(&get, "KEEL_DOCUMENT_BODY_LIMIT", 1024 * 1024)?,
-            model,
+            models,
             model_max_tokens: number(&get, "KEEL_MODEL_MAX_TOKENS", 512)?,
             min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", DEFAULT_MIN_EVIDENCE_COVERAGE)?,
             min_evidence_similarity: number(&get, "KEEL_MIN_EVIDENCE_SIMILARITY", DEFAULT_MIN_EVIDENCE_SIMILARITY)?,
@@ -119,11 +103,6 @@ pub const DEFAULT_MIN_EVIDENCE_SIMILARITY: f32 = 0.35;
 
 fn missing(var: &str) -> KeelError {
     KeelError::BadRequest(format!("{var} must be set"))
-}
-
-fn required_number(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<f64, KeelError> {
-    get(var).ok_or_else(|| missing(var))?;
-    number(get, var, 0.0)
 }
 
 fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, var: &str, default: T) -> Result<T, KeelError> {
@@ -149,11 +128,11 @@ mod tests {
     fn validates_and_names_the_variable() {
         assert!(from(&[]).unwrap_err().to_string().contains("KEEL_ADMIN_KEY"));
         let ok = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef")]).unwrap();
-        assert_eq!(ok.model, ModelChoice::Extractive);
+        assert!(ok.models.is_empty());
         let bad = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_TENANT_CACHE_SECS", "x")]);
         assert!(bad.unwrap_err().to_string().contains("KEEL_TENANT_CACHE_SECS"));
-        let bedrock = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODEL_PROVIDER", "bedrock")]);
-        assert!(bedrock.unwrap_err().to_string().contains("KEEL_BEDROCK_MODEL_ID"));
+        let models = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODELS", "[{}]")]);
+        assert!(models.unwrap_err().to_string().contains("KEEL_MODELS"));
         let jwt = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_JWT_SECRET", "s")]);
         assert!(jwt.unwrap_err().to_string().contains("KEEL_JWT_ISSUER"));
         let model = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODEL_DIR", "/opt/minilm")]);

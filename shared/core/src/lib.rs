@@ -9,6 +9,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod models;
+pub mod openai;
 pub mod ports;
 pub mod tenants;
 pub mod text;

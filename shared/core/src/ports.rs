@@ -140,12 +140,33 @@ pub trait Saga: Send + Sync {
     async fn status(&self, execution_id: &str) -> Result<ExecutionStatus, StoreError>;
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn user(content: impl Into<String>) -> Self {
+        Self { role: Role::User, content: content.into() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRequest {
+    /// The provider's own model id (Bedrock model id, endpoint name, …).
     pub model: String,
     pub system: String,
-    pub user: String,
+    pub messages: Vec<ChatMessage>,
     pub max_tokens: u32,
+    pub temperature: Option<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -161,12 +182,32 @@ pub enum ModelError {
     Throttled(String),
     #[error("model unavailable: {0}")]
     Unavailable(String),
+    #[error("model timed out after {0} ms")]
+    Timeout(u64),
     #[error("model rejected the request: {0}")]
     Rejected(String),
 }
 
-/// A hosted text generator (Bedrock `Converse`, …).
+impl ModelError {
+    /// Throttling, outages and timeouts may pass; a rejected request will not.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ModelError::Rejected(_))
+    }
+}
+
+/// Receives generated text as it arrives.
+pub type Deltas<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// A hosted text generator (Bedrock `Converse`, SageMaker, OpenAI-compatible).
 #[async_trait]
 pub trait ModelProvider: Send + Sync {
     async fn generate(&self, request: ModelRequest) -> Result<ModelResponse, ModelError>;
+
+    /// Generates while passing text to `deltas` as it comes; providers that
+    /// cannot stream pass the whole text once.
+    async fn generate_streaming(&self, request: ModelRequest, deltas: Deltas<'_>) -> Result<ModelResponse, ModelError> {
+        let out = self.generate(request).await?;
+        deltas(&out.text);
+        Ok(out)
+    }
 }

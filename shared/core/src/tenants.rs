@@ -3,8 +3,12 @@
 use crate::auth::{hash_api_key, ApiKeyRecord};
 use crate::error::KeelError;
 use crate::ids::TenantId;
+use crate::models::{Budgets, RoutingPolicy};
 use crate::ports::{Condition, Table, Write};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub const TENANT_SK: &str = "TENANT";
 
@@ -38,6 +42,14 @@ pub struct Tenant {
     /// Redact PII from stored text and answers.
     #[serde(default)]
     pub redact_pii: bool,
+    /// How the model gateway answers for this tenant.
+    #[serde(default)]
+    pub routing: RoutingPolicy,
+    #[serde(default)]
+    pub budgets: Budgets,
+    /// Stops every hosted model call at once (answers stay in-function).
+    #[serde(default)]
+    pub models_off: bool,
     pub created_at: String,
 }
 
@@ -92,5 +104,41 @@ pub async fn require_active(table: &dyn Table, tenant: &TenantId) -> Result<Tena
         Some((t, _)) if t.status == TenantStatus::Active => Ok(t),
         Some(_) => Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
         None => Err(KeelError::NotFound(format!("tenant {tenant} does not exist"))),
+    }
+}
+
+/// A warm function's cache of tenant records. The TTL bounds how long a
+/// change (suspension, kill switch) takes to reach another function; within
+/// one process, the writer invalidates the entry at once.
+pub struct TenantCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
+}
+
+impl TenantCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn get(&self, table: &dyn Table, id: &TenantId) -> Result<Option<Tenant>, KeelError> {
+        let cached = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|c| c.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, t)| t.clone()));
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let fresh = get_tenant(table, id).await?.map(|(t, _)| t);
+        if let (Some(t), Ok(mut c)) = (&fresh, self.entries.lock()) {
+            c.insert(id.clone(), (Instant::now(), t.clone()));
+        }
+        Ok(fresh)
+    }
+
+    pub fn invalidate(&self, id: &TenantId) {
+        if let Ok(mut c) = self.entries.lock() {
+            c.remove(id);
+        }
     }
 }

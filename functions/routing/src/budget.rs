@@ -1,0 +1,86 @@
+//! Budgets in money. Before a hosted call its worst-case cost is reserved on
+//! the tenant's (and the workflow's) monthly spend counters with a conditional
+//! increment that fails instead of passing the limit, so concurrent requests
+//! can never overspend together; after the call the reservation is settled
+//! to the real cost.
+
+use keel_core::ids::TenantId;
+use keel_core::models::{spend_sk, Budgets};
+use keel_core::ports::Table;
+use keel_core::time::current_month;
+use keel_core::{KeelError, StoreError};
+
+/// Held budget: the counters charged and the amount on each.
+#[derive(Debug)]
+pub struct Reservation {
+    pk: String,
+    counters: Vec<String>,
+    pub micro_usd: i64,
+}
+
+/// Why a reservation failed.
+#[derive(Debug)]
+pub enum Refused {
+    /// The limit would be passed: which scope, its limit.
+    OverBudget { scope: String, limit_usd: f64 },
+    Store(KeelError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Self {
+        Refused::Store(e.into())
+    }
+}
+
+fn micro(usd: f64) -> i64 {
+    (usd * 1e6).round() as i64
+}
+
+/// Reserves `micro_usd` on every budget that applies; all or none.
+pub async fn reserve(
+    table: &dyn Table,
+    tenant: &TenantId,
+    budgets: &Budgets,
+    workflow: Option<&str>,
+    micro_usd: i64,
+) -> Result<Reservation, Refused> {
+    let month = current_month();
+    let mut limits = Vec::new();
+    if let Some(l) = budgets.monthly_usd {
+        limits.push((spend_sk(&month, None), "the tenant's monthly budget".to_string(), l));
+    }
+    if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
+        limits.push((spend_sk(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
+    }
+    let mut held = Reservation { pk: tenant.pk(), counters: vec![], micro_usd };
+    for (sk, scope, limit_usd) in limits {
+        match table.increment(&held.pk, &sk, micro_usd, Some(micro(limit_usd)), None).await {
+            Ok(_) => held.counters.push(sk),
+            Err(e) => {
+                release(table, &held).await;
+                return Err(match e {
+                    StoreError::ConditionFailed => Refused::OverBudget { scope, limit_usd },
+                    other => other.into(),
+                });
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// Settles a reservation to what the call really cost (0 when it failed).
+pub async fn settle(table: &dyn Table, held: &Reservation, actual_micro_usd: i64) -> Result<(), KeelError> {
+    let delta = actual_micro_usd - held.micro_usd;
+    if delta != 0 {
+        for sk in &held.counters {
+            table.increment(&held.pk, sk, delta, None, None).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn release(table: &dyn Table, held: &Reservation) {
+    if let Err(e) = settle(table, held, 0).await {
+        tracing::error!(error = %e, "could not release a budget reservation");
+    }
+}

@@ -1,0 +1,66 @@
+//! The answer cache: content-addressed by tenant, normalized question,
+//! evidence version (a hash of the evidence chunks' ids and text, so any
+//! change to the evidence is a new address) and model. Entries live in the
+//! tenant's own partition with a TTL; no key can reach another tenant's.
+
+use keel_core::ids::TenantId;
+use keel_core::ports::{Condition, Table, Write};
+use keel_core::time::now_secs;
+use keel_core::KeelError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Lower-cased words joined by single spaces: "What is X?" and "what is  x" meet.
+pub fn normalize(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect::<Vec<_>>().join(" ")
+}
+
+/// The address of an answer. Parts are length-prefixed so no two part lists collide.
+pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in std::iter::once(tenant.as_str()).chain(parts.iter().copied()) {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn sk(key: &str) -> String {
+    format!("CACHE#{key}")
+}
+
+pub async fn get<T: DeserializeOwned>(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<T>, KeelError> {
+    match table.get(&tenant.pk(), &sk(key)).await? {
+        Some(item) => Ok(serde_json::from_value(item.data).ok()),
+        None => Ok(None),
+    }
+}
+
+pub async fn put<T: Serialize>(table: &dyn Table, tenant: &TenantId, key: &str, value: &T, ttl_secs: u64) -> Result<(), KeelError> {
+    table
+        .put(Write {
+            pk: tenant.pk(),
+            sk: sk(key),
+            data: serde_json::to_value(value)?,
+            expires_at: Some(now_secs() + ttl_secs as i64),
+            condition: Condition::Always,
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_tenants_and_parts() {
+        let a = TenantId::parse("acme").unwrap();
+        let b = TenantId::parse("beta").unwrap();
+        assert_eq!(normalize("  What is X?? "), normalize("what is x"));
+        assert_ne!(key(&a, &["q", "m"]), key(&b, &["q", "m"]));
+        assert_ne!(key(&a, &["ab", "c"]), key(&a, &["a", "bc"]));
+        assert_eq!(key(&a, &["q", "m"]), key(&a, &["q", "m"]));
+    }
+}
