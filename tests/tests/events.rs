@@ -28,6 +28,7 @@ fn every_sample_event_is_recognized() {
         include_str!("../../events/retrieval/changes.json"),
         include_str!("../../events/retrieval/put-source.json"),
         include_str!("../../events/routing/ask.json"),
+        include_str!("../../events/routing/chat-completions.json"),
         include_str!("../../events/tools/put-tool.json"),
         include_str!("../../events/tools/propose-action.json"),
         include_str!("../../events/audit/verify.json"),
@@ -38,6 +39,9 @@ fn every_sample_event_is_recognized() {
         assert!(req.caller.is_some() && req.path.starts_with("/v1/"));
     }
     assert!(matches!(event(include_str!("../../events/auth/authorizer.json")), Incoming::Authorize(_)));
+    // A function URL request carries no authorizer context: the function authenticates it.
+    let Incoming::Http(url) = event(include_str!("../../events/routing/ask-stream-url.json")) else { panic!() };
+    assert!(url.caller.is_none() && url.headers["authorization"].starts_with("Bearer keel_"));
     assert!(matches!(event(include_str!("../../events/tools/saga-step.json")), Incoming::Task(_)));
     assert!(matches!(event(include_str!("../../events/retrieval/ingest-batch.json")), Incoming::Queue(_)));
     assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Incoming::Queue(_)));
