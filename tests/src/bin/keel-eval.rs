@@ -7,6 +7,7 @@
 //! cargo run --release -p keel-tests --bin keel-eval -- refusal   # refusal / false refusal (calibrated on train)
 //! cargo run --release -p keel-tests --bin keel-eval -- pii       # precision / recall per entity type
 //! cargo run --release -p keel-tests --bin keel-eval -- embed     # the embedding model alone
+//! cargo run --release -p keel-tests --bin keel-eval -- injection # the injection guard on BIPIA and NotInject
 //! ```
 //!
 //! `KEEL_EVALDATA` points at the data (default `../shared/evaldata`).
@@ -478,6 +479,88 @@ fn pii_eval() {
     }
 }
 
+fn read_json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn read_jsonl(path: PathBuf) -> Vec<Value> {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// BIPIA's attacks inserted into its benign contexts (start, middle, end):
+/// detected when a flag covers the inserted text. False positives: benign
+/// contexts, and NotInject's benign prompts that contain trigger words.
+/// The rules were written from the *train* attacks; test attacks are reported.
+fn injection_eval() {
+    use keel_routing::guard::scan;
+    let bipia = evaldata().join("bipia-indirect-injection");
+    let attacks = |file: &str| -> Vec<(String, String)> {
+        let v = read_json(bipia.join(file));
+        v.as_object().unwrap().iter().flat_map(|(cat, list)| {
+            list.as_array().unwrap().iter().map(|a| (cat.clone(), a.as_str().unwrap().to_string())).collect::<Vec<_>>()
+        }).collect()
+    };
+    let mut contexts: Vec<(&str, String)> = Vec::new();
+    for task in ["email", "table", "code"] {
+        for row in read_jsonl(bipia.join(task).join("test.jsonl")) {
+            contexts.push((task, row["context"].as_str().unwrap_or("").to_string()));
+        }
+    }
+    let benign_flagged = contexts.iter().filter(|(_, c)| !scan(c).is_empty()).count();
+    println!("Injection guard (rules in functions/routing/src/guard.rs)");
+    println!("  BIPIA benign contexts flagged (false positives): {benign_flagged}/{} = {:.1}%", contexts.len(),
+        100.0 * benign_flagged as f64 / contexts.len() as f64);
+    for split in ["train", "test"] {
+        let text = attacks(&format!("text_attack_{split}.json"));
+        let code = attacks(&format!("code_attack_{split}.json"));
+        let mut per_category: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let (mut hit, mut total) = (0, 0);
+        for (task, context) in &contexts {
+            let set = if *task == "code" { &code } else { &text };
+            for (category, attack) in set {
+                for position in ["start", "middle", "end"] {
+                    let at = match position {
+                        "start" => 0,
+                        "end" => context.len(),
+                        _ => {
+                            let mid = context.len() / 2;
+                            context[mid..].find(". ").map(|i| mid + i + 2).filter(|i| context.is_char_boundary(*i)).unwrap_or(context.len())
+                        }
+                    };
+                    let doc = format!("{}\n\n{attack}\n\n{}", &context[..at], &context[at..]);
+                    let (s, e) = (at + 2, at + 2 + attack.len());
+                    let found = scan(&doc).iter().any(|f| f.start < e && f.end > s);
+                    let entry = per_category.entry(category.clone()).or_default();
+                    entry.1 += 1;
+                    total += 1;
+                    if found {
+                        entry.0 += 1;
+                        hit += 1;
+                    }
+                }
+            }
+        }
+        println!("  BIPIA {split} attacks inserted at start/middle/end of every context: detected {hit}/{total} = {:.1}%",
+            100.0 * hit as f64 / total as f64);
+        if split == "test" {
+            for (category, (h, n)) in &per_category {
+                println!("    {category}: {:.0}%", 100.0 * *h as f64 / *n as f64);
+            }
+        }
+    }
+    let piguard = evaldata().join("prompt-injection-labelled").join("piguard");
+    let (mut flagged, mut n) = (0, 0);
+    for file in ["NotInject_one.json", "NotInject_two.json", "NotInject_three.json"] {
+        for row in read_json(piguard.join(file)).as_array().unwrap() {
+            n += 1;
+            flagged += usize::from(!scan(row["prompt"].as_str().unwrap_or("")).is_empty());
+        }
+    }
+    println!("  NotInject benign prompts with trigger words flagged (false positives): {flagged}/{n} = {:.1}% \
+        (over-defense accuracy {:.1}%)", 100.0 * flagged as f64 / n as f64, 100.0 * (n - flagged) as f64 / n as f64);
+}
+
 #[tokio::main]
 async fn main() {
     match std::env::args().nth(1).as_deref() {
@@ -486,8 +569,9 @@ async fn main() {
         Some("refusal") => refusal().await,
         Some("pii") => pii_eval(),
         Some("embed") => embed_eval(),
+        Some("injection") => injection_eval(),
         _ => {
-            eprintln!("usage: keel-eval search | tune | refusal | pii | embed");
+            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection");
             std::process::exit(2);
         }
     }
