@@ -251,11 +251,6 @@ impl Routing {
         out.decision_id = decision_id;
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
-        if let Some(events) = events {
-            if out.refused {
-                sse::send(events, Some("reset"), &json!({}));
-            }
-        }
         self.record_ask(tenant_id, caller, question, &evidence, &out, &trail.usage).await?;
         Ok(out)
     }
@@ -612,25 +607,9 @@ fn response(answer: Answer, evidence: &[SearchHit], tier: Tier, model: String) -
 }
 
 fn refusal(reason: String, tier: Tier) -> AskResponse {
-    AskResponse {
-        answer: "I can't answer that from the documents available to you.".into(),
-        citations: vec![],
-        refused: true,
-        reason: Some(reason),
-        tier,
-        model: "none".into(),
-        cost: 0.0,
-        decision_id: String::new(),
-        groundedness: None,
-        degraded: None,
-        cached: false,
-        route: vec![],
-    }
-}
-
-/// For tests and health: a model's breaker state.
-impl Routing {
-    pub fn breaker_state(&self, model: &str) -> &'static str {
-        self.breakers.state(model)
-    }
+    let text = "I can't answer that from the documents available to you.".to_string();
+    let mut out = response(Answer { text, cited: vec![] }, &[], tier, "none".into());
+    out.refused = true;
+    out.reason = Some(reason);
+    out
 }

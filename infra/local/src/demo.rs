@@ -165,6 +165,7 @@ where
         return Err(KeelError::Internal(format!("expected a cited answer, got {a}")));
     }
     println!("     answer: {}\n     citations: {}  tier={} cost={}", a["answer"], a["citations"], a["tier"], a["cost"]);
+    println!("     route: {}", a["route"]);
 
     step(&mut n, "ann asks something the documents do not cover: What is the boiling point of mercury?");
     let (s, a) = client
