@@ -4,14 +4,14 @@
 //! `auto`; the response carries Keel's account of the call under `keel`.
 
 use crate::sse::{self, Events, Reply};
-use crate::{cache, route_error, Generated, Routing, Trail, Usage};
+use crate::{cache, route_error, Generated, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::http::{ApiRequest, ApiResponse};
 use keel_core::ids::new_id;
-use keel_core::models::estimate_tokens;
+use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
-use keel_core::ports::ModelResponse;
+use keel_core::ports::{Deltas, ModelRequest, ModelResponse};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::KeelError;
 use serde_json::{json, Value};
@@ -38,15 +38,16 @@ fn prompt_fingerprint(req: &ChatRequest) -> String {
 impl Routing {
     pub(crate) async fn chat_route(self: &Arc<Self>, caller: Caller, req: ApiRequest) -> Result<Reply, KeelError> {
         let body: ChatRequest = req.json(CHAT_BODY_LIMIT)?;
-        body.to_model_request("", self.options.max_tokens).map_err(KeelError::BadRequest)?;
+        // Checked before any stream starts, so bad messages get a plain 400.
+        let request = body.to_model_request("", self.options.max_tokens).map_err(KeelError::BadRequest)?;
         let rid = req.request_id.clone();
         if !body.stream {
-            let out = self.chat(&caller, &body, None).await?;
+            let out = self.chat(&caller, &body, &request, None).await?;
             return Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)));
         }
         let this = self.clone();
         Ok(sse::spawn(move |events| async move {
-            match this.chat(&caller, &body, Some(&events)).await {
+            match this.chat(&caller, &body, &request, Some(&events)).await {
                 Ok(_) => {
                     let _ = events.send(sse::frame(None, "[DONE]"));
                 }
@@ -57,67 +58,65 @@ impl Routing {
 
     /// One chat completion. Streaming sends OpenAI chunks to `events` and
     /// returns the same completion it would have returned whole.
-    pub async fn chat(&self, caller: &Caller, body: &ChatRequest, events: Option<&Events>) -> Result<Value, KeelError> {
+    /// `request` is `body` as a model request (`ChatRequest::to_model_request`).
+    pub async fn chat(
+        &self,
+        caller: &Caller,
+        body: &ChatRequest,
+        request: &ModelRequest,
+        events: Option<&Events>,
+    ) -> Result<Value, KeelError> {
         let tenant_id = caller.tenant()?;
         let tenant = self.tenant(tenant_id).await?;
-        let request = body.to_model_request("", self.options.max_tokens).map_err(KeelError::BadRequest)?;
-        let prompt_tokens = estimate_tokens(&request.system) + request.messages.iter().map(|m| estimate_tokens(&m.content)).sum::<u64>();
         let open = |m: &str| self.breakers.is_open(m);
-        let decision = crate::router::decide(&self.route_input(&tenant, None, Some(&body.model), prompt_tokens, &open))
+        let decision = crate::router::decide(&self.route_input(&tenant, None, Some(&body.model), request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "complete"))?;
         let id = new_id("chatcmpl");
         let created = now_secs();
         let fingerprint = prompt_fingerprint(body);
-        let mut trail = Trail { usage: Usage { cache: "off", ..Default::default() }, reasons: decision.reasons.clone(), ..Default::default() };
+        let mut trail = Trail::new(decision.reasons.clone());
 
         // Only deterministic requests are cacheable.
         let ttl = tenant.routing.cache_ttl_secs;
         let cacheable = ttl > 0 && body.temperature.unwrap_or(0.0) == 0.0;
         let first = &self.catalog[decision.candidates[0]].name;
         let key = cache::key(&tenant.id, &["chat", first, &fingerprint]);
-        let mut answer: Option<(String, String, u64, u64)> = None;
+        let hit: Option<(String, String)> = match cacheable {
+            true => cache::get(self.table.as_ref(), &tenant.id, &key).await?,
+            false => None,
+        };
         if cacheable {
-            let hit: Option<(String, String)> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
-            if let Some((model, text)) = hit {
-                trail.reasons.push(format!("cache hit for {first}"));
-                answer = Some((model, text, 0, 0));
-            }
         }
-        let tier = match &answer {
-            Some(_) => keel_core::models::Tier::T0,
+        let (tier, model, text, input_tokens, output_tokens) = match hit {
+            Some((model, text)) => {
+                trail.reasons.push(format!("cache hit for {first}"));
+                if let Some(ev) = events {
+                    sse::send(ev, None, &chunk(&id, &model, created, Some(&text), None));
+                }
+                (Tier::T0, model, text, 0, 0)
+            }
             None => {
                 let forward = |d: &str| {
                     if let Some(ev) = events {
                         sse::send(ev, None, &chunk(&id, first, created, Some(d), None));
                     }
                 };
-                let deltas: Option<keel_core::ports::Deltas> = if events.is_some() { Some(&forward) } else { None };
+                let deltas: Option<Deltas> = if events.is_some() { Some(&forward) } else { None };
                 let accept = |_: &ModelResponse| Ok(());
-                let generated = self
-                    .generate(&tenant, body.workflow.as_deref(), &decision, &|_| request.clone(), &accept, deltas, None, &mut trail)
-                    .await?;
+                let generated =
+                    self.generate(&tenant, body.workflow.as_deref(), &decision, request, &accept, deltas, None, &mut trail).await?;
                 let Some(Generated { model, response }) = generated else {
                     self.record_chat(caller, &id, body, &fingerprint, None, &trail).await?;
-                    return Err(match (&trail.over_budget, trail.failures.is_empty()) {
-                        (Some(scope), true) => crate::over_budget_error(scope),
-                        _ => KeelError::Unavailable(format!("no hosted model could answer: {}", trail.failures.join("; "))),
-                    });
+                    return Err(trail.no_answer());
                 };
                 let spec = &self.catalog[model];
                 if cacheable {
                     cache::put(self.table.as_ref(), &tenant.id, &key, &(spec.name.clone(), response.text.clone()), ttl).await?;
                 }
-                answer = Some((spec.name.clone(), response.text, response.input_tokens, response.output_tokens));
-                spec.tier
+                (spec.tier, spec.name.clone(), response.text, response.input_tokens, response.output_tokens)
             }
         };
-        let Some((model, text, input_tokens, output_tokens)) = answer else {
-            return Err(KeelError::Internal("no answer".into()));
-        };
-        if let (Some(ev), keel_core::models::Tier::T0) = (events, tier) {
-            sse::send(ev, None, &chunk(&id, &model, created, Some(&text), None));
-        }
         if let Some(ev) = events {
             sse::send(ev, None, &chunk(&id, &model, created, None, Some((input_tokens, output_tokens))));
         }
@@ -134,7 +133,7 @@ impl Routing {
         id: &str,
         body: &ChatRequest,
         fingerprint: &str,
-        answered: Option<(&str, keel_core::models::Tier)>,
+        answered: Option<(&str, Tier)>,
         trail: &Trail,
     ) -> Result<(), KeelError> {
         let tenant = caller.tenant()?;

@@ -169,6 +169,13 @@ pub struct ModelRequest {
     pub temperature: Option<f32>,
 }
 
+impl ModelRequest {
+    /// The prompt's estimated size in tokens (system and messages).
+    pub fn prompt_tokens(&self) -> u64 {
+        crate::models::estimate_tokens(&self.system) + self.messages.iter().map(|m| crate::models::estimate_tokens(&m.content)).sum::<u64>()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelResponse {
     pub text: String,

@@ -100,8 +100,12 @@ pub async fn get_api_key(table: &dyn Table, tenant: &TenantId, key: &str) -> Res
 
 /// Loads the tenant and fails unless it exists and is active.
 pub async fn require_active(table: &dyn Table, tenant: &TenantId) -> Result<Tenant, KeelError> {
-    match get_tenant(table, tenant).await? {
-        Some((t, _)) if t.status == TenantStatus::Active => Ok(t),
+    active(get_tenant(table, tenant).await?.map(|(t, _)| t), tenant)
+}
+
+fn active(found: Option<Tenant>, tenant: &TenantId) -> Result<Tenant, KeelError> {
+    match found {
+        Some(t) if t.status == TenantStatus::Active => Ok(t),
         Some(_) => Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
         None => Err(KeelError::NotFound(format!("tenant {tenant} does not exist"))),
     }
@@ -134,6 +138,11 @@ impl TenantCache {
             c.insert(id.clone(), (Instant::now(), t.clone()));
         }
         Ok(fresh)
+    }
+
+    /// `require_active` through the cache.
+    pub async fn require_active(&self, table: &dyn Table, id: &TenantId) -> Result<Tenant, KeelError> {
+        active(self.get(table, id).await?, id)
     }
 
     pub fn invalidate(&self, id: &TenantId) {
