@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_tests::stub::{Behavior, StubModels};
-use keel_tests::{config, start_stack, tenant, Client};
+use keel_tests::{config, percentile, start_stack, tenant, Client};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,11 +21,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const RATES: [u64; 2] = [100, 1_000];
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

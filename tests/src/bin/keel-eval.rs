@@ -19,6 +19,7 @@ use keel_core::ports::{QueueName, WorkQueue};
 use keel_core::TenantId;
 use keel_local::demo::Client;
 use keel_local::Stack;
+use keel_tests::percentile;
 use keel_retrieval::pii::{detect, PiiKind};
 use keel_retrieval::Tuning;
 use serde_json::{json, Value};
@@ -108,14 +109,6 @@ fn ndcg_at_10(ranked: &[String], relevant: &HashSet<String>) -> f64 {
 fn documents(hits: &[Value]) -> Vec<String> {
     let mut seen = HashSet::new();
     hits.iter().filter_map(|h| h["doc_id"].as_str()).filter(|d| seen.insert(d.to_string())).map(str::to_string).collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 fn report(label: &str, mut ms: Vec<f64>) {
