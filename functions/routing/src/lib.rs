@@ -346,9 +346,10 @@ impl Routing {
 
         let ttl = tenant.routing.cache_ttl_secs;
         let first = &self.catalog[decision.candidates[0]].name;
-        let cache_key = cache::key(&tenant.id, &["ask", first, &cache::normalize(question), &evidence_version(evidence)]);
-        if ttl > 0 {
-            let hit: Option<CachedAnswer> = cache::get(self.table.as_ref(), &tenant.id, &cache_key).await?;
+        let cache_key =
+            (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, &cache::normalize(question), &evidence_version(evidence)]));
+        if let Some(key) = &cache_key {
+            let hit: Option<CachedAnswer> = cache::get(self.table.as_ref(), &tenant.id, key).await?;
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
             if let Some(hit) = hit {
                 trail.reasons.push(format!("cache hit for {first} on the same question and evidence"));
@@ -394,14 +395,14 @@ impl Routing {
         let cited = grounding::parse_citations(&g.kept, evidence.len());
         let mut out = response(Answer { text: g.kept, cited }, evidence, spec.tier, spec.name.clone());
         out.groundedness = Some(g.groundedness);
-        if ttl > 0 {
+        if let Some(key) = &cache_key {
             let entry = CachedAnswer {
                 text: out.answer.clone(),
                 cited_chunks: out.citations.iter().map(|c| c.chunk_id.clone()).collect(),
                 groundedness: out.groundedness,
                 model: spec.name.clone(),
             };
-            cache::put(self.table.as_ref(), &tenant.id, &cache_key, &entry, ttl).await?;
+            cache::put(self.table.as_ref(), &tenant.id, key, &entry, ttl).await?;
         }
         Ok(out)
     }
