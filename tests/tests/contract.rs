@@ -43,6 +43,11 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!(sks(t.query(&pk, "Q#", QueryOptions { limit: Some(1), descending: true, ..Default::default() }).await.unwrap()), ["Q#3"]);
     let after = QueryOptions { after: Some("Q#1".into()), ..Default::default() };
     assert_eq!(sks(t.query(&pk, "Q#", after).await.unwrap()), ["Q#2", "Q#3"]);
+    // The prefix's edges: neighbours outside it, multi-byte keys inside it.
+    for sk in ["Q", "Q$", "Q\"", "Q#\u{e9}", "Q#\u{1F600}"] {
+        t.put(write(&pk, sk, json!(sk), Condition::Always)).await.unwrap();
+    }
+    assert_eq!(sks(t.query(&pk, "Q#", QueryOptions::default()).await.unwrap()), ["Q#1", "Q#2", "Q#3", "Q#\u{e9}", "Q#\u{1F600}"]);
     // Atomic group: one failed condition writes nothing.
     let group = vec![write(&pk, "G1", json!(1), Condition::NotExists), write(&pk, "A", json!(0), Condition::NotExists)];
     assert!(matches!(t.put_all(group).await, Err(StoreError::ConditionFailed)));

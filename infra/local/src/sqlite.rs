@@ -24,7 +24,8 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
+             PRAGMA wal_autocheckpoint=0;
              CREATE TABLE IF NOT EXISTS items (pk TEXT NOT NULL, sk TEXT NOT NULL, data TEXT NOT NULL,
                  ver INTEGER NOT NULL DEFAULT 0, n INTEGER, ttl INTEGER, PRIMARY KEY (pk, sk)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
@@ -35,13 +36,42 @@ impl Db {
                  status TEXT NOT NULL, output TEXT, error TEXT, cause TEXT);",
         )
         .map_err(backend)?;
-        Ok(Self(Arc::new(Mutex::new(conn))))
+        conn.set_prepared_statement_cache_capacity(64);
+        let db = Self(Arc::new(Mutex::new(conn)));
+        checkpoint_in_background(path, Arc::downgrade(&db.0))?;
+        Ok(db)
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.0.lock().map_err(|_| backend("database lock poisoned"))?;
         f(&mut conn)
     }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL from a second connection on its own thread, so the
+/// fsync a checkpoint needs never stalls a request holding the main
+/// connection (SQLite's automatic checkpoint would run inside whichever
+/// commit crosses the threshold). A passive checkpoint never blocks writers.
+/// The thread ends with the last handle on the database.
+fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Mutex<Connection>>) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
+    std::thread::Builder::new()
+        .name("keel-sqlite-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if db.strong_count() == 0 {
+                return;
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        })
+        .map_err(backend)?;
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -55,13 +85,16 @@ impl SqliteTable {
     }
 }
 
+/// Runs one statement, prepared once per connection.
+fn run(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+    c.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(backend)
+}
+
 /// (version, ttl) of a live-or-expired row.
 fn current(tx: &Transaction<'_>, pk: &str, sk: &str) -> Result<Option<(u64, Option<i64>)>, StoreError> {
-    tx.query_row("SELECT ver, ttl FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))
-    })
-    .optional()
-    .map_err(backend)
+    tx.prepare_cached("SELECT ver, ttl FROM items WHERE pk = ?1 AND sk = ?2")
+        .and_then(|mut s| s.query_row(params![pk, sk], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))).optional())
+        .map_err(backend)
 }
 
 /// Checks a write's condition and performs it; returns the new version.
@@ -78,12 +111,12 @@ fn apply(tx: &Transaction<'_>, w: &Write) -> Result<u64, StoreError> {
         return Err(StoreError::ConditionFailed);
     }
     let version = row.map_or(0, |(v, _)| v) + 1;
-    tx.execute(
+    run(
+        tx,
         "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = excluded.ver, ttl = excluded.ttl",
         params![w.pk, w.sk, w.data.to_string(), version as i64, w.expires_at],
-    )
-    .map_err(backend)?;
+    )?;
     Ok(version)
 }
 
@@ -106,19 +139,27 @@ fn to_item(row: ItemRow) -> Result<Item, StoreError> {
     })
 }
 
-const COLUMNS: &str = "pk, sk, data, ver, n, ttl";
+macro_rules! select_items {
+    ($rest:literal) => {
+        concat!("SELECT pk, sk, data, ver, n, ttl FROM items ", $rest)
+    };
+}
+
+/// The smallest string above every string that starts with `prefix`; keys
+/// never contain U+10FFFF, so `prefix <= sk < upper` is exactly "starts
+/// with `prefix`", and SQLite seeks the primary key instead of scanning the
+/// whole partition (where cache entries and pointers pile up).
+fn prefix_upper_bound(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
 
 #[async_trait]
 impl Table for SqliteTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         self.db.with(|c| {
             let row = c
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2 AND (ttl IS NULL OR ttl > ?3)"),
-                    params![pk, sk, now_secs()],
-                    row_to_item,
-                )
-                .optional()
+                .prepare_cached(select_items!("WHERE pk = ?1 AND sk = ?2 AND (ttl IS NULL OR ttl > ?3)"))
+                .and_then(|mut s| s.query_row(params![pk, sk, now_secs()], row_to_item).optional())
                 .map_err(backend)?;
             row.map(to_item).transpose()
         })
@@ -145,23 +186,25 @@ impl Table for SqliteTable {
 
     async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
         self.db.with(|c| {
-            c.execute("DELETE FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk]).map_err(backend)?;
+            run(c, "DELETE FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk])?;
             Ok(())
         })
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
         self.db.with(|c| {
-            let order = if options.descending { "DESC" } else { "ASC" };
+            let sql = match options.descending {
+                true => select_items!(
+                    "WHERE pk = ?1 AND sk >= ?2 AND sk < ?6 AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk DESC LIMIT ?4"
+                ),
+                false => select_items!(
+                    "WHERE pk = ?1 AND sk >= ?2 AND sk < ?6 AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk ASC LIMIT ?4"
+                ),
+            };
             let limit = options.limit.map_or(-1, |l| l as i64);
-            let mut stmt = c
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND substr(sk, 1, length(?2)) = ?2
-                     AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk {order} LIMIT ?4"
-                ))
-                .map_err(backend)?;
+            let mut stmt = c.prepare_cached(sql).map_err(backend)?;
             let rows = stmt
-                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after], row_to_item)
+                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after, prefix_upper_bound(sk_prefix)], row_to_item)
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
@@ -173,8 +216,8 @@ impl Table for SqliteTable {
         self.db.with(|c| {
             let tx = c.transaction().map_err(backend)?;
             let old: Option<Option<i64>> = tx
-                .query_row("SELECT n FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk], |r| r.get(0))
-                .optional()
+                .prepare_cached("SELECT n FROM items WHERE pk = ?1 AND sk = ?2")
+                .and_then(|mut s| s.query_row(params![pk, sk], |r| r.get(0)).optional())
                 .map_err(backend)?;
             let old = old.flatten();
             // A missing counter counts as 0.
@@ -182,12 +225,12 @@ impl Table for SqliteTable {
                 return Err(StoreError::ConditionFailed);
             }
             let new = old.unwrap_or(0) + by;
-            tx.execute(
+            run(
+                &tx,
                 "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
                  ON CONFLICT (pk, sk) DO UPDATE SET n = excluded.n, ttl = coalesce(excluded.ttl, items.ttl)",
                 params![pk, sk, new, expires_at],
-            )
-            .map_err(backend)?;
+            )?;
             tx.commit().map_err(backend)?;
             Ok(new)
         })
@@ -240,11 +283,11 @@ impl WorkQueue for SqliteQueue {
         let message_id = uuid::Uuid::new_v4().to_string();
         let attrs = serde_json::to_string(&attributes).map_err(backend)?;
         self.db.with(|c| {
-            c.execute(
+            run(
+                c,
                 "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![queue.as_str(), message_id, body, attrs, now_ms()],
-            )
-            .map_err(backend)?;
+            )?;
             Ok(())
         })?;
         Ok(message_id)
@@ -257,7 +300,7 @@ impl WorkQueue for SqliteQueue {
             let now = now_ms();
             let rows = {
                 let mut stmt = tx
-                    .prepare(
+                    .prepare_cached(
                         "SELECT id, message_id, body, attributes, receives FROM messages
                          WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT ?3",
                     )
@@ -275,14 +318,10 @@ impl WorkQueue for SqliteQueue {
             for (id, message_id, body, attrs, receives) in rows {
                 if receives as u32 >= max_receives {
                     // Past the redrive limit: to the dead-letter state, as SQS moves it to the DLQ.
-                    tx.execute("UPDATE messages SET dead = 1 WHERE id = ?1", params![id]).map_err(backend)?;
+                    run(&tx, "UPDATE messages SET dead = 1 WHERE id = ?1", params![id])?;
                     continue;
                 }
-                tx.execute(
-                    "UPDATE messages SET receives = receives + 1, visible_at = ?2 WHERE id = ?1",
-                    params![id, now + visibility],
-                )
-                .map_err(backend)?;
+                run(&tx, "UPDATE messages SET receives = receives + 1, visible_at = ?2 WHERE id = ?1", params![id, now + visibility])?;
                 out.push(QueueMessage {
                     message_id,
                     receipt: id.to_string(),
@@ -299,7 +338,7 @@ impl WorkQueue for SqliteQueue {
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
         let id: i64 = receipt.parse().map_err(|_| backend("bad receipt"))?;
         self.db.with(|c| {
-            c.execute("DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()]).map_err(backend)?;
+            run(c, "DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()])?;
             Ok(())
         })
     }
