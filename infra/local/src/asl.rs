@@ -263,13 +263,17 @@ impl LocalSaga {
                 Ok(out) => ("SUCCEEDED", Some(out.to_string()), None, None),
                 Err(f) => ("FAILED", None, Some(f.error), Some(f.cause)),
             };
-            let saved = saga.db.with(|c| {
-                c.execute(
-                    "UPDATE executions SET status = ?2, output = ?3, error = ?4, cause = ?5 WHERE name = ?1",
-                    params![name, status, output, error, cause],
-                )
-                .map_err(backend)
-            });
+            let execution = name.clone();
+            let saved = saga
+                .db
+                .call(move |c| {
+                    c.execute(
+                        "UPDATE executions SET status = ?2, output = ?3, error = ?4, cause = ?5 WHERE name = ?1",
+                        params![execution, status, output, error, cause],
+                    )
+                    .map_err(backend)
+                })
+                .await;
             if let Err(e) = saved {
                 tracing::error!(error = %e, execution = %name, "could not record saga result");
             }
@@ -280,13 +284,18 @@ impl LocalSaga {
 #[async_trait]
 impl Saga for LocalSaga {
     async fn start(&self, name: &str, input: Value) -> Result<String, StoreError> {
-        let inserted = self.0.db.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO executions (name, input, status) VALUES (?1, ?2, 'RUNNING')",
-                params![name, input.to_string()],
-            )
-            .map_err(backend)
-        })?;
+        let (execution, saved_input) = (name.to_string(), input.to_string());
+        let inserted = self
+            .0
+            .db
+            .call(move |c| {
+                c.execute(
+                    "INSERT OR IGNORE INTO executions (name, input, status) VALUES (?1, ?2, 'RUNNING')",
+                    params![execution, saved_input],
+                )
+                .map_err(backend)
+            })
+            .await?;
         if inserted == 1 {
             self.spawn(name.to_string(), input);
         }
@@ -294,15 +303,20 @@ impl Saga for LocalSaga {
     }
 
     async fn status(&self, execution_id: &str) -> Result<ExecutionStatus, StoreError> {
-        let row: Option<(String, Option<String>, Option<String>, Option<String>)> = self.0.db.with(|c| {
-            c.query_row(
-                "SELECT status, output, error, cause FROM executions WHERE name = ?1",
-                params![execution_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
-            .map_err(backend)
-        })?;
+        let execution = execution_id.to_string();
+        let row: Option<(String, Option<String>, Option<String>, Option<String>)> = self
+            .0
+            .db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT status, output, error, cause FROM executions WHERE name = ?1",
+                    params![execution],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(backend)
+            })
+            .await?;
         match row {
             None => Err(StoreError::Backend(format!("no execution {execution_id}"))),
             Some((status, output, error, cause)) => Ok(match status.as_str() {

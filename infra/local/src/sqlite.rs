@@ -6,19 +6,36 @@ use async_trait::async_trait;
 use keel_core::ports::{Condition, Item, QueryOptions, QueueMessage, QueueName, Table, WorkQueue, Write};
 use keel_core::time::now_secs;
 use keel_core::StoreError;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// One SQLite connection shared by the embedded adapters.
+/// Work for the database thread: it runs inside a batch's transaction and
+/// returns how to deliver its result once the batch's commit has succeeded
+/// (or failed).
+type Job = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
+/// Gets the batch's commit outcome.
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Jobs committed together at most.
+const MAX_BATCH: usize = 64;
+
+/// One SQLite connection shared by the embedded adapters, owned by its own
+/// thread: callers queue work and await the result, so a request waiting for
+/// the database never holds up the async workers serving other requests.
+/// Jobs that queue up meanwhile are committed together (group commit: one
+/// WAL append for the batch); each job's writes sit in a savepoint of their
+/// own, so one job's failure undoes only that job's writes, and no result
+/// is delivered before the batch is committed.
 #[derive(Clone)]
-pub struct Db(Arc<Mutex<Connection>>);
+pub struct Db(Arc<Sender<Job>>);
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -37,14 +54,71 @@ impl Db {
         )
         .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(64);
-        let db = Self(Arc::new(Mutex::new(conn)));
+        let (jobs, queued) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("keel-sqlite".into()).spawn(move || serve(conn, queued)).map_err(backend)?;
+        let db = Self(Arc::new(jobs));
         checkpoint_in_background(path, Arc::downgrade(&db.0))?;
         Ok(db)
     }
 
-    pub fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut conn = self.0.lock().map_err(|_| backend("database lock poisoned"))?;
-        f(&mut conn)
+    /// Queues `f`; `reply` gets its result once committed.
+    fn queue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let job: Job = Box::new(move |c| {
+            let out = f(c);
+            Box::new(move |committed: Result<(), String>| reply(committed.map_err(backend).and(out)))
+        });
+        self.0.send(job).map_err(|_| stopped())
+    }
+
+    /// Runs `f` on the database thread and awaits its committed result.
+    /// Writes that must be all-or-nothing go in a `savepoint()`.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.queue(f, move |r| drop(done.send(r)))?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// `call` for synchronous callers: blocks this thread until `f` has run.
+    pub fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        self.queue(f, move |r| drop(done.send(r)))?;
+        result.recv().map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    backend("database thread has stopped")
+}
+
+/// The database thread: takes whatever jobs are queued, runs them in one
+/// transaction, commits, then delivers their results. It ends when the last
+/// `Db` handle is dropped.
+fn serve(mut conn: Connection, queued: Receiver<Job>) {
+    while let Ok(first) = queued.recv() {
+        let batch: Vec<Job> = std::iter::once(first).chain(queued.try_iter().take(MAX_BATCH - 1)).collect();
+        // Without the outer transaction (BEGIN failed) each job's savepoint commits on its own.
+        let outer = conn.execute_batch("BEGIN").is_ok();
+        let deliveries: Vec<Deliver> = batch.into_iter().map(|job| job(&mut conn)).collect();
+        let committed = match outer {
+            true => conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                format!("commit failed: {e}")
+            }),
+            false => Ok(()),
+        };
+        for deliver in deliveries {
+            deliver(committed.clone());
+        }
     }
 }
 
@@ -56,7 +130,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// connection (SQLite's automatic checkpoint would run inside whichever
 /// commit crosses the threshold). A passive checkpoint never blocks writers.
 /// The thread ends with the last handle on the database.
-fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Mutex<Connection>>) -> Result<(), StoreError> {
+fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Sender<Job>>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
     std::thread::Builder::new()
@@ -91,14 +165,14 @@ fn run(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize
 }
 
 /// (version, ttl) of a live-or-expired row.
-fn current(tx: &Transaction<'_>, pk: &str, sk: &str) -> Result<Option<(u64, Option<i64>)>, StoreError> {
+fn current(tx: &Connection, pk: &str, sk: &str) -> Result<Option<(u64, Option<i64>)>, StoreError> {
     tx.prepare_cached("SELECT ver, ttl FROM items WHERE pk = ?1 AND sk = ?2")
         .and_then(|mut s| s.query_row(params![pk, sk], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))).optional())
         .map_err(backend)
 }
 
 /// Checks a write's condition and performs it; returns the new version.
-fn apply(tx: &Transaction<'_>, w: &Write) -> Result<u64, StoreError> {
+fn apply(tx: &Connection, w: &Write) -> Result<u64, StoreError> {
     let now = now_secs();
     let row = current(tx, &w.pk, &w.sk)?;
     let live = row.filter(|(_, ttl)| ttl.is_none_or(|t| t > now));
@@ -156,43 +230,50 @@ fn prefix_upper_bound(prefix: &str) -> String {
 #[async_trait]
 impl Table for SqliteTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        self.db.with(|c| {
+        let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        self.db.call(move |c| {
             let row = c
                 .prepare_cached(select_items!("WHERE pk = ?1 AND sk = ?2 AND (ttl IS NULL OR ttl > ?3)"))
                 .and_then(|mut s| s.query_row(params![pk, sk, now_secs()], row_to_item).optional())
                 .map_err(backend)?;
             row.map(to_item).transpose()
         })
+        .await
     }
 
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
-        self.db.with(|c| {
-            let tx = c.transaction().map_err(backend)?;
+        self.db.call(move |c| {
+            let tx = c.savepoint().map_err(backend)?;
             let v = apply(&tx, &write)?;
             tx.commit().map_err(backend)?;
             Ok(v)
         })
+        .await
     }
 
     async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.db.with(|c| {
-            let tx = c.transaction().map_err(backend)?;
+        self.db.call(move |c| {
+            let tx = c.savepoint().map_err(backend)?;
             for w in &writes {
                 apply(&tx, w)?; // dropping `tx` on error rolls everything back
             }
             tx.commit().map_err(backend)
         })
+        .await
     }
 
     async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
-        self.db.with(|c| {
+        let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        self.db.call(move |c| {
             run(c, "DELETE FROM items WHERE pk = ?1 AND sk = ?2", params![pk, sk])?;
             Ok(())
         })
+        .await
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
-        self.db.with(|c| {
+        let (pk, sk_prefix) = (pk.to_owned(), sk_prefix.to_owned());
+        self.db.call(move |c| {
             let sql = match options.descending {
                 true => select_items!(
                     "WHERE pk = ?1 AND sk >= ?2 AND sk < ?6 AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk DESC LIMIT ?4"
@@ -204,17 +285,19 @@ impl Table for SqliteTable {
             let limit = options.limit.map_or(-1, |l| l as i64);
             let mut stmt = c.prepare_cached(sql).map_err(backend)?;
             let rows = stmt
-                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after, prefix_upper_bound(sk_prefix)], row_to_item)
+                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after, prefix_upper_bound(&sk_prefix)], row_to_item)
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
             rows.into_iter().map(to_item).collect()
         })
+        .await
     }
 
     async fn increment(&self, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
-        self.db.with(|c| {
-            let tx = c.transaction().map_err(backend)?;
+        let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        self.db.call(move |c| {
+            let tx = c.savepoint().map_err(backend)?;
             let old: Option<Option<i64>> = tx
                 .prepare_cached("SELECT n FROM items WHERE pk = ?1 AND sk = ?2")
                 .and_then(|mut s| s.query_row(params![pk, sk], |r| r.get(0)).optional())
@@ -234,6 +317,7 @@ impl Table for SqliteTable {
             tx.commit().map_err(backend)?;
             Ok(new)
         })
+        .await
     }
 }
 
@@ -256,7 +340,7 @@ impl SqliteQueue {
 
     /// Bodies of the messages that went to the dead-letter state.
     pub fn dead_letters(&self, queue: QueueName) -> Result<Vec<String>, StoreError> {
-        self.db.with(|c| {
+        self.db.with(move |c| {
             let mut stmt = c
                 .prepare("SELECT body FROM messages WHERE queue = ?1 AND dead = 1 ORDER BY id")
                 .map_err(backend)?;
@@ -267,7 +351,7 @@ impl SqliteQueue {
 
     /// Messages not yet acked (in flight or waiting), dead letters excluded.
     pub fn pending(&self, queue: QueueName) -> Result<usize, StoreError> {
-        self.db.with(|c| {
+        self.db.with(move |c| {
             c.query_row("SELECT count(*) FROM messages WHERE queue = ?1 AND dead = 0", params![queue.as_str()], |r| {
                 r.get::<_, i64>(0)
             })
@@ -282,21 +366,23 @@ impl WorkQueue for SqliteQueue {
     async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
         let message_id = uuid::Uuid::new_v4().to_string();
         let attrs = serde_json::to_string(&attributes).map_err(backend)?;
-        self.db.with(|c| {
-            run(
-                c,
-                "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![queue.as_str(), message_id, body, attrs, now_ms()],
-            )?;
-            Ok(())
-        })?;
+        let id = message_id.clone();
+        self.db
+            .call(move |c| {
+                run(
+                    c,
+                    "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![queue.as_str(), id, body, attrs, now_ms()],
+                )
+            })
+            .await?;
         Ok(message_id)
     }
 
     async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
         let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
-        self.db.with(|c| {
-            let tx = c.transaction().map_err(backend)?;
+        self.db.call(move |c| {
+            let tx = c.savepoint().map_err(backend)?;
             let now = now_ms();
             let rows = {
                 let mut stmt = tx
@@ -333,13 +419,16 @@ impl WorkQueue for SqliteQueue {
             tx.commit().map_err(backend)?;
             Ok(out)
         })
+        .await
     }
 
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
         let id: i64 = receipt.parse().map_err(|_| backend("bad receipt"))?;
-        self.db.with(|c| {
-            run(c, "DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()])?;
-            Ok(())
-        })
+        self.db
+            .call(move |c| {
+                run(c, "DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()])?;
+                Ok(())
+            })
+            .await
     }
 }

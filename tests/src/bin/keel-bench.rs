@@ -18,7 +18,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 const RATES: [u64; 2] = [100, 1_000];
 
@@ -28,30 +27,38 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Sends `rate` requests a second for `seconds`; returns sorted latencies (ms) and the error count.
+/// A pacing thread starts each request at its scheduled time with the OS's
+/// microsecond sleep (tokio's timer wheel would add up to 1 ms of its own).
 async fn open_loop(url: String, key: Option<String>, rate: u64, seconds: u64, counter: Arc<AtomicU64>) -> (Vec<f64>, usize) {
     let http = reqwest::Client::new();
-    let start = Instant::now() + Duration::from_millis(50);
-    let tasks: Vec<_> = (0..rate * seconds)
-        .map(|i| {
-            let (http, url, key, counter) = (http.clone(), url.clone(), key.clone(), counter.clone());
-            let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at).await;
-                // A fresh prompt each time: every request misses the cache and writes it.
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let body = json!({"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": format!("ping {n}")}]});
-                let mut req = http.post(&url).json(&body);
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
-                let ok = match req.send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                (at.elapsed().as_secs_f64() * 1e3, ok)
+    let runtime = tokio::runtime::Handle::current();
+    let total = rate * seconds;
+    let pacer = std::thread::spawn(move || {
+        let start = std::time::Instant::now() + Duration::from_millis(50);
+        (0..total)
+            .map(|i| {
+                let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                let (http, url, key, counter) = (http.clone(), url.clone(), key.clone(), counter.clone());
+                runtime.spawn(async move {
+                    // A fresh prompt each time: every request misses the cache and writes it.
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let body = json!({"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": format!("ping {n}")}]});
+                    let mut req = http.post(&url).json(&body);
+                    if let Some(k) = &key {
+                        req = req.bearer_auth(k);
+                    }
+                    let ok = match req.send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    // From the scheduled time, so a stalled server cannot hide queued requests.
+                    (at.elapsed().as_secs_f64() * 1e3, ok)
+                })
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    });
+    let tasks = tokio::task::spawn_blocking(move || pacer.join().unwrap()).await.unwrap();
     let mut ms = Vec::with_capacity(tasks.len());
     let mut errors = 0;
     for t in tasks {
