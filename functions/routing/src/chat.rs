@@ -88,6 +88,8 @@ impl Routing {
         if cacheable {
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
         }
+        // A fresh answer to cache: written alongside the decision event.
+        let mut fresh: Option<(String, String)> = None;
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
                 trail.reasons.push(format!("cache hit for {first}"));
@@ -112,7 +114,7 @@ impl Routing {
                 };
                 let spec = &self.catalog[model];
                 if cacheable {
-                    cache::put(self.table.as_ref(), &tenant.id, &key, &(spec.name.clone(), response.text.clone()), ttl).await?;
+                    fresh = Some((spec.name.clone(), response.text.clone()));
                 }
                 (spec.tier, spec.name.clone(), response.text, response.input_tokens, response.output_tokens)
             }
@@ -120,7 +122,16 @@ impl Routing {
         if let Some(ev) = events {
             sse::send(ev, None, &chunk(&id, &model, created, None, Some((input_tokens, output_tokens))));
         }
-        self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail).await?;
+        // Independent writes, made concurrently: one round trip instead of two.
+        let store = async {
+            match &fresh {
+                Some(entry) => cache::put(self.table.as_ref(), &tenant.id, &key, entry, ttl).await,
+                None => Ok(()),
+            }
+        };
+        let (stored, recorded) = tokio::join!(store, self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail));
+        stored?;
+        recorded?;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == "hit",
             "decision_id": id, "route": trail.reasons});
