@@ -128,8 +128,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// Checkpoints the WAL from a second connection on its own thread, so the
 /// fsync a checkpoint needs never stalls a request holding the main
 /// connection (SQLite's automatic checkpoint would run inside whichever
-/// commit crosses the threshold). A passive checkpoint never blocks writers.
-/// The thread ends with the last handle on the database.
+/// commit crosses the threshold). A passive checkpoint takes no write lock,
+/// though its disk writes still compete with the WAL's (README, gateway
+/// benchmarks). The thread ends with the last handle on the database.
 fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Sender<Job>>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
