@@ -109,8 +109,14 @@ impl Audit {
             ("cache_hits".into(), i64::from(cache == "hit")),
             ("cache_misses".into(), i64::from(cache == "miss")),
         ];
+        // Concurrently: one round trip, and one commit in the embedded store.
+        let mut writes = tokio::task::JoinSet::new();
         for (name, by) in counters.into_iter().filter(|(_, by)| *by != 0) {
-            self.table.increment(&tenant.pk(), &format!("USAGE#{month}#{name}"), by, None, None).await?;
+            let (table, pk, sk) = (self.table.clone(), tenant.pk(), format!("USAGE#{month}#{name}"));
+            writes.spawn(async move { table.increment(&pk, &sk, by, None, None).await });
+        }
+        while let Some(done) = writes.join_next().await {
+            done.map_err(|e| KeelError::Internal(format!("usage counter task failed: {e}")))??;
         }
         Ok(())
     }
