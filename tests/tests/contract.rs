@@ -4,7 +4,7 @@
 //! One contract suite for the storage ports, run against the embedded
 //! adapters and, over the wire, the AWS adapters against moto server
 //! (`KEEL_MOTO_ENDPOINT`, started by scripts/test.sh). Bedrock `Converse`
-//! runs against a stub HTTP server, since moto lacks it.
+//! and `ConverseStream` run against a stub HTTP server, since moto lacks them.
 
 use keel_aws::{BedrockProvider, DynamoTable, S3Blobs, SqsQueue, StepFunctionsSaga};
 use keel_core::ports::*;
@@ -263,6 +263,86 @@ async fn bedrock_converse_against_a_stub_server() {
     assert_eq!(body["messages"][0]["content"][0]["text"], "Q");
     assert_eq!(body["inferenceConfig"]["maxTokens"], 64);
     assert_eq!(body["inferenceConfig"]["temperature"], 0.0);
+}
+
+/// One AWS event-stream frame with a JSON payload.
+fn frame(headers: &[(&str, &str)], payload: Value) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = headers.iter().fold(Message::new(serde_json::to_vec(&payload).unwrap()), |m, (name, value)| {
+        m.add_header(Header::new(name.to_string(), HeaderValue::String(value.to_string().into())))
+    });
+    let mut bytes = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut bytes).unwrap();
+    bytes
+}
+
+/// A `ConverseStream` event as Bedrock frames it.
+fn stream_event(kind: &str, payload: Value) -> Vec<u8> {
+    frame(&[(":message-type", "event"), (":event-type", kind), (":content-type", "application/json")], payload)
+}
+
+/// A stub `ConverseStream` endpoint answering every call with `events`, one frame at a time.
+async fn converse_stream_stub(events: Vec<Vec<u8>>) -> String {
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let events = events.clone();
+        async move {
+            assert!(req.uri().path().ends_with("/converse-stream"), "{}", req.uri().path());
+            let frames = futures_stream(events);
+            axum::response::Response::builder()
+                .header("content-type", "application/vnd.amazon.eventstream")
+                .body(axum::body::Body::from_stream(frames))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Frames as a body stream, a little apart, so the client sees them arrive one by one.
+fn futures_stream(frames: Vec<Vec<u8>>) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::iter(frames.into_iter().map(Ok)).throttle(Duration::from_millis(5))
+}
+
+#[tokio::test]
+async fn bedrock_converse_stream_passes_deltas_on_against_a_stub_server() {
+    let events = vec![
+        stream_event("messageStart", json!({"role": "assistant"})),
+        stream_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Refunds take "}})),
+        stream_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "5 days [1]."}})),
+        stream_event("contentBlockStop", json!({"contentBlockIndex": 0})),
+        stream_event("messageStop", json!({"stopReason": "end_turn"})),
+        stream_event("metadata", json!({"usage": {"inputTokens": 120, "outputTokens": 9, "totalTokens": 129}, "metrics": {"latencyMs": 3}})),
+    ];
+    let sdk = sdk_config(&converse_stream_stub(events).await).await;
+    let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    let deltas = |d: &str| seen.lock().unwrap().push(d.to_string());
+    let request = ModelRequest {
+        model: "anthropic.claude-test".into(),
+        system: "be brief".into(),
+        messages: vec![ChatMessage::user("Q")],
+        max_tokens: 64,
+        temperature: Some(0.0),
+    };
+    let out = provider.generate_streaming(request.clone(), &deltas).await.unwrap();
+    assert_eq!(out, ModelResponse { text: "Refunds take 5 days [1].".into(), input_tokens: 120, output_tokens: 9 });
+    assert_eq!(*seen.lock().unwrap(), ["Refunds take ", "5 days [1]."], "each delta passed on as it came");
+
+    // An exception event mid-stream is an error the gateway may retry, not a short answer.
+    let throttled = vec![
+        stream_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Refu"}})),
+        frame(
+            &[(":message-type", "exception"), (":exception-type", "throttlingException"), (":content-type", "application/json")],
+            json!({"message": "slow down"}),
+        ),
+    ];
+    let sdk = sdk_config(&converse_stream_stub(throttled).await).await;
+    let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
+    let err = provider.generate_streaming(request, &|_: &str| {}).await.unwrap_err();
+    assert!(matches!(err, ModelError::Throttled(_)), "{err:?}");
 }
 
 #[tokio::test]
