@@ -265,10 +265,10 @@ async fn bedrock_converse_against_a_stub_server() {
     assert_eq!(body["inferenceConfig"]["temperature"], 0.0);
 }
 
-/// One AWS event-stream frame with a JSON payload.
-fn frame(headers: &[(&str, &str)], payload: Value) -> Vec<u8> {
+/// One AWS event-stream frame.
+fn frame(headers: &[(&str, &str)], payload: Vec<u8>) -> Vec<u8> {
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
-    let message = headers.iter().fold(Message::new(serde_json::to_vec(&payload).unwrap()), |m, (name, value)| {
+    let message = headers.iter().fold(Message::new(payload), |m, (name, value)| {
         m.add_header(Header::new(name.to_string(), HeaderValue::String(value.to_string().into())))
     });
     let mut bytes = Vec::new();
@@ -278,15 +278,18 @@ fn frame(headers: &[(&str, &str)], payload: Value) -> Vec<u8> {
 
 /// A `ConverseStream` event as Bedrock frames it.
 fn stream_event(kind: &str, payload: Value) -> Vec<u8> {
-    frame(&[(":message-type", "event"), (":event-type", kind), (":content-type", "application/json")], payload)
+    frame(&[(":message-type", "event"), (":event-type", kind), (":content-type", "application/json")], payload.to_string().into_bytes())
 }
 
-/// A stub `ConverseStream` endpoint answering every call with `events`, one frame at a time.
-async fn converse_stream_stub(events: Vec<Vec<u8>>) -> String {
+/// A stub event-stream endpoint answering every call to `path_suffix` with
+/// `events`, one frame at a time (anything else gets 404).
+async fn event_stream_stub(path_suffix: &'static str, events: Vec<Vec<u8>>) -> String {
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let events = events.clone();
         async move {
-            assert!(req.uri().path().ends_with("/converse-stream"), "{}", req.uri().path());
+            if !req.uri().path().ends_with(path_suffix) {
+                return axum::response::Response::builder().status(404).body(axum::body::Body::empty()).unwrap();
+            }
             let frames = futures_stream(events);
             axum::response::Response::builder()
                 .header("content-type", "application/vnd.amazon.eventstream")
@@ -316,7 +319,7 @@ async fn bedrock_converse_stream_passes_deltas_on_against_a_stub_server() {
         stream_event("messageStop", json!({"stopReason": "end_turn"})),
         stream_event("metadata", json!({"usage": {"inputTokens": 120, "outputTokens": 9, "totalTokens": 129}, "metrics": {"latencyMs": 3}})),
     ];
-    let sdk = sdk_config(&converse_stream_stub(events).await).await;
+    let sdk = sdk_config(&event_stream_stub("/converse-stream", events).await).await;
     let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
     let seen = std::sync::Mutex::new(Vec::<String>::new());
     let deltas = |d: &str| seen.lock().unwrap().push(d.to_string());
@@ -336,13 +339,42 @@ async fn bedrock_converse_stream_passes_deltas_on_against_a_stub_server() {
         stream_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Refu"}})),
         frame(
             &[(":message-type", "exception"), (":exception-type", "throttlingException"), (":content-type", "application/json")],
-            json!({"message": "slow down"}),
+            json!({"message": "slow down"}).to_string().into_bytes(),
         ),
     ];
-    let sdk = sdk_config(&converse_stream_stub(throttled).await).await;
+    let sdk = sdk_config(&event_stream_stub("/converse-stream", throttled).await).await;
     let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
     let err = provider.generate_streaming(request, &|_: &str| {}).await.unwrap_err();
     assert!(matches!(err, ModelError::Throttled(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn sagemaker_response_stream_passes_deltas_on_against_a_stub_server() {
+    // The endpoint's server-sent events, cut into payload parts at awkward places: inside a line and inside "é".
+    let sse = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Refunds \"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"take 5 days, café [1].\"}}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":9}}\n\n",
+        "data: [DONE]\n\n",
+    )
+    .as_bytes();
+    let cut_in_e = sse.windows(2).position(|w| w == [0xC3, 0xA9]).unwrap() + 1;
+    let parts: Vec<Vec<u8>> = [&sse[..20], &sse[20..cut_in_e], &sse[cut_in_e..]]
+        .iter()
+        .map(|bytes| {
+            let headers = [(":message-type", "event"), (":event-type", "PayloadPart"), (":content-type", "application/octet-stream")];
+            frame(&headers, bytes.to_vec())
+        })
+        .collect();
+    let sdk = sdk_config(&event_stream_stub("/invocations-response-stream", parts).await).await;
+    let provider = keel_aws::SageMakerProvider::new(aws_sdk_sagemakerruntime::Client::new(&sdk));
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    let deltas = |d: &str| seen.lock().unwrap().push(d.to_string());
+    let request =
+        ModelRequest { model: "tgi-endpoint".into(), system: String::new(), messages: vec![ChatMessage::user("Q")], max_tokens: 64, temperature: None };
+    let out = provider.generate_streaming(request, &deltas).await.unwrap();
+    assert_eq!(out, ModelResponse { text: "Refunds take 5 days, café [1].".into(), input_tokens: 120, output_tokens: 9 });
+    assert_eq!(*seen.lock().unwrap(), ["Refunds ", "take 5 days, café [1]."]);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use keel_core::models::{ModelSpec, ProviderKind};
-use keel_core::openai::{parse_response, parse_stream_data, request_body, StreamEvent};
+use keel_core::openai::{parse_response, request_body, StreamReader};
 use keel_core::ports::{Deltas, ModelError, ModelProvider, ModelRequest, ModelResponse};
 use std::sync::Arc;
 
@@ -85,32 +85,13 @@ impl ModelProvider for OpenAiProvider {
     /// Reads the server-sent events as they arrive.
     async fn generate_streaming(&self, request: ModelRequest, deltas: Deltas<'_>) -> Result<ModelResponse, ModelError> {
         let mut response = self.send(&request, true).await?;
-        let mut out = ModelResponse { text: String::new(), input_tokens: 0, output_tokens: 0 };
-        // Bytes until a whole line is in: a chunk may end inside a character.
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let chunk = response.chunk().await.map_err(|e| ModelError::Unavailable(format!("stream broke: {e}")))?;
-            let Some(chunk) = chunk else { break };
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let Some(data) = line.trim().strip_prefix("data:") else { continue };
-                for event in parse_stream_data(data.trim()) {
-                    match event {
-                        StreamEvent::Delta(d) => {
-                            deltas(&d);
-                            out.text.push_str(&d);
-                        }
-                        StreamEvent::Usage { input_tokens, output_tokens } => {
-                            out.input_tokens = input_tokens;
-                            out.output_tokens = output_tokens;
-                        }
-                        StreamEvent::Done => return Ok(out),
-                    }
-                }
+        let mut reader = StreamReader::default();
+        while !reader.is_done() {
+            match response.chunk().await.map_err(|e| ModelError::Unavailable(format!("stream broke: {e}")))? {
+                Some(chunk) => reader.feed(&chunk, deltas),
+                None => break,
             }
         }
-        Ok(out)
+        Ok(reader.finish())
     }
 }

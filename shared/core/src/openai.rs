@@ -2,7 +2,7 @@
 //! (`POST /v1/chat/completions`), speaks it to OpenAI-compatible servers, and
 //! sends it to SageMaker endpoints (TGI's and vLLM's messages API).
 
-use crate::ports::{ChatMessage, ModelError, ModelRequest, ModelResponse, Role};
+use crate::ports::{ChatMessage, Deltas, ModelError, ModelRequest, ModelResponse, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -113,6 +113,49 @@ pub fn parse_stream_data(data: &str) -> Vec<StreamEvent> {
         out.push(StreamEvent::Usage { input_tokens: n("prompt_tokens"), output_tokens: n("completion_tokens") });
     }
     out
+}
+
+/// Assembles a streamed chat completion from its bytes as they arrive, in
+/// chunks of any size (a chunk may end inside a line or a character).
+#[derive(Default)]
+pub struct StreamReader {
+    pending: Vec<u8>,
+    out: ModelResponse,
+    done: bool,
+}
+
+impl StreamReader {
+    /// Reads every whole `data:` line in `chunk`, passing text on to `deltas`.
+    pub fn feed(&mut self, chunk: &[u8], deltas: Deltas<'_>) {
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:") else { continue };
+            for event in parse_stream_data(data.trim()) {
+                match event {
+                    StreamEvent::Delta(d) if !self.done => {
+                        deltas(&d);
+                        self.out.text.push_str(&d);
+                    }
+                    StreamEvent::Delta(_) => {}
+                    StreamEvent::Usage { input_tokens, output_tokens } => {
+                        (self.out.input_tokens, self.out.output_tokens) = (input_tokens, output_tokens);
+                    }
+                    StreamEvent::Done => self.done = true,
+                }
+            }
+        }
+    }
+
+    /// `[DONE]` has been read.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn finish(self) -> ModelResponse {
+        self.out
+    }
 }
 
 /// A whole chat-completions response.

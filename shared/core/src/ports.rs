@@ -176,7 +176,7 @@ impl ModelRequest {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelResponse {
     pub text: String,
     pub input_tokens: u64,
