@@ -35,12 +35,17 @@ pub struct Grounding {
 /// The sentences of `text`. Citation markers that open a piece (`Done. [1] Next.`)
 /// belong to the sentence before them.
 pub fn sentences(text: &str) -> Vec<String> {
-    let mut sentences: Vec<String> = Vec::new();
+    sentences_at(text).into_iter().map(|(_, s)| s).collect()
+}
+
+/// `sentences`, each with the byte offset in `text` where it starts.
+pub fn sentences_at(text: &str) -> Vec<(usize, String)> {
+    let mut sentences: Vec<(usize, String)> = Vec::new();
     for (s, e) in sentence_spans(text) {
         let piece = &text[s..e];
         let lead = leading_markers(piece);
         let rest = match sentences.last_mut() {
-            Some(last) if lead > 0 => {
+            Some((_, last)) if lead > 0 => {
                 last.push(' ');
                 last.push_str(piece[..lead].trim());
                 piece[lead..].trim_start()
@@ -49,8 +54,8 @@ pub fn sentences(text: &str) -> Vec<String> {
         };
         // Punctuation left over after the markers ("[1]." ) is not a sentence.
         if rest.chars().any(char::is_alphanumeric) {
-            sentences.push(rest.to_string());
-        } else if let Some(last) = sentences.last_mut() {
+            sentences.push((e - rest.len(), rest.to_string()));
+        } else if let Some((_, last)) = sentences.last_mut() {
             last.push_str(rest);
         }
     }

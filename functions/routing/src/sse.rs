@@ -4,7 +4,7 @@
 //! answer was rejected and another tier answers), then `done` with the full
 //! response, or `error`. `/v1/chat/completions` streams OpenAI chunks.
 
-use crate::grounding::{is_cited, sentences};
+use crate::grounding::{is_cited, sentences_at};
 use keel_core::http::ApiResponse;
 use keel_core::KeelError;
 use serde_json::{json, Value};
@@ -49,17 +49,24 @@ pub fn send_error(events: &Events, error: &KeelError, request_id: &str) {
     send(events, Some("error"), &json!({"error": {"code": error.code(), "message": error.to_string(), "request_id": request_id}}));
 }
 
+/// Text that may yet turn out to be citation markers: "[", "[1", "[1][2".
+fn may_be_markers(text: &str) -> bool {
+    text.chars().all(|c| c == '[' || c == ']' || c.is_ascii_digit() || c.is_whitespace())
+}
+
 /// Passes a model's streamed text on a sentence at a time, and only the
-/// sentences that cite evidence.
+/// sentences that cite evidence. Only the unsent tail is kept and re-read,
+/// so a long answer costs linear time.
 pub struct SentenceGate {
     events: Events,
     evidence_len: usize,
-    state: Mutex<(String, usize)>,
+    /// Text not yet passed on: the sentence still being written.
+    unsent: Mutex<String>,
 }
 
 impl SentenceGate {
     pub fn new(events: Events, evidence_len: usize) -> Self {
-        Self { events, evidence_len, state: Mutex::new((String::new(), 0)) }
+        Self { events, evidence_len, unsent: Mutex::new(String::new()) }
     }
 
     pub fn push(&self, delta: &str) {
@@ -73,27 +80,34 @@ impl SentenceGate {
 
     /// Drops what was streamed: the client discards it.
     pub fn reset(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = (String::new(), 0);
+        if let Ok(mut unsent) = self.unsent.lock() {
+            unsent.clear();
         }
         send(&self.events, Some("reset"), &json!({}));
     }
 
     fn flush(&self, delta: Option<&str>) {
-        let Ok(mut state) = self.state.lock() else { return };
-        let (text, sent) = &mut *state;
+        let Ok(mut unsent) = self.unsent.lock() else { return };
         if let Some(d) = delta {
-            text.push_str(d);
+            unsent.push_str(d);
         }
-        let all = sentences(text);
-        // While text is still coming, the last sentence may be unfinished.
-        let complete = if delta.is_some() { all.len().saturating_sub(1) } else { all.len() };
-        for s in all.iter().take(complete).skip(*sent) {
+        let mut all = sentences_at(&unsent);
+        // While text is still coming, the last sentence may be unfinished, and
+        // so may the one before it while the last could still become its
+        // citation ("[", "[1"): they stay, as written, for the next delta.
+        let held = match all.last() {
+            Some(_) if delta.is_none() => 0,
+            Some((_, last)) if all.len() > 1 && may_be_markers(last) => 2,
+            Some(_) => 1,
+            None => 0,
+        };
+        let first_held = all.split_off(all.len() - held).into_iter().next();
+        for (_, s) in &all {
             if is_cited(s, self.evidence_len) {
                 send(&self.events, Some("delta"), &json!({"text": format!("{s} ")}));
             }
         }
-        *sent = (*sent).max(complete);
+        *unsent = first_held.map(|(start, _)| unsent[start..].to_string()).unwrap_or_default();
     }
 }
 
@@ -116,5 +130,24 @@ mod tests {
         assert_eq!(frames.len(), 2, "{frames:?}");
         assert!(frames[0].contains("Refunds take 5 days. [1]"));
         assert!(frames[1].contains("Receipts are kept [2]."));
+    }
+
+    /// Where the deltas break (inside words, between a period and its marker) changes nothing.
+    #[test]
+    fn the_gate_sends_the_same_sentences_however_the_text_is_cut() {
+        let text = "Refunds take 5 days. [1] The moon is cheese. Receipts are kept [2]. Returns need a label [1][2].";
+        let frames_of = |deltas: Vec<String>| {
+            let (tx, mut rx) = unbounded_channel();
+            let gate = SentenceGate::new(tx, 2);
+            for d in &deltas {
+                gate.push(d);
+            }
+            gate.finish();
+            std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>()
+        };
+        let whole = frames_of(vec![text.to_string()]);
+        assert_eq!(whole.len(), 3, "{whole:?}");
+        assert_eq!(frames_of(text.chars().map(String::from).collect()), whole);
+        assert_eq!(frames_of(vec!["Refunds take 5 days.".into(), text["Refunds take 5 days.".len()..].to_string()]), whole);
     }
 }
