@@ -64,6 +64,13 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!(t.get(&pk, "FRESH").await.unwrap(), None);
     assert_eq!(t.increment(&pk, "FRESH", -4, Some(2), None).await.unwrap(), -4);
     assert_eq!(t.get(&pk, "N").await.unwrap().unwrap().counter, 7);
+    // Counter additions in a group move exactly when its writes land.
+    let adds = || vec![Add { pk: pk.clone(), sk: "N".into(), by: 3 }, Add { pk: pk.clone(), sk: "NEW".into(), by: 2 }];
+    let refused = vec![write(&pk, "G3", json!(3), Condition::NotExists), write(&pk, "G1", json!(0), Condition::NotExists)];
+    assert!(matches!(t.put_all_adding(refused, adds()).await, Err(StoreError::ConditionFailed)));
+    assert_eq!((t.get(&pk, "N").await.unwrap().unwrap().counter, t.get(&pk, "NEW").await.unwrap()), (7, None));
+    t.put_all_adding(vec![write(&pk, "G3", json!(3), Condition::NotExists)], adds()).await.unwrap();
+    assert_eq!((t.get(&pk, "N").await.unwrap().unwrap().counter, t.get(&pk, "NEW").await.unwrap().unwrap().counter), (10, 2));
     t.delete(&pk, "A").await.unwrap();
     assert_eq!(t.get(&pk, "A").await.unwrap(), None);
 }

@@ -6,7 +6,7 @@
 use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
 use keel_core::http::{not_found, ApiRequest, ApiResponse};
 use keel_core::ids::{parse_path_id, TenantId};
-use keel_core::ports::{BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
+use keel_core::ports::{Add, BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
 use keel_core::models::spend_sk;
 use keel_core::tenants::get_tenant;
 use keel_core::time::{current_month, now_rfc3339};
@@ -30,6 +30,29 @@ fn pointer_sk(decision_id: &str, event_id: &str) -> String {
     format!("DECISION#{decision_id}#{event_id}")
 }
 
+/// What a gateway decision adds to its tenant's usage counters this month.
+fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
+    if !matches!(event.kind.as_str(), "ask" | "chat") {
+        return vec![];
+    }
+    let month = current_month();
+    let n = |k: &str| event.usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let cache = event.usage.get("cache").and_then(Value::as_str).unwrap_or("off");
+    let counters = [
+        (format!("{}_requests", event.kind), 1),
+        ("input_tokens".into(), n("input_tokens")),
+        ("output_tokens".into(), n("output_tokens")),
+        ("cost_micro_usd".into(), n("cost_micro_usd")),
+        ("cache_hits".into(), i64::from(cache == "hit")),
+        ("cache_misses".into(), i64::from(cache == "miss")),
+    ];
+    counters
+        .into_iter()
+        .filter(|(_, by)| *by != 0)
+        .map(|(name, by)| Add { pk: tenant.pk(), sk: format!("USAGE#{month}#{name}"), by })
+        .collect()
+}
+
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>) -> Self {
         Self { table, blobs }
@@ -43,9 +66,7 @@ impl Audit {
                 let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
                 let event: DecisionEvent = serde_json::from_str(&m.body)
                     .map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
-                if self.append(&tenant, event.clone()).await?.is_some() {
-                    self.meter(&tenant, &event).await?;
-                }
+                self.append(&tenant, event).await?;
                 Ok::<(), KeelError>(())
             }
             .await;
@@ -57,7 +78,10 @@ impl Audit {
         failed
     }
 
-    /// Appends one event; an event already in the chain is not appended again.
+    /// Appends one event, and adds a gateway decision's usage to the month's
+    /// counters in the same atomic write: usage counts exactly when the
+    /// event lands, so a replayed event (not appended again) is not counted
+    /// twice, and a failed append counts nothing until its retry.
     pub async fn append(&self, tenant: &TenantId, event: DecisionEvent) -> Result<Option<u64>, KeelError> {
         let pointer = pointer_sk(&event.decision_id, &event.event_id);
         for _ in 0..APPEND_ATTEMPTS {
@@ -82,7 +106,7 @@ impl Audit {
                     condition: Condition::NotExists,
                 },
             ];
-            match self.table.put_all(writes).await {
+            match self.table.put_all_adding(writes, usage_counters(tenant, &event)).await {
                 Ok(()) => return Ok(Some(entry.seq)),
                 // Another writer took this sequence number (or recorded this event): look again.
                 Err(StoreError::ConditionFailed) => continue,
@@ -90,35 +114,6 @@ impl Audit {
             }
         }
         Err(KeelError::Unavailable("audit chain is contended; retry".into()))
-    }
-
-    /// Adds a newly appended gateway decision to the month's usage counters
-    /// (off the request path; a replayed event is not appended, so not counted twice).
-    async fn meter(&self, tenant: &TenantId, event: &DecisionEvent) -> Result<(), KeelError> {
-        if !matches!(event.kind.as_str(), "ask" | "chat") {
-            return Ok(());
-        }
-        let month = current_month();
-        let n = |k: &str| event.usage.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let cache = event.usage.get("cache").and_then(Value::as_str).unwrap_or("off");
-        let counters = [
-            (format!("{}_requests", event.kind), 1),
-            ("input_tokens".into(), n("input_tokens")),
-            ("output_tokens".into(), n("output_tokens")),
-            ("cost_micro_usd".into(), n("cost_micro_usd")),
-            ("cache_hits".into(), i64::from(cache == "hit")),
-            ("cache_misses".into(), i64::from(cache == "miss")),
-        ];
-        // Concurrently: one round trip, and one commit in the embedded store.
-        let mut writes = tokio::task::JoinSet::new();
-        for (name, by) in counters.into_iter().filter(|(_, by)| *by != 0) {
-            let (table, pk, sk) = (self.table.clone(), tenant.pk(), format!("USAGE#{month}#{name}"));
-            writes.spawn(async move { table.increment(&pk, &sk, by, None, None).await });
-        }
-        while let Some(done) = writes.join_next().await {
-            done.map_err(|e| KeelError::Internal(format!("usage counter task failed: {e}")))??;
-        }
-        Ok(())
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {

@@ -3,7 +3,7 @@
 //! state after `max_receives`, as SQS with a redrive policy).
 
 use async_trait::async_trait;
-use keel_core::ports::{Condition, Item, QueryOptions, QueueMessage, QueueName, Table, WorkQueue, Write};
+use keel_core::ports::{Add, Condition, Item, QueryOptions, QueueMessage, QueueName, Table, WorkQueue, Write};
 use keel_core::time::now_secs;
 use keel_core::StoreError;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -172,6 +172,26 @@ fn current(tx: &Connection, pk: &str, sk: &str) -> Result<Option<(u64, Option<i6
         .map_err(backend)
 }
 
+/// Adds `by` to a counter (a missing one counts as 0) unless that passes
+/// `max`; returns the new value.
+fn add(tx: &Connection, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
+    let old: Option<Option<i64>> = tx
+        .prepare_cached("SELECT n FROM items WHERE pk = ?1 AND sk = ?2")
+        .and_then(|mut s| s.query_row(params![pk, sk], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    let new = old.flatten().unwrap_or(0) + by;
+    if max.is_some_and(|max| new > max) {
+        return Err(StoreError::ConditionFailed);
+    }
+    run(
+        tx,
+        "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
+         ON CONFLICT (pk, sk) DO UPDATE SET n = excluded.n, ttl = coalesce(excluded.ttl, items.ttl)",
+        params![pk, sk, new, expires_at],
+    )?;
+    Ok(new)
+}
+
 /// Checks a write's condition and performs it; returns the new version.
 fn apply(tx: &Connection, w: &Write) -> Result<u64, StoreError> {
     let now = now_secs();
@@ -252,11 +272,14 @@ impl Table for SqliteTable {
         .await
     }
 
-    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+    async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
         self.db.call(move |c| {
             let tx = c.savepoint().map_err(backend)?;
             for w in &writes {
                 apply(&tx, w)?; // dropping `tx` on error rolls everything back
+            }
+            for a in &adds {
+                add(&tx, &a.pk, &a.sk, a.by, None, None)?;
             }
             tx.commit().map_err(backend)
         })
@@ -299,22 +322,7 @@ impl Table for SqliteTable {
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
         self.db.call(move |c| {
             let tx = c.savepoint().map_err(backend)?;
-            let old: Option<Option<i64>> = tx
-                .prepare_cached("SELECT n FROM items WHERE pk = ?1 AND sk = ?2")
-                .and_then(|mut s| s.query_row(params![pk, sk], |r| r.get(0)).optional())
-                .map_err(backend)?;
-            let old = old.flatten();
-            // A missing counter counts as 0.
-            if max.is_some_and(|max| old.unwrap_or(0) + by > max) {
-                return Err(StoreError::ConditionFailed);
-            }
-            let new = old.unwrap_or(0) + by;
-            run(
-                &tx,
-                "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
-                 ON CONFLICT (pk, sk) DO UPDATE SET n = excluded.n, ttl = coalesce(excluded.ttl, items.ttl)",
-                params![pk, sk, new, expires_at],
-            )?;
+            let new = add(&tx, &pk, &sk, by, max, expires_at)?;
             tx.commit().map_err(backend)?;
             Ok(new)
         })

@@ -5,7 +5,7 @@ use crate::sdk_message;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
-use keel_core::ports::{Condition, Item, QueryOptions, Table, Write};
+use keel_core::ports::{Add, Condition, Item, QueryOptions, Table, Write};
 use keel_core::time::now_secs;
 use keel_core::StoreError;
 use std::collections::HashMap;
@@ -138,8 +138,8 @@ impl Table for DynamoTable {
         Ok(out.attributes().and_then(|a| num(a, "ver")).unwrap_or(1) as u64)
     }
 
-    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let mut items = Vec::with_capacity(writes.len());
+    async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(writes.len() + adds.len());
         for w in &writes {
             let p = update_parts(w);
             let update = Update::builder()
@@ -149,6 +149,17 @@ impl Table for DynamoTable {
                 .set_condition_expression(p.condition)
                 .set_expression_attribute_names(Some(p.names))
                 .set_expression_attribute_values(Some(p.values))
+                .build()
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            items.push(TransactWriteItem::builder().update(update).build());
+        }
+        for a in &adds {
+            let update = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(&a.pk))
+                .key("sk", s(&a.sk))
+                .update_expression("ADD n :by")
+                .expression_attribute_values(":by", n(a.by))
                 .build()
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             items.push(TransactWriteItem::builder().update(update).build());

@@ -41,6 +41,15 @@ pub struct Write {
     pub condition: Condition,
 }
 
+/// An addition to an item's counter (as `Table::increment` makes, without a
+/// limit), as part of an atomic group.
+#[derive(Clone, Debug)]
+pub struct Add {
+    pub pk: String,
+    pub sk: String,
+    pub by: i64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct QueryOptions {
     pub limit: Option<usize>,
@@ -58,7 +67,12 @@ pub trait Table: Send + Sync {
     /// Writes `data` and bumps the version; returns the new version.
     async fn put(&self, write: Write) -> Result<u64, StoreError>;
     /// Applies all writes or none; any failed condition fails the group.
-    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    async fn put_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.put_all_adding(writes, vec![]).await
+    }
+    /// `put_all` with counter additions in the same all-or-nothing group: a
+    /// counter moves exactly when the writes land (a missing counter counts as 0).
+    async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError>;
     async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError>;
     /// Items of `pk` whose sort key begins with `sk_prefix`, in sort-key order.
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError>;
