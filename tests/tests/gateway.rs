@@ -292,7 +292,8 @@ fn events(sse: &str) -> Vec<(String, Value)> {
 async fn ask_and_chat_stream_server_sent_events() {
     let stub = StubModels::start().await;
     stub.set("small", Behavior::Answer("Refunds take 5 business days [1]. Unsupported claim here. Cards only [1].".into()));
-    let (_dir, stack, c) = gateway(&stub.catalog(&[("small", "t2", 0.1, 5_000)])).await;
+    stub.set("backup", Behavior::Answer("Backup answer.".into()));
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("small", "t2", 0.1, 5_000), ("backup", "t2", 0.2, 5_000)])).await;
     let t = hosted_tenant(&c, "streams", json!({"cache_ttl_secs": 0}), json!({})).await;
 
     let (kind, body) = stream(&stack, "/v1/ask", &t.member, json!({"question": Q, "stream": true})).await;
@@ -312,6 +313,14 @@ async fn ask_and_chat_stream_server_sent_events() {
     assert_eq!(text, "Refunds take 5 business days [1]. Unsupported claim here. Cards only [1].");
     assert_eq!(ev.last().unwrap().1, "[DONE]");
     assert!(ev.iter().any(|(_, d)| d["usage"]["completion_tokens"].as_u64().is_some_and(|n| n > 0)));
+
+    // A fallback model's chunks carry its own name.
+    stub.set("small", Behavior::Status(503));
+    let (_, body) = stream(&stack, "/v1/chat/completions", &t.member,
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
+    let ev = events(&body);
+    let models: Vec<&str> = ev.iter().filter_map(|(_, d)| d["model"].as_str()).collect();
+    assert!(!models.is_empty() && models.iter().all(|m| *m == "backup"), "{body}");
 
     // Errors found before the stream starts are plain JSON errors.
     let (s, e) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": "", "stream": true}))).await.unwrap();

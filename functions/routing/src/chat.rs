@@ -11,7 +11,7 @@ use keel_core::http::{ApiRequest, ApiResponse};
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
-use keel_core::ports::{Deltas, ModelRequest, ModelResponse};
+use keel_core::ports::{ModelRequest, ModelResponse};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::KeelError;
 use serde_json::{json, Value};
@@ -99,12 +99,12 @@ impl Routing {
                 (Tier::T0, model, text, 0, 0)
             }
             None => {
-                let forward = |d: &str| {
+                let forward = |model: &str, d: &str| {
                     if let Some(ev) = events {
-                        sse::send(ev, None, &chunk(&id, first, created, Some(d), None));
+                        sse::send(ev, None, &chunk(&id, model, created, Some(d), None));
                     }
                 };
-                let deltas: Option<Deltas> = if events.is_some() { Some(&forward) } else { None };
+                let deltas: Option<crate::ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
                 let accept = |_: &ModelResponse| Ok(());
                 let generated =
                     self.generate(&tenant, body.workflow.as_deref(), &decision, request, &accept, deltas, None, &mut trail).await?;

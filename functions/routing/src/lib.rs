@@ -190,6 +190,10 @@ impl Strength {
     }
 }
 
+/// Receives streamed text with the name of the catalog model sending it
+/// (a fallback model streams under its own name).
+type ModelDeltas<'a> = &'a (dyn Fn(&str, &str) + Send + Sync);
+
 /// A hosted answer that was accepted.
 struct Generated {
     model: usize,
@@ -365,7 +369,7 @@ impl Routing {
         }
 
         let gate = events.map(|ev| sse::SentenceGate::new(ev.clone(), evidence.len()));
-        let forward = |d: &str| {
+        let forward = |_model: &str, d: &str| {
             if let Some(g) = &gate {
                 g.push(d)
             }
@@ -379,7 +383,7 @@ impl Routing {
                 Err(format!("answer was {:.0}% grounded (need {:.0}%)", g.groundedness * 100.0, min * 100.0))
             }
         };
-        let deltas: Option<Deltas> = if gate.is_some() { Some(&forward) } else { None };
+        let deltas: Option<ModelDeltas> = if gate.is_some() { Some(&forward) } else { None };
         let generated = self.generate(tenant, workflow, &decision, &request, &accept, deltas, gate.as_ref(), trail).await?;
         let Some(Generated { model, response: r }) = generated else {
             return self.fallback(question, evidence, &decision, events, trail);
@@ -465,7 +469,7 @@ impl Routing {
         decision: &Decision,
         request: &ModelRequest,
         accept: &(dyn Fn(&ModelResponse) -> Result<(), String> + Sync),
-        deltas: Option<Deltas<'_>>,
+        deltas: Option<ModelDeltas<'_>>,
         gate: Option<&sse::SentenceGate>,
         trail: &mut Trail,
     ) -> Result<Option<Generated>, KeelError> {
@@ -499,8 +503,15 @@ impl Routing {
             };
             let cap = policy.max_latency_ms.unwrap_or(spec.timeout_ms * u64::from(self.options.retry.attempts) + 1_000);
             let deadline = Instant::now() + Duration::from_millis(cap);
+            // Streamed text goes out under the name of the model sending it.
+            let named = |d: &str| {
+                if let Some(f) = deltas {
+                    f(&spec.name, d)
+                }
+            };
+            let named: Option<Deltas> = deltas.map(|_| &named as Deltas);
             let (result, report) =
-                call_model(provider.as_ref(), spec, &request, &self.breakers, &self.options.retry, deadline, deltas).await;
+                call_model(provider.as_ref(), spec, &request, &self.breakers, &self.options.retry, deadline, named).await;
             trail.usage.attempts += report.attempts;
             let cost = result.as_ref().map(|r| spec.cost_micro_usd(r.input_tokens, r.output_tokens)).unwrap_or(0);
             if let Some(h) = &held {
