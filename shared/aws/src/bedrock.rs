@@ -57,6 +57,26 @@ impl Conversation {
     }
 }
 
+/// Sends a `Converse` or `ConverseStream` call (`$call`, an operation
+/// builder) for `Conversation` `$c`, mapping the operation's errors (`$error`).
+macro_rules! send {
+    ($call:expr, $c:expr, $error:ident) => {
+        $call
+            .set_system($c.system)
+            .set_messages(Some($c.messages))
+            .inference_config($c.config)
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some($error::ThrottlingException(_)) => ModelError::Throttled(sdk_message(&e)),
+                Some($error::ValidationException(_) | $error::AccessDeniedException(_) | $error::ResourceNotFoundException(_)) => {
+                    ModelError::Rejected(sdk_message(&e))
+                }
+                _ => ModelError::Unavailable(sdk_message(&e)),
+            })
+    };
+}
+
 fn tokens(usage: Option<&TokenUsage>) -> (u64, u64) {
     usage.map(|u| (u.input_tokens().max(0) as u64, u.output_tokens().max(0) as u64)).unwrap_or((0, 0))
 }
@@ -66,24 +86,7 @@ impl ModelProvider for BedrockProvider {
     async fn generate(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
         let model = request.model.clone();
         let c = Conversation::of(request)?;
-        let out = self
-            .client
-            .converse()
-            .model_id(model)
-            .set_system(c.system)
-            .set_messages(Some(c.messages))
-            .inference_config(c.config)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(ConverseError::ThrottlingException(_)) => ModelError::Throttled(sdk_message(&e)),
-                Some(
-                    ConverseError::ValidationException(_)
-                    | ConverseError::AccessDeniedException(_)
-                    | ConverseError::ResourceNotFoundException(_),
-                ) => ModelError::Rejected(sdk_message(&e)),
-                _ => ModelError::Unavailable(sdk_message(&e)),
-            })?;
+        let out = send!(self.client.converse().model_id(model), c, ConverseError)?;
         let text = match out.output() {
             Some(ConverseOutput::Message(m)) => {
                 m.content().iter().filter_map(|b| b.as_text().ok().cloned()).collect::<Vec<_>>().join("")
@@ -97,25 +100,8 @@ impl ModelProvider for BedrockProvider {
     async fn generate_streaming(&self, request: ModelRequest, deltas: Deltas<'_>) -> Result<ModelResponse, ModelError> {
         let model = request.model.clone();
         let c = Conversation::of(request)?;
-        let mut out = self
-            .client
-            .converse_stream()
-            .model_id(model)
-            .set_system(c.system)
-            .set_messages(Some(c.messages))
-            .inference_config(c.config)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                Some(ConverseStreamError::ThrottlingException(_)) => ModelError::Throttled(sdk_message(&e)),
-                Some(
-                    ConverseStreamError::ValidationException(_)
-                    | ConverseStreamError::AccessDeniedException(_)
-                    | ConverseStreamError::ResourceNotFoundException(_),
-                ) => ModelError::Rejected(sdk_message(&e)),
-                _ => ModelError::Unavailable(sdk_message(&e)),
-            })?;
-        let mut response = ModelResponse { text: String::new(), input_tokens: 0, output_tokens: 0 };
+        let mut out = send!(self.client.converse_stream().model_id(model), c, ConverseStreamError)?;
+        let mut response = ModelResponse::default();
         loop {
             let event = out.stream.recv().await.map_err(|e| match e.as_service_error() {
                 Some(ConverseStreamOutputError::ThrottlingException(_)) => ModelError::Throttled(sdk_message(&e)),
