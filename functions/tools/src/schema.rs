@@ -3,16 +3,27 @@
 use keel_core::KeelError;
 use serde_json::Value;
 
+/// How tool input schemas are compiled: draft 2020-12 unless the schema's
+/// `$schema` names another (the crate's default; forcing the draft would
+/// ignore a custom meta-schema's vocabularies); `format` is an annotation,
+/// as 2020-12 says; and a `$ref` outside the schema and the standard
+/// meta-schemas fails to compile, so a schema can never make Keel fetch a URL.
+pub fn options() -> jsonschema::ValidationOptions<'static> {
+    jsonschema::options()
+}
+
 /// Checks that a tool's input schema compiles.
 pub fn check_schema(schema: &Value) -> Result<(), KeelError> {
-    jsonschema::validator_for(schema)
+    options()
+        .build(schema)
         .map(|_| ())
         .map_err(|e| KeelError::BadRequest(format!("input_schema is not a valid JSON Schema: {e}")))
 }
 
 /// Validates `args`; the error names the JSON pointer of the first failing value.
 pub fn validate_args(schema: &Value, args: &Value) -> Result<(), KeelError> {
-    let validator = jsonschema::validator_for(schema)
+    let validator = options()
+        .build(schema)
         .map_err(|e| KeelError::Internal(format!("stored schema does not compile: {e}")))?;
     let first = validator.iter_errors(args).next().map(|e| (e.instance_path().to_string(), e.to_string()));
     match first {
@@ -42,5 +53,17 @@ mod tests {
         let e = validate_args(&schema, &json!({})).unwrap_err();
         assert!(matches!(e, KeelError::Unprocessable { ref path, .. } if path == "/"), "{e:?}");
         assert!(check_schema(&json!({"type": "nope"})).is_err());
+    }
+
+    #[test]
+    fn a_schema_cannot_make_keel_fetch_a_url() {
+        // A listener that would see the fetch: nothing may connect to it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://127.0.0.1:{}/schema.json", listener.local_addr().unwrap().port());
+        assert!(check_schema(&json!({"$ref": url})).is_err());
+        assert!(listener.accept().is_err(), "the schema's $ref was fetched");
+        // The standard meta-schemas are known without fetching.
+        assert!(check_schema(&json!({"$ref": "https://json-schema.org/draft/2020-12/schema"})).is_ok());
     }
 }
