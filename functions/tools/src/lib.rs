@@ -145,6 +145,7 @@ pub struct Tools {
     saga: Arc<dyn Saga>,
     gate: PolicyGate,
     connectors: Connectors,
+    schemas: schema::Compiled,
 }
 
 fn tool_sk(name: &str) -> String {
@@ -159,7 +160,8 @@ fn idempotency_sk(key: &str) -> String {
 
 impl Tools {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, connector_timeout: Duration) -> Result<Self, KeelError> {
-        Ok(Self { table, queue, saga, gate: PolicyGate::default_policies()?, connectors: Connectors::new(connector_timeout)? })
+        let (gate, connectors) = (PolicyGate::default_policies()?, Connectors::new(connector_timeout)?);
+        Ok(Self { table, queue, saga, gate, connectors, schemas: schema::Compiled::default() })
     }
 
     pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
@@ -269,7 +271,8 @@ impl Tools {
         if !propose.allowed {
             return Err(KeelError::Forbidden(format!("policy denies proposing {}", tool.name)));
         }
-        schema::validate_args(&tool.input_schema, &req.args)?;
+        let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
+        schema::validate(&validator, &req.args)?;
         let auto = self.gate.decide(caller, Verb::AutoExecute, &subject)?;
         let now = now_rfc3339();
         let action = Action {

@@ -1,11 +1,13 @@
 //! The Cedar gate. Policies come from `infra/policies`; each decision reports
 //! which policies (by `@id`) allowed or denied it.
 
-use cedar_policy::{Authorizer, Context, Decision, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request};
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+};
 use keel_core::auth::Caller;
 use keel_core::KeelError;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 pub const DEFAULT_POLICIES: &str = include_str!("../../../infra/policies/default.cedar");
@@ -52,17 +54,22 @@ pub struct PolicyDecision {
 pub struct PolicyGate {
     policies: PolicySet,
     authorizer: Authorizer,
+    types: Types,
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, KeelError> {
-    let kind = EntityTypeName::from_str(kind).map_err(|e| KeelError::Internal(format!("cedar type: {e}")))?;
-    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
+/// The entity types of `infra/policies/keel.cedarschema`, parsed once.
+struct Types {
+    user: EntityTypeName,
+    proposal: EntityTypeName,
+    action: EntityTypeName,
 }
 
 impl PolicyGate {
     pub fn new(source: &str) -> Result<Self, KeelError> {
         let policies = PolicySet::from_str(source).map_err(|e| KeelError::Internal(format!("invalid Cedar policies: {e}")))?;
-        Ok(Self { policies, authorizer: Authorizer::new() })
+        let name = |n: &str| EntityTypeName::from_str(n).map_err(|e| KeelError::Internal(format!("cedar type: {e}")));
+        let types = Types { user: name("Keel::User")?, proposal: name("Keel::Proposal")?, action: name("Keel::Action")? };
+        Ok(Self { policies, authorizer: Authorizer::new(), types })
     }
 
     pub fn default_policies() -> Result<Self, KeelError> {
@@ -70,25 +77,37 @@ impl PolicyGate {
     }
 
     pub fn decide(&self, caller: &Caller, verb: Verb, s: &Subject<'_>) -> Result<PolicyDecision, KeelError> {
-        let principal = uid("Keel::User", &caller.principal)?;
-        let resource = uid("Keel::Proposal", s.action_id)?;
-        let user = |name: &str, roles: &[String], groups: &[String]| {
-            json!({"uid": {"type": "Keel::User", "id": name}, "attrs": {"roles": roles, "groups": groups}, "parents": []})
+        // Entities and context built directly (no JSON to parse): most of a decision's cost otherwise.
+        let user_uid = |id: &str| EntityUid::from_type_name_and_id(self.types.user.clone(), EntityId::new(id));
+        let strings = |v: &[String]| RestrictedExpression::new_set(v.iter().map(|x| RestrictedExpression::new_string(x.clone())));
+        let entity_error = |e: cedar_policy::EntityAttrEvaluationError| KeelError::Internal(format!("cedar entity: {e}"));
+        let user = |id: &str, roles: &[String], groups: &[String]| {
+            let attrs = HashMap::from([("roles".to_string(), strings(roles)), ("groups".to_string(), strings(groups))]);
+            Entity::new(user_uid(id), attrs, HashSet::new()).map_err(entity_error)
         };
-        let mut entities = vec![
-            user(&caller.principal, &caller.roles, &caller.groups),
-            json!({"uid": {"type": "Keel::Proposal", "id": s.action_id}, "parents": [], "attrs": {
-                "tool": s.tool, "risk": s.risk, "reversible": s.reversible,
-                "proposer": {"__entity": {"type": "Keel::User", "id": s.proposer}}}}),
-        ];
+        let principal = user_uid(&caller.principal);
+        let resource = EntityUid::from_type_name_and_id(self.types.proposal.clone(), EntityId::new(s.action_id));
+        let proposal = Entity::new(
+            resource.clone(),
+            HashMap::from([
+                ("tool".to_string(), RestrictedExpression::new_string(s.tool.into())),
+                ("risk".to_string(), RestrictedExpression::new_string(s.risk.into())),
+                ("reversible".to_string(), RestrictedExpression::new_bool(s.reversible)),
+                ("proposer".to_string(), RestrictedExpression::new_entity_uid(user_uid(s.proposer))),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(entity_error)?;
+        let mut entities = vec![user(&caller.principal, &caller.roles, &caller.groups)?, proposal];
         if s.proposer != caller.principal {
-            entities.push(user(s.proposer, &[], &[]));
+            entities.push(user(s.proposer, &[], &[])?);
         }
-        let entities = Entities::from_json_value(json!(entities), None)
+        let entities = Entities::from_entities(entities, None)
             .map_err(|e| KeelError::Internal(format!("cedar entities: {e}")))?;
-        let context = Context::from_json_value(json!({"autonomy": s.autonomy}), None)
+        let context = Context::from_pairs([("autonomy".to_string(), RestrictedExpression::new_string(s.autonomy.into()))])
             .map_err(|e| KeelError::Internal(format!("cedar context: {e}")))?;
-        let request = Request::new(principal, uid("Keel::Action", verb.name())?, resource, context, None)
+        let action = EntityUid::from_type_name_and_id(self.types.action.clone(), EntityId::new(verb.name()));
+        let request = Request::new(principal, action, resource, context, None)
             .map_err(|e| KeelError::Internal(format!("cedar request: {e}")))?;
         let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
         if let Some(e) = response.diagnostics().errors().next() {

@@ -1,7 +1,10 @@
 //! JSON Schema validation of tool arguments (draft 2020-12 by default).
 
+use jsonschema::Validator;
 use keel_core::KeelError;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// How tool input schemas are compiled: draft 2020-12 unless the schema's
 /// `$schema` names another (the crate's default; forcing the draft would
@@ -22,9 +25,15 @@ pub fn check_schema(schema: &Value) -> Result<(), KeelError> {
 
 /// Validates `args`; the error names the JSON pointer of the first failing value.
 pub fn validate_args(schema: &Value, args: &Value) -> Result<(), KeelError> {
-    let validator = options()
-        .build(schema)
-        .map_err(|e| KeelError::Internal(format!("stored schema does not compile: {e}")))?;
+    validate(&compile(schema)?, args)
+}
+
+fn compile(schema: &Value) -> Result<Validator, KeelError> {
+    options().build(schema).map_err(|e| KeelError::Internal(format!("stored schema does not compile: {e}")))
+}
+
+/// `validate_args` with a compiled schema.
+pub fn validate(validator: &Validator, args: &Value) -> Result<(), KeelError> {
     let first = validator.iter_errors(args).next().map(|e| (e.instance_path().to_string(), e.to_string()));
     match first {
         None => Ok(()),
@@ -32,6 +41,34 @@ pub fn validate_args(schema: &Value, args: &Value) -> Result<(), KeelError> {
             path: if path.is_empty() { "/".into() } else { path },
             message: format!("arguments do not match the tool's input schema: {message}"),
         }),
+    }
+}
+
+/// Compiled input schemas of the tool versions a warm function has seen:
+/// compiling a schema costs far more than validating against it, and a
+/// tool version's schema never changes.
+#[derive(Default)]
+pub struct Compiled {
+    validators: Mutex<HashMap<String, Arc<Validator>>>,
+}
+
+/// Tool versions kept compiled at most; past it the cache starts over.
+const COMPILED_VERSIONS: usize = 1_000;
+
+impl Compiled {
+    /// The compiled schema of a tool version; `key` names the tenant, tool and version.
+    pub fn get(&self, key: &str, schema: &Value) -> Result<Arc<Validator>, KeelError> {
+        if let Some(v) = self.validators.lock().ok().and_then(|c| c.get(key).cloned()) {
+            return Ok(v);
+        }
+        let compiled = Arc::new(compile(schema)?);
+        if let Ok(mut c) = self.validators.lock() {
+            if c.len() >= COMPILED_VERSIONS {
+                c.clear();
+            }
+            c.insert(key.to_string(), compiled.clone());
+        }
+        Ok(compiled)
     }
 }
 

@@ -1,0 +1,89 @@
+//! The warm gate on a proposed action: `cargo bench -p keel-tools --bench gate`.
+//! Measures a Cedar decision plus JSON Schema validation of the arguments
+//! against the tool version's compiled schema (issue budget: p99 < 50 µs);
+//! then all `propose` does before it writes anything (a second decision, to
+//! auto-execute); and, for contrast, validation with the schema compiled on
+//! every call. Prints p50 and p99 per run and their medians over the runs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keel_core::auth::Caller;
+use keel_core::ids::TenantId;
+use keel_tools::policy::{PolicyGate, Subject, Verb};
+use keel_tools::schema::{validate, validate_args, Compiled};
+use serde_json::json;
+use std::hint::black_box;
+use std::time::Instant;
+
+const RUNS: usize = 7;
+const CALLS: usize = 20_000;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Times `call` CALLS times per run; prints each run and the medians.
+fn measure(label: &str, calls: usize, mut call: impl FnMut(usize)) {
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let mut ns = Vec::with_capacity(calls);
+        for i in 0..calls {
+            let t = Instant::now();
+            call(i);
+            ns.push(t.elapsed().as_nanos() as f64);
+        }
+        ns.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&ns, 0.5) / 1e3, percentile(&ns, 0.99) / 1e3);
+        println!("{label}: run {}: p50 {p50:.2} µs p99 {p99:.2} µs", run + 1);
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    p50s.sort_by(f64::total_cmp);
+    p99s.sort_by(f64::total_cmp);
+    println!("{label}: median of {RUNS} runs x {calls} calls: p50 {:.2} µs, p99 {:.2} µs", p50s[RUNS / 2], p99s[RUNS / 2]);
+}
+
+fn main() {
+    let gate = PolicyGate::default_policies().unwrap();
+    let caller = Caller {
+        tenant: Some(TenantId::parse("acme").unwrap()),
+        principal: "ann".into(),
+        roles: vec!["member".into()],
+        groups: vec!["staff".into()],
+        throttled: false,
+    };
+    let schema = json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["order_id", "amount", "currency", "reason"],
+        "properties": {
+            "order_id": {"type": "string", "pattern": "^ORD-[0-9]{4,10}$"},
+            "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 500},
+            "currency": {"enum": ["EUR", "USD", "GBP"]},
+            "reason": {"type": "string", "maxLength": 200},
+            "notify": {"type": "boolean"},
+            "lines": {"type": "array", "maxItems": 20, "items": {"type": "object", "required": ["sku", "qty"],
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}}
+        }
+    });
+    let args = json!({"order_id": "ORD-12345", "amount": 42.5, "currency": "EUR", "reason": "damaged in transit",
+        "notify": true, "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]});
+    let compiled = Compiled::default();
+    let subject = Subject { action_id: "act_1", tool: "refund", risk: "low", reversible: true, proposer: "ann", autonomy: "unattended" };
+
+    measure("policy decision + schema validation", CALLS, |_| {
+        let propose = gate.decide(black_box(&caller), Verb::Propose, black_box(&subject)).unwrap();
+        assert!(propose.allowed);
+        let validator = compiled.get("acme/refund@1", &schema).unwrap();
+        validate(&validator, black_box(&args)).unwrap();
+    });
+    measure("propose path (propose decision + validation + auto-execute decision)", CALLS, |_| {
+        let propose = gate.decide(black_box(&caller), Verb::Propose, black_box(&subject)).unwrap();
+        assert!(propose.allowed);
+        let validator = compiled.get("acme/refund@1", &schema).unwrap();
+        validate(&validator, black_box(&args)).unwrap();
+        let auto = gate.decide(black_box(&caller), Verb::AutoExecute, black_box(&subject)).unwrap();
+        assert!(auto.allowed);
+    });
+    measure("schema compiled on every call (for contrast)", CALLS / 10, |_| {
+        validate_args(black_box(&schema), black_box(&args)).unwrap();
+    });
+}
