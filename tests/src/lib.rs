@@ -92,14 +92,7 @@ pub async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
     Tenant { member: keys[0].clone(), approver: keys[1].clone(), admin: keys[2].clone() }
 }
 
-/// The `p` quantile (0..=1) of ascending `sorted` by the nearest-rank method; NaN when empty.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
+pub use keel_core::stats::percentile;
 
 /// A member of `tenant` without groups, as the authorizer would pass it in.
 pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {

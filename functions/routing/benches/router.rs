@@ -5,16 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_core::models::{parse_catalog, RoutingPolicy};
+use keel_core::stats::Runs;
 use keel_routing::router::{decide, RouteInput};
 use std::hint::black_box;
 use std::time::Instant;
 
 const RUNS: usize = 7;
 const CALLS: usize = 200_000;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
 
 fn main() {
     let catalog = parse_catalog(
@@ -29,8 +26,7 @@ fn main() {
     let open = |m: &str| m == "local";
     let cases: [(&str, Option<f32>, Option<&str>); 2] = [("ask, low confidence", Some(0.42), None), ("chat, auto, breaker open", None, Some("auto"))];
     for (label, confidence, requested) in cases {
-        let mut p50s = Vec::new();
-        let mut p99s = Vec::new();
+        let mut runs = Runs::default();
         for run in 0..RUNS {
             let mut ns = Vec::with_capacity(CALLS);
             for i in 0..CALLS {
@@ -49,14 +45,10 @@ fn main() {
                 ns.push(t.elapsed().as_nanos() as f64);
                 black_box(d).unwrap();
             }
-            ns.sort_by(f64::total_cmp);
-            let (p50, p99) = (percentile(&ns, 0.5) / 1e3, percentile(&ns, 0.99) / 1e3);
+            let (p50, p99) = runs.add(ns);
             println!("{label}: run {}: p50 {p50:.2} µs p99 {p99:.2} µs", run + 1);
-            p50s.push(p50);
-            p99s.push(p99);
         }
-        p50s.sort_by(f64::total_cmp);
-        p99s.sort_by(f64::total_cmp);
-        println!("{label}: median of {RUNS} runs x {CALLS} decisions: p50 {:.2} µs, p99 {:.2} µs", p50s[RUNS / 2], p99s[RUNS / 2]);
+        let (p50, p99) = runs.medians();
+        println!("{label}: median of {RUNS} runs x {CALLS} decisions: p50 {p50:.2} µs, p99 {p99:.2} µs");
     }
 }

@@ -8,6 +8,7 @@
 
 use keel_core::auth::Caller;
 use keel_core::ids::TenantId;
+use keel_core::stats::Runs;
 use keel_tools::policy::{PolicyGate, Subject, Verb};
 use keel_tools::schema::{validate, validate_args, Compiled};
 use serde_json::json;
@@ -17,13 +18,9 @@ use std::time::Instant;
 const RUNS: usize = 7;
 const CALLS: usize = 20_000;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 /// Times `call` CALLS times per run; prints each run and the medians.
 fn measure(label: &str, calls: usize, mut call: impl FnMut(usize)) {
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    let mut runs = Runs::default();
     for run in 0..RUNS {
         let mut ns = Vec::with_capacity(calls);
         for i in 0..calls {
@@ -31,15 +28,11 @@ fn measure(label: &str, calls: usize, mut call: impl FnMut(usize)) {
             call(i);
             ns.push(t.elapsed().as_nanos() as f64);
         }
-        ns.sort_by(f64::total_cmp);
-        let (p50, p99) = (percentile(&ns, 0.5) / 1e3, percentile(&ns, 0.99) / 1e3);
+        let (p50, p99) = runs.add(ns);
         println!("{label}: run {}: p50 {p50:.2} µs p99 {p99:.2} µs", run + 1);
-        p50s.push(p50);
-        p99s.push(p99);
     }
-    p50s.sort_by(f64::total_cmp);
-    p99s.sort_by(f64::total_cmp);
-    println!("{label}: median of {RUNS} runs x {calls} calls: p50 {:.2} µs, p99 {:.2} µs", p50s[RUNS / 2], p99s[RUNS / 2]);
+    let (p50, p99) = runs.medians();
+    println!("{label}: median of {RUNS} runs x {calls} calls: p50 {p50:.2} µs, p99 {p99:.2} µs");
 }
 
 fn main() {

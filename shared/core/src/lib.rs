@@ -13,6 +13,7 @@ pub mod models;
 pub mod openai;
 pub mod ports;
 pub mod tenants;
+pub mod stats;
 pub mod text;
 pub mod time;
 

@@ -23,7 +23,7 @@ const RATES: [u64; 2] = [100, 1_000];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    percentile(&v, 0.5)
 }
 
 /// Sends `rate` requests a second for `seconds`; returns sorted latencies (ms) and the error count.
