@@ -140,6 +140,37 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn kill_switch_drops_actions_to_suggest_only_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "halt", json!({})).await;
+    let connector = keel_local::demo::start_connector().await.unwrap();
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund_tool(&connector.url))).await.unwrap().0, 200);
+    let propose = |key: &str| json!({"tool": "refund", "args": {"order_id": "1", "amount": 10}, "idempotency_key": key});
+    // A high-risk refund waits for an approver.
+    let (s, pending) = c.call("POST", "/v1/actions", &t.member, Some(propose("k1"))).await.unwrap();
+    assert_eq!((s, pending["status"].as_str()), (201, Some("pending_approval")), "{pending}");
+    let pending_id = pending["action_id"].as_str().unwrap();
+
+    // The kill switch: what is pending can no longer be approved to run, and new proposals are suggestions only.
+    let (s, r) = c.call("PATCH", "/v1/tenants/halt", ADMIN_KEY, Some(json!({"kill_switch": true}))).await.unwrap();
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = c.call("POST", &format!("/v1/actions/{pending_id}/approve"), &t.approver, None).await.unwrap();
+    assert_eq!(s, 409, "{r}");
+    let (s, suggested) = c.call("POST", "/v1/actions", &t.member, Some(propose("k2"))).await.unwrap();
+    assert_eq!((s, suggested["status"].as_str()), (201, Some("suggested")), "{suggested}");
+    assert!(suggested["preview"].is_object(), "a suggestion still shows what it would change: {suggested}");
+    let suggested_id = suggested["action_id"].as_str().unwrap();
+    assert_eq!(c.call("POST", &format!("/v1/actions/{suggested_id}/approve"), &t.approver, None).await.unwrap().0, 409);
+    // Rejecting still works, and nothing reached the connector.
+    let (s, r) = c.call("POST", &format!("/v1/actions/{pending_id}/reject"), &t.approver, None).await.unwrap();
+    assert_eq!((s, r["status"].as_str()), (200, Some("rejected")), "{r}");
+    assert!(connector.calls.lock().unwrap().is_empty());
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_poison_message_goes_dead_and_the_rest_of_the_batch_is_processed() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;

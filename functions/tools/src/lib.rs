@@ -84,6 +84,9 @@ pub struct Tool {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
+    /// Proposed while the tenant is suggest-only (its autonomy, or the kill
+    /// switch): recorded and previewed, never run by Keel.
+    Suggested,
     PendingApproval,
     Running,
     Executed,
@@ -258,7 +261,8 @@ impl Tools {
         }
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
         let action_id = new_id("act");
-        let autonomy = autonomy_name(require_active(self.table.as_ref(), tenant).await?.autonomy);
+        let tenant_autonomy = require_active(self.table.as_ref(), tenant).await?.autonomy;
+        let autonomy = autonomy_name(tenant_autonomy);
         let subject = Subject {
             action_id: &action_id,
             tool: &tool.name,
@@ -283,7 +287,11 @@ impl Tools {
             args: req.args,
             idempotency_key: req.idempotency_key,
             proposer: caller.principal.clone(),
-            status: if auto.allowed { ActionStatus::Running } else { ActionStatus::PendingApproval },
+            status: match tenant_autonomy {
+                Autonomy::SuggestOnly => ActionStatus::Suggested,
+                _ if auto.allowed => ActionStatus::Running,
+                _ => ActionStatus::PendingApproval,
+            },
             policy: vec![propose, auto],
             approvals: vec![],
             outcome: None,
@@ -348,6 +356,12 @@ impl Tools {
         let (mut action, version) = self.action(tenant, id).await?;
         if action.status != ActionStatus::PendingApproval {
             return Err(KeelError::Conflict(format!("action {id} is not pending approval")));
+        }
+        // The kill switch takes effect at once: nothing pending runs while the tenant is suggest-only.
+        if approve && require_active(self.table.as_ref(), tenant).await?.autonomy == Autonomy::SuggestOnly {
+            return Err(KeelError::Conflict(format!(
+                "action {id} cannot run: the tenant is suggest-only (its autonomy or the kill switch); reject it, or approve once actions are resumed"
+            )));
         }
         let (tool, _) = self.tool(tenant, &action.tool).await?;
         let decision = self.gate.decide(caller, Verb::Approve, &self.subject(&action, &tool, "one_click"))?;
