@@ -12,14 +12,15 @@ use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::ports::{Condition, Table};
 use keel_core::tenants::{get_tenant, put_api_key, put_tenant, Autonomy, Tenant, TenantCache, TenantStatus};
 use keel_core::time::{now_rfc3339, now_secs};
+use keel_core::warm_cache::WarmCache;
 use keel_core::{KeelError, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Most API key records held by one warm container; past it the cache starts over.
+/// Most API key records held by one warm container.
 const KEY_CACHE_ENTRIES: usize = 10_000;
 
 pub struct Auth {
@@ -30,28 +31,24 @@ pub struct Auth {
     /// Warm-container cache of valid API keys' records by key hash, for the
     /// tenant cache's TTL: a store read less per request. Unknown keys are
     /// not cached, so guessing fills nothing.
-    keys: Mutex<HashMap<String, (Instant, ApiKeyRecord)>>,
+    keys: WarmCache<String, ApiKeyRecord>,
 }
 
 impl Auth {
     /// `tenants` may be shared with other functions of the same process (the local stack).
     pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantCache>) -> Self {
-        Self { table, config, tenants, keys: Mutex::default() }
+        let keys = WarmCache::new(Some(Duration::from_secs(config.tenant_cache_secs)), KEY_CACHE_ENTRIES);
+        Self { table, config, tenants, keys }
     }
 
     async fn api_key_record(&self, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
         let hash = hash_api_key(key);
-        let ttl = Duration::from_secs(self.config.tenant_cache_secs);
-        let cached = self.keys.lock().ok().and_then(|c| c.get(&hash).filter(|(at, _)| at.elapsed() < ttl).map(|(_, r)| r.clone()));
-        if cached.is_some() {
-            return Ok(cached);
+        if let Some(record) = self.keys.get(&hash) {
+            return Ok(Some(record));
         }
         let fresh = keel_core::tenants::get_api_key(self.table.as_ref(), tenant, key).await?;
-        if let (Some(record), Ok(mut c)) = (&fresh, self.keys.lock()) {
-            if c.len() >= KEY_CACHE_ENTRIES {
-                c.clear();
-            }
-            c.insert(hash, (Instant::now(), record.clone()));
+        if let Some(record) = &fresh {
+            self.keys.insert(hash, record.clone());
         }
         Ok(fresh)
     }

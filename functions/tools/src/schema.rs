@@ -1,10 +1,10 @@
 //! JSON Schema validation of tool arguments (draft 2020-12 by default).
 
 use jsonschema::Validator;
+use keel_core::warm_cache::WarmCache;
 use keel_core::KeelError;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How tool input schemas are compiled: draft 2020-12 unless the schema's
 /// `$schema` names another (the crate's default; forcing the draft would
@@ -47,27 +47,27 @@ pub fn validate(validator: &Validator, args: &Value) -> Result<(), KeelError> {
 /// Compiled input schemas of the tool versions a warm function has seen:
 /// compiling a schema costs far more than validating against it, and a
 /// tool version's schema never changes.
-#[derive(Default)]
 pub struct Compiled {
-    validators: Mutex<HashMap<String, Arc<Validator>>>,
+    validators: WarmCache<String, Arc<Validator>>,
 }
 
-/// Tool versions kept compiled at most; past it the cache starts over.
+/// Tool versions kept compiled at most.
 const COMPILED_VERSIONS: usize = 1_000;
+
+impl Default for Compiled {
+    fn default() -> Self {
+        Self { validators: WarmCache::new(None, COMPILED_VERSIONS) }
+    }
+}
 
 impl Compiled {
     /// The compiled schema of a tool version; `key` names the tenant, tool and version.
     pub fn get(&self, key: &str, schema: &Value) -> Result<Arc<Validator>, KeelError> {
-        if let Some(v) = self.validators.lock().ok().and_then(|c| c.get(key).cloned()) {
+        if let Some(v) = self.validators.get(key) {
             return Ok(v);
         }
         let compiled = Arc::new(compile(schema)?);
-        if let Ok(mut c) = self.validators.lock() {
-            if c.len() >= COMPILED_VERSIONS {
-                c.clear();
-            }
-            c.insert(key.to_string(), compiled.clone());
-        }
+        self.validators.insert(key.to_string(), compiled.clone());
         Ok(compiled)
     }
 }

@@ -16,6 +16,7 @@ pub mod tenants;
 pub mod stats;
 pub mod text;
 pub mod time;
+pub mod warm_cache;
 
 pub use error::{KeelError, StoreError};
 pub use ids::TenantId;

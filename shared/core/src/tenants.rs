@@ -5,10 +5,9 @@ use crate::error::KeelError;
 use crate::ids::TenantId;
 use crate::models::{Budgets, RoutingPolicy};
 use crate::ports::{Condition, Table, Write};
+use crate::warm_cache::WarmCache;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const TENANT_SK: &str = "TENANT";
 
@@ -115,27 +114,21 @@ fn active(found: Option<Tenant>, tenant: &TenantId) -> Result<Tenant, KeelError>
 /// change (suspension, kill switch) takes to reach another function; within
 /// one process, the writer invalidates the entry at once.
 pub struct TenantCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
+    entries: WarmCache<TenantId, Tenant>,
 }
 
 impl TenantCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+        Self { entries: WarmCache::new(Some(ttl), usize::MAX) }
     }
 
     pub async fn get(&self, table: &dyn Table, id: &TenantId) -> Result<Option<Tenant>, KeelError> {
-        let cached = self
-            .entries
-            .lock()
-            .ok()
-            .and_then(|c| c.get(id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, t)| t.clone()));
-        if cached.is_some() {
-            return Ok(cached);
+        if let Some(t) = self.entries.get(id) {
+            return Ok(Some(t));
         }
         let fresh = get_tenant(table, id).await?.map(|(t, _)| t);
-        if let (Some(t), Ok(mut c)) = (&fresh, self.entries.lock()) {
-            c.insert(id.clone(), (Instant::now(), t.clone()));
+        if let Some(t) = &fresh {
+            self.entries.insert(id.clone(), t.clone());
         }
         Ok(fresh)
     }
@@ -146,8 +139,6 @@ impl TenantCache {
     }
 
     pub fn invalidate(&self, id: &TenantId) {
-        if let Ok(mut c) = self.entries.lock() {
-            c.remove(id);
-        }
+        self.entries.remove(id);
     }
 }
