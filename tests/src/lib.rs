@@ -44,6 +44,7 @@ pub async fn start_stack(dir: &Path, config: Config) -> Stack {
         queue_visibility: Duration::from_millis(100),
         max_receives: 3,
         routing: fast_routing(&config_routing),
+        tools: fast_tools(&config_routing),
     })
     .await
     .expect("stack starts")
@@ -60,6 +61,16 @@ pub fn fast_routing(config: &Config) -> keel_routing::RoutingOptions {
         },
         breakers: keel_routing::resilience::BreakerSettings { failures_to_open: 3, cool_down: Duration::from_millis(300) },
         ..keel_routing::RoutingOptions::from_config(config)
+    }
+}
+
+/// The tools function's settings with millisecond connector retries and a
+/// breaker that opens after 3 failures and half-opens after 300 ms.
+pub fn fast_tools(config: &Config) -> keel_tools::ToolsOptions {
+    keel_tools::ToolsOptions {
+        connector_retry: keel_core::resilience::RetryPolicy { attempts: 2, base: Duration::from_millis(1), cap: Duration::from_millis(5) },
+        connector_breakers: keel_core::resilience::BreakerSettings { failures_to_open: 3, cool_down: Duration::from_millis(300) },
+        ..keel_tools::ToolsOptions::from_config(config)
     }
 }
 

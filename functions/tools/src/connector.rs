@@ -1,6 +1,11 @@
 //! HTTP connectors: where a governed action actually changes something.
+//! Every call carries the action's idempotency key, has a timeout, is retried
+//! with jittered backoff on transient failures, and goes through a circuit
+//! breaker per connector host, so a failing system is left alone for a while
+//! instead of being hammered by every action and retry.
 
 use crate::ConnectorSpec;
+use keel_core::resilience::{BreakerSettings, Breakers, RetryPolicy};
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -20,20 +25,50 @@ pub fn check_spec(spec: &ConnectorSpec) -> Result<(), KeelError> {
 
 pub struct Connectors {
     http: reqwest::Client,
+    retry: RetryPolicy,
+    breakers: Breakers,
+}
+
+/// The breaker's name for a connector: its scheme, host and port.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find('/').unwrap_or(rest.len());
+    &url[..url.len() - rest.len() + end]
 }
 
 impl Connectors {
-    pub fn new(timeout: Duration) -> Result<Self, KeelError> {
+    pub fn new(timeout: Duration, retry: RetryPolicy, breakers: BreakerSettings) -> Result<Self, KeelError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .map_err(|e| KeelError::Internal(format!("http client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self { http, retry, breakers: Breakers::new(breakers) })
     }
 
-    /// Calls the connector with the idempotency key. Timeouts, connection
-    /// errors, 429 and 5xx are retryable; other 4xx are not.
+    /// Calls the connector, retrying transient failures (timeouts, connection
+    /// errors, 429, 5xx) with backoff; other 4xx are final. An open breaker
+    /// fails fast with a retryable error: the saga tries again later.
     pub async fn call(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
+        let host = host_of(&spec.url);
+        let mut last = KeelError::Unavailable("no attempt was made".into());
+        for attempt in 0..self.retry.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry.backoff(attempt - 1)).await;
+            }
+            if !self.breakers.try_acquire(host) {
+                return Err(KeelError::Unavailable(format!("connector {host} is failing; its circuit breaker is open")));
+            }
+            let result = self.call_once(spec, idempotency_key, body).await;
+            self.breakers.record(host, !matches!(&result, Err(e) if e.is_retryable()));
+            match result {
+                Err(e) if e.is_retryable() => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn call_once(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
         let method = reqwest::Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| KeelError::BadRequest("bad connector method".into()))?;
         let response = self
@@ -55,5 +90,16 @@ impl Connectors {
         } else {
             Err(KeelError::BadRequest(format!("connector refused the action: {status} {body}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breakers_are_per_connector_host() {
+        assert_eq!(host_of("https://api.example.com:8443/v1/refunds?x=1"), "https://api.example.com:8443");
+        assert_eq!(host_of("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
     }
 }

@@ -2,17 +2,16 @@
 
 use keel_core::config::Config;
 use keel_core::http::dispatch;
-use keel_lambda::{http_response, serve, task_error, unsupported, Incoming};
-use keel_tools::{StepInput, Tools};
+use keel_lambda::{batch_response, http_response, queue_messages, serve, task_error, to_json, unsupported, Incoming};
+use keel_tools::{StepInput, Tools, ToolsOptions};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
-    let tools = Arc::new(Tools::new(aws.table, aws.queue, aws.saga, Duration::from_millis(config.connector_timeout_ms))?);
+    let tools = Arc::new(Tools::new(aws.table, aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
     serve(|incoming| {
         let tools = tools.clone();
         async move {
@@ -23,6 +22,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
                         .map_err(|e| task_error(&keel_core::KeelError::BadRequest(e.to_string())))?;
                     tools.run_step(input).await.map_err(|e| task_error(&e))
                 }
+                Incoming::Queue(batch) => to_json(&batch_response(tools.consume(&queue_messages(batch)).await)),
                 other => Err(unsupported(&other)),
             }
         }

@@ -1,6 +1,8 @@
 //! An in-process executor of the Amazon States Language subset Keel's saga
-//! uses: Pass, Task (`lambda:invoke`, with Retry and Catch), Choice, Succeed
-//! and Fail; Parameters with `.$` paths, InputPath, ResultPath, OutputPath.
+//! uses: Pass, Task (`lambda:invoke` and `lambda:invoke.waitForTaskToken`,
+//! with Retry, Catch and TimeoutSeconds(Path)), Choice, Succeed and Fail;
+//! Parameters with `.$` paths (`$$.Task.Token` from the context object),
+//! InputPath, ResultPath, OutputPath.
 //! `LocalSaga` runs `infra/statemachines/*.asl.json` with it, durably: every
 //! execution is recorded in SQLite and resumed after a restart (steps are
 //! idempotent, so re-running one is safe).
@@ -11,7 +13,9 @@ use keel_core::ports::{ExecutionStatus, Saga};
 use keel_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Map, Value};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::oneshot;
 use std::time::Duration;
 
 /// A task failure as Step Functions names it.
@@ -33,6 +37,9 @@ fn fail(error: &str, cause: impl Into<String>) -> TaskFailure {
 
 /// Reads `$`, `$.a.b` from a document.
 fn read_path(doc: &Value, path: &str) -> Result<Value, TaskFailure> {
+    if path.starts_with("$$") {
+        return Err(fail("States.Runtime", format!("context path {path} outside Parameters")));
+    }
     let rest = path.strip_prefix('$').ok_or_else(|| fail("States.Runtime", format!("bad path {path}")))?;
     let mut cur = doc;
     for part in rest.split('.').filter(|p| !p.is_empty()) {
@@ -60,16 +67,21 @@ fn write_path(doc: Value, path: &str, value: Value) -> Result<Value, TaskFailure
     Ok(doc)
 }
 
-/// Resolves a Parameters template: keys ending in `.$` take their value from the input.
-fn resolve(template: &Value, input: &Value) -> Result<Value, TaskFailure> {
+/// Resolves a Parameters template: keys ending in `.$` take their value from
+/// the input (`$…`) or the context object (`$$…`).
+fn resolve(template: &Value, input: &Value, context: &Value) -> Result<Value, TaskFailure> {
     match template {
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, v) in m {
-                match (k.strip_suffix(".$"), v.as_str()) {
-                    (Some(name), Some(path)) => out.insert(name.to_string(), read_path(input, path)?),
-                    _ => out.insert(k.clone(), resolve(v, input)?),
+                let value = match (k.strip_suffix(".$"), v.as_str()) {
+                    (Some(_), Some(path)) => match path.strip_prefix('$') {
+                        Some(rest) if rest.starts_with('$') => read_path(context, rest)?,
+                        _ => read_path(input, path)?,
+                    },
+                    _ => resolve(v, input, context)?,
                 };
+                out.insert(k.strip_suffix(".$").unwrap_or(k).to_string(), value);
             }
             Ok(Value::Object(out))
         }
@@ -97,8 +109,38 @@ fn choice_matches(rule: &Value, input: &Value) -> bool {
     false
 }
 
+/// Tasks waiting for their token (`.waitForTaskToken`), by token.
+#[derive(Default)]
+pub struct Callbacks {
+    waiting: Mutex<HashMap<String, oneshot::Sender<Result<Value, TaskFailure>>>>,
+}
+
+impl Callbacks {
+    fn wait(&self) -> (String, oneshot::Receiver<Result<Value, TaskFailure>>) {
+        let (token, (tx, rx)) = (uuid::Uuid::new_v4().simple().to_string(), oneshot::channel());
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(token.clone(), tx);
+        (token, rx)
+    }
+
+    fn forget(&self, token: &str) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+    }
+
+    /// Completes the task waiting for `token`; `ConditionFailed` when none is (timed out, or done).
+    pub fn complete(&self, token: &str, result: Result<Value, TaskFailure>) -> Result<(), StoreError> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+        waiting.ok_or(StoreError::ConditionFailed)?.send(result).map_err(|_| StoreError::ConditionFailed)
+    }
+}
+
 /// Runs a state machine definition to its end.
-pub async fn execute(definition: &Value, input: Value, tasks: &dyn TaskRunner, interval_scale: f64) -> Result<Value, TaskFailure> {
+pub async fn execute(
+    definition: &Value,
+    input: Value,
+    tasks: &dyn TaskRunner,
+    interval_scale: f64,
+    callbacks: &Callbacks,
+) -> Result<Value, TaskFailure> {
     let states = definition.get("States").ok_or_else(|| fail("States.Runtime", "definition has no States"))?;
     let mut name = definition["StartAt"].as_str().unwrap_or_default().to_string();
     let mut data = input;
@@ -114,7 +156,7 @@ pub async fn execute(definition: &Value, input: Value, tasks: &dyn TaskRunner, i
             "Pass" => Ok(match state.get("Result") {
                 Some(r) => r.clone(),
                 None => match state.get("Parameters") {
-                    Some(p) => resolve(p, &effective)?,
+                    Some(p) => resolve(p, &effective, &Value::Null)?,
                     None => effective.clone(),
                 },
             }),
@@ -136,7 +178,7 @@ pub async fn execute(definition: &Value, input: Value, tasks: &dyn TaskRunner, i
                 name = target.to_string();
                 continue;
             }
-            "Task" => run_task(state, &effective, tasks, interval_scale).await,
+            "Task" => run_task(state, &effective, tasks, interval_scale, callbacks).await,
             other => return Err(fail("States.Runtime", format!("state type {other} is not supported locally"))),
         };
         match result {
@@ -172,10 +214,50 @@ pub async fn execute(definition: &Value, input: Value, tasks: &dyn TaskRunner, i
     Err(fail("States.Runtime", "too many transitions"))
 }
 
-async fn run_task(state: &Value, input: &Value, tasks: &dyn TaskRunner, interval_scale: f64) -> Result<Value, TaskFailure> {
+async fn run_task(
+    state: &Value,
+    input: &Value,
+    tasks: &dyn TaskRunner,
+    interval_scale: f64,
+    callbacks: &Callbacks,
+) -> Result<Value, TaskFailure> {
     let resource = state["Resource"].as_str().unwrap_or_default();
+    let Some(resource) = resource.strip_suffix(".waitForTaskToken") else {
+        return invoke_with_retries(state, resource, input, &Value::Null, tasks, interval_scale).await;
+    };
+    // Registered before the invocation: the function may complete its own task.
+    let (token, result) = callbacks.wait();
+    let context = json!({"Task": {"Token": token}});
+    if let Err(f) = invoke_with_retries(state, resource, input, &context, tasks, interval_scale).await {
+        callbacks.forget(&token);
+        return Err(f);
+    }
+    let timeout = match (state.get("TimeoutSeconds"), state.get("TimeoutSecondsPath").and_then(Value::as_str)) {
+        (Some(t), _) => t.as_f64(),
+        (None, Some(path)) => read_path(input, path)?.as_f64(),
+        (None, None) => Some(365.0 * 24.0 * 3600.0),
+    }
+    .ok_or_else(|| fail("States.Runtime", "TimeoutSeconds is not a number"))?;
+    match tokio::time::timeout(Duration::from_secs_f64(timeout), result).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(fail("States.Runtime", "the task's callback was dropped")),
+        Err(_) => {
+            callbacks.forget(&token);
+            Err(fail("States.Timeout", "no task success or failure before TimeoutSeconds"))
+        }
+    }
+}
+
+async fn invoke_with_retries(
+    state: &Value,
+    resource: &str,
+    input: &Value,
+    context: &Value,
+    tasks: &dyn TaskRunner,
+    interval_scale: f64,
+) -> Result<Value, TaskFailure> {
     let params = match state.get("Parameters") {
-        Some(p) => resolve(p, input)?,
+        Some(p) => resolve(p, input, context)?,
         None => input.clone(),
     };
     let (function, payload, wrap) = if resource == "arn:aws:states:::lambda:invoke" {
@@ -225,11 +307,12 @@ struct SagaInner {
     definition: Value,
     runner: OnceLock<Arc<dyn TaskRunner>>,
     interval_scale: f64,
+    callbacks: Callbacks,
 }
 
 impl LocalSaga {
     pub fn new(db: Db, definition: Value, interval_scale: f64) -> Self {
-        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale }))
+        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale, callbacks: Callbacks::default() }))
     }
 
     /// Connects the task runner (the tools function), which itself needs the saga.
@@ -258,7 +341,7 @@ impl LocalSaga {
         let saga = self.0.clone();
         tokio::spawn(async move {
             let runner: Arc<dyn TaskRunner> = saga.runner.get().cloned().unwrap_or_else(|| Arc::new(NoTasks));
-            let result = execute(&saga.definition, input, runner.as_ref(), saga.interval_scale).await;
+            let result = execute(&saga.definition, input, runner.as_ref(), saga.interval_scale, &saga.callbacks).await;
             let (status, output, error, cause) = match result {
                 Ok(out) => ("SUCCEEDED", Some(out.to_string()), None, None),
                 Err(f) => ("FAILED", None, Some(f.error), Some(f.cause)),
@@ -326,6 +409,14 @@ impl Saga for LocalSaga {
             }),
         }
     }
+
+    async fn send_task_success(&self, token: &str, output: Value) -> Result<(), StoreError> {
+        self.0.callbacks.complete(token, Ok(output))
+    }
+
+    async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> Result<(), StoreError> {
+        self.0.callbacks.complete(token, Err(fail(error, cause)))
+    }
 }
 
 #[cfg(test)]
@@ -333,21 +424,35 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Fails with `Keel.Retryable` the first `flaky` times, then echoes.
-    struct Flaky {
-        flaky: Mutex<u32>,
-        error: &'static str,
+    type Respond = dyn Fn(&str, usize, &Value) -> Result<Value, TaskFailure> + Send + Sync;
+
+    /// Plays the tools function: records each step it is asked for and
+    /// answers with `respond(step, how often that step was asked before, payload)`.
+    struct Script {
+        calls: Mutex<Vec<String>>,
+        respond: Box<Respond>,
+    }
+
+    impl Script {
+        fn new(respond: impl Fn(&str, usize, &Value) -> Result<Value, TaskFailure> + Send + Sync + 'static) -> Self {
+            Self { calls: Mutex::new(vec![]), respond: Box::new(respond) }
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
     }
 
     #[async_trait]
-    impl TaskRunner for Flaky {
+    impl TaskRunner for Script {
         async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
-            let mut left = self.flaky.lock().unwrap();
-            if *left > 0 {
-                *left -= 1;
-                return Err(fail(self.error, "boom"));
-            }
-            Ok(json!({"seen": payload}))
+            let step = payload["step"].as_str().unwrap_or_default().to_string();
+            let nth = {
+                let mut calls = self.calls.lock().unwrap();
+                let nth = calls.iter().filter(|c| **c == step).count();
+                calls.push(step.clone());
+                nth
+            };
+            (self.respond)(&step, nth, &payload)
         }
     }
 
@@ -355,27 +460,109 @@ mod tests {
         serde_json::from_str(include_str!("../../statemachines/action.asl.json")).unwrap()
     }
 
-    #[tokio::test]
-    async fn retries_then_succeeds() {
-        let runner = Flaky { flaky: Mutex::new(2), error: "Keel.Retryable" };
-        let out = execute(&saga(), json!({"tenant": "acme", "action_id": "a1", "operation": "execute"}), &runner, 0.0)
-            .await
-            .unwrap();
-        assert_eq!(out, json!({"seen": {"step": "execute", "tenant": "acme", "action_id": "a1"}}));
+    fn input(operation: &str, approval_timeout: Option<f64>) -> Value {
+        json!({"tenant": "acme", "action_id": "a1", "operation": operation,
+            "approval": approval_timeout.is_some(), "approval_timeout_seconds": approval_timeout.unwrap_or(0.0)})
+    }
+
+    /// Three steps; the second fails once with a retryable error.
+    fn three_steps(step: &str, nth: usize, _: &Value) -> Result<Value, TaskFailure> {
+        match (step, nth) {
+            ("execute", 1) => Err(fail("Keel.Retryable", "connector answered 503")),
+            ("execute", n) => Ok(json!({"done": n >= 3})),
+            _ => Err(fail("Keel.Failed", format!("unexpected step {step}"))),
+        }
     }
 
     #[tokio::test]
-    async fn routes_compensation_and_catches_permanent_failure() {
-        let runner = Flaky { flaky: Mutex::new(0), error: "" };
-        let out = execute(&saga(), json!({"tenant": "t", "action_id": "a", "operation": "compensate"}), &runner, 0.0)
-            .await
-            .unwrap();
-        assert_eq!(out["seen"]["step"], "compensate");
-        // A non-retryable failure is caught, recorded by the `fail` step, then the execution fails.
-        let runner = Flaky { flaky: Mutex::new(1), error: "Keel.Failed" };
-        let err = execute(&saga(), json!({"tenant": "t", "action_id": "a", "operation": "execute"}), &runner, 0.0)
-            .await
-            .unwrap_err();
+    async fn runs_each_step_in_turn_retrying_transient_failures() {
+        let script = Script::new(three_steps);
+        let out = execute(&saga(), input("execute", None), &script, 0.0, &Callbacks::default()).await.unwrap();
+        assert_eq!(script.calls(), vec!["execute"; 4]);
+        assert_eq!(out["progress"]["Payload"]["done"], true);
+    }
+
+    #[tokio::test]
+    async fn a_step_failing_for_good_compensates_the_completed_steps_then_fails() {
+        // Step 1 runs, step 2 fails for good; two compensations run before `done`.
+        let script = Script::new(|step, nth, _| match (step, nth) {
+            ("execute", 0) => Ok(json!({"done": false})),
+            ("execute", _) => Err(fail("Keel.Failed", "connector refused the action: 400")),
+            ("compensate", n) => Ok(json!({"done": n >= 2})),
+            ("fail", _) => Ok(json!({"recorded": true})),
+            _ => Err(fail("Keel.Failed", "unexpected")),
+        });
+        let err = execute(&saga(), input("execute", None), &script, 0.0, &Callbacks::default()).await.unwrap_err();
         assert_eq!(err.error, "Keel.ActionFailed");
+        assert_eq!(script.calls(), vec!["execute", "execute", "compensate", "compensate", "compensate", "fail"]);
+    }
+
+    #[tokio::test]
+    async fn undo_runs_only_the_reverse_compensation() {
+        let script = Script::new(|step, nth, _| match step {
+            "compensate" => Ok(json!({"done": nth >= 1})),
+            _ => Err(fail("Keel.Failed", "unexpected")),
+        });
+        execute(&saga(), input("compensate", None), &script, 0.0, &Callbacks::default()).await.unwrap();
+        assert_eq!(script.calls(), vec!["compensate", "compensate"]);
+    }
+
+    /// Waits on the task token: the approver's call (or the function itself) completes it.
+    async fn with_approval(answer: Option<Result<Value, TaskFailure>>, timeout: f64) -> (Result<Value, TaskFailure>, Vec<String>) {
+        let callbacks = Arc::new(Callbacks::default());
+        let tokens: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = tokens.clone();
+        let script = Script::new(move |step, nth, payload| match step {
+            "await_approval" => {
+                seen.lock().unwrap().push(payload["task_token"].as_str().unwrap().to_string());
+                Ok(json!({"waiting": true}))
+            }
+            "expire" => Ok(json!({"expired": true})),
+            "execute" => three_steps(step, nth + 2, payload),
+            _ => Err(fail("Keel.Failed", "unexpected")),
+        });
+        let approver = {
+            let (callbacks, tokens) = (callbacks.clone(), tokens.clone());
+            tokio::spawn(async move {
+                let Some(answer) = answer else { return };
+                loop {
+                    let token = tokens.lock().unwrap().first().cloned();
+                    if let Some(token) = token {
+                        callbacks.complete(&token, answer).unwrap();
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let out = execute(&saga(), input("execute", Some(timeout)), &script, 0.0, &callbacks).await;
+        approver.await.unwrap();
+        (out, script.calls())
+    }
+
+    #[tokio::test]
+    async fn an_approval_sends_the_waiting_task_on() {
+        let (out, calls) = with_approval(Some(Ok(json!({"approved_by": "bob"}))), 5.0).await;
+        assert_eq!(out.unwrap()["approved"], json!({"approved_by": "bob"}));
+        assert_eq!(calls, vec!["await_approval", "execute", "execute"]);
+    }
+
+    #[tokio::test]
+    async fn a_rejection_closes_the_saga_without_running_anything() {
+        let (out, calls) = with_approval(Some(Err(fail("Keel.Rejected", "rejected by bob"))), 5.0).await;
+        assert_eq!(out.unwrap()["error"]["Error"], "Keel.Rejected");
+        assert_eq!(calls, vec!["await_approval"]);
+    }
+
+    #[tokio::test]
+    async fn an_approval_that_never_comes_times_out_and_expires() {
+        let (out, calls) = with_approval(None, 0.05).await;
+        assert_eq!(out.unwrap()["error"]["Error"], "States.Timeout");
+        assert_eq!(calls, vec!["await_approval", "expire"]);
+    }
+
+    #[tokio::test]
+    async fn completing_an_unknown_or_finished_task_is_refused() {
+        assert!(matches!(Callbacks::default().complete("nope", Ok(json!({}))), Err(StoreError::ConditionFailed)));
     }
 }

@@ -189,7 +189,7 @@ where
     });
     let (s, r) = client.call("PUT", "/v1/tools/issue_refund", carol, Some(tool)).await?;
     expect(s, 200, &r, "register tool")?;
-    println!("     issue_refund v{} reversible={} connector={}", r["version"], r["reversible"], r["connector"]["url"]);
+    println!("     issue_refund v{} reversible={} connector={}", r["version"], r["reversible"], r["steps"][0]["connector"]["url"]);
 
     step(&mut n, "ann proposes a refund of 42.50 for order A-1001");
     let proposal = json!({"tool": "issue_refund", "args": {"order_id": "A-1001", "amount": 42.5}, "idempotency_key": format!("refund-A-1001-{tenant}")});
@@ -203,17 +203,17 @@ where
     expect(s, 403, &r, "self-approval")?;
     println!("     HTTP 403: {}", r["error"]["message"]);
 
-    step(&mut n, "bob approves; the saga executes it through the connector");
+    step(&mut n, "bob approves; the saga, waiting on its task token, executes it through the connector");
     let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/approve"), bob, None).await?;
     expect(s, 200, &r, "approve")?;
     let done = wait_for(client, ann, &action_id, "executed").await?;
-    println!("     executed: {}", done["outcome"]);
+    println!("     executed: {}", done["steps"][0]["outcome"]);
 
     step(&mut n, "ann undoes it; the saga runs the compensation once");
     let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/undo"), ann, None).await?;
     expect(s, 200, &r, "undo")?;
     let undone = wait_for(client, ann, &action_id, "undone").await?;
-    println!("     undone: {}", undone["undo_outcome"]);
+    println!("     undone: {}", undone["steps"][0]["compensation"]);
     let calls = connector.calls.lock().map(|c| c.clone()).unwrap_or_default();
     println!("     the refund service saw: {calls:?}");
 

@@ -92,6 +92,7 @@ async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
         data_dir: data_dir.to_path_buf(),
         port,
         routing: keel_routing::RoutingOptions::from_config(&config),
+        tools: keel_tools::ToolsOptions::from_config(&config),
         config,
         retry_interval_scale: 1.0,
         queue_visibility: Duration::from_secs(5),

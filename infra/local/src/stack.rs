@@ -20,7 +20,7 @@ use keel_routing::{Routing, RoutingOptions};
 use keel_core::tenants::TenantCache;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
-use keel_tools::{StepInput, Tools};
+use keel_tools::{StepInput, Tools, ToolsOptions};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct StackOptions {
     pub max_receives: u32,
     /// Gateway settings: refusal thresholds, retries and breakers (tests shorten them).
     pub routing: RoutingOptions,
+    /// Tools settings: connector timeout, retries and breakers, approval timeout.
+    pub tools: ToolsOptions,
 }
 
 struct Services {
@@ -91,12 +93,7 @@ impl Stack {
         let config = Arc::new(options.config);
 
         let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
-        let tools = Arc::new(Tools::new(
-            table.clone(),
-            queue.clone(),
-            Arc::new(saga.clone()),
-            Duration::from_millis(config.connector_timeout_ms),
-        )?);
+        let tools = Arc::new(Tools::new(table.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
         saga.connect(Arc::new(ToolsTask(tools.clone())));
         let resumed = saga.resume()?;
         if resumed > 0 {
@@ -143,7 +140,7 @@ impl Stack {
         format!("http://{}", self.addr)
     }
 
-    /// Waits until both queues are empty (dead letters aside), up to `timeout`.
+    /// Waits until every queue is empty (dead letters aside), up to `timeout`.
     pub async fn settle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
@@ -192,6 +189,7 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
         let failed = match queue {
             QueueName::Ingest => services.retrieval.ingest(&batch).await,
             QueueName::Audit => services.audit.consume(&batch).await,
+            QueueName::Actions => services.tools.consume(&batch).await,
         };
         for m in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
             if let Err(e) = store.ack(queue, &m.receipt).await {
@@ -242,7 +240,7 @@ async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body
             Reply::Whole(r) => r,
             Reply::Stream(rx) => return event_stream(rx, &request_id),
         },
-        "tools" | "actions" => dispatch(req, |r| s.tools.handle(r)).await,
+        "tools" | "actions" | "policies" => dispatch(req, |r| s.tools.handle(r)).await,
         "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,
         _ => respond(Err(keel_core::http::not_found(&req)), &request_id),
     };

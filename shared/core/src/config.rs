@@ -39,6 +39,8 @@ pub struct Config {
     pub min_evidence_similarity: f32,
     /// Timeout for a connector call of a governed action.
     pub connector_timeout_ms: u64,
+    /// How long a governed action waits for its approval before it expires.
+    pub approval_timeout_secs: u64,
     /// Hybrid retrieval when set; lexical (BM25) only when not.
     pub embedding: Option<EmbeddingFiles>,
     /// Bound of a warm function's index cache, in chunks across tenants.
@@ -87,6 +89,7 @@ impl Config {
             min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", DEFAULT_MIN_EVIDENCE_COVERAGE)?,
             min_evidence_similarity: number(&get, "KEEL_MIN_EVIDENCE_SIMILARITY", DEFAULT_MIN_EVIDENCE_SIMILARITY)?,
             connector_timeout_ms: number(&get, "KEEL_CONNECTOR_TIMEOUT_MS", 5_000)?,
+            approval_timeout_secs: number(&get, "KEEL_APPROVAL_TIMEOUT_SECS", 24 * 3600)?,
             embedding,
             index_cache_chunks: number(&get, "KEEL_INDEX_CACHE_CHUNKS", 500_000)?,
             index_max_segments: number(&get, "KEEL_INDEX_MAX_SEGMENTS", 8)?,

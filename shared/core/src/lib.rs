@@ -12,6 +12,7 @@ pub mod ids;
 pub mod models;
 pub mod openai;
 pub mod ports;
+pub mod resilience;
 pub mod tenants;
 pub mod stats;
 pub mod text;

@@ -106,15 +106,18 @@ pub enum QueueName {
     Ingest,
     /// Decision events for `audit`.
     Audit,
+    /// Action proposals from producers, for `tools`.
+    Actions,
 }
 
 impl QueueName {
-    pub const ALL: [QueueName; 2] = [QueueName::Ingest, QueueName::Audit];
+    pub const ALL: [QueueName; 3] = [QueueName::Ingest, QueueName::Audit, QueueName::Actions];
 
     pub fn as_str(self) -> &'static str {
         match self {
             QueueName::Ingest => "ingest",
             QueueName::Audit => "audit",
+            QueueName::Actions => "actions",
         }
     }
 }
@@ -152,6 +155,11 @@ pub trait Saga: Send + Sync {
     /// same input returns the same execution: a retry never runs a saga twice.
     async fn start(&self, name: &str, input: Value) -> Result<String, StoreError>;
     async fn status(&self, execution_id: &str) -> Result<ExecutionStatus, StoreError>;
+    /// Completes a task that waits for its token (`.waitForTaskToken`) with `output`.
+    /// `ConditionFailed` when the task is no longer waiting (timed out, or done).
+    async fn send_task_success(&self, token: &str, output: Value) -> Result<(), StoreError>;
+    /// Fails a waiting task with `error` (what a Catch matches) and `cause`.
+    async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> Result<(), StoreError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
