@@ -1,12 +1,13 @@
 //! `keel-local serve|demo`: the local stack (see README.md).
 
 use keel_core::config::Config;
+use keel_core::ports::QueueName;
 use keel_core::KeelError;
 use keel_local::{demo, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR]";
+const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR]\n       keel-local redrive ingest|audit|actions [--data-dir DIR]";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber_init();
@@ -35,7 +36,9 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
     let mut port = 8080u16;
     let mut data_dir = PathBuf::from(".keel");
     let command = args.first().cloned().unwrap_or_default();
-    let mut rest = args.iter().skip(1);
+    // `redrive` names its queue before the flags.
+    let queue = (command == "redrive").then(|| args.get(1).cloned().unwrap_or_default());
+    let mut rest = args.iter().skip(if queue.is_some() { 2 } else { 1 });
     while let Some(flag) = rest.next() {
         let value = rest.next().ok_or_else(|| KeelError::BadRequest(format!("{flag} needs a value\n{USAGE}")))?;
         match flag.as_str() {
@@ -58,6 +61,17 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
             let result = demo::run(&client, &stack.admin_key, || stack.settle(Duration::from_secs(10))).await;
             stack.stop().await;
             result
+        }
+        "redrive" => {
+            let name = queue.unwrap_or_default();
+            let queue = QueueName::ALL
+                .into_iter()
+                .find(|q| q.as_str() == name)
+                .ok_or_else(|| KeelError::BadRequest(format!("no queue {name:?}\n{USAGE}")))?;
+            let db = keel_local::sqlite::Db::open(&data_dir.join("keel.sqlite3"))?;
+            let moved = keel_local::sqlite::SqliteQueue::new(db, Duration::from_secs(5), 3).redrive(queue)?;
+            println!("moved {moved} dead letter(s) back to the {name} queue; the next `keel-local serve` processes them");
+            Ok(())
         }
         _ => Err(KeelError::BadRequest(USAGE.into())),
     }

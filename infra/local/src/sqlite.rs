@@ -358,6 +358,18 @@ impl SqliteQueue {
         })
     }
 
+    /// Moves the queue's dead letters back, as new deliveries: the replay
+    /// after the cause of the failures is fixed. Returns how many moved.
+    pub fn redrive(&self, queue: QueueName) -> Result<usize, StoreError> {
+        self.db.with(move |c| {
+            run(
+                c,
+                "UPDATE messages SET dead = 0, receives = 0, visible_at = ?2 WHERE queue = ?1 AND dead = 1",
+                params![queue.as_str(), now_ms()],
+            )
+        })
+    }
+
     /// Messages not yet acked (in flight or waiting), dead letters excluded.
     pub fn pending(&self, queue: QueueName) -> Result<usize, StoreError> {
         self.db.with(move |c| {

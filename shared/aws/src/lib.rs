@@ -35,6 +35,7 @@ impl AwsResources {
         let mut queue_urls = HashMap::new();
         queue_urls.insert(QueueName::Ingest, var("KEEL_INGEST_QUEUE_URL")?);
         queue_urls.insert(QueueName::Audit, var("KEEL_AUDIT_QUEUE_URL")?);
+        queue_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_QUEUE_URL")?);
         Ok(Self { table: var("KEEL_TABLE")?, bucket: var("KEEL_BUCKET")?, queue_urls, saga_arn: var("KEEL_SAGA_ARN")? })
     }
 }

@@ -28,10 +28,27 @@ impl SqsQueue {
     }
 }
 
-#[async_trait]
-impl WorkQueue for SqsQueue {
-    async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
-        let mut req = self.client.send_message().queue_url(self.url(queue)?).message_body(body);
+impl SqsQueue {
+    /// Moves every message of a dead-letter queue back to `to_url` (its
+    /// attributes kept), deleting each from the DLQ once it is re-sent: the
+    /// replay after the cause of the failures is fixed. Returns how many moved.
+    pub async fn redrive(&self, dead_letter_url: &str, to_url: &str) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        loop {
+            let batch = self.receive_from(dead_letter_url, 10).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            for m in batch {
+                self.send_to(to_url, m.body, m.attributes).await?;
+                self.delete_from(dead_letter_url, &m.receipt).await?;
+                moved += 1;
+            }
+        }
+    }
+
+    async fn send_to(&self, url: &str, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
+        let mut req = self.client.send_message().queue_url(url).message_body(body);
         for (k, v) in attributes {
             let value = MessageAttributeValue::builder()
                 .data_type("String")
@@ -44,11 +61,11 @@ impl WorkQueue for SqsQueue {
         Ok(out.message_id().unwrap_or_default().to_string())
     }
 
-    async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
+    async fn receive_from(&self, url: &str, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
         let out = self
             .client
             .receive_message()
-            .queue_url(self.url(queue)?)
+            .queue_url(url)
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_attribute_names("All")
@@ -79,14 +96,29 @@ impl WorkQueue for SqsQueue {
             .collect())
     }
 
-    async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
+    async fn delete_from(&self, url: &str, receipt: &str) -> Result<(), StoreError> {
         self.client
             .delete_message()
-            .queue_url(self.url(queue)?)
+            .queue_url(url)
             .receipt_handle(receipt)
             .send()
             .await
             .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SqsQueue {
+    async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
+        self.send_to(self.url(queue)?, body, attributes).await
+    }
+
+    async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
+        self.receive_from(self.url(queue)?, max).await
+    }
+
+    async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
+        self.delete_from(self.url(queue)?, receipt).await
     }
 }
