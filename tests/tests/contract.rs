@@ -122,6 +122,28 @@ async fn queue_contract(q: &dyn WorkQueue) {
     assert!(q.receive(QueueName::Audit, 10).await.unwrap().is_empty(), "acked messages are gone");
 }
 
+/// The DLQ replay moves every dead letter back, attributes kept, and leaves the DLQ empty.
+async fn redrive_contract(queue: &SqsQueue, sqs: &aws_sdk_sqs::Client, dlq: &str, to: &str) {
+    for i in 0..13 {
+        let tenant = aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value("acme").build().unwrap();
+        sqs.send_message().queue_url(dlq).message_body(format!("m{i}")).message_attributes("tenant", tenant).send().await.unwrap();
+    }
+    assert_eq!(queue.redrive(dlq, to).await.unwrap(), 13);
+    let mut bodies = Vec::new();
+    while bodies.len() < 13 {
+        let batch = queue.receive(QueueName::Actions, 10).await.unwrap();
+        assert!(!batch.is_empty(), "redriven messages missing after {}", bodies.len());
+        for m in batch {
+            assert_eq!(m.attributes["tenant"], "acme");
+            queue.ack(QueueName::Actions, &m.receipt).await.unwrap();
+            bodies.push(m.body);
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies.len(), 13);
+    assert_eq!(queue.redrive(dlq, to).await.unwrap(), 0, "the DLQ is empty");
+}
+
 /// A Pass-only machine: starting the same name twice is one execution.
 async fn saga_contract(s: &dyn Saga) {
     let name = format!("c{}", uuid::Uuid::new_v4().simple());
@@ -215,7 +237,10 @@ async fn aws_adapters_meet_the_contract_against_moto() {
         let out = sqs.create_queue().queue_name(format!("keel-{}-{suffix}", q.as_str())).send().await.unwrap();
         urls.insert(q, out.queue_url().unwrap().to_string());
     }
-    queue_contract(&SqsQueue::new(sqs, urls)).await;
+    let dlq = sqs.create_queue().queue_name(format!("keel-dlq-{suffix}")).send().await.unwrap().queue_url().unwrap().to_string();
+    let queue = SqsQueue::new(sqs.clone(), urls.clone());
+    queue_contract(&queue).await;
+    redrive_contract(&queue, &sqs, &dlq, &urls[&QueueName::Actions]).await;
 
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let machine = sfn
@@ -226,7 +251,107 @@ async fn aws_adapters_meet_the_contract_against_moto() {
         .send()
         .await
         .unwrap();
-    saga_contract(&StepFunctionsSaga::new(sfn, machine.state_machine_arn())).await;
+    saga_contract(&StepFunctionsSaga::new(sfn.clone(), machine.state_machine_arn())).await;
+    action_saga_in_moto(&endpoint, &sfn, &suffix).await;
+}
+
+/// Calls a moto API that the test has no SDK client for (IAM, Lambda, moto's own).
+async fn moto_call(endpoint: &str, service: &str, method: reqwest::Method, path: &str, content_type: &str, body: String) -> Value {
+    let auth = format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0");
+    let response = reqwest::Client::new()
+        .request(method, format!("{endpoint}{path}"))
+        .header("Authorization", auth)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{service} {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// The saga's real ASL (`infra/statemachines/action.asl.json`) executed by
+/// moto, through our Step Functions adapter: the approval wait on a task
+/// token (approved, rejected, timed out) and the step loop. moto's Lambda
+/// does not run code: it answers from a queue of canned results, one per
+/// invocation, which play the tools function's answers.
+async fn action_saga_in_moto(endpoint: &str, sfn: &aws_sdk_sfn::Client, suffix: &str) {
+    let role = format!("keel-tools-{suffix}");
+    let form = format!("Action=CreateRole&Version=2010-05-08&RoleName={role}&AssumeRolePolicyDocument=%7B%7D");
+    moto_call(endpoint, "iam", reqwest::Method::POST, "/", "application/x-www-form-urlencoded", form).await;
+    let role_arn = format!("arn:aws:iam::123456789012:role/{role}");
+    // The smallest valid zip (an empty archive): moto keeps the code, never runs it.
+    let empty_zip = "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==";
+    let function = json!({"FunctionName": role, "Runtime": "provided.al2023", "Role": role_arn, "Handler": "bootstrap",
+        "Code": {"ZipFile": empty_zip}});
+    let created = moto_call(endpoint, "lambda", reqwest::Method::POST, "/2015-03-31/functions", "application/json", function.to_string()).await;
+    let definition = include_str!("../../infra/statemachines/action.asl.json")
+        .replace("${ToolsFunctionArn}", created["FunctionArn"].as_str().unwrap());
+    let machine = sfn.create_state_machine().name(format!("keel-action-{suffix}")).definition(definition).role_arn(&role_arn).send().await.unwrap();
+    let saga = StepFunctionsSaga::new(sfn.clone(), machine.state_machine_arn());
+
+    let canned = |results: &[&str]| {
+        let body = json!({"results": results}).to_string();
+        moto_call(endpoint, "lambda", reqwest::Method::POST, "/moto-api/static/lambda-simple/response", "application/json", body)
+    };
+    let input = |operation: &str, timeout: u64| {
+        json!({"tenant": "acme", "action_id": "act_1", "operation": operation, "approval": timeout > 0, "approval_timeout_seconds": timeout})
+    };
+    // The task token the saga handed to the tools function, from the execution's history.
+    let token_of = |execution: String| {
+        let sfn = sfn.clone();
+        async move {
+            for _ in 0..100 {
+                let history = sfn.get_execution_history().execution_arn(&execution).send().await.unwrap();
+                let scheduled = history.events().iter().filter_map(|e| e.task_scheduled_event_details()).next();
+                if let Some(d) = scheduled {
+                    let params: Value = serde_json::from_str(d.parameters()).unwrap();
+                    return params["Payload"]["task_token"].as_str().unwrap().to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the saga never scheduled its approval task");
+        }
+    };
+    let finish = |execution: String| {
+        let saga = saga.clone();
+        async move {
+            for _ in 0..150 {
+                match saga.status(&execution).await.unwrap() {
+                    ExecutionStatus::Running => tokio::time::sleep(Duration::from_millis(100)).await,
+                    other => return other,
+                }
+            }
+            panic!("the saga never finished");
+        }
+    };
+
+    // Approved: the wait ends with the approval, then the steps run until one answers done.
+    canned(&[r#"{"waiting": true}"#, r#"{"done": false}"#, r#"{"done": true}"#]).await;
+    let execution = saga.start("approved", input("execute", 30)).await.unwrap();
+    saga.send_task_success(&token_of(execution.clone()).await, json!({"approved_by": "bob"})).await.unwrap();
+    let ExecutionStatus::Succeeded(out) = finish(execution).await else { panic!("approved saga failed") };
+    assert_eq!((out["approved"]["approved_by"].as_str(), out["progress"]["Payload"]["done"].as_bool()), (Some("bob"), Some(true)), "{out}");
+
+    // Rejected: the wait fails with Keel.Rejected and the saga closes without running a step.
+    canned(&[r#"{"waiting": true}"#]).await;
+    let execution = saga.start("rejected", input("execute", 30)).await.unwrap();
+    saga.send_task_failure(&token_of(execution.clone()).await, "Keel.Rejected", "rejected by bob").await.unwrap();
+    let ExecutionStatus::Succeeded(out) = finish(execution).await else { panic!("rejected saga failed") };
+    assert_eq!(out["error"]["Error"], "Keel.Rejected");
+    assert!(out.get("progress").is_none(), "no step ran: {out}");
+
+    // Nobody decides: States.Timeout, then the expire step.
+    canned(&[r#"{"waiting": true}"#, r#"{"expired": true}"#]).await;
+    let ExecutionStatus::Succeeded(out) = finish(saga.start("expired", input("execute", 1)).await.unwrap()).await else {
+        panic!("expired saga failed")
+    };
+    assert_eq!((out["error"]["Error"].as_str(), out["expiry"]["Payload"]["expired"].as_bool()), (Some("States.Timeout"), Some(true)), "{out}");
+
+    // A token nobody waits on any more is refused as a lost race, not a backend failure.
+    assert!(matches!(saga.send_task_success("no-such-token", json!({})).await, Err(StoreError::ConditionFailed)));
 }
 
 #[tokio::test]
