@@ -43,6 +43,8 @@ fn every_sample_event_is_recognized() {
     let Incoming::Http(url) = event(include_str!("../../events/routing/ask-stream-url.json")) else { panic!() };
     assert!(url.caller.is_none() && url.headers["authorization"].starts_with("Bearer keel_"));
     assert!(matches!(event(include_str!("../../events/tools/saga-step.json")), Incoming::Task(_)));
+    assert!(matches!(event(include_str!("../../events/tools/await-approval-step.json")), Incoming::Task(_)));
+    assert!(matches!(event(include_str!("../../events/tools/actions-batch.json")), Incoming::Queue(_)));
     assert!(matches!(event(include_str!("../../events/retrieval/ingest-batch.json")), Incoming::Queue(_)));
     assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Incoming::Queue(_)));
 }

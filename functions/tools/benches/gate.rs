@@ -93,7 +93,14 @@ fn main() {
     let policies = TenantPolicies::new(TENANT_POLICIES, SHADOW_POLICY).unwrap();
     let p = &policies;
 
-    measure("policy decision + schema validation", CALLS, |_| {
+    let defaults = gate.defaults();
+    measure("policy decision + schema validation (Keel's default policies)", CALLS, |_| {
+        let propose = gate.decide(&defaults, black_box(&caller), Verb::Propose, black_box(&subject)).unwrap();
+        assert!(propose.allowed);
+        let validator = compiled.get("acme/refund@1", &schema).unwrap();
+        validate(&validator, black_box(&args)).unwrap();
+    });
+    measure("policy decision + schema validation (tenant limits, cap, window + a shadow policy)", CALLS, |_| {
         let propose = gate.decide(p, black_box(&caller), Verb::Propose, black_box(&subject)).unwrap();
         assert!(propose.allowed);
         let validator = compiled.get("acme/refund@1", &schema).unwrap();

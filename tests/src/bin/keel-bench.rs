@@ -10,14 +10,26 @@
 //! ```text
 //! cargo run --release -p keel-tests --bin keel-bench -- gateway [seconds=5] [runs=3]
 //! ```
+//!
+//! `keel-bench actions`: governed actions end to end through the local stack.
+//! `workers` clients each propose low-risk actions back to back (auth, schema,
+//! Cedar, daily counters, idempotency record, decision event, saga start); the
+//! saga runs each through a connector on loopback. Reports actions per second
+//! (first proposal to the last connector call), proposal latency and the time
+//! from proposal to the connector call:
+//!
+//! ```text
+//! cargo run --release -p keel-tests --bin keel-bench -- actions [actions=500] [runs=3] [workers=8]
+//! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_tests::stub::{Behavior, StubModels};
 use keel_tests::{config, percentile, start_stack, tenant, Client};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const RATES: [u64; 2] = [100, 1_000];
 
@@ -123,14 +135,118 @@ async fn gateway(seconds: u64, runs: usize) {
     stack.stop().await;
 }
 
+/// A connector on loopback that notes when each idempotency key first arrives.
+async fn arrival_connector() -> (String, Arc<Mutex<HashMap<String, Instant>>>) {
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            seen.lock().unwrap().entry(key).or_insert_with(Instant::now);
+            axum::Json(json!({"ok": true}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, arrivals)
+}
+
+async fn actions(total: usize, runs: usize, workers: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_MODEL_DIR", ""), ("KEEL_TENANT_CACHE_SECS", "5")])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "bench", json!({"autonomy": "unattended", "rate_limit_per_minute": 10_000_000})).await;
+    let (url, arrivals) = arrival_connector().await;
+    let tool = json!({"description": "credit an account", "risk": "low",
+        "input_schema": {"type": "object", "required": ["account", "amount"], "additionalProperties": false,
+            "properties": {"account": {"type": "string"}, "amount": {"type": "number", "minimum": 0}}},
+        "connector": {"url": format!("{url}/credit")}, "compensation": {"url": format!("{url}/credit/undo")}, "metered_arg": "amount"});
+    let (s, r) = c.call("PUT", "/v1/tools/credit", &t.admin, Some(tool)).await.unwrap();
+    assert_eq!(s, 200, "{r}");
+    println!("governed actions end to end: {total} actions per run, {workers} workers proposing back to back, {runs} runs");
+    let mut rows: Vec<[f64; 5]> = Vec::new();
+    for run in 0..=runs {
+        let next = Arc::new(AtomicU64::new(0));
+        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (c, key, next, sent) = (Client::new(stack.url()), t.member.clone(), next.clone(), sent.clone());
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= total {
+                        return latencies;
+                    }
+                    let idempotency_key = format!("r{run}-{i}");
+                    let body = json!({"tool": "credit", "args": {"account": format!("acc-{i}"), "amount": 1}, "idempotency_key": idempotency_key});
+                    let began = Instant::now();
+                    sent.lock().unwrap().insert(format!("bench:{idempotency_key}:main"), began);
+                    let (s, r) = c.call("POST", "/v1/actions", &key, Some(body)).await.unwrap();
+                    assert_eq!(s, 201, "{r}");
+                    latencies.push(began.elapsed().as_secs_f64() * 1e3);
+                }
+            });
+        }
+        let mut propose: Vec<f64> = tasks.join_all().await.into_iter().flatten().collect();
+        propose.sort_by(f64::total_cmp);
+        let prefix = format!("bench:r{run}-");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (last, mut end_to_end) = loop {
+            let arrived = arrivals.lock().unwrap();
+            let mine: Vec<(&String, &Instant)> = arrived.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+            if mine.len() == total {
+                let sent = sent.lock().unwrap();
+                let last = mine.iter().map(|(_, at)| **at).max().unwrap();
+                let e2e: Vec<f64> = mine.iter().map(|(k, at)| at.duration_since(sent[k.as_str()]).as_secs_f64() * 1e3).collect();
+                break (last, e2e);
+            }
+            assert!(Instant::now() < deadline, "only {} of {total} actions reached the connector", mine.len());
+            drop(arrived);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        end_to_end.sort_by(f64::total_cmp);
+        assert!(stack.settle(Duration::from_secs(120)).await, "audit queue drained");
+        let row = [
+            total as f64 / last.duration_since(start).as_secs_f64(),
+            percentile(&propose, 0.5),
+            percentile(&propose, 0.99),
+            percentile(&end_to_end, 0.5),
+            percentile(&end_to_end, 0.99),
+        ];
+        if run == 0 {
+            continue; // warm-up: connections, caches, SQLite pages
+        }
+        println!(
+            "  run {run}: {:.0} actions/s | propose p50 {:.2} p99 {:.2} ms | proposal to connector p50 {:.2} p99 {:.2} ms",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+        rows.push(row);
+    }
+    let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+    println!(
+        "actions (median of {runs} runs): {:.0} actions/s; propose p50 {:.2} ms p99 {:.2} ms; proposal to connector p50 {:.2} ms p99 {:.2} ms",
+        col(0),
+        col(1),
+        col(2),
+        col(3),
+        col(4)
+    );
+    stack.stop().await;
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("gateway") => gateway(number(1, 5), number(2, 3) as usize).await,
+        Some("actions") => actions(number(1, 500) as usize, number(2, 3) as usize, number(3, 8) as usize).await,
         _ => {
-            eprintln!("usage: keel-bench gateway [seconds] [runs]");
+            eprintln!("usage: keel-bench gateway [seconds] [runs]\n       keel-bench actions [actions] [runs] [workers]");
             std::process::exit(2);
         }
     }
