@@ -68,17 +68,27 @@ impl Saga for StepFunctionsSaga {
 
     async fn send_task_success(&self, token: &str, output: Value) -> Result<(), StoreError> {
         let out = self.client.send_task_success().task_token(token).output(output.to_string()).send().await;
-        out.map(|_| ()).map_err(|e| match e.as_service_error() {
-            Some(se) if se.is_task_timed_out() || se.is_invalid_token() || se.is_task_does_not_exist() => StoreError::ConditionFailed,
-            _ => StoreError::Backend(sdk_message(&e)),
+        out.map(|_| ()).map_err(|e| {
+            let gone = e.as_service_error().is_some_and(|se| se.is_task_timed_out() || se.is_invalid_token() || se.is_task_does_not_exist());
+            task_gone_or(gone, sdk_message(&e))
         })
     }
 
     async fn send_task_failure(&self, token: &str, error: &str, cause: &str) -> Result<(), StoreError> {
         let out = self.client.send_task_failure().task_token(token).error(error).cause(cause).send().await;
-        out.map(|_| ()).map_err(|e| match e.as_service_error() {
-            Some(se) if se.is_task_timed_out() || se.is_invalid_token() || se.is_task_does_not_exist() => StoreError::ConditionFailed,
-            _ => StoreError::Backend(sdk_message(&e)),
+        out.map(|_| ()).map_err(|e| {
+            let gone = e.as_service_error().is_some_and(|se| se.is_task_timed_out() || se.is_invalid_token() || se.is_task_does_not_exist());
+            task_gone_or(gone, sdk_message(&e))
         })
+    }
+}
+
+/// A task that no longer waits (timed out, done, or never was) is a lost race
+/// for the caller (`ConditionFailed`), not a backend failure.
+fn task_gone_or(gone: bool, message: String) -> StoreError {
+    if gone {
+        StoreError::ConditionFailed
+    } else {
+        StoreError::Backend(message)
     }
 }
