@@ -162,6 +162,9 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     let (_, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("refund", 5.0, "w-1"))).await.unwrap();
     assert_eq!(a["status"], "pending_approval", "{a}");
     let id = a["action_id"].as_str().unwrap();
+    // The tool changes while the action waits: it still runs the version it was proposed (and approved) with.
+    let v2 = put(&c, &t.admin, "/v1/tools/refund", tool("high", json!([step("refund", &svc.url, "refund-v2")]), json!({}))).await;
+    assert_eq!(v2["version"], 2);
     let (s, r) = c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap();
     assert_eq!(s, 200, "{r}");
     wait_for(&c, &t.member, id, "executed").await;
@@ -176,7 +179,7 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     let id = a["action_id"].as_str().unwrap();
     wait_for(&c, &t.member, id, "expired").await;
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0, 409);
-    assert_eq!(svc.paths(), ["/refund"], "only the approved action ran");
+    assert_eq!(svc.paths(), ["/refund"], "only the approved action ran, at its proposed version");
     assert!(stack.settle(Duration::from_secs(10)).await);
     assert_eq!(events(&c, &t.member, id).await, ["action.proposed", "action.expired"]);
     assert_eq!(events(&c, &t.member, &rejected).await, ["action.proposed", "action.rejected"]);

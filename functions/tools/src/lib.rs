@@ -249,6 +249,9 @@ pub struct Tools {
 fn tool_sk(name: &str) -> String {
     format!("TOOL#{name}")
 }
+fn tool_version_sk(name: &str, version: u64) -> String {
+    format!("TOOLVERSION#{name}#{version:010}")
+}
 fn action_sk(id: &str) -> String {
     format!("ACTION#{id}")
 }
@@ -356,10 +359,22 @@ impl Tools {
             updated_at: now_rfc3339(),
         };
         let condition = existing.map_or(Condition::NotExists, |(_, v)| Condition::Version(v));
-        self.table
-            .put(Write { pk: tenant.pk(), sk: tool_sk(name), data: serde_json::to_value(&tool)?, expires_at: None, condition })
-            .await?;
+        let data = serde_json::to_value(&tool)?;
+        // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
+        let version = Write { pk: tenant.pk(), sk: tool_version_sk(name, tool.version), data: data.clone(), expires_at: None, condition: Condition::NotExists };
+        let latest = Write { pk: tenant.pk(), sk: tool_sk(name), data, expires_at: None, condition };
+        self.table.put_all(vec![latest, version]).await.map_err(|e| match e {
+            StoreError::ConditionFailed => KeelError::Conflict(format!("tool {name} changed meanwhile; retry")),
+            other => other.into(),
+        })?;
         Ok(tool)
+    }
+
+    /// The tool as it was when the action was proposed.
+    async fn tool_at(&self, tenant: &TenantId, name: &str, version: u64) -> Result<Tool, KeelError> {
+        let item = self.table.get(&tenant.pk(), &tool_version_sk(name, version)).await?;
+        let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} v{version} is not registered")))?;
+        Ok(serde_json::from_value(item.data)?)
     }
 
     async fn tool(&self, tenant: &TenantId, name: &str) -> Result<(Tool, u64), KeelError> {
@@ -597,7 +612,7 @@ impl Tools {
         if action.status != ActionStatus::PendingApproval {
             return Err(KeelError::Conflict(format!("action {id} is not pending approval")));
         }
-        let (tool, _) = self.tool(tenant, &action.tool).await?;
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
         let autonomy = effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy);
         // The kill switch takes effect at once: nothing pending runs while the tenant is suggest-only.
         if approve && autonomy == Autonomy::SuggestOnly {
@@ -644,7 +659,7 @@ impl Tools {
     async fn undo(&self, caller: &Caller, id: &str) -> Result<Action, KeelError> {
         let tenant = caller.tenant()?;
         let (mut action, version) = self.action(tenant, id).await?;
-        let (tool, _) = self.tool(tenant, &action.tool).await?;
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
         if action.status != ActionStatus::Executed {
             return Err(KeelError::Conflict(format!("action {id} is not executed, so it cannot be undone")));
         }

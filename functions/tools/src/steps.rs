@@ -97,7 +97,7 @@ impl Tools {
         if action.status != ActionStatus::Running {
             return Err(KeelError::Conflict(format!("action is {:?}, not running", action.status)));
         }
-        let (tool, _) = self.tool_version(tenant, &action).await?;
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
         let Some(i) = action.steps.iter().position(|s| s.outcome.is_none()) else {
             return self.finish(tenant, action, version).await;
         };
@@ -138,7 +138,7 @@ impl Tools {
             }
             (_, status) => return Err(KeelError::Conflict(format!("action is {status:?}; nothing to compensate"))),
         }
-        let (tool, _) = self.tool_version(tenant, &action).await?;
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
         let last = action.steps.iter().rposition(|s| s.outcome.is_some() && s.compensation.is_none());
         let Some(i) = last else {
             if undo {
@@ -186,16 +186,6 @@ impl Tools {
         let kind = if undo { "action.undo_failed" } else { "action.failed" };
         self.record(tenant, &action, kind, "saga", json!({"error": action.error, "steps": action.steps})).await?;
         Ok(json!({"recorded": true}))
-    }
-
-    /// The tool as it was when the action was proposed (its current version
-    /// when that one is gone: tool records keep only the latest).
-    async fn tool_version(&self, tenant: &TenantId, action: &Action) -> Result<(crate::Tool, u64), KeelError> {
-        let (tool, version) = self.tool(tenant, &action.tool).await?;
-        if tool.version != action.tool_version {
-            tracing::warn!(tool = %tool.name, proposed = action.tool_version, current = tool.version, "tool changed since the proposal");
-        }
-        Ok((tool, version))
     }
 }
 

@@ -196,17 +196,21 @@ async fn actions(total: usize, runs: usize, workers: usize) {
         let prefix = format!("bench:r{run}-");
         let deadline = Instant::now() + Duration::from_secs(120);
         let (last, mut end_to_end) = loop {
-            let arrived = arrivals.lock().unwrap();
-            let mine: Vec<(&String, &Instant)> = arrived.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
-            if mine.len() == total {
-                let sent = sent.lock().unwrap();
-                let last = mine.iter().map(|(_, at)| **at).max().unwrap();
-                let e2e: Vec<f64> = mine.iter().map(|(k, at)| at.duration_since(sent[k.as_str()]).as_secs_f64() * 1e3).collect();
-                break (last, e2e);
+            let done = {
+                let arrived = arrivals.lock().unwrap();
+                let mine: Vec<(&String, &Instant)> = arrived.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+                assert!(Instant::now() < deadline, "only {} of {total} actions reached the connector", mine.len());
+                (mine.len() == total).then(|| {
+                    let sent = sent.lock().unwrap();
+                    let last = mine.iter().map(|(_, at)| **at).max().unwrap();
+                    let e2e: Vec<f64> = mine.iter().map(|(k, at)| at.duration_since(sent[k.as_str()]).as_secs_f64() * 1e3).collect();
+                    (last, e2e)
+                })
+            };
+            match done {
+                Some(done) => break done,
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
             }
-            assert!(Instant::now() < deadline, "only {} of {total} actions reached the connector", mine.len());
-            drop(arrived);
-            tokio::time::sleep(Duration::from_millis(5)).await;
         };
         end_to_end.sort_by(f64::total_cmp);
         assert!(stack.settle(Duration::from_secs(120)).await, "audit queue drained");
