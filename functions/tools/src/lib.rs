@@ -363,10 +363,7 @@ impl Tools {
         // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
         let version = Write { pk: tenant.pk(), sk: tool_version_sk(name, tool.version), data: data.clone(), expires_at: None, condition: Condition::NotExists };
         let latest = Write { pk: tenant.pk(), sk: tool_sk(name), data, expires_at: None, condition };
-        self.table.put_all(vec![latest, version]).await.map_err(|e| match e {
-            StoreError::ConditionFailed => KeelError::Conflict(format!("tool {name} changed meanwhile; retry")),
-            other => other.into(),
-        })?;
+        self.table.put_all(vec![latest, version]).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
         Ok(tool)
     }
 
@@ -407,10 +404,7 @@ impl Tools {
                 condition: Condition::Version(version),
             })
             .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed => KeelError::Conflict("the action changed meanwhile; reload it".into()),
-                other => other.into(),
-            })?;
+            .map_err(lost_race("the action changed meanwhile; reload it"))?;
         Ok(())
     }
 
@@ -426,9 +420,8 @@ impl Tools {
     }
 
     async fn put_policies(&self, tenant: &TenantId, mode: &str, text: String) -> Result<(), KeelError> {
-        policy::parse_tenant_policies(&text)?;
         let current = self.policy_texts(tenant).await?;
-        // The enforced and shadow sets are evaluated together, so they must combine.
+        // Parsed (and checked) as the sets will be evaluated: together, so they must combine.
         let other = if mode == "enforced" { "shadow" } else { "enforced" };
         let other_text = current[other]["policies"].as_str().unwrap_or_default();
         let (enforced, shadow) = if mode == "enforced" { (text.as_str(), other_text) } else { (other_text, text.as_str()) };
@@ -439,10 +432,7 @@ impl Tools {
         };
         let data = json!({"policies": text, "updated_at": now_rfc3339()});
         let write = Write { pk: tenant.pk(), sk: format!("{POLICY_PREFIX}{mode}"), data, expires_at: None, condition };
-        self.table.put(write).await.map_err(|e| match e {
-            StoreError::ConditionFailed => KeelError::Conflict("the policies changed meanwhile; retry".into()),
-            other => other.into(),
-        })?;
+        self.table.put(write).await.map_err(lost_race("the policies changed meanwhile; retry"))?;
         Ok(())
     }
 
@@ -463,6 +453,11 @@ impl Tools {
         let compiled = Arc::new(TenantPolicies::new(&text("enforced"), &text("shadow"))?);
         self.policies.insert(key, compiled.clone());
         Ok(compiled)
+    }
+
+    /// The autonomy in force for a tool: the tenant's (it must be active), capped by the tool's.
+    async fn autonomy(&self, tenant: &TenantId, tool: &Tool) -> Result<Autonomy, KeelError> {
+        Ok(effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy))
     }
 
     /// Counts a proposal into the tool's daily counters (atomically) and
@@ -503,7 +498,7 @@ impl Tools {
         }
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
         schema::validate(&validator, &req.args)?;
-        let autonomy = effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy);
+        let autonomy = self.autonomy(tenant, &tool).await?;
         let policies = self.tenant_policies(tenant).await?;
         let (today, counted) = self.count_today(tenant, &tool, &req.args).await?;
         let action_id = new_id("act");
@@ -613,7 +608,7 @@ impl Tools {
             return Err(KeelError::Conflict(format!("action {id} is not pending approval")));
         }
         let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
-        let autonomy = effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy);
+        let autonomy = self.autonomy(tenant, &tool).await?;
         // The kill switch takes effect at once: nothing pending runs while the tenant is suggest-only.
         if approve && autonomy == Autonomy::SuggestOnly {
             return Err(KeelError::Conflict(format!(
@@ -664,7 +659,7 @@ impl Tools {
             return Err(KeelError::Conflict(format!("action {id} is not executed, so it cannot be undone")));
         }
         let policies = self.tenant_policies(tenant).await?;
-        let autonomy = effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy);
+        let autonomy = self.autonomy(tenant, &tool).await?;
         let decision = self.gate.decide(&policies, caller, Verb::Undo, &self.subject(&action, &tool, autonomy))?;
         if !decision.allowed {
             return Err(KeelError::Forbidden(format!("policy denies undoing this action (policies: {})", decision.policies.join(", "))));
@@ -794,6 +789,14 @@ impl Tools {
             "rollback": {"order": "reverse", "steps": rollback,
                 "note": if tool.reversible { "POST /v1/actions/{id}/undo runs it once" } else { "not every step can be undone" }},
         })
+    }
+}
+
+/// A conditional write that lost to another writer, as the 409 `message`; other store errors as they are.
+fn lost_race(message: &str) -> impl Fn(StoreError) -> KeelError + '_ {
+    move |e| match e {
+        StoreError::ConditionFailed => KeelError::Conflict(message.into()),
+        other => other.into(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::{Action, ActionStatus, StepRun, Tools};
 use keel_core::ids::TenantId;
-use keel_core::{KeelError, StoreError};
+use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -67,7 +67,7 @@ impl Tools {
             }
             _ => self.saga.send_task_success(&token, json!({"approved": true})).await,
         };
-        sent.map_err(|e: StoreError| KeelError::from(e))?;
+        sent?;
         Ok(json!({"waiting": false}))
     }
 
