@@ -210,6 +210,13 @@ fn decimal_text(x: f64) -> Option<String> {
     (x.is_finite() && x.abs() < 9.0e14).then(|| format!("{x:.4}"))
 }
 
+/// Ten-thousandths as Cedar decimal text, sign included (-0.5 is "-0.5000").
+fn units_text(units: i64) -> String {
+    let sign = if units < 0 { "-" } else { "" };
+    let magnitude = units.unsigned_abs();
+    format!("{sign}{}.{:04}", magnitude / 10_000, magnitude % 10_000)
+}
+
 /// A quantity in Cedar decimal units (ten-thousandths).
 pub fn decimal_units(x: f64) -> Option<i64> {
     decimal_text(x).map(|_| (x * 10_000.0).round() as i64)
@@ -269,8 +276,10 @@ impl PolicyGate {
             context.push(("args".into(), record(args.filter_map(|(k, v)| Some((k.clone(), cedar_value(v)?))).collect())?));
         }
         if reads.today {
-            let total = format!("{}.{:04}", s.today.total_units / 10_000, (s.today.total_units % 10_000).abs());
-            let today = vec![("count".into(), RestrictedExpression::new_long(s.today.count)), ("total".into(), RestrictedExpression::new_decimal(total))];
+            let today = vec![
+                ("count".into(), RestrictedExpression::new_long(s.today.count)),
+                ("total".into(), RestrictedExpression::new_decimal(units_text(s.today.total_units))),
+            ];
             context.push(("today".into(), record(today)?));
         }
         if reads.now {
@@ -446,6 +455,14 @@ mod tests {
         let d = gate.decide(&p, &ann, Verb::Propose, &Subject { args: large, ..subject("high", "ann", "one_click") }).unwrap();
         assert!(d.allowed && d.policies == vec!["members-may-propose"]);
         assert_eq!(d.shadow, Some(ShadowDecision { allowed: false, policies: vec!["refund-limit".into()] }));
+    }
+
+    #[test]
+    fn daily_totals_keep_their_sign_and_four_places() {
+        assert_eq!(units_text(12_345_678), "1234.5678");
+        assert_eq!(units_text(-5_000), "-0.5000");
+        assert_eq!(units_text(0), "0.0000");
+        assert_eq!(decimal_units(-0.5), Some(-5_000));
     }
 
     #[test]
