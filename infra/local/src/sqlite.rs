@@ -124,13 +124,19 @@ fn serve(mut conn: Connection, queued: Receiver<Job>) {
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (4 KiB pages) past which a checkpoint also truncates the WAL.
+const WAL_FRAMES_LIMIT: i64 = 16_384;
 
 /// Checkpoints the WAL from a second connection on its own thread, so the
 /// fsync a checkpoint needs never stalls a request holding the main
 /// connection (SQLite's automatic checkpoint would run inside whichever
 /// commit crosses the threshold). A passive checkpoint takes no write lock,
 /// though its disk writes still compete with the WAL's (README, gateway
-/// benchmarks). The thread ends with the last handle on the database.
+/// benchmarks). The WAL restarts from its start only when a checkpoint has
+/// copied every frame before the next write, which steady traffic prevents;
+/// so past `WAL_FRAMES_LIMIT` the checkpoint waits for the writer and
+/// truncates it, a brief stall instead of a WAL that grows without end.
+/// The thread ends with the last handle on the database.
 fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Sender<Job>>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
@@ -141,12 +147,22 @@ fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Sender<Job>>) -> Re
             if db.strong_count() == 0 {
                 return;
             }
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            if let Err(e) = checkpoint(&conn, WAL_FRAMES_LIMIT) {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
         })
         .map_err(backend)?;
     Ok(())
+}
+
+/// One passive checkpoint, then a truncating one if the WAL has grown past
+/// `limit` frames. Returns the WAL's length in frames afterwards.
+fn checkpoint(conn: &Connection, limit: i64) -> rusqlite::Result<i64> {
+    let frames = |mode: &str| conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(1));
+    match frames("PASSIVE")? {
+        n if n > limit => frames("TRUNCATE"),
+        n => Ok(n),
+    }
 }
 
 #[derive(Clone)]
@@ -451,5 +467,28 @@ impl WorkQueue for SqliteQueue {
                 Ok(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_truncates_a_wal_past_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.sqlite");
+        let db = Db::open(&path).unwrap();
+        for i in 0..20 {
+            db.with(move |c| c.execute("INSERT INTO items (pk, sk, data) VALUES ('T', ?1, '{}')", [i]).map_err(backend)).unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let wal = path.with_extension("sqlite-wal");
+        assert!(checkpoint(&conn, 1_000).unwrap() > 0, "under the limit the WAL keeps its frames");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        assert_eq!(checkpoint(&conn, 5).unwrap(), 0);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "past the limit the WAL is truncated");
+        assert_eq!(db.with(|c| c.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0)).map_err(backend)).unwrap(), 20);
     }
 }
