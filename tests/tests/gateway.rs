@@ -366,3 +366,89 @@ async fn chat_completions_speak_openai_and_reject_bad_input() {
     assert_eq!(s, 413);
     stack.stop().await;
 }
+
+const BILLING: &str = "I was charged twice for the same order; please refund the duplicate payment.";
+
+fn support_labels() -> Value {
+    json!([
+        {"name": "billing", "description": "payments, charges, invoices and refunds"},
+        {"name": "shipping", "description": "delivery, parcels, couriers and tracking", "examples": ["Where is my parcel?"]},
+        {"name": "account", "description": "login, password and profile settings"}
+    ])
+}
+
+async fn classify(c: &Client, key: &str, text: &str) -> (u16, Value) {
+    c.call("POST", "/v1/classify", key, Some(json!({"text": text, "labels": support_labels()}))).await.unwrap()
+}
+
+#[tokio::test]
+async fn classify_and_rank_run_in_function_first() {
+    let stub = StubModels::start().await;
+    stub.set("small", Behavior::Answer("Shipping".into()));
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("small", "t2", 0.5, 5_000)])).await;
+
+    // A clear case: the in-function classifier (MiniLM on ONNX) answers for nothing.
+    let t = tenant(&c, "labels", json!({})).await;
+    let (s, a) = classify(&c, &t.member, BILLING).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!((a["label"].as_str(), a["tier"].as_str(), a["model"].as_str()), (Some("billing"), Some("t1"), Some("all-MiniLM-L6-v2")));
+    assert!(a["confidence"].as_f64().unwrap() >= 0.6, "{a}");
+    let total: f64 = a["scores"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-3 && a["cost"] == 0.0, "{a}");
+    assert!(route(&a).contains("classifier confidence"), "{}", route(&a));
+    assert_eq!(stub.calls("small"), 0);
+
+    // Unsure (this tenant escalates below 1.0): a hosted model names the label, cached after.
+    let unsure = tenant(&c, "labels-hosted", json!({"routing": {"escalate_below": 1.0}})).await;
+    let (_, h) = classify(&c, &unsure.member, BILLING).await;
+    assert_eq!((h["label"].as_str(), h["tier"].as_str(), h["model"].as_str()), (Some("shipping"), Some("t2"), Some("small")), "{h}");
+    assert!(h["cost"].as_f64().unwrap() > 0.0);
+    assert_eq!(h["scores"][0]["label"], "billing", "the in-function scores are kept beside the hosted label");
+    let prompt = stub.last_prompt("small");
+    assert!(prompt.contains("- shipping: delivery") && prompt.contains(BILLING), "{prompt}");
+    let (_, again) = classify(&c, &unsure.member, BILLING).await;
+    assert_eq!((again["cached"].as_bool(), again["tier"].as_str(), again["label"].as_str()), (Some(true), Some("t0"), Some("shipping")));
+    assert_eq!(stub.calls("small"), 1);
+    // Another tenant never gets this tenant's cached label.
+    let other = tenant(&c, "labels-other", json!({"routing": {"escalate_below": 1.0}})).await;
+    let (_, theirs) = classify(&c, &other.member, BILLING).await;
+    assert_eq!(theirs["cached"], false);
+    assert_eq!(stub.calls("small"), 2);
+
+    // A hosted answer that names no label is rejected; the in-function label stands, marked degraded.
+    stub.set("small", Behavior::Answer("It is probably about money.".into()));
+    let (_, d) = classify(&c, &unsure.member, "My invoice shows the wrong amount.").await;
+    assert_eq!((d["label"].as_str(), d["tier"].as_str(), d["degraded"].as_str()), (Some("billing"), Some("t1"), Some("in_function_only")));
+    assert!(route(&d).contains("which is none of the labels"), "{}", route(&d));
+
+    // Bad input is a clear 4xx.
+    let call = |body: Value| c.call("POST", "/v1/classify", &t.member, Some(body));
+    let (s, e) = call(json!({"text": "x", "labels": ["only"]})).await.unwrap();
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = call(json!({"text": "x", "labels": ["a", {"name": "b", "colour": "red"}]})).await.unwrap();
+    assert!(s == 400 && e["error"]["message"].as_str().unwrap().contains("labels[1]"), "{e}");
+    let (s, _) = call(json!({"text": "x".repeat(4_001), "labels": ["a", "b"]})).await.unwrap();
+    assert_eq!(s, 413);
+
+    // Ranking is in-function: the passage that answers the query comes first.
+    let docs = json!(["Our office is closed on Sundays.", "To reset your password, open Settings and choose Forgot password.",
+        "Parcels ship within two days."]);
+    let (s, r) = c.call("POST", "/v1/rank", &t.member, Some(json!({"query": "How do I reset my password?", "documents": docs, "top_k": 2})))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{r}");
+    assert_eq!((r["results"].as_array().unwrap().len(), r["results"][0]["index"].as_u64(), r["tier"].as_str()), (2, Some(1), Some("t1")));
+    assert!(r["results"][0]["score"].as_f64() > r["results"][1]["score"].as_f64());
+    let (s, _) = c.call("POST", "/v1/rank", &t.member, Some(json!({"query": "q", "documents": []}))).await.unwrap();
+    assert_eq!(s, 400);
+
+    // Every request is a decision with its usage; the log holds the text's hash, not the text.
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let (_, log) = c.call("GET", &format!("/v1/decisions/{}", h["decision_id"].as_str().unwrap()), &unsure.member, None).await.unwrap();
+    let event = &log["events"][0]["event"];
+    assert_eq!((event["kind"].as_str(), event["outcome"]["label"].as_str()), (Some("classify"), Some("shipping")), "{event}");
+    assert!(event["input"]["text_sha256"].is_string() && !event.to_string().contains(BILLING));
+    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    assert_eq!((u["counters"]["classify_requests"].as_i64(), u["counters"]["rank_requests"].as_i64()), (Some(1), Some(1)), "{u}");
+    stack.stop().await;
+}

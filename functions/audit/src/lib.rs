@@ -32,7 +32,7 @@ fn pointer_sk(decision_id: &str, event_id: &str) -> String {
 
 /// What a gateway decision adds to its tenant's usage counters this month.
 fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
-    if !matches!(event.kind.as_str(), "ask" | "chat") {
+    if !matches!(event.kind.as_str(), "ask" | "chat" | "classify" | "rank") {
         return vec![];
     }
     let month = current_month();

@@ -194,6 +194,12 @@ impl Retrieval {
         Ok(Self::new(table, blobs, embedder, settings))
     }
 
+    /// The in-function embedding model, which the gateway shares for
+    /// classification and ranking.
+    pub fn embedder(&self) -> Option<&Arc<Embedder>> {
+        self.embedder.as_ref()
+    }
+
     /// `hybrid` with an embedder, `lexical` without.
     pub fn mode(&self) -> &'static str {
         if self.embedder.is_some() {

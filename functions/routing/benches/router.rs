@@ -36,6 +36,7 @@ fn main() {
                     plan: "standard",
                     models_off: false,
                     confidence,
+                    signal: "evidence confidence",
                     requested,
                     prompt_tokens: 300 + (i % 7) as u64,
                     open: &open,

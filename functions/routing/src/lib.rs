@@ -11,6 +11,7 @@ pub mod answer;
 pub mod budget;
 pub mod cache;
 mod chat;
+pub mod classify;
 pub mod grounding;
 pub mod guard;
 pub mod providers;
@@ -75,6 +76,8 @@ pub struct Routing {
     /// The models' specs, side by side for the router.
     catalog: Vec<ModelSpec>,
     breakers: Breakers,
+    /// The embedding model for in-function labels and rankings.
+    in_function: classify::InFunction,
     options: RoutingOptions,
 }
 
@@ -159,6 +162,18 @@ impl Trail {
         self.failures.is_empty() && self.over_budget.is_some()
     }
 
+    /// Notes why an in-function answer stands in for a hosted one; returns
+    /// the degraded mode (`None` when the hosted models were only over budget).
+    fn downgrade(&mut self, answer: &str, mode: &str) -> Option<String> {
+        if self.budget_only() {
+            self.reasons.push(format!("over budget: downgraded to {answer}"));
+            None
+        } else {
+            self.reasons.push(format!("hosted models failed: degraded to {answer}"));
+            Some(mode.to_string())
+        }
+    }
+
     /// The error when no hosted model answered and nothing in-function may.
     fn no_answer(&self) -> KeelError {
         match &self.over_budget {
@@ -219,7 +234,8 @@ impl Routing {
     ) -> Self {
         let catalog = models.iter().map(|m| m.spec.clone()).collect();
         let breakers = Breakers::new(options.breakers.clone());
-        Self { retrieval, table, queue, tenants, models, catalog, breakers, options }
+        let in_function = classify::InFunction::new(retrieval.embedder().cloned());
+        Self { retrieval, table, queue, tenants, models, catalog, breakers, in_function, options }
     }
 
     /// Serves a request, streamed as server-sent events when it asks for
@@ -255,6 +271,14 @@ impl Routing {
                 }))
             }
             ("POST", ["v1", "chat", "completions"]) => self.chat_route(caller, req).await,
+            ("POST", ["v1", "classify"]) => {
+                let out = self.classify(&caller, &req.json(DEFAULT_BODY_LIMIT)?).await?;
+                Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)))
+            }
+            ("POST", ["v1", "rank"]) => {
+                let out = self.rank(&caller, &req.json(classify::RANK_BODY_LIMIT)?).await?;
+                Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)))
+            }
             _ => Err(not_found(&req)),
         }
     }
@@ -277,6 +301,7 @@ impl Routing {
             plan: &tenant.plan,
             models_off: tenant.models_off,
             confidence,
+            signal: "evidence confidence",
             requested,
             prompt_tokens,
             open,
@@ -423,13 +448,7 @@ impl Routing {
         if !decision.in_function_fallback {
             return Err(trail.no_answer());
         }
-        let degraded = if trail.budget_only() {
-            trail.reasons.push("over budget: downgraded to an in-function answer".into());
-            None
-        } else {
-            trail.reasons.push("hosted models failed: degraded to extractive answers".into());
-            Some("extractive_only".to_string())
-        };
+        let degraded = trail.downgrade("an extractive answer", "extractive_only");
         if let Some(ev) = events {
             sse::send(ev, Some("reset"), &json!({}));
         }

@@ -1,6 +1,6 @@
-//! `keel-routing`: `POST /v1/ask` and `POST /v1/chat/completions`. Behind API
-//! Gateway it answers whole (a streamed request gets its events in one body);
-//! behind its function URL (response streaming) it authenticates the caller
+//! `keel-routing`: `POST /v1/ask`, `POST /v1/chat/completions`, `POST /v1/classify`
+//! and `POST /v1/rank`. Behind API Gateway it answers whole (a streamed request
+//! gets its events in one body); behind its function URL (response streaming) it authenticates the caller
 //! itself and streams server-sent events as they are produced.
 
 use keel_auth::Auth;

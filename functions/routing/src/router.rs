@@ -11,8 +11,12 @@ pub struct RouteInput<'a> {
     pub plan: &'a str,
     /// The tenant's kill switch for hosted models.
     pub models_off: bool,
-    /// Evidence confidence (0..=1) for grounded answers; None for plain chat.
+    /// Confidence (0..=1) in the in-function answer: the evidence's for
+    /// grounded answers, the classifier's for labels; None when nothing
+    /// in-function can answer (plain chat).
     pub confidence: Option<f32>,
+    /// What `confidence` measures, for the reasons.
+    pub signal: &'a str,
     /// A model the caller named (`/v1/chat/completions`); None or "auto" lets the router pick.
     pub requested: Option<&'a str>,
     pub prompt_tokens: u64,
@@ -60,6 +64,7 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     let policy = input.policy;
     let grounded = input.confidence.is_some();
     let in_function = grounded && policy.allows(Tier::T1);
+    let signal = input.signal;
     let mut reasons = Vec::new();
     let t1 = |reasons: Vec<String>| Decision { tier: Tier::T1, candidates: vec![], in_function_fallback: true, reasons };
 
@@ -69,10 +74,10 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     }
     if let (Some(c), true) = (input.confidence, in_function) {
         if c >= policy.escalate_below {
-            reasons.push(format!("evidence confidence {c:.2} >= {:.2}: answered in-function", policy.escalate_below));
+            reasons.push(format!("{signal} {c:.2} >= {:.2}: answered in-function", policy.escalate_below));
             return Ok(t1(reasons));
         }
-        reasons.push(format!("evidence confidence {c:.2} < {:.2}: escalate to a hosted model", policy.escalate_below));
+        reasons.push(format!("{signal} {c:.2} < {:.2}: escalate to a hosted model", policy.escalate_below));
     }
 
     let models = usable(input);
@@ -160,6 +165,7 @@ mod tests {
             plan: "standard",
             models_off: false,
             confidence,
+            signal: "evidence confidence",
             requested: None,
             prompt_tokens: 100,
             open: &|_| false,

@@ -236,7 +236,7 @@ async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body
     let response = match family.as_str() {
         "tenants" => dispatch(req, |r| s.auth.handle(r)).await,
         "documents" | "search" | "changes" | "sources" => dispatch(req, |r| s.retrieval.handle(r)).await,
-        "ask" | "chat" => match s.routing.serve(req).await {
+        "ask" | "chat" | "classify" | "rank" => match s.routing.serve(req).await {
             Reply::Whole(r) => r,
             Reply::Stream(rx) => return event_stream(rx, &request_id),
         },

@@ -3,6 +3,9 @@
 //!
 //! [`Embedder`] runs all-MiniLM-L6-v2 (int8) and returns mean-pooled,
 //! L2-normalized sentence vectors, so a dot product is the cosine similarity.
+//! [`classify`] builds few-shot classification and ranking on those vectors.
+
+pub mod classify;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -170,7 +173,7 @@ impl Embedder {
     }
 }
 
-fn normalize(mut v: Vec<f32>) -> Vec<f32> {
+pub(crate) fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);

@@ -8,6 +8,7 @@
 //! cargo run --release -p keel-tests --bin keel-eval -- pii       # precision / recall per entity type
 //! cargo run --release -p keel-tests --bin keel-eval -- embed     # the embedding model alone
 //! cargo run --release -p keel-tests --bin keel-eval -- injection # the injection guard on BIPIA and NotInject
+//! cargo run --release -p keel-tests --bin keel-eval -- classify  # in-function classification on BFCL tool choice
 //! ```
 //!
 //! `KEEL_EVALDATA` points at the data (default `../shared/evaldata`).
@@ -554,6 +555,83 @@ fn injection_eval() {
         (over-defense accuracy {:.1}%)", 100.0 * flagged as f64 / n as f64, 100.0 * (n - flagged) as f64 / n as f64);
 }
 
+/// The temperature `POST /v1/classify` applies (keel_routing::classify).
+const CLASSIFY_TEMPERATURE: f64 = 0.05;
+
+/// In-function classification through `POST /v1/classify`, with no hosted
+/// model, as tool choice: each BFCL "multiple" case's functions are the
+/// labels (name and description), its question is the text, and the
+/// function of its expected call is the right label. Scores are re-tempered
+/// here (p^(0.05/T), renormalized) to show other temperatures; BFCL
+/// `multiple` chose the temperature, `live_multiple` reports.
+async fn classify_eval() {
+    let env = Env::start().await;
+    let (key, _) = env.tenant("classify").await;
+    let bfcl = evaldata().join("bfcl-function-calling");
+    for (set, role) in [("multiple", "chose the temperature"), ("live_multiple", "reported")] {
+        let expected: HashMap<String, String> = read_jsonl(bfcl.join(format!("possible_answer/BFCL_v4_{set}.json")))
+            .iter()
+            .map(|a| (a["id"].as_str().unwrap().to_string(), a["ground_truth"][0].as_object().unwrap().keys().next().unwrap().clone()))
+            .collect();
+        // (expected label, [(label, score)] highest first)
+        let mut results: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+        let mut ms = Vec::new();
+        let mut skipped = 0;
+        for case in read_jsonl(bfcl.join(format!("BFCL_v4_{set}.json"))) {
+            let text: Vec<&str> = case["question"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .filter_map(|m| m["content"].as_str())
+                .collect();
+            let labels: Vec<Value> = case["function"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let description: String = f["description"].as_str().unwrap_or("").chars().take(4_000).collect();
+                    json!({"name": f["name"], "description": description})
+                })
+                .collect();
+            let body = json!({"text": text.join("\n").chars().take(4_000).collect::<String>(), "labels": labels});
+            let started = Instant::now();
+            let (s, b) = env.client.call("POST", "/v1/classify", &key, Some(body)).await.unwrap();
+            if s != 200 {
+                skipped += 1;
+                continue;
+            }
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+            let scores = b["scores"].as_array().unwrap().iter().map(|x| (x["label"].as_str().unwrap().to_string(), x["score"].as_f64().unwrap()));
+            results.push((expected[case["id"].as_str().unwrap()].clone(), scores.collect()));
+        }
+        let n = results.len();
+        let right = results.iter().filter(|(want, scores)| &scores[0].0 == want).count();
+        let labels = results.iter().map(|(_, s)| s.len()).sum::<usize>() as f64 / n as f64;
+        println!("BFCL {set} ({role}): {n} cases ({skipped} refused), {labels:.1} labels each on average");
+        println!("  top-1 accuracy {:.1}% (chance {:.1}%)", right as f64 * 100.0 / n as f64,
+            results.iter().map(|(_, s)| 1.0 / s.len() as f64).sum::<f64>() * 100.0 / n as f64);
+        for t in [0.02, 0.05, 0.1] {
+            let mut line = format!("  T={t:.2}: threshold → answered in-function / accuracy there:");
+            for threshold in [0.5, 0.6, 0.7, 0.8, 0.9] {
+                let (mut answered, mut correct) = (0, 0);
+                for (want, scores) in &results {
+                    let powered: Vec<f64> = scores.iter().map(|(_, p)| p.powf(CLASSIFY_TEMPERATURE / t)).collect();
+                    if powered[0] / powered.iter().sum::<f64>() >= threshold {
+                        answered += 1;
+                        correct += usize::from(&scores[0].0 == want);
+                    }
+                }
+                line.push_str(&format!(" {threshold:.1} → {:.0}% / {:.1}%;", answered as f64 * 100.0 / n as f64,
+                    correct as f64 * 100.0 / answered.max(1) as f64));
+            }
+            println!("{line}");
+        }
+        report("POST /v1/classify latency (label vectors cached after first use)", ms);
+    }
+    env.stack.stop().await;
+}
+
 #[tokio::main]
 async fn main() {
     match std::env::args().nth(1).as_deref() {
@@ -563,8 +641,9 @@ async fn main() {
         Some("pii") => pii_eval(),
         Some("embed") => embed_eval(),
         Some("injection") => injection_eval(),
+        Some("classify") => classify_eval().await,
         _ => {
-            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection");
+            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection | classify");
             std::process::exit(2);
         }
     }
