@@ -29,6 +29,8 @@ fn every_sample_event_is_recognized() {
         include_str!("../../events/retrieval/put-source.json"),
         include_str!("../../events/routing/ask.json"),
         include_str!("../../events/routing/chat-completions.json"),
+        include_str!("../../events/routing/classify.json"),
+        include_str!("../../events/routing/rank.json"),
         include_str!("../../events/tools/put-tool.json"),
         include_str!("../../events/tools/propose-action.json"),
         include_str!("../../events/audit/verify.json"),

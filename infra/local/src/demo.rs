@@ -177,6 +177,21 @@ where
     }
     println!("     refused: {}", a["reason"]);
 
+    step(&mut n, "ann triages a support message in-function (POST /v1/classify), then ranks two passages (POST /v1/rank)");
+    let labels = json!(["account", {"name": "billing", "description": "payments, invoices and refunds",
+        "examples": ["Why is there a second charge on my card?"]}, "shipping"]);
+    let body = json!({"text": "I was charged twice for the same order", "labels": labels});
+    let (s, l) = client.call("POST", "/v1/classify", ann, Some(body)).await?;
+    expect(s, 200, &l, "classify")?;
+    if l["label"] != "billing" {
+        return Err(KeelError::Internal(format!("expected the billing label, got {l}")));
+    }
+    println!("     label={} confidence={:.2} tier={} model={} cost={}", l["label"], l["confidence"].as_f64().unwrap_or(0.0), l["tier"], l["model"], l["cost"]);
+    let body = json!({"query": "reset my password", "documents": ["Parcels ship in two days.", "Open Settings, then choose Forgot password."]});
+    let (s, r) = client.call("POST", "/v1/rank", ann, Some(body)).await?;
+    expect(s, 200, &r, "rank")?;
+    println!("     ranking: {}", r["results"]);
+
     step(&mut n, "Start a refund service on loopback; carol registers the issue_refund tool (high risk, undoable)");
     let connector = start_connector().await?;
     let tool = json!({
