@@ -4,7 +4,7 @@
 //! `auto`; the response carries Keel's account of the call under `keel`.
 
 use crate::sse::{self, Events, Reply};
-use crate::{cache, route_error, Generated, Routing, Trail};
+use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::http::{ApiRequest, ApiResponse};
@@ -88,8 +88,6 @@ impl Routing {
         if cacheable {
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
         }
-        // A fresh answer to cache: written alongside the decision event.
-        let mut fresh: Option<(String, String)> = None;
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
                 trail.reasons.push(format!("cache hit for {first}"));
@@ -114,7 +112,7 @@ impl Routing {
                 };
                 let spec = &self.catalog[model];
                 if cacheable {
-                    fresh = Some((spec.name.clone(), response.text.clone()));
+                    trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!((&spec.name, &response.text)), ttl });
                 }
                 (spec.tier, spec.name.clone(), response.text, response.input_tokens, response.output_tokens)
             }
@@ -122,16 +120,9 @@ impl Routing {
         if let Some(ev) = events {
             sse::send(ev, None, &chunk(&id, &model, created, None, Some((input_tokens, output_tokens))));
         }
-        // Independent writes, made concurrently: one round trip instead of two.
-        let store = async {
-            match &fresh {
-                Some(entry) => cache::put(self.table.as_ref(), &tenant.id, &key, entry, ttl).await,
-                None => Ok(()),
-            }
-        };
-        let (stored, recorded) = tokio::join!(store, self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail));
-        stored?;
-        recorded?;
+        let fresh = trail.cache_write.take();
+        let record = self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail);
+        self.store_and_record(&tenant.id, fresh, record).await?;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == "hit",
             "decision_id": id, "route": trail.reasons});

@@ -7,7 +7,7 @@
 //! budgets, cache, resilience and metering as `/v1/ask`, and the hosted
 //! answer must be one of the labels. Ranking is in-function only.
 
-use crate::{cache, route_error, Generated, Routing, Trail};
+use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::ids::new_id;
@@ -349,7 +349,7 @@ impl Routing {
                                 let spec = &self.catalog[model];
                                 if ttl > 0 {
                                     let entry = CachedLabel { label: label.name.clone(), model: spec.name.clone() };
-                                    cache::put(self.table.as_ref(), &tenant.id, &key, &entry, ttl).await?;
+                                    trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!(entry), ttl });
                                 }
                                 hosted(&label.name, spec.tier, &spec.name, false)
                             }
@@ -371,7 +371,9 @@ impl Routing {
         };
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
-        self.record_classify(caller, &decision_id, text, &labels, Some(&out), &trail).await?;
+        let fresh = trail.cache_write.take();
+        let record = self.record_classify(caller, &decision_id, text, &labels, Some(&out), &trail);
+        self.store_and_record(tenant_id, fresh, record).await?;
         Ok(out)
     }
 

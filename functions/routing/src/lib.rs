@@ -150,6 +150,14 @@ struct Trail {
     /// A candidate was skipped for budget (as opposed to failing).
     over_budget: Option<String>,
     failures: Vec<String>,
+    /// A fresh answer for the cache, written beside the decision event.
+    cache_write: Option<CacheWrite>,
+}
+
+struct CacheWrite {
+    key: String,
+    value: serde_json::Value,
+    ttl: u64,
 }
 
 impl Trail {
@@ -331,7 +339,8 @@ impl Routing {
         out.decision_id = decision_id;
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
-        self.record_ask(tenant_id, caller, &grounded, &out, &trail.usage).await?;
+        let fresh = trail.cache_write.take();
+        self.store_and_record(tenant_id, fresh, self.record_ask(tenant_id, caller, &grounded, &out, &trail.usage)).await?;
         Ok(out)
     }
 
@@ -431,7 +440,7 @@ impl Routing {
                 groundedness: out.groundedness,
                 model: spec.name.clone(),
             };
-            cache::put(self.table.as_ref(), &tenant.id, key, &entry, ttl).await?;
+            trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!(entry), ttl });
         }
         Ok(out)
     }
@@ -565,6 +574,24 @@ impl Routing {
             }
         }
         Ok(None)
+    }
+
+    /// Writes the trail's fresh cache entry and the decision event
+    /// concurrently: independent writes, one round trip instead of two.
+    async fn store_and_record(
+        &self,
+        tenant: &TenantId,
+        cache_write: Option<CacheWrite>,
+        record: impl std::future::Future<Output = Result<(), KeelError>>,
+    ) -> Result<(), KeelError> {
+        let store = async {
+            match &cache_write {
+                Some(w) => cache::put(self.table.as_ref(), tenant, &w.key, &w.value, w.ttl).await,
+                None => Ok(()),
+            }
+        };
+        let (stored, recorded) = tokio::join!(store, record);
+        stored.and(recorded)
     }
 
     async fn record_ask(

@@ -107,7 +107,9 @@ fn serve(mut conn: Connection, queued: Receiver<Job>) {
     while let Ok(first) = queued.recv() {
         let batch: Vec<Job> = std::iter::once(first).chain(queued.try_iter().take(MAX_BATCH - 1)).collect();
         // Without the outer transaction (BEGIN failed) each job's savepoint commits on its own.
-        let outer = conn.execute_batch("BEGIN").is_ok();
+        // IMMEDIATE: a deferred transaction that read before a truncating checkpoint
+        // could not become a writer (SQLITE_BUSY_SNAPSHOT, no busy wait).
+        let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
         let deliveries: Vec<Deliver> = batch.into_iter().map(|job| job(&mut conn)).collect();
         let committed = match outer {
             true => conn.execute_batch("COMMIT").map_err(|e| {
@@ -124,8 +126,10 @@ fn serve(mut conn: Connection, queued: Receiver<Job>) {
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL frames (4 KiB pages) past which a checkpoint also truncates the WAL.
-const WAL_FRAMES_LIMIT: i64 = 16_384;
+/// WAL frames (4 KiB pages: 1 GiB) past which a checkpoint also truncates
+/// the WAL. Large, because truncating stalls writers (seconds for a full
+/// WAL): a bound on disk use under endless load, not a routine step.
+const WAL_FRAMES_LIMIT: i64 = 262_144;
 
 /// Checkpoints the WAL from a second connection on its own thread, so the
 /// fsync a checkpoint needs never stalls a request holding the main

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! cargo run --release -p keel-tests --bin keel-bench -- gateway [seconds=5] [runs=3]
+//! KEEL_BENCH_DIR=/dev/shm cargo run … gateway   # the store on tmpfs: the gateway without disk stalls
 //! ```
 //!
 //! `keel-bench actions`: governed actions end to end through the local stack.
@@ -88,7 +89,11 @@ async fn open_loop(url: String, key: Option<String>, rate: u64, seconds: u64, co
 async fn gateway(seconds: u64, runs: usize) {
     let stub = StubModels::start().await;
     stub.set("stub", Behavior::Answer("pong".into()));
-    let dir = tempfile::tempdir().unwrap();
+    // KEEL_BENCH_DIR places the local store (e.g. on tmpfs, to take the disk out of the measure).
+    let dir = match std::env::var("KEEL_BENCH_DIR") {
+        Ok(parent) => tempfile::tempdir_in(parent).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
     let models = stub.catalog(&[("stub", "t2", 0.001, 5_000)]);
     let stack =
         start_stack(dir.path(), config(&[("KEEL_MODELS", &models), ("KEEL_MODEL_DIR", ""), ("KEEL_TENANT_CACHE_SECS", "5")])).await;
