@@ -1,11 +1,13 @@
 //! routing: the model gateway behind `POST /v1/ask` (grounded answers over
 //! the tenant's documents) and `POST /v1/chat/completions` (OpenAI-compatible,
-//! no retrieval). For each request it picks the lowest tier that can answer
-//! (`router`), serves repeats from the cache (`cache`), reserves budget before
-//! a hosted call (`budget`), calls models with timeouts, retries, breakers and
-//! a fallback chain (`resilience`), checks that answers cite their evidence
-//! (`grounding`) and keeps instructions inside documents away from the model
-//! (`guard`). Every request ends in one decision event with its usage.
+//! no retrieval), plus `POST /v1/classify` and `POST /v1/rank`, which the
+//! embedding model answers in-function (`classify`). For each request it
+//! picks the lowest tier that can answer (`router`), serves repeats from the
+//! cache (`cache`), reserves budget before a hosted call (`budget`), calls
+//! models with timeouts, retries, breakers and a fallback chain
+//! (`resilience`), checks that answers cite their evidence (`grounding`) and
+//! keeps instructions inside documents away from the model (`guard`). Every
+//! request ends in one decision event with its usage.
 
 pub mod answer;
 pub mod budget;
