@@ -194,10 +194,9 @@ impl Retrieval {
         Ok(Self::new(table, blobs, embedder, settings))
     }
 
-    /// The in-function embedding model, which the gateway shares for
-    /// classification and ranking.
-    pub fn embedder(&self) -> Option<&Arc<Embedder>> {
-        self.embedder.as_ref()
+    /// Whether an embedding model is loaded (`embed` returns nothing without one).
+    pub fn embeds(&self) -> bool {
+        self.embedder.is_some()
     }
 
     /// `hybrid` with an embedder, `lexical` without.
@@ -458,8 +457,9 @@ impl Retrieval {
         Ok(Prepared::New(Box::new(PreparedDocument { record, chunks, source })))
     }
 
-    /// Embeds texts in batches off the async workers; empty without an embedder.
-    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, KeelError> {
+    /// Embeds texts in batches off the async workers; empty without an
+    /// embedder. The gateway uses it too, for labels and rankings.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, KeelError> {
         let Some(embedder) = self.embedder.clone() else { return Ok(vec![]) };
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(texts.len());

@@ -6,13 +6,12 @@
 use crate::sse::{self, Events, Reply};
 use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
 use keel_core::auth::Caller;
-use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::http::{ApiRequest, ApiResponse};
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
 use keel_core::ports::{ModelRequest, ModelResponse};
-use keel_core::time::{now_rfc3339, now_secs};
+use keel_core::time::now_secs;
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -138,21 +137,10 @@ impl Routing {
         answered: Option<(&str, Tier)>,
         trail: &Trail,
     ) -> Result<(), KeelError> {
-        let tenant = caller.tenant()?;
-        let event = DecisionEvent {
-            event_id: id.into(),
-            decision_id: id.into(),
-            kind: "chat".into(),
-            principal: caller.principal.clone(),
-            at: now_rfc3339(),
-            // The prompt itself stays out of the log: its hash and shape only.
-            input: json!({"model": body.model, "messages": body.messages.len(), "prompt_sha256": fingerprint, "workflow": body.workflow}),
-            evidence: json!([]),
-            action: json!(null),
-            outcome: json!({"answered": answered.is_some(), "model": answered.map(|a| a.0), "tier": answered.map(|a| a.1),
-                "route": trail.reasons}),
-            usage: serde_json::to_value(&trail.usage)?,
-        };
-        send_decision(self.queue.as_ref(), tenant, &event).await
+        // The prompt itself stays out of the log: its hash and shape only.
+        let input = json!({"model": body.model, "messages": body.messages.len(), "prompt_sha256": fingerprint, "workflow": body.workflow});
+        let outcome =
+            json!({"answered": answered.is_some(), "model": answered.map(|a| a.0), "tier": answered.map(|a| a.1), "route": trail.reasons});
+        self.record_decision(caller, id, "chat", input, json!([]), outcome, &trail.usage).await
     }
 }

@@ -7,17 +7,17 @@
 //! budgets, cache, resilience and metering as `/v1/ask`, and the hosted
 //! answer must be one of the labels. Ranking is in-function only.
 
+use crate::router::Decision;
 use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
 use keel_core::auth::Caller;
-use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
 use keel_core::ports::{ChatMessage, ModelRequest, ModelResponse};
-use keel_core::time::now_rfc3339;
+use keel_core::tenants::Tenant;
 use keel_core::warm_cache::WarmCache;
 use keel_core::KeelError;
 use keel_ml::classify::{dot, label_probabilities, prototype};
-use keel_ml::Embedder;
+use keel_retrieval::Retrieval;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -42,33 +42,27 @@ const LABEL_MAX_TOKENS: u32 = 16;
 /// Texts whose vectors stay cached: label texts and documents repeat across requests.
 const CACHED_VECTORS: usize = 8_192;
 
-/// The embedder, if one is loaded, and the vectors it has made.
+/// The vectors of texts the embedding model has made in this warm function.
 pub(crate) struct InFunction {
-    embedder: Option<Arc<Embedder>>,
     vectors: WarmCache<[u8; 32], Arc<Vec<f32>>>,
 }
 
 impl InFunction {
-    pub(crate) fn new(embedder: Option<Arc<Embedder>>) -> Self {
-        Self { embedder, vectors: WarmCache::new(None, CACHED_VECTORS) }
+    pub(crate) fn new() -> Self {
+        Self { vectors: WarmCache::new(None, CACHED_VECTORS) }
     }
 
-    /// Vectors of `texts`, embedding only the ones not cached, off the async
-    /// workers. `None` without an embedder.
-    async fn vectors(&self, texts: &[&str]) -> Result<Option<Vec<Arc<Vec<f32>>>>, KeelError> {
-        let Some(embedder) = self.embedder.clone() else { return Ok(None) };
+    /// Vectors of `texts`, embedding (through retrieval's embedder) only
+    /// the ones not cached. `None` without an embedding model.
+    async fn vectors(&self, retrieval: &Retrieval, texts: &[&str]) -> Result<Option<Vec<Arc<Vec<f32>>>>, KeelError> {
+        if !retrieval.embeds() {
+            return Ok(None);
+        }
         let keys: Vec<[u8; 32]> = texts.iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect();
         let mut out: Vec<Option<Arc<Vec<f32>>>> = keys.iter().map(|k| self.vectors.get(k)).collect();
         let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
-            let owned: Vec<String> = missing.iter().map(|&i| texts[i].to_string()).collect();
-            let made = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-                embedder.embed(&refs)
-            })
-            .await
-            .map_err(|e| KeelError::Internal(format!("embedding task: {e}")))?
-            .map_err(|e| KeelError::Unavailable(format!("embedding: {e}")))?;
+            let made = retrieval.embed(missing.iter().map(|&i| texts[i].to_string()).collect()).await?;
             for (&i, v) in missing.iter().zip(made) {
                 let v = Arc::new(v);
                 self.vectors.insert(keys[i], v.clone());
@@ -80,11 +74,11 @@ impl InFunction {
 
     /// The classifier's probability for each label, highest first; `None`
     /// without an embedder.
-    async fn label_scores(&self, text: &str, labels: &[Label]) -> Result<Option<Vec<LabelScore>>, KeelError> {
+    async fn label_scores(&self, retrieval: &Retrieval, text: &str, labels: &[Label]) -> Result<Option<Vec<LabelScore>>, KeelError> {
         let label_texts: Vec<Vec<String>> = labels.iter().map(Label::texts).collect();
         let mut all: Vec<&str> = vec![text];
         all.extend(label_texts.iter().flatten().map(String::as_str));
-        let Some(vectors) = self.vectors(&all).await? else { return Ok(None) };
+        let Some(vectors) = self.vectors(retrieval, &all).await? else { return Ok(None) };
         let mut at = 1;
         let prototypes: Vec<Vec<f32>> = label_texts
             .iter()
@@ -195,6 +189,14 @@ struct CachedLabel {
     model: String,
 }
 
+/// A label from the hosted path: fresh from a model, or cached (T0).
+struct HostedLabel {
+    label: String,
+    tier: Tier,
+    model: String,
+    cached: bool,
+}
+
 fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, KeelError> {
     let text = text.trim();
     if text.is_empty() {
@@ -280,7 +282,7 @@ impl Routing {
         let text = checked_text("text", &body.text)?;
         let labels = parse_labels(&body.labels)?;
         let tenant = self.tenant(tenant_id).await?;
-        let scores = self.in_function.label_scores(text, &labels).await?;
+        let scores = self.in_function.label_scores(&self.retrieval, text, &labels).await?;
         let request = label_request(text, &labels);
         // Scoped: the route input borrows a closure that must not live across an await.
         let decision = {
@@ -291,21 +293,8 @@ impl Routing {
         };
         let mut trail = Trail::new(decision.reasons.clone());
         let decision_id = new_id("dec");
-        let in_function = |degraded: Option<String>| {
-            scores.as_ref().map(|s| ClassifyResponse {
-                label: s[0].label.clone(),
-                confidence: Some(s[0].score),
-                scores: s.clone(),
-                tier: Tier::T1,
-                model: IN_FUNCTION_MODEL.into(),
-                cost: 0.0,
-                decision_id: decision_id.clone(),
-                cached: false,
-                degraded,
-                route: vec![],
-            })
-        };
-        let hosted = |label: &str, tier: Tier, model: &str, cached: bool| ClassifyResponse {
+        // The in-function scores go with every answer, a hosted label's included.
+        let answer = |label: &str, tier: Tier, model: &str, cached: bool| ClassifyResponse {
             label: label.into(),
             confidence: scores.as_ref().map(|s| s[0].score),
             scores: scores.clone().unwrap_or_default(),
@@ -317,57 +306,24 @@ impl Routing {
             degraded: None,
             route: vec![],
         };
+        let in_function = scores.as_ref().map(|s| answer(&s[0].label, Tier::T1, IN_FUNCTION_MODEL, false));
 
-        let mut out = match (decision.tier, in_function(None)) {
-            (Tier::T1, Some(out)) => out,
-            _ => {
-                let ttl = tenant.routing.cache_ttl_secs;
-                let first = &self.catalog[decision.candidates[0]].name;
-                let key = cache::key(&tenant.id, &["classify", first, &cache::normalize(text), &labels_fingerprint(&labels)]);
-                let hit: Option<CachedLabel> = match ttl > 0 {
-                    true => cache::get(self.table.as_ref(), &tenant.id, &key).await?,
-                    false => None,
-                };
-                if ttl > 0 {
-                    trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
-                }
-                match hit {
-                    Some(hit) => {
-                        trail.reasons.push(format!("cache hit for {first} on the same text and labels"));
-                        hosted(&hit.label, Tier::T0, &hit.model, true)
+        let mut out = match in_function {
+            Some(out) if decision.tier == Tier::T1 => out,
+            in_function => match self.hosted_label(&tenant, body, &decision, text, &labels, &request, &mut trail).await? {
+                Some(hosted) => answer(&hosted.label, hosted.tier, &hosted.model, hosted.cached),
+                None => match in_function.filter(|_| decision.in_function_fallback) {
+                    Some(mut out) => {
+                        out.degraded = trail.downgrade("the in-function label", "in_function_only");
+                        out
                     }
                     None => {
-                        let accept = |r: &ModelResponse| match parse_label(&r.text, &labels) {
-                            Some(_) => Ok(()),
-                            None => Err(format!("answered {:?}, which is none of the labels", r.text.chars().take(40).collect::<String>())),
-                        };
-                        let generated = self
-                            .generate(&tenant, body.workflow.as_deref(), &decision, &request, &accept, None, None, &mut trail)
-                            .await?;
-                        match generated.and_then(|g| parse_label(&g.response.text, &labels).map(|l| (g, l))) {
-                            Some((Generated { model, .. }, label)) => {
-                                let spec = &self.catalog[model];
-                                if ttl > 0 {
-                                    let entry = CachedLabel { label: label.name.clone(), model: spec.name.clone() };
-                                    trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!(entry), ttl });
-                                }
-                                hosted(&label.name, spec.tier, &spec.name, false)
-                            }
-                            None => match in_function(None).filter(|_| decision.in_function_fallback) {
-                                Some(mut out) => {
-                                    out.degraded = trail.downgrade("the in-function label", "in_function_only");
-                                    out
-                                }
-                                None => {
-                                    let e = trail.no_answer();
-                                    self.record_classify(caller, &decision_id, text, &labels, None, &trail).await?;
-                                    return Err(e);
-                                }
-                            },
-                        }
+                        let e = trail.no_answer();
+                        self.record_classify(caller, &decision_id, text, &labels, None, &trail).await?;
+                        return Err(e);
                     }
-                }
-            }
+                },
+            },
         };
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
@@ -375,6 +331,46 @@ impl Routing {
         let record = self.record_classify(caller, &decision_id, text, &labels, Some(&out), &trail);
         self.store_and_record(tenant_id, fresh, record).await?;
         Ok(out)
+    }
+
+    /// A label from the cache or from the decision's hosted candidates; a
+    /// fresh one is left in the trail for the cache. `None` when none answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn hosted_label(
+        &self,
+        tenant: &Tenant,
+        body: &ClassifyRequest,
+        decision: &Decision,
+        text: &str,
+        labels: &[Label],
+        request: &ModelRequest,
+        trail: &mut Trail,
+    ) -> Result<Option<HostedLabel>, KeelError> {
+        let ttl = tenant.routing.cache_ttl_secs;
+        let first = &self.catalog[decision.candidates[0]].name;
+        let key = cache::key(&tenant.id, &["classify", first, &cache::normalize(text), &labels_fingerprint(labels)]);
+        if ttl > 0 {
+            let hit: Option<CachedLabel> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
+            trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
+            if let Some(hit) = hit {
+                trail.reasons.push(format!("cache hit for {first} on the same text and labels"));
+                return Ok(Some(HostedLabel { label: hit.label, tier: Tier::T0, model: hit.model, cached: true }));
+            }
+        }
+        let accept = |r: &ModelResponse| match parse_label(&r.text, labels) {
+            Some(_) => Ok(()),
+            None => Err(format!("answered {:?}, which is none of the labels", r.text.chars().take(40).collect::<String>())),
+        };
+        let generated = self.generate(tenant, body.workflow.as_deref(), decision, request, &accept, None, None, trail).await?;
+        let Some((Generated { model, .. }, label)) = generated.and_then(|g| parse_label(&g.response.text, labels).map(|l| (g, l))) else {
+            return Ok(None);
+        };
+        let spec = &self.catalog[model];
+        if ttl > 0 {
+            let entry = CachedLabel { label: label.name.clone(), model: spec.name.clone() };
+            trail.cache_write = Some(CacheWrite { key, value: json!(entry), ttl });
+        }
+        Ok(Some(HostedLabel { label: label.name.clone(), tier: spec.tier, model: spec.name.clone(), cached: false }))
     }
 
     async fn record_classify(
@@ -386,23 +382,13 @@ impl Routing {
         out: Option<&ClassifyResponse>,
         trail: &Trail,
     ) -> Result<(), KeelError> {
-        let event = DecisionEvent {
-            event_id: id.into(),
-            decision_id: id.into(),
-            kind: "classify".into(),
-            principal: caller.principal.clone(),
-            at: now_rfc3339(),
-            // The text itself stays out of the log, as chat prompts do.
-            input: json!({"text_sha256": hex::encode(Sha256::digest(text.as_bytes())),
-                "labels": labels.iter().map(|l| &l.name).collect::<Vec<_>>()}),
-            evidence: json!([]),
-            action: json!(null),
-            outcome: json!({"label": out.map(|o| &o.label), "confidence": out.and_then(|o| o.confidence),
-                "tier": out.map(|o| o.tier), "model": out.map(|o| &o.model), "degraded": out.and_then(|o| o.degraded.as_ref()),
-                "cached": out.is_some_and(|o| o.cached), "route": trail.reasons}),
-            usage: serde_json::to_value(&trail.usage)?,
-        };
-        send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
+        // The text itself stays out of the log, as chat prompts do.
+        let input = json!({"text_sha256": hex::encode(Sha256::digest(text.as_bytes())),
+            "labels": labels.iter().map(|l| &l.name).collect::<Vec<_>>()});
+        let outcome = json!({"label": out.map(|o| &o.label), "confidence": out.and_then(|o| o.confidence),
+            "tier": out.map(|o| o.tier), "model": out.map(|o| &o.model), "degraded": out.and_then(|o| o.degraded.as_ref()),
+            "cached": out.is_some_and(|o| o.cached), "route": trail.reasons});
+        self.record_decision(caller, id, "classify", input, json!([]), outcome, &trail.usage).await
     }
 
     /// Orders documents by their cosine similarity to the query, in-function.
@@ -420,7 +406,7 @@ impl Routing {
             return Err(KeelError::Forbidden("ranking runs in-function (t1), which this tenant's routing policy leaves out".into()));
         }
         let texts: Vec<&str> = std::iter::once(query).chain(body.documents.iter().map(|d| d.trim())).collect();
-        let Some(vectors) = self.in_function.vectors(&texts).await? else {
+        let Some(vectors) = self.in_function.vectors(&self.retrieval, &texts).await? else {
             return Err(KeelError::Unavailable("ranking needs the in-function embedding model, and none is loaded".into()));
         };
         let mut results: Vec<Ranked> =
@@ -428,19 +414,9 @@ impl Routing {
         results.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
         results.truncate(body.top_k.unwrap_or(usize::MAX));
         let decision_id = new_id("dec");
-        let event = DecisionEvent {
-            event_id: decision_id.clone(),
-            decision_id: decision_id.clone(),
-            kind: "rank".into(),
-            principal: caller.principal.clone(),
-            at: now_rfc3339(),
-            input: json!({"query_sha256": hex::encode(Sha256::digest(query.as_bytes())), "documents": body.documents.len()}),
-            evidence: json!([]),
-            action: json!(null),
-            outcome: json!({"tier": Tier::T1, "model": IN_FUNCTION_MODEL, "top": results.first().map(|r| r.index)}),
-            usage: serde_json::to_value(Trail::new(vec![]).usage)?,
-        };
-        send_decision(self.queue.as_ref(), tenant_id, &event).await?;
+        let input = json!({"query_sha256": hex::encode(Sha256::digest(query.as_bytes())), "documents": body.documents.len()});
+        let outcome = json!({"tier": Tier::T1, "model": IN_FUNCTION_MODEL, "top": results.first().map(|r| r.index)});
+        self.record_decision(caller, &decision_id, "rank", input, json!([]), outcome, &Trail::new(vec![]).usage).await?;
         Ok(RankResponse { results, tier: Tier::T1, model: IN_FUNCTION_MODEL.into(), decision_id })
     }
 }

@@ -244,8 +244,7 @@ impl Routing {
     ) -> Self {
         let catalog = models.iter().map(|m| m.spec.clone()).collect();
         let breakers = Breakers::new(options.breakers.clone());
-        let in_function = classify::InFunction::new(retrieval.embedder().cloned());
-        Self { retrieval, table, queue, tenants, models, catalog, breakers, in_function, options }
+        Self { retrieval, table, queue, tenants, models, catalog, breakers, in_function: classify::InFunction::new(), options }
     }
 
     /// Serves a request, streamed as server-sent events when it asks for
@@ -342,7 +341,7 @@ impl Routing {
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
         let fresh = trail.cache_write.take();
-        self.store_and_record(tenant_id, fresh, self.record_ask(tenant_id, caller, &grounded, &out, &trail.usage)).await?;
+        self.store_and_record(tenant_id, fresh, self.record_ask(caller, &grounded, &out, &trail.usage)).await?;
         Ok(out)
     }
 
@@ -596,34 +595,45 @@ impl Routing {
         stored.and(recorded)
     }
 
-    async fn record_ask(
+    async fn record_ask(&self, caller: &Caller, grounded: &Grounded<'_>, out: &AskResponse, usage: &Usage) -> Result<(), KeelError> {
+        let evidence = grounded
+            .evidence
+            .iter()
+            .zip(grounded.flags)
+            .map(|(h, f)| json!({"chunk_id": h.chunk_id, "score": h.score, "injection_flags": f.len()}))
+            .collect::<Vec<_>>();
+        let outcome = json!({"refused": out.refused, "reason": out.reason, "tier": out.tier, "model": out.model,
+            "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),
+            "groundedness": out.groundedness, "degraded": out.degraded, "cached": out.cached, "route": out.route});
+        let input = json!({"question": grounded.question});
+        self.record_decision(caller, &out.decision_id, "ask", input, json!(evidence), outcome, usage).await
+    }
+
+    /// Sends a gateway request's decision event (one per request, with its usage) to the audit queue.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_decision(
         &self,
-        tenant: &TenantId,
         caller: &Caller,
-        grounded: &Grounded<'_>,
-        out: &AskResponse,
+        id: &str,
+        kind: &str,
+        input: serde_json::Value,
+        evidence: serde_json::Value,
+        outcome: serde_json::Value,
         usage: &Usage,
     ) -> Result<(), KeelError> {
         let event = DecisionEvent {
-            event_id: out.decision_id.clone(),
-            decision_id: out.decision_id.clone(),
-            kind: "ask".into(),
+            event_id: id.into(),
+            decision_id: id.into(),
+            kind: kind.into(),
             principal: caller.principal.clone(),
             at: now_rfc3339(),
-            input: json!({"question": grounded.question}),
-            evidence: json!(grounded
-                .evidence
-                .iter()
-                .zip(grounded.flags)
-                .map(|(h, f)| json!({"chunk_id": h.chunk_id, "score": h.score, "injection_flags": f.len()}))
-                .collect::<Vec<_>>()),
+            input,
+            evidence,
             action: json!(null),
-            outcome: json!({"refused": out.refused, "reason": out.reason, "tier": out.tier, "model": out.model,
-                "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),
-                "groundedness": out.groundedness, "degraded": out.degraded, "cached": out.cached, "route": out.route}),
+            outcome,
             usage: serde_json::to_value(usage)?,
         };
-        send_decision(self.queue.as_ref(), tenant, &event).await
+        send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
     }
 }
 
