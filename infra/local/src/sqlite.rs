@@ -139,7 +139,7 @@ const WAL_FRAMES_LIMIT: i64 = 262_144;
 /// benchmarks). The WAL restarts from its start only when a checkpoint has
 /// copied every frame before the next write, which steady traffic prevents;
 /// so past `WAL_FRAMES_LIMIT` the checkpoint waits for the writer and
-/// truncates it, a brief stall instead of a WAL that grows without end.
+/// truncates it: a rare stall instead of a WAL that grows without end.
 /// The thread ends with the last handle on the database.
 fn checkpoint_in_background(path: &Path, db: std::sync::Weak<Sender<Job>>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
