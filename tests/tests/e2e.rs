@@ -287,3 +287,47 @@ async fn acl_filters_before_ranking_and_state_survives_a_restart() {
     assert_eq!(r["results"].as_array().unwrap().len(), 5, "{r}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_audit_batch_is_chained_per_tenant_and_each_event_counted_once() {
+    use keel_core::chain::{verify_chain, ChainEntry};
+    use keel_core::ports::{QueryOptions, QueueMessage};
+    let dir = tempfile::tempdir().unwrap();
+    let db = keel_local::sqlite::Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let table = std::sync::Arc::new(keel_local::sqlite::SqliteTable::new(db));
+    let audit = keel_audit::Audit::new(table.clone(), std::sync::Arc::new(keel_local::blobs::DirBlobs::new(dir.path().join("blobs"))));
+    let event = |id: &str, cost: i64| {
+        json!({"event_id": id, "decision_id": id, "kind": "chat", "principal": "ann", "at": "2026-11-23T00:00:00Z",
+            "usage": {"input_tokens": 10, "output_tokens": 2, "cost_micro_usd": cost, "cache": "miss", "attempts": 1}})
+        .to_string()
+    };
+    let message = |n: usize, tenant: &str, body: String| QueueMessage {
+        message_id: format!("m{n}"), receipt: n.to_string(), body,
+        attributes: HashMap::from([("tenant".to_string(), tenant.to_string())]), receive_count: 1,
+    };
+    // Two tenants interleaved; acme's group holds a malformed message and a replay of its first event.
+    let batch = vec![
+        message(0, "acme", event("a1", 100)),
+        message(1, "globex", event("b1", 7)),
+        message(2, "acme", event("a2", 20)),
+        message(3, "acme", "{not json".into()),
+        message(4, "acme", event("a1", 100)),
+        message(5, "globex", event("b2", 3)),
+    ];
+    assert_eq!(audit.consume(&batch).await, vec!["m3".to_string()]);
+    // Delivered again as a whole (a lost ack): nothing is appended or counted twice.
+    assert_eq!(audit.consume(&batch).await, vec!["m3".to_string()]);
+
+    let month = keel_core::time::current_month();
+    for (tenant, ids, cost) in [("acme", ["a1", "a2"], 120), ("globex", ["b1", "b2"], 10)] {
+        let pk = format!("T#{tenant}");
+        let items = table.query(&pk, "AUDIT#", QueryOptions::default()).await.unwrap();
+        let entries: Vec<ChainEntry> = items.into_iter().map(|i| serde_json::from_value(i.data).unwrap()).collect();
+        assert_eq!(entries.iter().map(|e| e.event.event_id.as_str()).collect::<Vec<_>>(), ids, "{tenant}: in order, once each");
+        assert!(verify_chain(&entries).is_empty(), "{tenant}: the chain verifies");
+        for (name, expected) in [("cost_micro_usd", cost), ("chat_requests", 2)] {
+            let counter = table.get(&pk, &format!("USAGE#{month}#{name}")).await.unwrap().map_or(0, |i| i.counter);
+            assert_eq!(counter, expected, "{tenant}: {name}");
+        }
+    }
+}

@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 /// Attempts to win the next sequence number against concurrent appenders.
 const APPEND_ATTEMPTS: usize = 20;
+/// Events of one tenant appended in one write at most: two items each plus
+/// the usage counters stay well inside a DynamoDB transaction's 100.
+const GROUP_EVENTS: usize = 10;
 
 pub struct Audit {
     table: Arc<dyn Table>,
@@ -53,26 +56,48 @@ fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
         .collect()
 }
 
+/// An audit-queue message: the tenant it belongs to and its decision event.
+fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelError> {
+    let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
+    let event = serde_json::from_str(&m.body).map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
+    Ok((tenant, event))
+}
+
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>) -> Self {
         Self { table, blobs }
     }
 
     /// Consumes audit-queue messages; returns the ids of those to retry.
+    /// A tenant's events in the batch are appended together in one
+    /// conditional write; if that fails (another appender moved the head, an
+    /// event was already recorded, or the store failed), they are appended
+    /// one by one, each with its own retries.
     pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {
         let mut failed = Vec::new();
+        let mut groups: Vec<(TenantId, Vec<(&str, DecisionEvent)>)> = Vec::new();
         for m in messages {
-            let result = async {
-                let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
-                let event: DecisionEvent = serde_json::from_str(&m.body)
-                    .map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
-                self.append(&tenant, event).await?;
-                Ok::<(), KeelError>(())
+            match parse_message(m) {
+                Ok((tenant, event)) => match groups.iter_mut().find(|(t, g)| *t == tenant && g.len() < GROUP_EVENTS) {
+                    Some((_, group)) => group.push((&m.message_id, event)),
+                    None => groups.push((tenant, vec![(&m.message_id, event)])),
+                },
+                Err(e) => {
+                    tracing::warn!(message_id = %m.message_id, error = %e, "audit message failed");
+                    failed.push(m.message_id.clone());
+                }
             }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(message_id = %m.message_id, error = %e, "audit message failed");
-                failed.push(m.message_id.clone());
+        }
+        for (tenant, group) in groups {
+            let events: Vec<&DecisionEvent> = group.iter().map(|(_, e)| e).collect();
+            if let Ok(Some(_)) = self.append_after_head(&tenant, &events).await {
+                continue;
+            }
+            for (message_id, event) in group {
+                if let Err(e) = self.append(&tenant, event).await {
+                    tracing::warn!(message_id = %message_id, error = %e, "audit message failed");
+                    failed.push(message_id.to_string());
+                }
             }
         }
         failed
@@ -88,32 +113,42 @@ impl Audit {
             if self.table.get(&tenant.pk(), &pointer).await?.is_some() {
                 return Ok(None);
             }
-            let head = self.head(tenant).await?;
-            let entry = next_entry(head.as_ref(), now_rfc3339(), event.clone());
-            let writes = vec![
-                Write {
-                    pk: tenant.pk(),
-                    sk: entry_sk(entry.seq),
-                    data: serde_json::to_value(&entry)?,
-                    expires_at: None,
-                    condition: Condition::NotExists,
-                },
-                Write {
-                    pk: tenant.pk(),
-                    sk: pointer.clone(),
-                    data: json!({"seq": entry.seq}),
-                    expires_at: None,
-                    condition: Condition::NotExists,
-                },
-            ];
-            match self.table.put_all_adding(writes, usage_counters(tenant, &event)).await {
-                Ok(()) => return Ok(Some(entry.seq)),
+            match self.append_after_head(tenant, &[&event]).await? {
+                Some(seq) => return Ok(Some(seq)),
                 // Another writer took this sequence number (or recorded this event): look again.
-                Err(StoreError::ConditionFailed) => continue,
-                Err(e) => return Err(e.into()),
+                None => continue,
             }
         }
         Err(KeelError::Unavailable("audit chain is contended; retry".into()))
+    }
+
+    /// Chains `events` after the current head in one all-or-nothing write
+    /// (entries, the pointers that make each event's id unique, and the
+    /// usage counters). Returns the last sequence number, or `None` when a
+    /// condition failed: the head moved or an event was already recorded.
+    async fn append_after_head(&self, tenant: &TenantId, events: &[&DecisionEvent]) -> Result<Option<u64>, KeelError> {
+        let mut prev = self.head(tenant).await?;
+        let mut writes = Vec::with_capacity(events.len() * 2);
+        let mut adds: Vec<Add> = Vec::new();
+        for &event in events {
+            let entry = next_entry(prev.as_ref(), now_rfc3339(), event.clone());
+            let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
+            writes.push(new(entry_sk(entry.seq), serde_json::to_value(&entry)?));
+            writes.push(new(pointer_sk(&event.decision_id, &event.event_id), json!({"seq": entry.seq})));
+            // One addition per counter: a transaction may touch an item once.
+            for add in usage_counters(tenant, event) {
+                match adds.iter_mut().find(|a| a.sk == add.sk) {
+                    Some(a) => a.by += add.by,
+                    None => adds.push(add),
+                }
+            }
+            prev = Some(entry);
+        }
+        match self.table.put_all_adding(writes, adds).await {
+            Ok(()) => Ok(prev.map(|e| e.seq)),
+            Err(StoreError::ConditionFailed) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
