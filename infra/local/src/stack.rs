@@ -118,9 +118,27 @@ impl Stack {
         });
 
         let (shutdown, stopped) = watch::channel(false);
-        for q in QueueName::ALL {
-            tokio::spawn(drain(q, queue.clone(), services.clone(), stopped.clone()));
-        }
+        // The queue consumers get a thread and runtime of their own, as they
+        // are functions of their own in AWS, at the lowest priority: a batch
+        // they work through waits for idle CPU instead of holding up requests.
+        let (store, consumers, stop_consumers) = (queue.clone(), services.clone(), stopped.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
+        std::thread::Builder::new()
+            .name("keel-queues".into())
+            .spawn(move || {
+                if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+                    tracing::warn!(error = ?e, "queue consumers run at normal priority");
+                }
+                crate::sqlite::never_hold_the_connection_here();
+                runtime.block_on(async move {
+                    let mut drains = tokio::task::JoinSet::new();
+                    for q in QueueName::ALL {
+                        drains.spawn(drain(q, store.clone(), consumers.clone(), stop_consumers.clone()));
+                    }
+                    drains.join_all().await;
+                })
+            })
+            .map_err(io)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         let app = axum::Router::new().fallback(serve_http).with_state(services);
@@ -191,10 +209,12 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
             QueueName::Audit => services.audit.consume(&batch).await,
             QueueName::Actions => services.tools.consume(&batch).await,
         };
-        for m in batch.iter().filter(|m| !failed.contains(&m.message_id)) {
-            if let Err(e) = store.ack(queue, &m.receipt).await {
-                tracing::error!(error = %e, "queue ack failed");
-            }
+        let done: Vec<String> = batch.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt.clone()).collect();
+        if done.is_empty() {
+            continue;
+        }
+        if let Err(e) = store.ack_all(queue, done).await {
+            tracing::error!(error = %e, "queue ack failed");
         }
     }
 }
