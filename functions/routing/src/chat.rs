@@ -111,7 +111,7 @@ impl Routing {
                 };
                 let spec = &self.catalog[model];
                 if cacheable {
-                    trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!((&spec.name, &response.text)), ttl });
+                    trail.pending.cache_write = Some(CacheWrite { key: key.clone(), value: json!((&spec.name, &response.text)), ttl });
                 }
                 (spec.tier, spec.name.clone(), response.text, response.input_tokens, response.output_tokens)
             }
@@ -119,9 +119,9 @@ impl Routing {
         if let Some(ev) = events {
             sse::send(ev, None, &chunk(&id, &model, created, None, Some((input_tokens, output_tokens))));
         }
-        let fresh = trail.cache_write.take();
+        let pending = std::mem::take(&mut trail.pending);
         let record = self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail);
-        self.store_and_record(&tenant.id, fresh, record).await?;
+        self.finish(&tenant.id, pending, record).await?;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == "hit",
             "decision_id": id, "route": trail.reasons});

@@ -327,9 +327,9 @@ impl Routing {
         };
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
-        let fresh = trail.cache_write.take();
+        let pending = std::mem::take(&mut trail.pending);
         let record = self.record_classify(caller, &decision_id, text, &labels, Some(&out), &trail);
-        self.store_and_record(tenant_id, fresh, record).await?;
+        self.finish(tenant_id, pending, record).await?;
         Ok(out)
     }
 
@@ -368,7 +368,7 @@ impl Routing {
         let spec = &self.catalog[model];
         if ttl > 0 {
             let entry = CachedLabel { label: label.name.clone(), model: spec.name.clone() };
-            trail.cache_write = Some(CacheWrite { key, value: json!(entry), ttl });
+            trail.pending.cache_write = Some(CacheWrite { key, value: json!(entry), ttl });
         }
         Ok(Some(HostedLabel { label: label.name.clone(), tier: spec.tier, model: spec.name.clone(), cached: false }))
     }

@@ -22,7 +22,7 @@ pub mod router;
 pub mod sse;
 
 use answer::{evidence_coverage, extractive_answer, Answer};
-use budget::{reserve, settle, Refused};
+use budget::{reserve, settle, Refused, Reservation};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::http::{not_found, respond, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
@@ -152,8 +152,17 @@ struct Trail {
     /// A candidate was skipped for budget (as opposed to failing).
     over_budget: Option<String>,
     failures: Vec<String>,
-    /// A fresh answer for the cache, written beside the decision event.
+    /// Writes left for the end of the request, beside its decision event.
+    pending: Pending,
+}
+
+/// The writes a request leaves for its end (`Routing::finish`).
+#[derive(Default)]
+struct Pending {
+    /// A fresh answer for the cache.
     cache_write: Option<CacheWrite>,
+    /// The accepted model call's budget reservation, and what the call really cost.
+    settlement: Option<(Reservation, i64)>,
 }
 
 struct CacheWrite {
@@ -340,8 +349,8 @@ impl Routing {
         out.decision_id = decision_id;
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
-        let fresh = trail.cache_write.take();
-        self.store_and_record(tenant_id, fresh, self.record_ask(caller, &grounded, &out, &trail.usage)).await?;
+        let pending = std::mem::take(&mut trail.pending);
+        self.finish(tenant_id, pending, self.record_ask(caller, &grounded, &out, &trail.usage)).await?;
         Ok(out)
     }
 
@@ -441,7 +450,7 @@ impl Routing {
                 groundedness: out.groundedness,
                 model: spec.name.clone(),
             };
-            trail.cache_write = Some(CacheWrite { key: key.clone(), value: json!(entry), ttl });
+            trail.pending.cache_write = Some(CacheWrite { key: key.clone(), value: json!(entry), ttl });
         }
         Ok(out)
     }
@@ -543,9 +552,6 @@ impl Routing {
                 call_model(provider.as_ref(), spec, &request, &self.breakers, &self.options.retry, deadline, named).await;
             trail.usage.attempts += report.attempts;
             let cost = result.as_ref().map(|r| spec.cost_micro_usd(r.input_tokens, r.output_tokens)).unwrap_or(0);
-            if let Some(h) = &held {
-                settle(self.table.as_ref(), h, cost).await?;
-            }
             match result {
                 Ok(r) => {
                     trail.usage.input_tokens += r.input_tokens;
@@ -554,6 +560,8 @@ impl Routing {
                     match accept(&r) {
                         Ok(()) => {
                             trail.reasons.push(format!("answered by {} ({})", spec.name, spec.tier.as_str()));
+                            // Settled at the end, beside the decision event: one round trip fewer.
+                            trail.pending.settlement = held.map(|h| (h, cost));
                             return Ok(Some(Generated { model: i, response: r }));
                         }
                         Err(why) => {
@@ -573,26 +581,36 @@ impl Routing {
                     }
                 }
             }
+            if let Some(h) = &held {
+                settle(self.table.as_ref(), h, cost).await?;
+            }
         }
         Ok(None)
     }
 
-    /// Writes the trail's fresh cache entry and the decision event
-    /// concurrently: independent writes, one round trip instead of two.
-    async fn store_and_record(
+    /// Ends a request: its fresh cache entry, the settlement of its budget
+    /// reservation and its decision event are independent writes, made
+    /// concurrently (one round trip to the store instead of three).
+    async fn finish(
         &self,
         tenant: &TenantId,
-        cache_write: Option<CacheWrite>,
+        pending: Pending,
         record: impl std::future::Future<Output = Result<(), KeelError>>,
     ) -> Result<(), KeelError> {
         let store = async {
-            match &cache_write {
+            match &pending.cache_write {
                 Some(w) => cache::put(self.table.as_ref(), tenant, &w.key, &w.value, w.ttl).await,
                 None => Ok(()),
             }
         };
-        let (stored, recorded) = tokio::join!(store, record);
-        stored.and(recorded)
+        let settled = async {
+            match &pending.settlement {
+                Some((held, cost)) => settle(self.table.as_ref(), held, *cost).await,
+                None => Ok(()),
+            }
+        };
+        let (stored, settled, recorded) = tokio::join!(store, settled, record);
+        stored.and(settled).and(recorded)
     }
 
     async fn record_ask(&self, caller: &Caller, grounded: &Grounded<'_>, out: &AskResponse, usage: &Usage) -> Result<(), KeelError> {
