@@ -560,7 +560,7 @@ impl Routing {
                     match accept(&r) {
                         Ok(()) => {
                             trail.reasons.push(format!("answered by {} ({})", spec.name, spec.tier.as_str()));
-                            // Settled at the end, beside the decision event: one round trip fewer.
+                            // Settled at the end, beside the decision event (`finish`): one wait fewer.
                             trail.pending.settlement = held.map(|h| (h, cost));
                             return Ok(Some(Generated { model: i, response: r }));
                         }
@@ -589,8 +589,8 @@ impl Routing {
     }
 
     /// Ends a request: its fresh cache entry, the settlement of its budget
-    /// reservation and its decision event are independent writes, made
-    /// concurrently (one round trip to the store instead of three).
+    /// reservation and its decision event are independent writes, issued
+    /// together (a busy store takes them in one batch: one wait, not three).
     async fn finish(
         &self,
         tenant: &TenantId,
