@@ -107,11 +107,12 @@ impl Db {
             true => self.conn.try_lock(),
             false => Err(TryLockError::WouldBlock),
         };
-        match free {
-            Ok(mut conn) => run_batch(&mut conn, vec![job]),
-            Err(TryLockError::Poisoned(p)) => run_batch(&mut p.into_inner(), vec![job]),
+        let mut conn = match free {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return self.queued.send(job).map_err(|_| stopped()),
-        }
+        };
+        run_batch(&mut conn, vec![job]);
         Ok(())
     }
 
