@@ -63,6 +63,8 @@ async fn table_contract(t: &dyn Table) {
     assert!(matches!(t.increment(&pk, "FRESH", 3, Some(2), None).await, Err(StoreError::ConditionFailed)));
     assert_eq!(t.get(&pk, "FRESH").await.unwrap(), None);
     assert_eq!(t.increment(&pk, "FRESH", -4, Some(2), None).await.unwrap(), -4);
+    // An existing counter below the limit may take a step larger than the limit itself.
+    assert_eq!(t.increment(&pk, "FRESH", 3, Some(2), None).await.unwrap(), -1);
     assert_eq!(t.get(&pk, "N").await.unwrap().unwrap().counter, 7);
     // Counter additions in a group move exactly when its writes land.
     let adds = || vec![Add { pk: pk.clone(), sk: "N".into(), by: 3 }, Add { pk: pk.clone(), sk: "NEW".into(), by: 2 }];

@@ -58,6 +58,12 @@ pub fn never_hold_the_connection_here() {
 /// are SQLite's own, run by the commit that takes the WAL past
 /// `WAL_PAGES` pages: with no other connection writing meanwhile they
 /// finish, and the WAL starts over instead of growing.
+///
+/// The connection holds the file exclusively (`locking_mode=EXCLUSIVE`),
+/// which spares every transaction its file-lock system calls and keeps the
+/// WAL index in memory; savepoints journal to memory too. So one process
+/// serves a data directory at a time: a second one waits `busy_timeout`,
+/// then fails with "database is locked".
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
@@ -72,7 +78,8 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA busy_timeout=5000;
+            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA temp_store=MEMORY; PRAGMA busy_timeout=5000;
+             PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
              PRAGMA wal_autocheckpoint={WAL_PAGES};
              CREATE TABLE IF NOT EXISTS items (pk TEXT NOT NULL, sk TEXT NOT NULL, data TEXT NOT NULL,
                  ver INTEGER NOT NULL DEFAULT 0, n INTEGER, ttl INTEGER, PRIMARY KEY (pk, sk)) WITHOUT ROWID;
@@ -189,54 +196,54 @@ fn run(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize
     c.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(backend)
 }
 
-/// (version, ttl) of a live-or-expired row.
-fn current(tx: &Connection, pk: &str, sk: &str) -> Result<Option<(u64, Option<i64>)>, StoreError> {
-    tx.prepare_cached("SELECT ver, ttl FROM items WHERE pk = ?1 AND sk = ?2")
-        .and_then(|mut s| s.query_row(params![pk, sk], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?))).optional())
-        .map_err(backend)
+/// The first column of the row a statement returns, if it returns one.
+fn returned(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached(sql).and_then(|mut s| s.query_row(params, |r| r.get(0)).optional()).map_err(backend)
 }
 
 /// Adds `by` to a counter (a missing one counts as 0) unless that passes
-/// `max`; returns the new value.
-fn add(tx: &Connection, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
-    let old: Option<Option<i64>> = tx
-        .prepare_cached("SELECT n FROM items WHERE pk = ?1 AND sk = ?2")
-        .and_then(|mut s| s.query_row(params![pk, sk], |r| r.get(0)).optional())
-        .map_err(backend)?;
-    let new = old.flatten().unwrap_or(0) + by;
-    if max.is_some_and(|max| new > max) {
-        return Err(StoreError::ConditionFailed);
-    }
-    run(
-        tx,
-        "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
-         ON CONFLICT (pk, sk) DO UPDATE SET n = excluded.n, ttl = coalesce(excluded.ttl, items.ttl)",
-        params![pk, sk, new, expires_at],
-    )?;
-    Ok(new)
+/// `max`; returns the new value. One statement: the check and the write
+/// cannot be split by another writer, and a statement that fails changes
+/// nothing, so callers need no savepoint of their own.
+fn add(c: &Connection, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
+    let sql = match max.is_some_and(|max| by > max) {
+        // A new counter would start past the limit: only an existing (negative) one may take it.
+        true => "UPDATE items SET n = coalesce(n, 0) + ?3, ttl = coalesce(?4, ttl)
+                 WHERE pk = ?1 AND sk = ?2 AND coalesce(n, 0) + ?3 <= ?5 RETURNING n",
+        false => "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
+                  ON CONFLICT (pk, sk) DO UPDATE SET n = coalesce(items.n, 0) + excluded.n, ttl = coalesce(excluded.ttl, items.ttl)
+                  WHERE ?5 IS NULL OR coalesce(items.n, 0) + excluded.n <= ?5 RETURNING n",
+    };
+    returned(c, sql, params![pk, sk, by, expires_at, max])?.ok_or(StoreError::ConditionFailed)
 }
 
-/// Checks a write's condition and performs it; returns the new version.
-fn apply(tx: &Connection, w: &Write) -> Result<u64, StoreError> {
-    let now = now_secs();
-    let row = current(tx, &w.pk, &w.sk)?;
-    let live = row.filter(|(_, ttl)| ttl.is_none_or(|t| t > now));
-    let ok = match w.condition {
-        Condition::Always => true,
-        Condition::NotExists => live.is_none(),
-        Condition::Version(v) => live.is_some_and(|(ver, _)| ver == v),
-    };
-    if !ok {
-        return Err(StoreError::ConditionFailed);
-    }
-    let version = row.map_or(0, |(v, _)| v) + 1;
-    run(
-        tx,
-        "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = excluded.ver, ttl = excluded.ttl",
-        params![w.pk, w.sk, w.data.to_string(), version as i64, w.expires_at],
-    )?;
-    Ok(version)
+/// Checks a write's condition and performs it in one statement; returns
+/// the new version (one past the old row's, expired or not). `data` is
+/// `w.data` serialized, done before taking the connection.
+fn apply(c: &Connection, w: &Write, data: &str) -> Result<u64, StoreError> {
+    let version = match w.condition {
+        Condition::Always => returned(
+            c,
+            "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
+             ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl RETURNING ver",
+            params![w.pk, w.sk, data, w.expires_at],
+        ),
+        // An expired row counts as absent.
+        Condition::NotExists => returned(
+            c,
+            "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
+             ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl
+             WHERE items.ttl IS NOT NULL AND items.ttl <= ?5 RETURNING ver",
+            params![w.pk, w.sk, data, w.expires_at, now_secs()],
+        ),
+        Condition::Version(expected) => returned(
+            c,
+            "UPDATE items SET data = ?3, ver = ver + 1, ttl = ?4
+             WHERE pk = ?1 AND sk = ?2 AND ver = ?6 AND (ttl IS NULL OR ttl > ?5) RETURNING ver",
+            params![w.pk, w.sk, data, w.expires_at, now_secs(), expected as i64],
+        ),
+    }?;
+    version.map(|v| v as u64).ok_or(StoreError::ConditionFailed)
 }
 
 /// pk, sk, data, ver, n, ttl.
@@ -287,20 +294,16 @@ impl Table for SqliteTable {
     }
 
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
-        self.db.call(move |c| {
-            let tx = c.savepoint().map_err(backend)?;
-            let v = apply(&tx, &write)?;
-            tx.commit().map_err(backend)?;
-            Ok(v)
-        })
-        .await
+        let data = write.data.to_string();
+        self.db.call(move |c| apply(c, &write, &data)).await
     }
 
     async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
+        let data: Vec<String> = writes.iter().map(|w| w.data.to_string()).collect();
         self.db.call(move |c| {
             let tx = c.savepoint().map_err(backend)?;
-            for w in &writes {
-                apply(&tx, w)?; // dropping `tx` on error rolls everything back
+            for (w, data) in writes.iter().zip(&data) {
+                apply(&tx, w, data)?; // dropping `tx` on error rolls everything back
             }
             for a in &adds {
                 add(&tx, &a.pk, &a.sk, a.by, None, None)?;
@@ -344,13 +347,7 @@ impl Table for SqliteTable {
 
     async fn increment(&self, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
         let (pk, sk) = (pk.to_owned(), sk.to_owned());
-        self.db.call(move |c| {
-            let tx = c.savepoint().map_err(backend)?;
-            let new = add(&tx, &pk, &sk, by, max, expires_at)?;
-            tx.commit().map_err(backend)?;
-            Ok(new)
-        })
-        .await
+        self.db.call(move |c| add(c, &pk, &sk, by, max, expires_at)).await
     }
 }
 
@@ -439,45 +436,46 @@ impl WorkQueue for SqliteQueue {
 
     async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
         let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
-        self.db.call(move |c| {
-            let tx = c.savepoint().map_err(backend)?;
-            let now = now_ms();
-            let rows = {
-                let mut stmt = tx
+        let mut rows = self
+            .db
+            .call(move |c| {
+                let now = now_ms();
+                // Past the redrive limit: to the dead-letter state, as SQS moves them to the DLQ.
+                // (Were the next statement to fail, these would still be right to keep.)
+                run(
+                    c,
+                    "UPDATE messages SET dead = 1 WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 AND receives >= ?3",
+                    params![queue.as_str(), now, max_receives],
+                )?;
+                let mut stmt = c
                     .prepare_cached(
-                        "SELECT id, message_id, body, attributes, receives FROM messages
-                         WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT ?3",
+                        "UPDATE messages SET receives = receives + 1, visible_at = ?4
+                         WHERE id IN (SELECT id FROM messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT ?3)
+                         RETURNING id, message_id, body, attributes, receives",
                     )
                     .map_err(backend)?;
                 let rows = stmt
-                    .query_map(params![queue.as_str(), now, max as i64], |r| {
+                    .query_map(params![queue.as_str(), now, max as i64, now + visibility], |r| {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?))
                     })
                     .map_err(backend)?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend)?;
+                    .map_err(backend);
                 rows
-            };
-            let mut out = Vec::new();
-            for (id, message_id, body, attrs, receives) in rows {
-                if receives as u32 >= max_receives {
-                    // Past the redrive limit: to the dead-letter state, as SQS moves it to the DLQ.
-                    run(&tx, "UPDATE messages SET dead = 1 WHERE id = ?1", params![id])?;
-                    continue;
-                }
-                run(&tx, "UPDATE messages SET receives = receives + 1, visible_at = ?2 WHERE id = ?1", params![id, now + visibility])?;
-                out.push(QueueMessage {
+            })
+            .await?;
+        rows.sort_unstable_by_key(|r| r.0); // RETURNING's order is unspecified
+        rows.into_iter()
+            .map(|(id, message_id, body, attrs, receives)| {
+                Ok(QueueMessage {
                     message_id,
                     receipt: id.to_string(),
                     body,
                     attributes: serde_json::from_str(&attrs).map_err(backend)?,
-                    receive_count: receives as u32 + 1,
-                });
-            }
-            tx.commit().map_err(backend)?;
-            Ok(out)
-        })
-        .await
+                    receive_count: receives as u32,
+                })
+            })
+            .collect()
     }
 
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -65,15 +65,18 @@ pub struct Stack {
     server: tokio::task::JoinHandle<()>,
 }
 
-/// The tools function, as the saga's Lambda task.
-struct ToolsTask(Arc<Tools>);
+/// The tools function, as the saga's Lambda task. Weak, because the tools
+/// hold the saga: a strong reference both ways would keep both, and the
+/// database they share, alive after the stack stops.
+struct ToolsTask(Weak<Tools>);
 
 #[async_trait]
 impl TaskRunner for ToolsTask {
     async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
         let input: StepInput = serde_json::from_value(payload)
             .map_err(|e| TaskFailure { error: "Keel.Failed".into(), cause: e.to_string() })?;
-        self.0.run_step(input).await.map_err(|e| {
+        let tools = self.0.upgrade().ok_or_else(|| TaskFailure { error: "Keel.Failed".into(), cause: "the stack has stopped".into() })?;
+        tools.run_step(input).await.map_err(|e| {
             let d = keel_lambda::task_error(&e);
             TaskFailure { error: d.error_type, cause: d.error_message }
         })
@@ -94,7 +97,7 @@ impl Stack {
 
         let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
         let tools = Arc::new(Tools::new(table.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
-        saga.connect(Arc::new(ToolsTask(tools.clone())));
+        saga.connect(Arc::new(ToolsTask(Arc::downgrade(&tools))));
         let resumed = saga.resume()?;
         if resumed > 0 {
             tracing::info!(resumed, "resumed saga executions");
