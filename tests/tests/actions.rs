@@ -187,6 +187,29 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
 }
 
 #[tokio::test]
+async fn an_action_waiting_for_approval_when_the_stack_stops_runs_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "restart", json!({})).await;
+    let svc = Service::start().await;
+    put(&c, &t.admin, "/v1/tools/refund", tool("high", json!([step("refund", &svc.url, "refund")]), json!({}))).await;
+    let (_, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("refund", 5.0, "r-1"))).await.unwrap();
+    assert_eq!(a["status"], "pending_approval", "{a}");
+    let id = a["action_id"].as_str().unwrap().to_string();
+    stack.stop().await;
+
+    // The saga's wait ended with the stack and left nothing holding the store: the same directory opens again.
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let (s, r) = c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap();
+    assert_eq!(s, 200, "{r}");
+    wait_for(&c, &t.member, &id, "executed").await;
+    assert_eq!(svc.paths(), ["/refund"]);
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;

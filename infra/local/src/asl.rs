@@ -14,7 +14,8 @@ use keel_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tokio::task::JoinSet;
 use tokio::sync::oneshot;
 use std::time::Duration;
 
@@ -308,11 +309,23 @@ struct SagaInner {
     runner: OnceLock<Arc<dyn TaskRunner>>,
     interval_scale: f64,
     callbacks: Callbacks,
+    /// Executions in flight, so that `stop` can end them.
+    executions: Mutex<JoinSet<()>>,
 }
 
 impl LocalSaga {
     pub fn new(db: Db, definition: Value, interval_scale: f64) -> Self {
-        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale, callbacks: Callbacks::default() }))
+        let executions = Mutex::default();
+        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale, callbacks: Callbacks::default(), executions }))
+    }
+
+    /// Ends every execution in flight without recording a result, as a
+    /// process exit would (they are still RUNNING, and the next start
+    /// resumes them), and returns once none holds the database any more.
+    pub async fn stop(&self) {
+        let mut executions = std::mem::take(&mut *self.0.executions.lock().unwrap_or_else(PoisonError::into_inner));
+        executions.abort_all();
+        while executions.join_next().await.is_some() {}
     }
 
     /// Connects the task runner (the tools function), which itself needs the saga.
@@ -339,7 +352,9 @@ impl LocalSaga {
 
     fn spawn(&self, name: String, input: Value) {
         let saga = self.0.clone();
-        tokio::spawn(async move {
+        let mut executions = self.0.executions.lock().unwrap_or_else(PoisonError::into_inner);
+        while executions.try_join_next().is_some() {} // forget the finished ones
+        executions.spawn(async move {
             let runner: Arc<dyn TaskRunner> = saga.runner.get().cloned().unwrap_or_else(|| Arc::new(NoTasks));
             let result = execute(&saga.definition, input, runner.as_ref(), saga.interval_scale, &saga.callbacks).await;
             let (status, output, error, cause) = match result {

@@ -61,8 +61,10 @@ pub struct Stack {
     pub table: Arc<SqliteTable>,
     /// The retrieval service itself (benchmarks time it in-process).
     pub retrieval: Arc<Retrieval>,
+    saga: LocalSaga,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    consumers: std::thread::JoinHandle<()>,
 }
 
 /// The tools function, as the saga's Lambda task. Weak, because the tools
@@ -75,7 +77,11 @@ impl TaskRunner for ToolsTask {
     async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
         let input: StepInput = serde_json::from_value(payload)
             .map_err(|e| TaskFailure { error: "Keel.Failed".into(), cause: e.to_string() })?;
-        let tools = self.0.upgrade().ok_or_else(|| TaskFailure { error: "Keel.Failed".into(), cause: "the stack has stopped".into() })?;
+        let Some(tools) = self.0.upgrade() else {
+            // The stack is stopping: `LocalSaga::stop` ends this execution
+            // without a result, and the next start resumes it.
+            return std::future::pending().await;
+        };
         tools.run_step(input).await.map_err(|e| {
             let d = keel_lambda::task_error(&e);
             TaskFailure { error: d.error_type, cause: d.error_message }
@@ -126,7 +132,7 @@ impl Stack {
         // they work through waits for idle CPU instead of holding up requests.
         let (store, consumers, stop_consumers) = (queue.clone(), services.clone(), stopped.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
-        std::thread::Builder::new()
+        let consumers = std::thread::Builder::new()
             .name("keel-queues".into())
             .spawn(move || {
                 if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
@@ -154,7 +160,7 @@ impl Stack {
                 tracing::error!(error = %e, "local API stopped");
             }
         });
-        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, retrieval, shutdown, server })
+        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, retrieval, saga, shutdown, server, consumers })
     }
 
     pub fn url(&self) -> String {
@@ -174,9 +180,15 @@ impl Stack {
         false
     }
 
+    /// Stops serving and consuming, then ends the saga executions in
+    /// flight (the next start resumes them), so that nothing keeps the data
+    /// directory's database open once the stack is gone.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        let consumers = self.consumers;
+        let _ = tokio::task::spawn_blocking(move || consumers.join()).await;
+        self.saga.stop().await;
     }
 
     /// Serves until Ctrl-C.
