@@ -46,9 +46,10 @@ pub fn never_hold_the_connection_here() {
 /// is busy, the job goes to the database thread instead of blocking the
 /// caller, so a request waiting for the database never holds up the async
 /// workers serving other requests. Jobs that queue up meanwhile are
-/// committed together (group commit); each job's writes sit in a savepoint
-/// of their own, so one job's failure undoes only that job's writes, and no
-/// result is delivered before its transaction has committed.
+/// committed together (group commit). Each job's writes are all-or-nothing
+/// on their own (one statement, or a savepoint around several), so one
+/// job's failure undoes only that job's writes, and no result is delivered
+/// before its transaction has committed.
 ///
 /// Durability: `synchronous=OFF`. A crash of the process loses nothing
 /// committed, but an OS crash or power cut may lose the last transactions
