@@ -64,7 +64,7 @@ pub fn never_hold_the_connection_here() {
 /// which spares every transaction its file-lock system calls and keeps the
 /// WAL index in memory; savepoints journal to memory too. So one process
 /// serves a data directory at a time: a second one waits `busy_timeout`,
-/// then fails with "database is locked".
+/// then fails, saying the store is in use by another process.
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
@@ -91,7 +91,12 @@ impl Db {
              CREATE TABLE IF NOT EXISTS executions (name TEXT PRIMARY KEY, input TEXT NOT NULL,
                  status TEXT NOT NULL, output TEXT, error TEXT, cause TEXT);"
         ))
-        .map_err(backend)?;
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                backend(format!("{} is in use by another process (one keel-local per data directory)", path.display()))
+            }
+            _ => backend(e),
+        })?;
         conn.set_prepared_statement_cache_capacity(64);
         let conn = Arc::new(Mutex::new(conn));
         let (jobs, queued) = std::sync::mpsc::channel::<Job>();
@@ -506,6 +511,16 @@ mod tests {
         let wal = std::fs::metadata(path.with_extension("sqlite-wal")).unwrap().len();
         assert!(wal < 2 * 1024 * 1024, "the WAL grew to {wal} bytes");
         assert_eq!(db.with(|c| c.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0)).map_err(backend)).unwrap(), 3_000);
+    }
+
+    #[test]
+    fn a_store_in_use_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.sqlite");
+        let _serving = Db::open(&path).unwrap();
+        // Another connection, as another process would open it: it waits `busy_timeout`, then gives up.
+        let refused = Db::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("is in use by another process"), "{refused}");
     }
 
     #[test]
