@@ -130,9 +130,9 @@ impl Audit {
         let mut prev = self.head(tenant).await?;
         let mut writes = Vec::with_capacity(events.len() * 2);
         let mut adds: Vec<Add> = Vec::new();
+        let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
         for &event in events {
             let entry = next_entry(prev.as_ref(), now_rfc3339(), event.clone());
-            let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
             writes.push(new(entry_sk(entry.seq), serde_json::to_value(&entry)?));
             writes.push(new(pointer_sk(&event.decision_id, &event.event_id), json!({"seq": entry.seq})));
             // One addition per counter: a transaction may touch an item once.

@@ -130,7 +130,7 @@ impl Stack {
         // The queue consumers get a thread and runtime of their own, as they
         // are functions of their own in AWS, at the lowest priority: a batch
         // they work through waits for idle CPU instead of holding up requests.
-        let (store, consumers, stop_consumers) = (queue.clone(), services.clone(), stopped.clone());
+        let (store, consumer_services, stop_consumers) = (queue.clone(), services.clone(), stopped.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
         let consumers = std::thread::Builder::new()
             .name("keel-queues".into())
@@ -142,7 +142,7 @@ impl Stack {
                 runtime.block_on(async move {
                     let mut drains = tokio::task::JoinSet::new();
                     for q in QueueName::ALL {
-                        drains.spawn(drain(q, store.clone(), consumers.clone(), stop_consumers.clone()));
+                        drains.spawn(drain(q, store.clone(), consumer_services.clone(), stop_consumers.clone()));
                     }
                     drains.join_all().await;
                 })
