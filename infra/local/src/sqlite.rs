@@ -277,6 +277,28 @@ macro_rules! select_items {
     };
 }
 
+// Neither statement binds its limit: SQLite plans with the value bound to a
+// `LIMIT ?`, so it would prepare the statement again on every run.
+
+/// A partition's items from a key prefix, in key order. They come straight
+/// off the primary key, so taking the first `limit` rows reads no more than
+/// a LIMIT would.
+fn query_sql(descending: bool) -> &'static str {
+    match descending {
+        true => select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk DESC"),
+        false => select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk ASC"),
+    }
+}
+
+/// Claims up to `max` visible messages, oldest first.
+fn receive_sql(max: usize) -> String {
+    format!(
+        "UPDATE messages SET receives = receives + 1, visible_at = ?3
+         WHERE id IN (SELECT id FROM messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT {max})
+         RETURNING id, message_id, body, attributes, receives"
+    )
+}
+
 /// The smallest string above every string that starts with `prefix`; keys
 /// never contain U+10FFFF, so `prefix <= sk < upper` is exactly "starts
 /// with `prefix`", and SQLite seeks the primary key instead of scanning the
@@ -331,19 +353,11 @@ impl Table for SqliteTable {
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
         let (pk, sk_prefix) = (pk.to_owned(), sk_prefix.to_owned());
         self.db.call(move |c| {
-            let sql = match options.descending {
-                true => select_items!(
-                    "WHERE pk = ?1 AND sk >= ?2 AND sk < ?6 AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk DESC LIMIT ?4"
-                ),
-                false => select_items!(
-                    "WHERE pk = ?1 AND sk >= ?2 AND sk < ?6 AND (ttl IS NULL OR ttl > ?3) AND (?5 IS NULL OR sk > ?5) ORDER BY sk ASC LIMIT ?4"
-                ),
-            };
-            let limit = options.limit.map_or(-1, |l| l as i64);
-            let mut stmt = c.prepare_cached(sql).map_err(backend)?;
+            let mut stmt = c.prepare_cached(query_sql(options.descending)).map_err(backend)?;
             let rows = stmt
-                .query_map(params![pk, sk_prefix, now_secs(), limit, options.after, prefix_upper_bound(&sk_prefix)], row_to_item)
+                .query_map(params![pk, sk_prefix, now_secs(), options.after, prefix_upper_bound(&sk_prefix)], row_to_item)
                 .map_err(backend)?
+                .take(options.limit.unwrap_or(usize::MAX))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
             rows.into_iter().map(to_item).collect()
@@ -442,6 +456,7 @@ impl WorkQueue for SqliteQueue {
 
     async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
         let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
+        let max = max.clamp(1, 10); // as SQS's ReceiveMessage
         let mut rows = self
             .db
             .call(move |c| {
@@ -453,15 +468,9 @@ impl WorkQueue for SqliteQueue {
                     "UPDATE messages SET dead = 1 WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 AND receives >= ?3",
                     params![queue.as_str(), now, max_receives],
                 )?;
-                let mut stmt = c
-                    .prepare_cached(
-                        "UPDATE messages SET receives = receives + 1, visible_at = ?4
-                         WHERE id IN (SELECT id FROM messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY id LIMIT ?3)
-                         RETURNING id, message_id, body, attributes, receives",
-                    )
-                    .map_err(backend)?;
+                let mut stmt = c.prepare_cached(&receive_sql(max)).map_err(backend)?;
                 let rows = stmt
-                    .query_map(params![queue.as_str(), now, max as i64, now + visibility], |r| {
+                    .query_map(params![queue.as_str(), now, now + visibility], |r| {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?))
                     })
                     .map_err(backend)?
@@ -544,5 +553,27 @@ mod tests {
         .unwrap();
         assert_eq!(ran_on.as_deref(), Some("keel-sqlite"));
         assert_eq!(count_items(&db), 1);
+    }
+
+    #[tokio::test]
+    async fn queries_and_receives_run_without_being_prepared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
+        let (table, queue) = (SqliteTable::new(db.clone()), SqliteQueue::new(db.clone(), Duration::from_secs(30), 5));
+        for i in 0..3 {
+            insert(&db, i);
+            queue.send(QueueName::Audit, format!("m{i}"), HashMap::new()).await.unwrap();
+            for descending in [false, true] {
+                let options = QueryOptions { limit: Some(i + 1), descending, ..Default::default() };
+                assert_eq!(table.query("T", "item-", options).await.unwrap().len(), i + 1);
+            }
+            assert_eq!(queue.receive(QueueName::Audit, 10).await.unwrap().len(), 1);
+        }
+        let reprepared = |sql: String| {
+            db.with(move |c| Ok(c.prepare_cached(&sql).map_err(backend)?.get_status(rusqlite::StatementStatus::RePrepare))).unwrap()
+        };
+        for sql in [query_sql(false).to_string(), query_sql(true).to_string(), receive_sql(10)] {
+            assert_eq!(reprepared(sql.clone()), 0, "{sql}");
+        }
     }
 }
