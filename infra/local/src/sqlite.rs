@@ -84,7 +84,7 @@ impl Db {
              PRAGMA wal_autocheckpoint={WAL_PAGES};
              CREATE TABLE IF NOT EXISTS items (pk TEXT NOT NULL, sk TEXT NOT NULL, data TEXT NOT NULL,
                  ver INTEGER NOT NULL DEFAULT 0, n INTEGER, ttl INTEGER, PRIMARY KEY (pk, sk)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+             CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, queue TEXT NOT NULL,
                  message_id TEXT NOT NULL, body TEXT NOT NULL, attributes TEXT NOT NULL,
                  receives INTEGER NOT NULL DEFAULT 0, visible_at INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead, visible_at);
@@ -202,51 +202,84 @@ fn run(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize
     c.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(backend)
 }
 
-/// The first column of the row a statement returns, if it returns one.
-fn returned(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Option<i64>, StoreError> {
-    c.prepare_cached(sql).and_then(|mut s| s.query_row(params, |r| r.get(0)).optional()).map_err(backend)
+/// A write statement with and without `RETURNING column`. RETURNING makes
+/// a statement about a third dearer (SQLite gathers the returned rows in a
+/// table of their own), so writes whose result nobody reads go without it.
+macro_rules! returning {
+    ($sql:literal, $column:literal) => {
+        [concat!($sql, " RETURNING ", $column), $sql]
+    };
+}
+
+/// Runs a write from `returning!`: the returned column if `wanted` (else
+/// 0), or `None` when the statement wrote no row (its condition failed).
+fn write(c: &Connection, sql: [&str; 2], params: impl rusqlite::Params, wanted: bool) -> Result<Option<i64>, StoreError> {
+    match wanted {
+        true => c.prepare_cached(sql[0]).and_then(|mut s| s.query_row(params, |r| r.get(0)).optional()),
+        false => c.prepare_cached(sql[1]).and_then(|mut s| s.execute(params)).map(|n| (n > 0).then_some(0)),
+    }
+    .map_err(backend)
 }
 
 /// Adds `by` to a counter (a missing one counts as 0) unless that passes
-/// `max`; returns the new value. One statement: the check and the write
-/// cannot be split by another writer, and a statement that fails changes
-/// nothing, so callers need no savepoint of their own.
-fn add(c: &Connection, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
-    let sql = match max.is_some_and(|max| by > max) {
+/// `max`; returns the new value (0 unless `wanted`). One statement: the
+/// check and the write cannot be split by another writer, and a statement
+/// that fails changes nothing, so callers need no savepoint of their own.
+fn add(c: &Connection, a: &Add, max: Option<i64>, expires_at: Option<i64>, wanted: bool) -> Result<i64, StoreError> {
+    let sql = match max.is_some_and(|max| a.by > max) {
         // A new counter would start past the limit: only an existing (negative) one may take it.
-        true => "UPDATE items SET n = coalesce(n, 0) + ?3, ttl = coalesce(?4, ttl)
-                 WHERE pk = ?1 AND sk = ?2 AND coalesce(n, 0) + ?3 <= ?5 RETURNING n",
-        false => "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
-                  ON CONFLICT (pk, sk) DO UPDATE SET n = coalesce(items.n, 0) + excluded.n, ttl = coalesce(excluded.ttl, items.ttl)
-                  WHERE ?5 IS NULL OR coalesce(items.n, 0) + excluded.n <= ?5 RETURNING n",
+        true => returning!(
+            "UPDATE items SET n = coalesce(n, 0) + ?3, ttl = coalesce(?4, ttl)
+             WHERE pk = ?1 AND sk = ?2 AND coalesce(n, 0) + ?3 <= ?5",
+            "n"
+        ),
+        false => returning!(
+            "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
+             ON CONFLICT (pk, sk) DO UPDATE SET n = coalesce(items.n, 0) + excluded.n, ttl = coalesce(excluded.ttl, items.ttl)
+             WHERE ?5 IS NULL OR coalesce(items.n, 0) + excluded.n <= ?5",
+            "n"
+        ),
     };
-    returned(c, sql, params![pk, sk, by, expires_at, max])?.ok_or(StoreError::ConditionFailed)
+    write(c, sql, params![a.pk, a.sk, a.by, expires_at, max], wanted)?.ok_or(StoreError::ConditionFailed)
 }
 
 /// Checks a write's condition and performs it in one statement; returns
-/// the new version (one past the old row's, expired or not). `data` is
-/// `w.data` serialized, done before taking the connection.
-fn apply(c: &Connection, w: &Write, data: &str) -> Result<u64, StoreError> {
+/// the new version (one past the old row's, expired or not; 0 unless
+/// `wanted`). `data` is `w.data` serialized, done before taking the
+/// connection.
+fn apply(c: &Connection, w: &Write, data: &str, wanted: bool) -> Result<u64, StoreError> {
     let version = match w.condition {
-        Condition::Always => returned(
+        Condition::Always => write(
             c,
-            "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
-             ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl RETURNING ver",
+            returning!(
+                "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl",
+                "ver"
+            ),
             params![w.pk, w.sk, data, w.expires_at],
+            wanted,
         ),
         // An expired row counts as absent.
-        Condition::NotExists => returned(
+        Condition::NotExists => write(
             c,
-            "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
-             ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl
-             WHERE items.ttl IS NOT NULL AND items.ttl <= ?5 RETURNING ver",
+            returning!(
+                "INSERT INTO items (pk, sk, data, ver, ttl) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, ver = items.ver + 1, ttl = excluded.ttl
+                 WHERE items.ttl IS NOT NULL AND items.ttl <= ?5",
+                "ver"
+            ),
             params![w.pk, w.sk, data, w.expires_at, now_secs()],
+            wanted,
         ),
-        Condition::Version(expected) => returned(
+        Condition::Version(expected) => write(
             c,
-            "UPDATE items SET data = ?3, ver = ver + 1, ttl = ?4
-             WHERE pk = ?1 AND sk = ?2 AND ver = ?6 AND (ttl IS NULL OR ttl > ?5) RETURNING ver",
+            returning!(
+                "UPDATE items SET data = ?3, ver = ver + 1, ttl = ?4
+                 WHERE pk = ?1 AND sk = ?2 AND ver = ?6 AND (ttl IS NULL OR ttl > ?5)",
+                "ver"
+            ),
             params![w.pk, w.sk, data, w.expires_at, now_secs(), expected as i64],
+            wanted,
         ),
     }?;
     version.map(|v| v as u64).ok_or(StoreError::ConditionFailed)
@@ -323,7 +356,7 @@ impl Table for SqliteTable {
 
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
         let data = write.data.to_string();
-        self.db.call(move |c| apply(c, &write, &data)).await
+        self.db.call(move |c| apply(c, &write, &data, true)).await
     }
 
     async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
@@ -331,10 +364,10 @@ impl Table for SqliteTable {
         self.db.call(move |c| {
             let tx = c.savepoint().map_err(backend)?;
             for (w, data) in writes.iter().zip(&data) {
-                apply(&tx, w, data)?; // dropping `tx` on error rolls everything back
+                apply(&tx, w, data, false)?; // dropping `tx` on error rolls everything back
             }
             for a in &adds {
-                add(&tx, &a.pk, &a.sk, a.by, None, None)?;
+                add(&tx, a, None, None, false)?;
             }
             tx.commit().map_err(backend)
         })
@@ -366,8 +399,8 @@ impl Table for SqliteTable {
     }
 
     async fn increment(&self, pk: &str, sk: &str, by: i64, max: Option<i64>, expires_at: Option<i64>) -> Result<i64, StoreError> {
-        let (pk, sk) = (pk.to_owned(), sk.to_owned());
-        self.db.call(move |c| add(c, &pk, &sk, by, max, expires_at)).await
+        let counter = Add { pk: pk.to_owned(), sk: sk.to_owned(), by };
+        self.db.call(move |c| add(c, &counter, max, expires_at, true)).await
     }
 }
 
@@ -377,6 +410,17 @@ pub struct SqliteQueue {
     db: Db,
     visibility: Duration,
     max_receives: u32,
+}
+
+/// A receipt names the message's row and the message: without
+/// AUTOINCREMENT (which would write its counter on every send) a row id
+/// comes back once the newest message is deleted, and a late ack of the old
+/// message must not delete the new one.
+fn parse_receipt(receipt: &str) -> Result<(i64, String), StoreError> {
+    receipt
+        .split_once('/')
+        .and_then(|(id, message_id)| Some((id.parse().ok()?, message_id.to_string())))
+        .ok_or_else(|| backend(format!("bad receipt {receipt:?}")))
 }
 
 fn now_ms() -> i64 {
@@ -413,11 +457,11 @@ impl SqliteQueue {
 
     /// Acks several received messages in one transaction (SQS's DeleteMessageBatch).
     pub async fn ack_all(&self, queue: QueueName, receipts: Vec<String>) -> Result<(), StoreError> {
-        let ids = receipts.iter().map(|r| r.parse::<i64>().map_err(|_| backend("bad receipt"))).collect::<Result<Vec<_>, _>>()?;
+        let messages = receipts.iter().map(|r| parse_receipt(r)).collect::<Result<Vec<_>, _>>()?;
         self.db
             .call(move |c| {
-                for id in ids {
-                    run(c, "DELETE FROM messages WHERE id = ?1 AND queue = ?2", params![id, queue.as_str()])?;
+                for (id, message_id) in messages {
+                    run(c, "DELETE FROM messages WHERE id = ?1 AND message_id = ?2 AND queue = ?3", params![id, message_id, queue.as_str()])?;
                 }
                 Ok(())
             })
@@ -483,8 +527,8 @@ impl WorkQueue for SqliteQueue {
         rows.into_iter()
             .map(|(id, message_id, body, attrs, receives)| {
                 Ok(QueueMessage {
+                    receipt: format!("{id}/{message_id}"),
                     message_id,
-                    receipt: id.to_string(),
                     body,
                     attributes: serde_json::from_str(&attrs).map_err(backend)?,
                     receive_count: receives as u32,
@@ -575,5 +619,20 @@ mod tests {
         for sql in [query_sql(false).to_string(), query_sql(true).to_string(), receive_sql(10)] {
             assert_eq!(reprepared(sql.clone()), 0, "{sql}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_late_ack_deletes_only_its_own_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::new(Db::open(&dir.path().join("keel.sqlite")).unwrap(), Duration::from_secs(30), 5);
+        queue.send(QueueName::Audit, "first".into(), HashMap::new()).await.unwrap();
+        let first = queue.receive(QueueName::Audit, 10).await.unwrap().remove(0);
+        queue.ack(QueueName::Audit, &first.receipt).await.unwrap();
+        // The newest row is gone, so the next message may take its row id.
+        queue.send(QueueName::Audit, "second".into(), HashMap::new()).await.unwrap();
+        queue.ack(QueueName::Audit, &first.receipt).await.unwrap();
+        let second = queue.receive(QueueName::Audit, 10).await.unwrap();
+        assert_eq!(second.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["second"]);
+        assert!(queue.ack(QueueName::Audit, "not a receipt").await.is_err());
     }
 }
