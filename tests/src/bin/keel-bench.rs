@@ -5,7 +5,11 @@
 //! rate limit, routing, budget reserve and settle, cache lookup and write,
 //! decision event), and reports latency percentiles of both and their
 //! difference. Latency is measured from each request's scheduled send time,
-//! so a stalled server cannot hide queued requests. Build it in release:
+//! so a stalled server cannot hide queued requests. It also reports the CPU
+//! time the gateway adds per request: the process's CPU time over the
+//! gateway run less that over the direct run, each counted until the audit
+//! queue has drained, so the decision log's consumer is included. It varies
+//! less than the tail latency on a shared machine. Build it in release:
 //!
 //! ```text
 //! cargo run --release -p keel-tests --bin keel-bench -- gateway [seconds=5] [runs=3]
@@ -33,6 +37,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const RATES: [u64; 2] = [100, 1_000];
+
+/// CPU seconds this process has used so far, all threads: user and system
+/// time from /proc/self/stat, in Linux's clock ticks of 1/100 s.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -108,33 +121,40 @@ async fn gateway(seconds: u64, runs: usize) {
 
     println!("gateway overhead: chat completions against a stub model on loopback, {seconds} s per run, {runs} runs per rate");
     for rate in RATES {
-        let mut rows: Vec<[f64; 4]> = Vec::new();
+        let mut rows: Vec<[f64; 5]> = Vec::new();
         for run in 0..runs {
+            // CPU per request, until the audit queue has drained: the consumer's share included.
+            let cpu = cpu_seconds();
             let (direct, e1) = open_loop(direct_url.clone(), None, rate, seconds, counter.clone()).await;
             assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
+            let (cpu, direct_cpu) = (cpu_seconds(), cpu_seconds() - cpu);
             let (through, e2) = open_loop(gateway_url.clone(), Some(t.member.clone()), rate, seconds, counter.clone()).await;
             assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
-            let row = [percentile(&direct, 0.5), percentile(&direct, 0.99), percentile(&through, 0.5), percentile(&through, 0.99)];
+            let added_cpu_us = (cpu_seconds() - cpu - direct_cpu) * 1e6 / (rate * seconds) as f64;
+            let row =
+                [percentile(&direct, 0.5), percentile(&direct, 0.99), percentile(&through, 0.5), percentile(&through, 0.99), added_cpu_us];
             println!(
-                "  {rate} rps run {}: direct p50 {:.3} p99 {:.3} ms | gateway p50 {:.3} p99 {:.3} ms | errors {e1}/{e2}",
+                "  {rate} rps run {}: direct p50 {:.3} p99 {:.3} ms | gateway p50 {:.3} p99 {:.3} ms | gateway CPU {:.0} us/request | errors {e1}/{e2}",
                 run + 1,
                 row[0],
                 row[1],
                 row[2],
-                row[3]
+                row[3],
+                row[4]
             );
             rows.push(row);
         }
         let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
         println!(
             "{rate} rps (median of {runs} runs): direct p50 {:.3} ms p99 {:.3} ms; gateway p50 {:.3} ms p99 {:.3} ms; \
-             overhead p50 {:.3} ms p99 {:.3} ms",
+             overhead p50 {:.3} ms p99 {:.3} ms; gateway CPU {:.0} us/request",
             col(0),
             col(1),
             col(2),
             col(3),
             col(2) - col(0),
-            col(3) - col(1)
+            col(3) - col(1),
+            col(4)
         );
     }
     stack.stop().await;
