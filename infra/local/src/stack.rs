@@ -198,6 +198,14 @@ impl Stack {
     }
 }
 
+/// Messages a consumer takes at once, as SQS's ReceiveMessage at most.
+const RECEIVE_BATCH: usize = 10;
+/// How long a consumer waits after a batch that was not full: new messages
+/// gather meanwhile (as in a Lambda event source's batching window), so
+/// under load each consumer call and each of its store writes serves a full
+/// batch, not one message each.
+const BATCHING_WINDOW: Duration = Duration::from_millis(20);
+
 /// Feeds one queue to its consumer, acking what succeeded; failures come back
 /// after the visibility timeout and go dead past `max_receives`.
 async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
@@ -205,31 +213,31 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
         if *stopped.borrow() {
             return;
         }
-        let batch = match store.receive(queue, 10).await {
+        let batch = match store.receive(queue, RECEIVE_BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "queue receive failed");
                 Vec::new()
             }
         };
-        if batch.is_empty() {
+        if !batch.is_empty() {
+            let failed = match queue {
+                QueueName::Ingest => services.retrieval.ingest(&batch).await,
+                QueueName::Audit => services.audit.consume(&batch).await,
+                QueueName::Actions => services.tools.consume(&batch).await,
+            };
+            let done: Vec<String> = batch.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt.clone()).collect();
+            if !done.is_empty() {
+                if let Err(e) = store.ack_all(queue, done).await {
+                    tracing::error!(error = %e, "queue ack failed");
+                }
+            }
+        }
+        if batch.len() < RECEIVE_BATCH {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep(BATCHING_WINDOW) => {}
                 _ = stopped.changed() => {}
             }
-            continue;
-        }
-        let failed = match queue {
-            QueueName::Ingest => services.retrieval.ingest(&batch).await,
-            QueueName::Audit => services.audit.consume(&batch).await,
-            QueueName::Actions => services.tools.consume(&batch).await,
-        };
-        let done: Vec<String> = batch.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt.clone()).collect();
-        if done.is_empty() {
-            continue;
-        }
-        if let Err(e) = store.ack_all(queue, done).await {
-            tracing::error!(error = %e, "queue ack failed");
         }
     }
 }
