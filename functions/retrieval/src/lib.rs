@@ -9,7 +9,7 @@
 //! version on every search, so a document is searchable on the next query
 //! after its ingest completes.
 
-mod analyzer;
+pub mod analyzer;
 pub mod index;
 mod ingest;
 mod manifest;

@@ -9,6 +9,7 @@
 //! cargo run --release -p keel-tests --bin keel-eval -- embed     # the embedding model alone
 //! cargo run --release -p keel-tests --bin keel-eval -- injection # the injection guard on BIPIA and NotInject
 //! cargo run --release -p keel-tests --bin keel-eval -- classify  # in-function classification on BFCL tool choice
+//! cargo run --release -p keel-tests --bin keel-eval -- rank      # in-function reranking of BM25's SciFact top 50
 //! ```
 //!
 //! `KEEL_EVALDATA` points at the data (default `../shared/evaldata`).
@@ -21,6 +22,7 @@ use keel_core::TenantId;
 use keel_local::demo::Client;
 use keel_local::Stack;
 use keel_tests::percentile;
+use keel_retrieval::analyzer::term_frequencies;
 use keel_retrieval::pii::{detect, PiiKind};
 use keel_retrieval::Tuning;
 use serde_json::{json, Value};
@@ -632,6 +634,93 @@ async fn classify_eval() {
     env.stack.stop().await;
 }
 
+/// BM25 over a corpus with Keel's own analyzer (k1 0.9, b 0.4, as BEIR's
+/// Anserini baselines): the first stage of the rank evaluation.
+struct Bm25 {
+    postings: HashMap<String, Vec<(usize, u16)>>,
+    lengths: Vec<f64>,
+    average: f64,
+}
+
+impl Bm25 {
+    const K1: f64 = 0.9;
+    const B: f64 = 0.4;
+
+    fn new(texts: &[String]) -> Self {
+        let mut postings: HashMap<String, Vec<(usize, u16)>> = HashMap::new();
+        let mut lengths = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let (tf, length) = term_frequencies(text);
+            for (term, n) in tf {
+                postings.entry(term).or_default().push((i, n));
+            }
+            lengths.push(f64::from(length));
+        }
+        let average = lengths.iter().sum::<f64>() / lengths.len() as f64;
+        Self { postings, lengths, average }
+    }
+
+    /// Indices of the `k` best-scoring texts for `query`, best first.
+    fn top(&self, query: &str, k: usize) -> Vec<usize> {
+        let n = self.lengths.len() as f64;
+        let mut scores: HashMap<usize, f64> = HashMap::new();
+        for (term, _) in term_frequencies(query).0 {
+            let Some(docs) = self.postings.get(&term) else { continue };
+            let idf = (1.0 + (n - docs.len() as f64 + 0.5) / (docs.len() as f64 + 0.5)).ln();
+            for &(d, tf) in docs {
+                let tf = f64::from(tf);
+                let norm = Self::K1 * (1.0 - Self::B + Self::B * self.lengths[d] / self.average);
+                *scores.entry(d).or_default() += idf * tf * (Self::K1 + 1.0) / (tf + norm);
+            }
+        }
+        let mut ranked: Vec<(usize, f64)> = scores.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.into_iter().take(k).map(|(d, _)| d).collect()
+    }
+}
+
+/// `POST /v1/rank` as a reranker, the usual BEIR set-up for rerankers: for
+/// each SciFact test query BM25 takes the top 50 documents of the whole
+/// corpus, and rank reorders them with the in-function embedding model.
+/// Reports nDCG@10 of both orders and rank's latency (documents not yet
+/// embedded, then again with their vectors cached).
+async fn rank_eval() {
+    const CANDIDATES: usize = 50;
+    let env = Env::start().await;
+    let (key, _) = env.tenant("rank").await;
+    let corpus = scifact_corpus();
+    let texts: Vec<String> = corpus.iter().map(|d| format!("{}\n{}", d.title, d.text).chars().take(4_000).collect()).collect();
+    let bm25 = Bm25::new(&texts);
+    let queries = scifact_queries();
+    let test = qrels("test");
+    let (mut first, mut reranked, mut recall) = (Vec::new(), Vec::new(), 0);
+    let (mut cold_ms, mut warm_ms) = (Vec::new(), Vec::new());
+    for (qid, relevant) in &test {
+        let top = bm25.top(&queries[qid], CANDIDATES);
+        let ids: Vec<String> = top.iter().map(|&i| corpus[i].id.clone()).collect();
+        recall += ids.iter().filter(|d| relevant.contains(*d)).count();
+        first.push(ndcg_at_10(&ids, relevant));
+        let body = json!({"query": queries[qid], "documents": top.iter().map(|&i| &texts[i]).collect::<Vec<_>>()});
+        let mut order = Vec::new();
+        for ms in [&mut cold_ms, &mut warm_ms] {
+            let started = Instant::now();
+            let (s, b) = env.client.call("POST", "/v1/rank", &key, Some(body.clone())).await.unwrap();
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(s, 200, "{b}");
+            order = b["results"].as_array().unwrap().iter().map(|r| ids[r["index"].as_u64().unwrap() as usize].clone()).collect();
+        }
+        reranked.push(ndcg_at_10(&order, relevant));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let relevant: usize = test.values().map(HashSet::len).sum();
+    println!("Reranking, SciFact test ({} queries): BM25 top {CANDIDATES} (Keel's analyzer), then POST /v1/rank", test.len());
+    println!("  BM25 recall@{CANDIDATES} {:.1}% of the relevant documents", recall as f64 * 100.0 / relevant as f64);
+    println!("  nDCG@10: BM25 {:.4}; reranked by /v1/rank {:.4}", mean(&first), mean(&reranked));
+    report(&format!("POST /v1/rank latency, {CANDIDATES} documents not yet embedded"), cold_ms);
+    report(&format!("POST /v1/rank latency, {CANDIDATES} documents, vectors cached"), warm_ms);
+    env.stack.stop().await;
+}
+
 #[tokio::main]
 async fn main() {
     match std::env::args().nth(1).as_deref() {
@@ -642,8 +731,9 @@ async fn main() {
         Some("embed") => embed_eval(),
         Some("injection") => injection_eval(),
         Some("classify") => classify_eval().await,
+        Some("rank") => rank_eval().await,
         _ => {
-            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection | classify");
+            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection | classify | rank");
             std::process::exit(2);
         }
     }
