@@ -317,9 +317,17 @@ macro_rules! select_items {
 /// off the primary key, so taking the first `limit` rows reads no more than
 /// a LIMIT would.
 fn query_sql(descending: bool) -> &'static str {
+    macro_rules! ordered {
+        ($order:literal) => {
+            concat!(
+                select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk "),
+                $order
+            )
+        };
+    }
     match descending {
-        true => select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk DESC"),
-        false => select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk ASC"),
+        true => ordered!("DESC"),
+        false => ordered!("ASC"),
     }
 }
 

@@ -127,7 +127,7 @@ async fn gateway(seconds: u64, runs: usize) {
             let cpu = cpu_seconds();
             let (direct, e1) = open_loop(direct_url.clone(), None, rate, seconds, counter.clone()).await;
             assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
-            let (cpu, direct_cpu) = (cpu_seconds(), cpu_seconds() - cpu);
+            let (cpu, direct_cpu) = { let now = cpu_seconds(); (now, now - cpu) };
             let (through, e2) = open_loop(gateway_url.clone(), Some(t.member.clone()), rate, seconds, counter.clone()).await;
             assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
             let added_cpu_us = (cpu_seconds() - cpu - direct_cpu) * 1e6 / (rate * seconds) as f64;
