@@ -5,6 +5,7 @@
 pub mod asl;
 pub mod blobs;
 pub mod demo;
+mod per_poll;
 pub mod sqlite;
 mod stack;
 

@@ -20,9 +20,9 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
 
 /// Work for the database: it runs inside a transaction and returns how to
 /// deliver its result once that transaction has committed (or failed).
-type Job = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
 /// Gets the commit outcome.
-type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+pub(crate) type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Jobs committed together at most.
 const MAX_BATCH: usize = 64;
@@ -46,7 +46,8 @@ pub fn never_hold_the_connection_here() {
 /// is busy, the job goes to the database thread instead of blocking the
 /// caller, so a request waiting for the database never holds up the async
 /// workers serving other requests. Jobs that queue up meanwhile are
-/// committed together (group commit). Each job's writes are all-or-nothing
+/// committed together (group commit), as are the jobs one poll of a
+/// request submits (`Db::commit_per_poll`, in `per_poll`). Each job's writes are all-or-nothing
 /// on their own (one statement, or a savepoint around several), so one
 /// job's failure undoes only that job's writes, and no result is delivered
 /// before its transaction has committed.
@@ -106,16 +107,37 @@ impl Db {
     }
 
     /// Runs `f` at once if the connection is free, else queues it for the
-    /// database thread; `reply` gets its result once committed.
+    /// database thread; `reply` gets its result once committed. If
+    /// `may_hold`, inside `Db::commit_per_poll`, `f` waits for the end of
+    /// the current poll instead, to commit with the poll's other jobs.
     fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
         reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+        may_hold: bool,
     ) -> Result<(), StoreError> {
         let job: Job = Box::new(move |c| {
             let out = f(c);
             Box::new(move |committed: Result<(), String>| reply(committed.map_err(backend).and(out)))
         });
+        let job = match may_hold {
+            true => match crate::per_poll::hold(self, job) {
+                Some(job) => job,
+                None => return Ok(()),
+            },
+            false => job,
+        };
+        self.run_or_queue(vec![job]).map(drop)
+    }
+
+    /// Whether both handles use the same connection.
+    pub(crate) fn same(&self, other: &Db) -> bool {
+        Arc::ptr_eq(&self.conn, &other.conn)
+    }
+
+    /// Runs `jobs` in one transaction now if the connection is free (`true`),
+    /// else hands them to the database thread (`false`).
+    pub(crate) fn run_or_queue(&self, jobs: Vec<Job>) -> Result<bool, StoreError> {
         let free = match RUNS_JOBS.with(Cell::get) {
             true => self.conn.try_lock(),
             false => Err(TryLockError::WouldBlock),
@@ -123,10 +145,13 @@ impl Db {
         let mut conn = match free {
             Ok(conn) => conn,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return self.queued.send(job).map_err(|_| stopped()),
+            Err(TryLockError::WouldBlock) => {
+                jobs.into_iter().try_for_each(|job| self.queued.send(job)).map_err(|_| stopped())?;
+                return Ok(false);
+            }
         };
-        run_batch(&mut conn, vec![job]);
-        Ok(())
+        run_batch(&mut conn, jobs);
+        Ok(true)
     }
 
     /// Runs `f` against the database and awaits its committed result.
@@ -136,17 +161,18 @@ impl Db {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (done, result) = tokio::sync::oneshot::channel();
-        self.submit(f, move |r| drop(done.send(r)))?;
+        self.submit(f, move |r| drop(done.send(r)), true)?;
         result.await.map_err(|_| stopped())?
     }
 
     /// `call` for synchronous callers: blocks this thread until `f` has run.
+    /// Never held: the poll it blocks would not end.
     pub fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        self.submit(f, move |r| drop(done.send(r)))?;
+        self.submit(f, move |r| drop(done.send(r)), false)?;
         result.recv().map_err(|_| stopped())?
     }
 }
@@ -605,6 +631,35 @@ mod tests {
         .unwrap();
         assert_eq!(ran_on.as_deref(), Some("keel-sqlite"));
         assert_eq!(count_items(&db), 1);
+    }
+
+    /// Transactions committed so far, before the reading job's own.
+    fn commits(db: &Db) -> i32 {
+        db.with(|c| Ok(c.prepare_cached("COMMIT").map_err(backend)?.get_status(rusqlite::StatementStatus::Run))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jobs_submitted_in_one_poll_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
+        let table = SqliteTable::new(db.clone());
+        let add = |sk: &'static str, max: i64| table.increment("T", sk, 1, Some(max), None);
+        let three = || async { tokio::join!(add("a", 10), add("b", 10), add("full", 0)) };
+
+        let before = commits(&db);
+        let apart = three().await;
+        let commits_apart = commits(&db) - before - 1;
+        let before = commits(&db);
+        let together = db.commit_per_poll(three()).await;
+        let commits_together = commits(&db) - before - 1;
+
+        assert_eq!((commits_apart, commits_together), (3, 1));
+        for (round, (a, b, full)) in [(1, apart), (2, together)] {
+            assert_eq!((a.unwrap(), b.unwrap()), (round, round));
+            assert!(matches!(full, Err(StoreError::ConditionFailed)), "{full:?}");
+        }
+        // A blocking call is never held: its poll would not end.
+        assert_eq!(db.commit_per_poll(async { count_items(&db) }).await, 2);
     }
 
     #[tokio::test]

@@ -47,6 +47,8 @@ pub struct StackOptions {
 }
 
 struct Services {
+    /// Each request's polls commit together (`Db::commit_per_poll`).
+    db: Db,
     auth: Auth,
     retrieval: Arc<Retrieval>,
     routing: Arc<Routing>,
@@ -98,7 +100,7 @@ impl Stack {
         let blobs = Arc::new(DirBlobs::new(options.data_dir.join("blobs")));
         let queue = Arc::new(SqliteQueue::new(db.clone(), options.queue_visibility, options.max_receives));
         let definition: Value = serde_json::from_str(include_str!("../../statemachines/action.asl.json"))?;
-        let saga = LocalSaga::new(db, definition, options.retry_interval_scale);
+        let saga = LocalSaga::new(db.clone(), definition, options.retry_interval_scale);
         let config = Arc::new(options.config);
 
         let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
@@ -124,6 +126,7 @@ impl Stack {
             retrieval: retrieval.clone(),
             tools,
             audit: Audit::new(table.clone(), blobs),
+            db,
         });
 
         let (shutdown, stopped) = watch::channel(false);
@@ -243,6 +246,11 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
 }
 
 async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body>) -> Response<Body> {
+    let db = services.db.clone();
+    db.commit_per_poll(serve_request(services, request)).await
+}
+
+async fn serve_request(services: Arc<Services>, request: Request<Body>) -> Response<Body> {
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
