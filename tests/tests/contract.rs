@@ -66,6 +66,11 @@ async fn table_contract(t: &dyn Table) {
     // An existing counter below the limit may take a step larger than the limit itself.
     assert_eq!(t.increment(&pk, "FRESH", 3, Some(2), None).await.unwrap(), -1);
     assert_eq!(t.get(&pk, "N").await.unwrap().unwrap().counter, 7);
+    // The same steps when only success matters.
+    t.increment_without_result(&pk, "QUIET", 2, Some(3), None).await.unwrap();
+    assert!(matches!(t.increment_without_result(&pk, "QUIET", 2, Some(3), None).await, Err(StoreError::ConditionFailed)));
+    t.increment_without_result(&pk, "QUIET", -1, None, None).await.unwrap();
+    assert_eq!(t.get(&pk, "QUIET").await.unwrap().unwrap().counter, 1);
     // Counter additions in a group move exactly when its writes land.
     let adds = || vec![Add { pk: pk.clone(), sk: "N".into(), by: 3 }, Add { pk: pk.clone(), sk: "NEW".into(), by: 2 }];
     let refused = vec![write(&pk, "G3", json!(3), Condition::NotExists), write(&pk, "G1", json!(0), Condition::NotExists)];

@@ -124,10 +124,10 @@ impl Auth {
         let minute = now_secs() / 60;
         let result = self
             .table
-            .increment(&tenant.id.pk(), &format!("RATE#{minute}"), 1, Some(tenant.rate_limit_per_minute), Some((minute + 2) * 60))
+            .increment_without_result(&tenant.id.pk(), &format!("RATE#{minute}"), 1, Some(tenant.rate_limit_per_minute), Some((minute + 2) * 60))
             .await;
         match result {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(StoreError::ConditionFailed) => Ok(false),
             Err(e) => Err(e.into()),
         }

@@ -436,6 +436,18 @@ impl Table for SqliteTable {
         let counter = Add { pk: pk.to_owned(), sk: sk.to_owned(), by };
         self.db.call(move |c| add(c, &counter, max, expires_at, true)).await
     }
+
+    async fn increment_without_result(
+        &self,
+        pk: &str,
+        sk: &str,
+        by: i64,
+        max: Option<i64>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let counter = Add { pk: pk.to_owned(), sk: sk.to_owned(), by };
+        self.db.call(move |c| add(c, &counter, max, expires_at, false).map(drop)).await
+    }
 }
 
 /// Durable local queues in the same SQLite file.
