@@ -140,6 +140,7 @@ impl Drop for Hold {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::sqlite::tests::commits;
     use crate::sqlite::SqliteTable;
     use keel_core::ports::Table;
     use std::sync::atomic::AtomicUsize;
@@ -176,6 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
         let table = SqliteTable::new(db.clone());
+        let before = commits(&db);
         let (busy, started) = (db.clone(), std::sync::mpsc::channel());
         let holder = std::thread::spawn(move || {
             busy.with(move |_| {
@@ -189,5 +191,7 @@ mod tests {
         let sum = tokio::time::timeout(Duration::from_secs(10), db.commit_per_poll(two_rounds(&table))).await;
         assert_eq!(sum.ok(), Some(3));
         holder.join().unwrap().unwrap();
+        // The busy holder's commit, then one per round: the first round's two jobs committed together there too.
+        assert_eq!(commits(&db) - before - 1, 3);
     }
 }

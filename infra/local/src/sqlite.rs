@@ -146,7 +146,7 @@ impl Db {
             Ok(conn) => conn,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                jobs.into_iter().try_for_each(|job| self.queued.send(job)).map_err(|_| stopped())?;
+                self.queued.send(all_in_one(jobs)).map_err(|_| stopped())?;
                 return Ok(false);
             }
         };
@@ -177,6 +177,24 @@ impl Db {
     }
 }
 
+/// Several jobs as one, so that the database thread cannot split them
+/// between batches: they commit together there too.
+fn all_in_one(mut jobs: Vec<Job>) -> Job {
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            return job;
+        }
+    }
+    Box::new(move |c| {
+        let deliveries: Vec<Deliver> = jobs.into_iter().map(|job| job(c)).collect();
+        Box::new(move |committed: Result<(), String>| {
+            for deliver in deliveries {
+                deliver(committed.clone());
+            }
+        })
+    })
+}
+
 fn stopped() -> StoreError {
     backend("database thread has stopped")
 }
@@ -194,7 +212,7 @@ fn serve(conn: &Mutex<Connection>, queued: Receiver<Job>) {
 fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
     // Without the outer transaction (BEGIN failed) each job commits on its own.
     let outer = statement(conn, "BEGIN IMMEDIATE").is_ok();
-    let deliveries: Vec<Deliver> = batch.into_iter().map(|job| job(conn)).collect();
+    let deliver = all_in_one(batch)(conn);
     let committed = match outer {
         true => statement(conn, "COMMIT").map(drop).map_err(|e| {
             let _ = statement(conn, "ROLLBACK");
@@ -202,9 +220,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
         }),
         false => Ok(()),
     };
-    for deliver in deliveries {
-        deliver(committed.clone());
-    }
+    deliver(committed);
 }
 
 /// A statement without parameters, parsed once per connection.
@@ -589,7 +605,7 @@ impl WorkQueue for SqliteQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
@@ -646,7 +662,7 @@ mod tests {
     }
 
     /// Transactions committed so far, before the reading job's own.
-    fn commits(db: &Db) -> i32 {
+    pub(crate) fn commits(db: &Db) -> i32 {
         db.with(|c| Ok(c.prepare_cached("COMMIT").map_err(backend)?.get_status(rusqlite::StatementStatus::Run))).unwrap()
     }
 
