@@ -22,7 +22,7 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
 /// deliver its result once that transaction has committed (or failed).
 pub(crate) type Job = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
 /// Gets the commit outcome.
-pub(crate) type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Jobs committed together at most.
 const MAX_BATCH: usize = 64;
@@ -47,10 +47,10 @@ pub fn never_hold_the_connection_here() {
 /// caller, so a request waiting for the database never holds up the async
 /// workers serving other requests. Jobs that queue up meanwhile are
 /// committed together (group commit), as are the jobs one poll of a
-/// request submits (`Db::commit_per_poll`, in `per_poll`). Each job's writes are all-or-nothing
-/// on their own (one statement, or a savepoint around several), so one
-/// job's failure undoes only that job's writes, and no result is delivered
-/// before its transaction has committed.
+/// request submits (`Db::commit_per_poll`, in `per_poll`). Each job's
+/// writes are all-or-nothing on their own (one statement, or a savepoint
+/// around several), so one job's failure undoes only that job's writes,
+/// and no result is delivered before its transaction has committed.
 ///
 /// Durability: `synchronous=OFF`. A crash of the process loses nothing
 /// committed, but an OS crash or power cut may lose the last transactions
