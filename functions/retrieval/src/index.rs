@@ -29,6 +29,20 @@ impl Default for Tuning {
     }
 }
 
+impl Tuning {
+    /// BM25's inverse document frequency of a term found in `df` of `n` texts.
+    pub fn idf(n: f32, df: usize) -> f32 {
+        (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln().max(0.0)
+    }
+
+    /// BM25's score for a term of inverse document frequency `idf`, found
+    /// `tf` times in a text of `len` terms.
+    pub fn bm25(&self, idf: f32, tf: f32, len: f32, average_length: f32) -> f32 {
+        let norm = self.k1 * (1.0 - self.b + self.b * len / average_length);
+        idf * tf * (self.k1 + 1.0) / (tf + norm)
+    }
+}
+
 /// A ranked chunk: where it is and its scores.
 #[derive(Clone, Debug)]
 pub struct Ranked {
@@ -139,7 +153,7 @@ impl TenantIndex {
             if df == 0 {
                 continue;
             }
-            let idf = (1.0 + (n - df as f32 + 0.5) / (df as f32 + 0.5)).ln().max(0.0);
+            let idf = Tuning::idf(n, df);
             for (si, seg) in self.segments.iter().enumerate() {
                 let Some(list) = seg.postings.get(term) else { continue };
                 for &(c, tf) in list {
@@ -147,10 +161,7 @@ impl TenantIndex {
                     if !allowed[si][c] {
                         continue;
                     }
-                    let tf = f32::from(tf);
-                    let len = seg.data.chunks[c].length as f32;
-                    let norm = t.k1 * (1.0 - t.b + t.b * len / self.average_length);
-                    scores[si][c] += idf * tf * (t.k1 + 1.0) / (tf + norm);
+                    scores[si][c] += t.bm25(idf, f32::from(tf), seg.data.chunks[c].length as f32, self.average_length);
                 }
             }
         }

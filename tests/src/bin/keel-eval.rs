@@ -634,18 +634,16 @@ async fn classify_eval() {
     env.stack.stop().await;
 }
 
-/// BM25 over a corpus with Keel's own analyzer (k1 0.9, b 0.4, as BEIR's
-/// Anserini baselines): the first stage of the rank evaluation.
+/// BM25 over a whole corpus with Keel's own analyzer and scoring (default
+/// tuning: k1 0.9, b 0.4, as BEIR's Anserini baselines): the first stage of
+/// the rank evaluation.
 struct Bm25 {
     postings: HashMap<String, Vec<(usize, u16)>>,
-    lengths: Vec<f64>,
-    average: f64,
+    lengths: Vec<f32>,
+    average: f32,
 }
 
 impl Bm25 {
-    const K1: f64 = 0.9;
-    const B: f64 = 0.4;
-
     fn new(texts: &[String]) -> Self {
         let mut postings: HashMap<String, Vec<(usize, u16)>> = HashMap::new();
         let mut lengths = Vec::with_capacity(texts.len());
@@ -654,26 +652,24 @@ impl Bm25 {
             for (term, n) in tf {
                 postings.entry(term).or_default().push((i, n));
             }
-            lengths.push(f64::from(length));
+            lengths.push(length as f32);
         }
-        let average = lengths.iter().sum::<f64>() / lengths.len() as f64;
+        let average = lengths.iter().sum::<f32>() / lengths.len() as f32;
         Self { postings, lengths, average }
     }
 
     /// Indices of the `k` best-scoring texts for `query`, best first.
     fn top(&self, query: &str, k: usize) -> Vec<usize> {
-        let n = self.lengths.len() as f64;
-        let mut scores: HashMap<usize, f64> = HashMap::new();
+        let (tuning, n) = (Tuning::default(), self.lengths.len() as f32);
+        let mut scores: HashMap<usize, f32> = HashMap::new();
         for (term, _) in term_frequencies(query).0 {
             let Some(docs) = self.postings.get(&term) else { continue };
-            let idf = (1.0 + (n - docs.len() as f64 + 0.5) / (docs.len() as f64 + 0.5)).ln();
+            let idf = Tuning::idf(n, docs.len());
             for &(d, tf) in docs {
-                let tf = f64::from(tf);
-                let norm = Self::K1 * (1.0 - Self::B + Self::B * self.lengths[d] / self.average);
-                *scores.entry(d).or_default() += idf * tf * (Self::K1 + 1.0) / (tf + norm);
+                *scores.entry(d).or_default() += tuning.bm25(idf, f32::from(tf), self.lengths[d], self.average);
             }
         }
-        let mut ranked: Vec<(usize, f64)> = scores.into_iter().collect();
+        let mut ranked: Vec<(usize, f32)> = scores.into_iter().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked.into_iter().take(k).map(|(d, _)| d).collect()
     }
