@@ -4,7 +4,9 @@
 //! stub and once through the local stack's `/v1/chat/completions` (auth,
 //! rate limit, routing, budget reserve and settle, cache lookup and write,
 //! decision event), and reports latency percentiles of both and their
-//! difference. Latency is measured from each request's scheduled send time,
+//! difference. A run alternates one-second slices of the two paths, so that
+//! a spell of noise on a shared machine falls on both alike rather than on
+//! whichever happened to run then. Latency is measured from each request's scheduled send time,
 //! so a stalled server cannot hide queued requests. It also reports the CPU
 //! time the gateway adds per request: the process's CPU time over the
 //! gateway run less that over the direct run, each counted until the audit
@@ -29,6 +31,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_tests::stub::{Behavior, StubModels};
+use keel_local::Stack;
 use keel_tests::{config, percentile, start_stack, tenant, Client};
 use serde_json::json;
 use std::collections::HashMap;
@@ -52,11 +55,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
-/// Sends `rate` requests a second for `seconds`; returns sorted latencies (ms) and the error count.
+/// Sends `rate` requests a second for `seconds`; returns latencies (ms) and the error count.
 /// A pacing thread starts each request at its scheduled time with the OS's
 /// microsecond sleep (tokio's timer wheel would add up to 1 ms of its own).
-async fn open_loop(url: String, key: Option<String>, rate: u64, seconds: u64, counter: Arc<AtomicU64>) -> (Vec<f64>, usize) {
-    let http = reqwest::Client::new();
+async fn open_loop(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    rate: u64,
+    seconds: u64,
+    counter: &Arc<AtomicU64>,
+) -> (Vec<f64>, usize) {
+    let (http, url, key, counter) = (http.clone(), url.to_string(), key.map(str::to_string), counter.clone());
     let runtime = tokio::runtime::Handle::current();
     let total = rate * seconds;
     let pacer = std::thread::spawn(move || {
@@ -95,8 +105,33 @@ async fn open_loop(url: String, key: Option<String>, rate: u64, seconds: u64, co
             errors += 1;
         }
     }
-    ms.sort_by(f64::total_cmp);
     (ms, errors)
+}
+
+/// One path's share of a run: latencies (ms), errors and CPU seconds.
+#[derive(Default)]
+struct Slices {
+    ms: Vec<f64>,
+    errors: usize,
+    cpu: f64,
+}
+
+impl Slices {
+    /// Sends one second of load and waits for the audit queue to drain, so
+    /// that the decision log's consumer counts in this path's CPU time.
+    async fn add(&mut self, stack: &Stack, http: &reqwest::Client, url: &str, key: Option<&str>, rate: u64, counter: &Arc<AtomicU64>) {
+        let cpu = cpu_seconds();
+        let (ms, errors) = open_loop(http, url, key, rate, 1, counter).await;
+        assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
+        self.cpu += cpu_seconds() - cpu;
+        self.ms.extend(ms);
+        self.errors += errors;
+    }
+
+    fn sorted(mut self) -> Self {
+        self.ms.sort_by(f64::total_cmp);
+        self
+    }
 }
 
 async fn gateway(seconds: u64, runs: usize) {
@@ -115,22 +150,25 @@ async fn gateway(seconds: u64, runs: usize) {
     let counter = Arc::new(AtomicU64::new(0));
     let direct_url = format!("{}/chat/completions", stub.base_url());
     let gateway_url = format!("{}/v1/chat/completions", stack.url());
+    // One client per path for the whole benchmark, as a caller would keep.
+    let (direct_http, gateway_http) = (reqwest::Client::new(), reqwest::Client::new());
     // Warm both paths (connections, caches, SQLite pages).
-    open_loop(gateway_url.clone(), Some(t.member.clone()), 100, 1, counter.clone()).await;
-    open_loop(direct_url.clone(), None, 100, 1, counter.clone()).await;
+    open_loop(&gateway_http, &gateway_url, Some(&t.member), 100, 1, &counter).await;
+    open_loop(&direct_http, &direct_url, None, 100, 1, &counter).await;
 
     println!("gateway overhead: chat completions against a stub model on loopback, {seconds} s per run, {runs} runs per rate");
     for rate in RATES {
         let mut rows: Vec<[f64; 5]> = Vec::new();
         for run in 0..runs {
-            // CPU per request, until the audit queue has drained: the consumer's share included.
-            let cpu = cpu_seconds();
-            let (direct, e1) = open_loop(direct_url.clone(), None, rate, seconds, counter.clone()).await;
-            assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
-            let (cpu, direct_cpu) = { let now = cpu_seconds(); (now, now - cpu) };
-            let (through, e2) = open_loop(gateway_url.clone(), Some(t.member.clone()), rate, seconds, counter.clone()).await;
-            assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
-            let added_cpu_us = (cpu_seconds() - cpu - direct_cpu) * 1e6 / (rate * seconds) as f64;
+            let (mut direct, mut through) = (Slices::default(), Slices::default());
+            for _ in 0..seconds {
+                direct.add(&stack, &direct_http, &direct_url, None, rate, &counter).await;
+                through.add(&stack, &gateway_http, &gateway_url, Some(&t.member), rate, &counter).await;
+            }
+            let (direct, through) = (direct.sorted(), through.sorted());
+            let added_cpu_us = (through.cpu - direct.cpu) * 1e6 / (rate * seconds) as f64;
+            let (e1, e2) = (direct.errors, through.errors);
+            let (direct, through) = (direct.ms, through.ms);
             let row =
                 [percentile(&direct, 0.5), percentile(&direct, 0.99), percentile(&through, 0.5), percentile(&through, 0.99), added_cpu_us];
             println!(
