@@ -30,8 +30,9 @@ pub(crate) fn hold(db: &Db, job: Job) -> Option<Job> {
 }
 
 impl Db {
-    /// Runs `future`, committing the jobs each of its polls submits in one
-    /// transaction at the end of that poll.
+    /// Runs `future`, a request, committing the jobs each of its polls
+    /// submits in one transaction at the end of that poll. Background jobs
+    /// wait for a moment with no such request in flight (`Requests`).
     ///
     /// A held job's result arrives after the poll that awaited it returned
     /// `Pending`, and would wake the task through the scheduler: on tokio a
@@ -40,6 +41,7 @@ impl Db {
     /// own: a wake while it is polled (the held jobs committing at once)
     /// polls it again straight away, and only other wakes reach the task.
     pub async fn commit_per_poll<F: Future>(&self, future: F) -> F::Output {
+        let _serving = self.requests.serving();
         let mut future = pin!(future);
         let gate = Arc::new(WakeGate { state: AtomicU8::new(IDLE), task: Mutex::new(None) });
         let waker = Waker::from(gate.clone());
@@ -170,6 +172,25 @@ mod tests {
         let mut request = pin!(db.commit_per_poll(two_rounds(&table)));
         assert_eq!(request.as_mut().poll(&mut Context::from_waker(&waker)), Poll::Ready(3));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_request_is_in_flight_until_it_ends_or_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let (reply, replied) = tokio::sync::oneshot::channel::<()>();
+        let mut request = Box::pin(db.commit_per_poll(replied));
+        assert!(request.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(db.requests.in_flight(), 1);
+        reply.send(()).unwrap();
+        assert!(request.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(db.requests.in_flight(), 0);
+        let mut abandoned = Box::pin(db.commit_per_poll(std::future::pending::<()>()));
+        assert!(abandoned.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(db.requests.in_flight(), 1);
+        drop(abandoned);
+        assert_eq!(db.requests.in_flight(), 0);
     }
 
     #[tokio::test]

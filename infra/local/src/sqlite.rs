@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 use std::cell::Cell;
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -32,9 +32,11 @@ thread_local! {
     static RUNS_JOBS: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Jobs submitted from this thread always go to the database thread. For
-/// low-priority threads: holding the connection there would make every
-/// request wait whenever the scheduler sets that thread aside.
+/// Jobs submitted from this thread are background work: they always go to
+/// the database thread, and first wait for a moment with no request in
+/// flight (`Requests`). For low-priority threads: holding the connection
+/// there would make every request wait whenever the scheduler sets that
+/// thread aside.
 pub fn never_hold_the_connection_here() {
     RUNS_JOBS.with(|r| r.set(false));
 }
@@ -70,6 +72,68 @@ pub fn never_hold_the_connection_here() {
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
     queued: Arc<Sender<Job>>,
+    pub(crate) requests: Arc<Requests>,
+}
+
+/// How long a background job waits at most for a moment with no request in
+/// flight: short, so that the queues still drain under continuous load.
+const BACKGROUND_DEFERRAL: Duration = Duration::from_millis(1);
+
+/// The requests in flight on this database (`Db::commit_per_poll`). A
+/// background job (a queue consumer's receive, ack or group write) holds
+/// the connection for up to a few hundred microseconds; a request whose
+/// store call arrives meanwhile waits that long. Started in a moment when
+/// no request is in flight, it mostly finishes before the next one needs
+/// the store (README, gateway benchmarks).
+#[derive(Default)]
+pub(crate) struct Requests {
+    state: Mutex<InFlight>,
+    quiet: Condvar,
+}
+
+#[derive(Default)]
+struct InFlight {
+    requests: usize,
+    /// Background threads waiting for no request in flight.
+    waiting: usize,
+}
+
+impl Requests {
+    /// Counts a request in flight until the guard drops.
+    pub(crate) fn serving(self: &Arc<Self>) -> Serving {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).requests += 1;
+        Serving(self.clone())
+    }
+
+    /// Blocks until no request is in flight, or `max` has passed; `true` if quiet.
+    fn wait_quiet(&self, max: Duration) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.waiting += 1;
+        let (mut state, waited) =
+            self.quiet.wait_timeout_while(state, max, |s| s.requests > 0).unwrap_or_else(PoisonError::into_inner);
+        state.waiting -= 1;
+        !waited.timed_out()
+    }
+}
+
+#[cfg(test)]
+impl Requests {
+    pub(crate) fn in_flight(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).requests
+    }
+}
+
+pub(crate) struct Serving(Arc<Requests>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.requests -= 1;
+        // Only a waiting background thread needs the system call.
+        if state.requests == 0 && state.waiting > 0 {
+            self.0.quiet.notify_all();
+        }
+    }
 }
 
 /// WAL pages (4 KiB) past which a commit checkpoints: small, so that each
@@ -103,7 +167,7 @@ impl Db {
         let (jobs, queued) = std::sync::mpsc::channel::<Job>();
         let shared = conn.clone();
         std::thread::Builder::new().name("keel-sqlite".into()).spawn(move || serve(&shared, queued)).map_err(backend)?;
-        Ok(Self { conn, queued: Arc::new(jobs) })
+        Ok(Self { conn, queued: Arc::new(jobs), requests: Arc::default() })
     }
 
     /// Runs `f` at once if the connection is free, else queues it for the
@@ -140,7 +204,10 @@ impl Db {
     pub(crate) fn run_or_queue(&self, jobs: Vec<Job>) -> Result<bool, StoreError> {
         let free = match RUNS_JOBS.with(Cell::get) {
             true => self.conn.try_lock(),
-            false => Err(TryLockError::WouldBlock),
+            false => {
+                self.requests.wait_quiet(BACKGROUND_DEFERRAL);
+                Err(TryLockError::WouldBlock)
+            }
         };
         let mut conn = match free {
             Ok(conn) => conn,
@@ -658,6 +725,32 @@ pub(crate) mod tests {
         .join()
         .unwrap();
         assert_eq!(ran_on.as_deref(), Some("keel-sqlite"));
+        assert_eq!(count_items(&db), 1);
+    }
+
+    #[test]
+    fn background_jobs_wait_for_a_moment_without_requests_but_not_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
+        let requests = db.requests.clone();
+        assert!(requests.wait_quiet(Duration::from_secs(10)), "no request in flight: quiet at once");
+        let serving = requests.serving();
+        let waiting = requests.clone();
+        let waiter = std::thread::spawn(move || waiting.wait_quiet(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "waits while a request is in flight");
+        drop(serving);
+        assert!(waiter.join().unwrap(), "quiet once the request has ended");
+        // Under continuous load, background jobs still run: after the deferral.
+        let _busy = requests.serving();
+        assert!(!requests.wait_quiet(Duration::from_millis(20)));
+        let background = db.clone();
+        std::thread::spawn(move || {
+            never_hold_the_connection_here();
+            insert(&background, 1);
+        })
+        .join()
+        .unwrap();
         assert_eq!(count_items(&db), 1);
     }
 
