@@ -55,22 +55,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
-/// Sends `rate` requests a second for `seconds`; returns latencies (ms) and the error count.
-/// A pacing thread starts each request at its scheduled time with the OS's
+/// Sends `rate` requests a second: `warmup` requests, then `seconds` of
+/// them; returns the latter's latencies (ms) and the error count. A pacing
+/// thread starts each request at its scheduled time with the OS's
 /// microsecond sleep (tokio's timer wheel would add up to 1 ms of its own).
 async fn open_loop(
     http: &reqwest::Client,
     url: &str,
     key: Option<&str>,
     rate: u64,
-    seconds: u64,
+    (warmup, seconds): (u64, u64),
     counter: &Arc<AtomicU64>,
 ) -> (Vec<f64>, usize) {
     let (http, url, key, counter) = (http.clone(), url.to_string(), key.map(str::to_string), counter.clone());
     let runtime = tokio::runtime::Handle::current();
-    let total = rate * seconds;
+    let total = warmup + rate * seconds;
     let pacer = std::thread::spawn(move || {
-        let start = std::time::Instant::now() + Duration::from_millis(50);
+        let start = std::time::Instant::now() + Duration::from_millis(1);
         (0..total)
             .map(|i| {
                 let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
@@ -94,7 +95,10 @@ async fn open_loop(
             })
             .collect::<Vec<_>>()
     });
-    let tasks = tokio::task::spawn_blocking(move || pacer.join().unwrap()).await.unwrap();
+    let mut tasks = tokio::task::spawn_blocking(move || pacer.join().unwrap()).await.unwrap();
+    for t in tasks.drain(..warmup as usize) {
+        t.await.unwrap();
+    }
     let mut ms = Vec::with_capacity(tasks.len());
     let mut errors = 0;
     for t in tasks {
@@ -108,22 +112,27 @@ async fn open_loop(
     (ms, errors)
 }
 
-/// One path's share of a run: latencies (ms), errors and CPU seconds.
+/// One path's share of a run: latencies (ms), errors, CPU seconds and requests sent.
 #[derive(Default)]
 struct Slices {
     ms: Vec<f64>,
     errors: usize,
     cpu: f64,
+    sent: u64,
 }
 
 impl Slices {
     /// Sends one second of load and waits for the audit queue to drain, so
-    /// that the decision log's consumer counts in this path's CPU time.
+    /// that the decision log's consumer counts in this path's CPU time. The
+    /// slice's first 50 ms are not counted: after the pause between slices
+    /// they measure waking an idle machine, on either path.
     async fn add(&mut self, stack: &Stack, http: &reqwest::Client, url: &str, key: Option<&str>, rate: u64, counter: &Arc<AtomicU64>) {
         let cpu = cpu_seconds();
-        let (ms, errors) = open_loop(http, url, key, rate, 1, counter).await;
+        let warmup = rate / 20;
+        let (ms, errors) = open_loop(http, url, key, rate, (warmup, 1), counter).await;
         assert!(stack.settle(Duration::from_secs(60)).await, "audit queue drained");
         self.cpu += cpu_seconds() - cpu;
+        self.sent += warmup + rate;
         self.ms.extend(ms);
         self.errors += errors;
     }
@@ -153,8 +162,8 @@ async fn gateway(seconds: u64, runs: usize) {
     // One client per path for the whole benchmark, as a caller would keep.
     let (direct_http, gateway_http) = (reqwest::Client::new(), reqwest::Client::new());
     // Warm both paths (connections, caches, SQLite pages).
-    open_loop(&gateway_http, &gateway_url, Some(&t.member), 100, 1, &counter).await;
-    open_loop(&direct_http, &direct_url, None, 100, 1, &counter).await;
+    open_loop(&gateway_http, &gateway_url, Some(&t.member), 100, (0, 1), &counter).await;
+    open_loop(&direct_http, &direct_url, None, 100, (0, 1), &counter).await;
 
     println!("gateway overhead: chat completions against a stub model on loopback, {seconds} s per run, {runs} runs per rate");
     for rate in RATES {
@@ -166,7 +175,7 @@ async fn gateway(seconds: u64, runs: usize) {
                 through.add(&stack, &gateway_http, &gateway_url, Some(&t.member), rate, &counter).await;
             }
             let (direct, through) = (direct.sorted(), through.sorted());
-            let added_cpu_us = (through.cpu - direct.cpu) * 1e6 / (rate * seconds) as f64;
+            let added_cpu_us = (through.cpu - direct.cpu) * 1e6 / through.sent as f64;
             let (e1, e2) = (direct.errors, through.errors);
             let (direct, through) = (direct.ms, through.ms);
             let row =
