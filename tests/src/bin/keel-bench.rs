@@ -6,12 +6,13 @@
 //! decision event), and reports latency percentiles of both and their
 //! difference. A run alternates one-second slices of the two paths, so that
 //! a spell of noise on a shared machine falls on both alike rather than on
-//! whichever happened to run then. Latency is measured from each request's scheduled send time,
-//! so a stalled server cannot hide queued requests. It also reports the CPU
-//! time the gateway adds per request: the process's CPU time over the
-//! gateway run less that over the direct run, each counted until the audit
-//! queue has drained, so the decision log's consumer is included. It varies
-//! less than the tail latency on a shared machine. Build it in release:
+//! whichever happened to run then. Latency is measured from each request's
+//! scheduled send time, so a stalled server cannot hide queued requests.
+//! It also reports the CPU time the gateway adds per request: the process's
+//! CPU time over the gateway slices less that over the direct slices, each
+//! counted until the audit queue has drained, so the decision log's
+//! consumer is included. It varies less than the tail latency on a shared
+//! machine. Build it in release:
 //!
 //! ```text
 //! cargo run --release -p keel-tests --bin keel-bench -- gateway [seconds=5] [runs=3]
@@ -30,8 +31,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_tests::stub::{Behavior, StubModels};
 use keel_local::Stack;
+use keel_tests::stub::{Behavior, StubModels};
 use keel_tests::{config, percentile, start_stack, tenant, Client};
 use serde_json::json;
 use std::collections::HashMap;
