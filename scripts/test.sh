@@ -9,7 +9,8 @@ scripts/setup.sh
 VENV=.tools/venv
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" > .tools/moto.log 2>&1 &
+# moto with its DynamoDB writes atomic, as in DynamoDB (see the script).
+"$VENV/bin/python3" scripts/moto-server.py -H 127.0.0.1 -p "$PORT" > .tools/moto.log 2>&1 &
 MOTO_PID=$!
 trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
 python3 - "$PORT" <<'PY'
