@@ -223,6 +223,37 @@ async fn budgets_are_reserved_so_concurrent_requests_never_overspend() {
 }
 
 #[tokio::test]
+async fn a_caller_that_hangs_up_still_has_its_model_call_settled_and_recorded() {
+    let stub = StubModels::start().await;
+    stub.set("priced", Behavior::Slow(Duration::from_millis(300), "Sure.".into()));
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("priced", "t2", 10.0, 5_000)])).await;
+    let t = hosted_tenant(&c, "hangup", json!({"cache_ttl_secs": 0}), json!({"monthly_usd": 5.0})).await;
+    let body = json!({"model": "auto", "max_tokens": 100, "messages": [{"role": "user", "content": "Say something short."}]});
+    // The caller gives up while the model is still answering.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let gone = impatient.post(format!("{}/v1/chat/completions", stack.url())).bearer_auth(&t.member).json(&body).send().await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    // As a Lambda invocation would, the request runs to its end: the model
+    // call is paid for, so its reservation (~$1.25 worst case) is settled to
+    // the real cost and its decision is recorded with its usage.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        assert!(stack.settle(Duration::from_secs(10)).await);
+        let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+        if u["counters"]["chat_requests"] == 1 {
+            break u;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned request was never recorded: {u}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cost = usage["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost < 1.0, "{usage}");
+    assert!((usage["budget"]["spent_usd"].as_f64().unwrap() - cost).abs() < 1e-6, "reservation left unsettled: {usage}");
+    assert_eq!(stub.calls("priced"), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn kill_switch_entitlements_and_policy_validation() {
     let stub = StubModels::start().await;
     stub.set("small", Behavior::Answer("Five days [1].".into()));

@@ -245,13 +245,21 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
     }
 }
 
+/// A request runs to its end even if its caller hangs up, as a Lambda
+/// invocation does: a model call already paid for still has its budget
+/// reservation settled and its decision recorded.
 async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body>) -> Response<Body> {
     let db = services.db.clone();
-    db.commit_per_poll(serve_request(services, request)).await
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let id = request_id.clone();
+    let handled = tokio::spawn(async move { db.commit_per_poll(serve_request(services, request, id)).await });
+    match handled.await {
+        Ok(response) => response,
+        Err(e) => to_http(respond(Err(KeelError::Internal(format!("request handler failed: {e}"))), &request_id)),
+    }
 }
 
-async fn serve_request(services: Arc<Services>, request: Request<Body>) -> Response<Body> {
-    let request_id = uuid::Uuid::new_v4().to_string();
+async fn serve_request(services: Arc<Services>, request: Request<Body>, request_id: String) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(b) => b.to_vec(),
