@@ -45,7 +45,7 @@ impl Routing {
             return Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)));
         }
         let this = self.clone();
-        Ok(sse::spawn(move |events| async move {
+        Ok(sse::stream(move |events| async move {
             match this.chat(&caller, &body, &request, Some(&events)).await {
                 Ok(_) => {
                     let _ = events.send(sse::frame(None, "[DONE]"));

@@ -281,7 +281,7 @@ impl Routing {
                 }
                 validate_question(&body.question)?;
                 let this = self.clone();
-                Ok(sse::spawn(move |events| async move {
+                Ok(sse::stream(move |events| async move {
                     match this.ask(&caller, &body, Some(&events)).await {
                         Ok(out) => sse::send(&events, Some("done"), &json!(out)),
                         Err(e) => sse::send_error(&events, &e, &rid),

@@ -54,16 +54,18 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             }
             Ok(match routing.serve(req).await {
                 Reply::Whole(r) => FunctionResponse::BufferedResponse(http_response(r)),
-                Reply::Stream(rx) if from_url => {
+                Reply::Stream { frames, produce } if from_url => {
+                    tokio::spawn(produce);
                     let mut headers = http::HeaderMap::new();
                     headers.insert("content-type", http::HeaderValue::from_static("text/event-stream"));
                     FunctionResponse::StreamingResponse(StreamResponse {
                         metadata_prelude: MetadataPrelude { status_code: http::StatusCode::OK, headers, cookies: vec![] },
-                        stream: UnboundedReceiverStream::new(rx).map(Ok::<String, Infallible>),
+                        stream: UnboundedReceiverStream::new(frames).map(Ok::<String, Infallible>),
                     })
                 }
-                Reply::Stream(rx) => {
-                    let frames: Vec<String> = UnboundedReceiverStream::new(rx).collect().await;
+                Reply::Stream { frames, produce } => {
+                    tokio::spawn(produce);
+                    let frames: Vec<String> = UnboundedReceiverStream::new(frames).collect().await;
                     let body = keel_core::http::ApiResponse::text(200, "text/event-stream", frames.concat());
                     FunctionResponse::BufferedResponse(http_response(body))
                 }

@@ -9,6 +9,7 @@ use keel_core::http::ApiResponse;
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -18,18 +19,20 @@ pub type Events = UnboundedSender<String>;
 /// A whole response, or SSE frames as they are produced.
 pub enum Reply {
     Whole(ApiResponse),
-    Stream(UnboundedReceiver<String>),
+    /// The host spawns `produce` (the request's work, which sends the
+    /// frames) and streams `frames` meanwhile: the local stack spawns it as
+    /// a request, so that its store writes commit as a request's do.
+    Stream { frames: UnboundedReceiver<String>, produce: Pin<Box<dyn Future<Output = ()> + Send>> },
 }
 
-/// Runs `produce` in the background; its frames are the reply.
-pub fn spawn<F, Fut>(produce: F) -> Reply
+/// A streamed reply whose frames come from `produce`.
+pub fn stream<F, Fut>(produce: F) -> Reply
 where
     F: FnOnce(Events) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = unbounded_channel();
-    tokio::spawn(produce(tx));
-    Reply::Stream(rx)
+    let (tx, frames) = unbounded_channel();
+    Reply::Stream { frames, produce: Box::pin(produce(tx)) }
 }
 
 /// One SSE frame: optional `event:` line and a `data:` line.

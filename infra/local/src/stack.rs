@@ -297,7 +297,11 @@ async fn serve_request(services: Arc<Services>, request: Request<Body>, request_
         "documents" | "search" | "changes" | "sources" => dispatch(req, |r| s.retrieval.handle(r)).await,
         "ask" | "chat" | "classify" | "rank" => match s.routing.serve(req).await {
             Reply::Whole(r) => r,
-            Reply::Stream(rx) => return event_stream(rx, &request_id),
+            Reply::Stream { frames, produce } => {
+                let db = services.db.clone();
+                tokio::spawn(async move { db.commit_per_poll(produce).await });
+                return event_stream(frames, &request_id);
+            }
         },
         "tools" | "actions" | "policies" => dispatch(req, |r| s.tools.handle(r)).await,
         "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,
