@@ -311,12 +311,18 @@ struct SagaInner {
     callbacks: Callbacks,
     /// Executions in flight, so that `stop` can end them.
     executions: Mutex<JoinSet<()>>,
+    /// Where executions run, whoever starts them: the runtime that made the
+    /// saga (the local stack's), not a queue consumer's, whose background
+    /// thread would make every step wait for a quiet moment, and whose end
+    /// would end them.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl LocalSaga {
     pub fn new(db: Db, definition: Value, interval_scale: f64) -> Self {
-        let executions = Mutex::default();
-        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale, callbacks: Callbacks::default(), executions }))
+        let (executions, runtime) = (Mutex::default(), tokio::runtime::Handle::try_current().ok());
+        let callbacks = Callbacks::default();
+        Self(Arc::new(SagaInner { db, definition, runner: OnceLock::new(), interval_scale, callbacks, executions, runtime }))
     }
 
     /// Ends every execution in flight without recording a result, as a
@@ -351,10 +357,10 @@ impl LocalSaga {
     }
 
     fn spawn(&self, name: String, input: Value) {
-        let saga = self.0.clone();
+        let (saga, saga_runtime) = (self.0.clone(), self.0.runtime.clone());
         let mut executions = self.0.executions.lock().unwrap_or_else(PoisonError::into_inner);
         while executions.try_join_next().is_some() {} // forget the finished ones
-        executions.spawn(async move {
+        let execution = async move {
             let runner: Arc<dyn TaskRunner> = saga.runner.get().cloned().unwrap_or_else(|| Arc::new(NoTasks));
             let result = execute(&saga.definition, input, runner.as_ref(), saga.interval_scale, &saga.callbacks).await;
             let (status, output, error, cause) = match result {
@@ -375,7 +381,11 @@ impl LocalSaga {
             if let Err(e) = saved {
                 tracing::error!(error = %e, execution = %name, "could not record saga result");
             }
-        });
+        };
+        match &saga_runtime {
+            Some(runtime) => executions.spawn_on(execution, runtime),
+            None => executions.spawn(execution),
+        };
     }
 }
 
@@ -574,6 +584,39 @@ mod tests {
         let (out, calls) = with_approval(None, 0.05).await;
         assert_eq!(out.unwrap()["error"]["Error"], "States.Timeout");
         assert_eq!(calls, vec!["await_approval", "expire"]);
+    }
+
+    #[tokio::test]
+    async fn executions_run_on_the_sagas_runtime_whoever_starts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let saga = LocalSaga::new(Db::open(&dir.path().join("keel.sqlite")).unwrap(), saga(), 0.0);
+        let threads: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = threads.clone();
+        saga.connect(Arc::new(Script::new(move |_, _, _| {
+            seen.lock().unwrap().push(std::thread::current().name().map(str::to_string));
+            Ok(json!({"done": true}))
+        })));
+        // Started from a background thread with a runtime of its own, as the
+        // queue consumers' is; that runtime ends with the thread.
+        let starter = saga.clone();
+        std::thread::Builder::new()
+            .name("starter".into())
+            .spawn(move || {
+                crate::sqlite::never_hold_the_connection_here();
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(starter.start("x1", input("execute", None))).unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(saga.status("x1").await.unwrap(), ExecutionStatus::Running) {
+            assert!(std::time::Instant::now() < deadline, "the execution died with its starter's runtime");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(matches!(saga.status("x1").await.unwrap(), ExecutionStatus::Succeeded(_)));
+        assert!(!threads.lock().unwrap().is_empty());
+        assert!(threads.lock().unwrap().iter().all(|t| t.as_deref() != Some("starter")));
     }
 
     #[tokio::test]
