@@ -357,7 +357,7 @@ impl LocalSaga {
     }
 
     fn spawn(&self, name: String, input: Value) {
-        let (saga, saga_runtime) = (self.0.clone(), self.0.runtime.clone());
+        let saga = self.0.clone();
         let mut executions = self.0.executions.lock().unwrap_or_else(PoisonError::into_inner);
         while executions.try_join_next().is_some() {} // forget the finished ones
         let execution = async move {
@@ -382,7 +382,7 @@ impl LocalSaga {
                 tracing::error!(error = %e, execution = %name, "could not record saga result");
             }
         };
-        match &saga_runtime {
+        match &self.0.runtime {
             Some(runtime) => executions.spawn_on(execution, runtime),
             None => executions.spawn(execution),
         };

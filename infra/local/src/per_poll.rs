@@ -65,6 +65,17 @@ impl Db {
         })
         .await
     }
+
+    /// Runs `future`, a request, as `commit_per_poll` does, on a task of its
+    /// own: it runs to its end whatever becomes of whoever awaits it.
+    pub fn spawn_request<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::spawn(async move { db.commit_per_poll(future).await })
+    }
 }
 
 const IDLE: u8 = 0;

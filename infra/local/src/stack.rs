@@ -249,11 +249,9 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
 /// invocation does: a model call already paid for still has its budget
 /// reservation settled and its decision recorded.
 async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body>) -> Response<Body> {
-    let db = services.db.clone();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let id = request_id.clone();
-    let handled = tokio::spawn(async move { db.commit_per_poll(serve_request(services, request, id)).await });
-    match handled.await {
+    let db = services.db.clone();
+    match db.spawn_request(serve_request(services, request, request_id.clone())).await {
         Ok(response) => response,
         Err(e) => to_http(respond(Err(KeelError::Internal(format!("request handler failed: {e}"))), &request_id)),
     }
@@ -298,8 +296,7 @@ async fn serve_request(services: Arc<Services>, request: Request<Body>, request_
         "ask" | "chat" | "classify" | "rank" => match s.routing.serve(req).await {
             Reply::Whole(r) => r,
             Reply::Stream { frames, produce } => {
-                let db = services.db.clone();
-                tokio::spawn(async move { db.commit_per_poll(produce).await });
+                services.db.spawn_request(produce);
                 return event_stream(frames, &request_id);
             }
         },
