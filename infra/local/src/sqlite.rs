@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
@@ -500,6 +500,9 @@ fn query_sql(descending: bool) -> &'static str {
     }
 }
 
+/// When the first message not dead comes back (or is new), if any.
+const NEXT_VISIBLE_SQL: &str = "SELECT min(visible_at) FROM messages WHERE queue = ?1 AND dead = 0";
+
 /// Claims up to `max` visible messages, oldest first.
 fn receive_sql(max: usize) -> String {
     format!(
@@ -599,6 +602,12 @@ pub struct SqliteQueue {
     db: Db,
     visibility: Duration,
     max_receives: u32,
+    /// Per queue (`QueueName::ALL`'s order), when a receive may next find a
+    /// message (ms): an idle consumer's polls, every 20 ms per queue, then
+    /// skip the store, where each was a write transaction that a request
+    /// arriving meanwhile waited for. Sends and redrives bring it forward;
+    /// both run in this process, which holds the file exclusively (`Db`).
+    next_visible: Arc<[AtomicI64; 3]>,
 }
 
 /// A receipt names the message's row and the message: without
@@ -616,9 +625,35 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// One queue's entry in `SqliteQueue::next_visible`. It is moved only by
+/// jobs, while they hold the connection: a send's job and a receive's job
+/// cannot interleave, so a receive that finds the queue empty cannot hide
+/// a message sent meanwhile.
+struct NextVisible(Arc<[AtomicI64; 3]>, usize);
+
+impl NextVisible {
+    fn get(&self) -> i64 {
+        self.0[self.1].load(Ordering::SeqCst)
+    }
+
+    fn set(&self, at: i64) {
+        self.0[self.1].store(at, Ordering::SeqCst);
+    }
+
+    fn bring_forward(&self, at: i64) {
+        self.0[self.1].fetch_min(at, Ordering::SeqCst);
+    }
+}
+
 impl SqliteQueue {
     pub fn new(db: Db, visibility: Duration, max_receives: u32) -> Self {
-        Self { db, visibility, max_receives }
+        Self { db, visibility, max_receives, next_visible: Arc::new([0, 0, 0].map(AtomicI64::new)) }
+    }
+
+    /// The queue's "may next find a message" time, shared with the jobs that move it.
+    fn next_visible(&self, queue: QueueName) -> NextVisible {
+        let index = QueueName::ALL.iter().position(|q| *q == queue).unwrap_or(0);
+        NextVisible(self.next_visible.clone(), index)
     }
 
     /// Bodies of the messages that went to the dead-letter state.
@@ -635,12 +670,11 @@ impl SqliteQueue {
     /// Moves the queue's dead letters back, as new deliveries: the replay
     /// after the cause of the failures is fixed. Returns how many moved.
     pub fn redrive(&self, queue: QueueName) -> Result<usize, StoreError> {
+        let next_visible = self.next_visible(queue);
         self.db.with(move |c| {
-            run(
-                c,
-                "UPDATE messages SET dead = 0, receives = 0, visible_at = ?2 WHERE queue = ?1 AND dead = 1",
-                params![queue.as_str(), now_ms()],
-            )
+            let now = now_ms();
+            next_visible.bring_forward(now);
+            run(c, "UPDATE messages SET dead = 0, receives = 0, visible_at = ?2 WHERE queue = ?1 AND dead = 1", params![queue.as_str(), now])
         })
     }
 
@@ -674,13 +708,15 @@ impl WorkQueue for SqliteQueue {
     async fn send(&self, queue: QueueName, body: String, attributes: HashMap<String, String>) -> Result<String, StoreError> {
         let message_id = uuid::Uuid::new_v4().to_string();
         let attrs = serde_json::to_string(&attributes).map_err(backend)?;
-        let id = message_id.clone();
+        let (id, next_visible) = (message_id.clone(), self.next_visible(queue));
         self.db
             .call(move |c| {
+                let now = now_ms();
+                next_visible.bring_forward(now);
                 run(
                     c,
                     "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![queue.as_str(), id, body, attrs, now_ms()],
+                    params![queue.as_str(), id, body, attrs, now],
                 )
             })
             .await?;
@@ -690,7 +726,11 @@ impl WorkQueue for SqliteQueue {
     async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError> {
         let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
         let max = max.clamp(1, 10); // as SQS's ReceiveMessage
-        let mut rows = self
+        let next_visible = self.next_visible(queue);
+        if now_ms() < next_visible.get() {
+            return Ok(Vec::new());
+        }
+        let claimed = self
             .db
             .call(move |c| {
                 let now = now_ms();
@@ -708,10 +748,22 @@ impl WorkQueue for SqliteQueue {
                     })
                     .map_err(backend)?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(backend);
-                rows
+                    .map_err(backend)?;
+                // Fewer than asked for: every visible message was claimed, so
+                // none can be found before the earliest one left comes back.
+                next_visible.set(match rows.len() < max {
+                    true => c
+                        .prepare_cached(NEXT_VISIBLE_SQL)
+                        .and_then(|mut s| s.query_row(params![queue.as_str()], |r| r.get::<_, Option<i64>>(0)))
+                        .map_err(backend)?
+                        .unwrap_or(i64::MAX),
+                    false => now,
+                });
+                Ok(rows)
             })
-            .await?;
+            .await;
+        // Claims that did not commit are still visible.
+        let mut rows = claimed.inspect_err(|_| self.next_visible(queue).set(0))?;
         rows.sort_unstable_by_key(|r| r.0); // RETURNING's order is unspecified
         rows.into_iter()
             .map(|(id, message_id, body, attrs, receives)| {
@@ -868,6 +920,52 @@ pub(crate) mod tests {
         for sql in [query_sql(false).to_string(), query_sql(true).to_string(), receive_sql(10)] {
             assert_eq!(reprepared(sql.clone()), 0, "{sql}");
         }
+    }
+
+    /// Holds the connection on a thread of its own until the returned sender drops.
+    fn hold_the_connection(db: &Db) -> std::sync::mpsc::Sender<()> {
+        let (conn, (release, released), (locked, is_locked)) = (db.conn.clone(), std::sync::mpsc::channel(), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let _held = conn.lock().unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_locked.recv().unwrap();
+        release
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_is_polled_without_the_store_yet_nothing_is_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("keel.sqlite")).unwrap();
+        let (visibility, q) = (Duration::from_millis(500), QueueName::Ingest);
+        let queue = SqliteQueue::new(db.clone(), visibility, 2);
+        let bodies = |m: Vec<QueueMessage>| m.into_iter().map(|m| (m.body, m.receive_count)).collect::<Vec<_>>();
+        // A receive that would reach the store waits here until the store is let go.
+        let receive_without_the_store = |q: QueueName| {
+            let (db, queue) = (&db, &queue);
+            async move {
+                let _held = hold_the_connection(db);
+                tokio::time::timeout(Duration::from_millis(200), queue.receive(q, 10)).await.map(|r| r.unwrap().len())
+            }
+        };
+        assert!(queue.receive(q, 10).await.unwrap().is_empty());
+        assert_eq!(receive_without_the_store(q).await, Ok(0), "known to be empty");
+
+        queue.send(q, "a".into(), HashMap::new()).await.unwrap();
+        assert_eq!(bodies(queue.receive(q, 10).await.unwrap()), [("a".to_string(), 1)], "a send is seen at once");
+        assert_eq!(receive_without_the_store(q).await, Ok(0), "in flight");
+        tokio::time::sleep(visibility + Duration::from_millis(100)).await;
+        assert_eq!(bodies(queue.receive(q, 10).await.unwrap()), [("a".to_string(), 2)], "back after the visibility timeout");
+
+        tokio::time::sleep(visibility + Duration::from_millis(100)).await;
+        assert!(queue.receive(q, 10).await.unwrap().is_empty(), "past max_receives");
+        assert_eq!(queue.dead_letters(q).unwrap(), ["a"]);
+        assert_eq!(receive_without_the_store(q).await, Ok(0), "only a dead letter left");
+        assert_eq!(queue.redrive(q).unwrap(), 1);
+        assert_eq!(bodies(queue.receive(q, 10).await.unwrap()), [("a".to_string(), 1)], "a redrive is seen at once");
+        // The other queues were never told they are empty.
+        assert!(receive_without_the_store(QueueName::Audit).await.is_err());
     }
 
     #[tokio::test]
