@@ -607,7 +607,10 @@ pub struct SqliteQueue {
     /// skip the store, where each was a write transaction that a request
     /// arriving meanwhile waited for. Sends and redrives bring it forward;
     /// both run in this process, which holds the file exclusively (`Db`).
-    next_visible: Arc<[AtomicI64; 3]>,
+    /// Only a receive's job moves it later, and jobs hold the connection:
+    /// a send's and a receive's cannot interleave, so a receive that finds
+    /// the queue empty cannot hide a message sent meanwhile.
+    next_visible: [Arc<AtomicI64>; QueueName::ALL.len()],
 }
 
 /// A receipt names the message's row and the message: without
@@ -625,35 +628,15 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// One queue's entry in `SqliteQueue::next_visible`. It is moved only by
-/// jobs, while they hold the connection: a send's job and a receive's job
-/// cannot interleave, so a receive that finds the queue empty cannot hide
-/// a message sent meanwhile.
-struct NextVisible(Arc<[AtomicI64; 3]>, usize);
-
-impl NextVisible {
-    fn get(&self) -> i64 {
-        self.0[self.1].load(Ordering::SeqCst)
-    }
-
-    fn set(&self, at: i64) {
-        self.0[self.1].store(at, Ordering::SeqCst);
-    }
-
-    fn bring_forward(&self, at: i64) {
-        self.0[self.1].fetch_min(at, Ordering::SeqCst);
-    }
-}
-
 impl SqliteQueue {
     pub fn new(db: Db, visibility: Duration, max_receives: u32) -> Self {
-        Self { db, visibility, max_receives, next_visible: Arc::new([0, 0, 0].map(AtomicI64::new)) }
+        Self { db, visibility, max_receives, next_visible: Default::default() }
     }
 
     /// The queue's "may next find a message" time, shared with the jobs that move it.
-    fn next_visible(&self, queue: QueueName) -> NextVisible {
+    fn next_visible(&self, queue: QueueName) -> Arc<AtomicI64> {
         let index = QueueName::ALL.iter().position(|q| *q == queue).unwrap_or(0);
-        NextVisible(self.next_visible.clone(), index)
+        self.next_visible[index].clone()
     }
 
     /// Bodies of the messages that went to the dead-letter state.
@@ -673,7 +656,7 @@ impl SqliteQueue {
         let next_visible = self.next_visible(queue);
         self.db.with(move |c| {
             let now = now_ms();
-            next_visible.bring_forward(now);
+            next_visible.fetch_min(now, Ordering::SeqCst);
             run(c, "UPDATE messages SET dead = 0, receives = 0, visible_at = ?2 WHERE queue = ?1 AND dead = 1", params![queue.as_str(), now])
         })
     }
@@ -712,7 +695,7 @@ impl WorkQueue for SqliteQueue {
         self.db
             .call(move |c| {
                 let now = now_ms();
-                next_visible.bring_forward(now);
+                next_visible.fetch_min(now, Ordering::SeqCst);
                 run(
                     c,
                     "INSERT INTO messages (queue, message_id, body, attributes, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -727,9 +710,10 @@ impl WorkQueue for SqliteQueue {
         let (visibility, max_receives) = (self.visibility.as_millis() as i64, self.max_receives);
         let max = max.clamp(1, 10); // as SQS's ReceiveMessage
         let next_visible = self.next_visible(queue);
-        if now_ms() < next_visible.get() {
+        if now_ms() < next_visible.load(Ordering::SeqCst) {
             return Ok(Vec::new());
         }
+        let learned = next_visible.clone();
         let claimed = self
             .db
             .call(move |c| {
@@ -751,19 +735,20 @@ impl WorkQueue for SqliteQueue {
                     .map_err(backend)?;
                 // Fewer than asked for: every visible message was claimed, so
                 // none can be found before the earliest one left comes back.
-                next_visible.set(match rows.len() < max {
+                let at = match rows.len() < max {
                     true => c
                         .prepare_cached(NEXT_VISIBLE_SQL)
                         .and_then(|mut s| s.query_row(params![queue.as_str()], |r| r.get::<_, Option<i64>>(0)))
                         .map_err(backend)?
                         .unwrap_or(i64::MAX),
                     false => now,
-                });
+                };
+                learned.store(at, Ordering::SeqCst);
                 Ok(rows)
             })
             .await;
         // Claims that did not commit are still visible.
-        let mut rows = claimed.inspect_err(|_| self.next_visible(queue).set(0))?;
+        let mut rows = claimed.inspect_err(|_| next_visible.store(0, Ordering::SeqCst))?;
         rows.sort_unstable_by_key(|r| r.0); // RETURNING's order is unspecified
         rows.into_iter()
             .map(|(id, message_id, body, attrs, receives)| {
