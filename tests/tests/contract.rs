@@ -78,6 +78,20 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!((t.get(&pk, "N").await.unwrap().unwrap().counter, t.get(&pk, "NEW").await.unwrap()), (7, None));
     t.put_all_adding(vec![write(&pk, "G3", json!(3), Condition::NotExists)], adds()).await.unwrap();
     assert_eq!((t.get(&pk, "N").await.unwrap().unwrap().counter, t.get(&pk, "NEW").await.unwrap().unwrap().counter), (10, 2));
+    // A counter never leaves i64 (nor changes type): a sum that would is refused, alone or in a group.
+    assert_eq!(t.increment(&pk, "BIG", i64::MAX - 1, None, None).await.unwrap(), i64::MAX - 1);
+    assert!(matches!(t.increment(&pk, "BIG", 2, None, None).await, Err(StoreError::ConditionFailed)));
+    assert!(matches!(t.increment_without_result(&pk, "BIG", i64::MAX, Some(i64::MAX), None).await, Err(StoreError::ConditionFailed)));
+    let over = vec![Add { pk: pk.clone(), sk: "BIG".into(), by: 5 }];
+    assert!(matches!(t.put_all_adding(vec![], over).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.increment(&pk, "SMALL", i64::MIN + 1, None, None).await.unwrap(), i64::MIN + 1);
+    assert!(matches!(t.increment(&pk, "SMALL", -2, None, None).await, Err(StoreError::ConditionFailed)));
+    assert_eq!(t.increment(&pk, "BIG", 1, None, None).await.unwrap(), i64::MAX);
+    assert_eq!(t.get(&pk, "SMALL").await.unwrap().unwrap().counter, i64::MIN + 1);
+    // A record nested deeper than any reader could read back is refused, not stored.
+    let deep = (0..keel_core::limits::MAX_STORED_DEPTH + 1).fold(json!(1), |v, _| json!([v]));
+    assert!(matches!(t.put(write(&pk, "DEEP", deep, Condition::Always)).await, Err(StoreError::Invalid(_))));
+    assert_eq!(t.get(&pk, "DEEP").await.unwrap(), None);
     t.delete(&pk, "A").await.unwrap();
     assert_eq!(t.get(&pk, "A").await.unwrap(), None);
 }

@@ -394,18 +394,21 @@ fn write(c: &Connection, sql: [&str; 2], params: impl rusqlite::Params, wanted: 
 /// `max`; returns the new value (0 unless `wanted`). One statement: the
 /// check and the write cannot be split by another writer, and a statement
 /// that fails changes nothing, so callers need no savepoint of their own.
+/// A sum that would leave i64 fails too (SQLite would make it a REAL, and a
+/// counter never changes type).
 fn add(c: &Connection, a: &Add, max: Option<i64>, expires_at: Option<i64>, wanted: bool) -> Result<i64, StoreError> {
     let sql = match max.is_some_and(|max| a.by > max) {
         // A new counter would start past the limit: only an existing (negative) one may take it.
         true => returning!(
             "UPDATE items SET n = coalesce(n, 0) + ?3, ttl = coalesce(?4, ttl)
-             WHERE pk = ?1 AND sk = ?2 AND coalesce(n, 0) + ?3 <= ?5",
+             WHERE pk = ?1 AND sk = ?2 AND coalesce(n, 0) + ?3 <= ?5 AND typeof(coalesce(n, 0) + ?3) = 'integer'",
             "n"
         ),
         false => returning!(
             "INSERT INTO items (pk, sk, data, ver, n, ttl) VALUES (?1, ?2, 'null', 0, ?3, ?4)
              ON CONFLICT (pk, sk) DO UPDATE SET n = coalesce(items.n, 0) + excluded.n, ttl = coalesce(excluded.ttl, items.ttl)
-             WHERE ?5 IS NULL OR coalesce(items.n, 0) + excluded.n <= ?5",
+             WHERE (?5 IS NULL OR coalesce(items.n, 0) + excluded.n <= ?5)
+               AND typeof(coalesce(items.n, 0) + excluded.n) = 'integer'",
             "n"
         ),
     };
@@ -535,12 +538,12 @@ impl Table for SqliteTable {
     }
 
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
-        let data = write.data.to_string();
+        let data = write.data_text()?;
         self.db.call(move |c| apply(c, &write, &data, true)).await
     }
 
     async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
-        let data: Vec<String> = writes.iter().map(|w| w.data.to_string()).collect();
+        let data: Vec<String> = writes.iter().map(Write::data_text).collect::<Result<_, _>>()?;
         self.db.call(move |c| {
             let tx = c.savepoint().map_err(backend)?;
             for (w, data) in writes.iter().zip(&data) {

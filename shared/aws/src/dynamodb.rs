@@ -35,9 +35,9 @@ struct UpdateParts {
     values: Attrs,
 }
 
-fn update_parts(w: &Write) -> UpdateParts {
+fn update_parts(w: &Write) -> Result<UpdateParts, StoreError> {
     let mut names = HashMap::from([("#d".to_string(), "data".to_string()), ("#t".to_string(), "ttl".to_string())]);
-    let mut values = Attrs::from([(":d".into(), s(&w.data.to_string())), (":one".into(), n(1))]);
+    let mut values = Attrs::from([(":d".into(), s(&w.data_text()?)), (":one".into(), n(1))]);
     let mut expression = "SET #d = :d".to_string();
     match w.expires_at {
         Some(t) => {
@@ -59,13 +59,41 @@ fn update_parts(w: &Write) -> UpdateParts {
             Some("#v = :v".to_string())
         }
     };
-    UpdateParts {
+    Ok(UpdateParts {
         key: Attrs::from([("pk".into(), s(&w.pk)), ("sk".into(), s(&w.sk))]),
         expression,
         condition,
         names,
         values,
+    })
+}
+
+/// Named bound values of a counter condition (`:hi`, `:lo`).
+type CounterBounds = Vec<(&'static str, i64)>;
+
+/// The condition under which adding `by` keeps a counter at or under `max`
+/// and inside i64 (DynamoDB's numbers go further, but Keel reads counters as
+/// i64, and a counter must never change type), with its bound values. A
+/// missing counter counts as 0. `ConditionFailed` when no counter could take it.
+fn counter_condition(by: i64, max: Option<i64>) -> Result<(String, CounterBounds), StoreError> {
+    let mut parts = Vec::new();
+    let mut bounds = Vec::new();
+    let ceiling = max.unwrap_or(i64::MAX);
+    match ceiling.checked_sub(by) {
+        Some(hi) => {
+            // A new counter starts at `by`: it may only if `by` fits.
+            parts.push(if by <= ceiling { "(attribute_not_exists(n) OR n <= :hi)" } else { "n <= :hi" });
+            bounds.push((":hi", hi));
+        }
+        // Only a negative `by` overflows here: every i64 counter stays under the ceiling.
+        None if by < 0 => {}
+        None => return Err(StoreError::ConditionFailed),
     }
+    if by < 0 {
+        parts.push("(attribute_not_exists(n) OR n >= :lo)");
+        bounds.push((":lo", i64::MIN - by));
+    }
+    Ok((parts.join(" AND "), bounds))
 }
 
 fn num(attrs: &Attrs, name: &str) -> Option<i64> {
@@ -118,7 +146,7 @@ impl Table for DynamoTable {
     }
 
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
-        let p = update_parts(&write);
+        let p = update_parts(&write)?;
         let out = self
             .client
             .update_item()
@@ -141,7 +169,7 @@ impl Table for DynamoTable {
     async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError> {
         let mut items = Vec::with_capacity(writes.len() + adds.len());
         for w in &writes {
-            let p = update_parts(w);
+            let p = update_parts(w)?;
             let update = Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(p.key))
@@ -154,12 +182,16 @@ impl Table for DynamoTable {
             items.push(TransactWriteItem::builder().update(update).build());
         }
         for a in &adds {
+            let (condition, bounds) = counter_condition(a.by, None)?;
+            let mut values = Attrs::from([(":by".to_string(), n(a.by))]);
+            values.extend(bounds.into_iter().map(|(name, v)| (name.to_string(), n(v))));
             let update = Update::builder()
                 .table_name(&self.table)
                 .key("pk", s(&a.pk))
                 .key("sk", s(&a.sk))
                 .update_expression("ADD n :by")
-                .expression_attribute_values(":by", n(a.by))
+                .condition_expression(condition)
+                .set_expression_attribute_values(Some(values))
                 .build()
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             items.push(TransactWriteItem::builder().update(update).build());
@@ -255,12 +287,10 @@ impl Table for DynamoTable {
                 .expression_attribute_values(":t", n(t)),
             None => req.update_expression("ADD n :by"),
         };
-        if let Some(max) = max {
-            // A missing counter counts as 0, so it may start only if `by` fits.
-            let condition = if by <= max { "attribute_not_exists(n) OR n <= :lim" } else { "n <= :lim" };
-            req = req
-                .condition_expression(condition)
-                .expression_attribute_values(":lim", n(max - by));
+        let (condition, bounds) = counter_condition(by, max)?;
+        req = req.condition_expression(condition);
+        for (name, value) in bounds {
+            req = req.expression_attribute_values(name, n(value));
         }
         let out = req.send().await.map_err(|e| match e.as_service_error() {
             Some(se) if se.is_conditional_check_failed_exception() => StoreError::ConditionFailed,

@@ -16,6 +16,10 @@ pub const ROLE_PLATFORM_ADMIN: &str = "platform_admin";
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_MEMBER: &str = "member";
 pub const ROLE_APPROVER: &str = "approver";
+/// Reads every decision of its tenant and exports the audit log; changes nothing.
+pub const ROLE_AUDITOR: &str = "auditor";
+/// The roles a tenant key or token may carry.
+pub const TENANT_ROLES: [&str; 4] = [ROLE_ADMIN, ROLE_MEMBER, ROLE_APPROVER, ROLE_AUDITOR];
 
 /// The authenticated caller of one request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +55,11 @@ impl Caller {
         self.roles.iter().any(|r| r == role)
     }
 
+    /// Tenant admins and auditors read every decision of their tenant.
+    pub fn reads_all_decisions(&self) -> bool {
+        self.has_role(ROLE_ADMIN) || self.has_role(ROLE_AUDITOR)
+    }
+
     /// The caller's tenant; tenant routes refuse the platform admin key.
     pub fn tenant(&self) -> Result<&TenantId, KeelError> {
         self.tenant
@@ -81,7 +90,7 @@ impl Caller {
         let s = |k: &str| ctx.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let list = |k: &str| s(k).split(',').filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
         let principal = s("principal");
-        if principal.is_empty() {
+        if check_principal(&principal).is_err() {
             return Err(KeelError::Unauthorized("missing authorizer context".into()));
         }
         let tenant = match s("tenant").as_str() {
@@ -142,6 +151,18 @@ pub struct ApiKeyRecord {
     #[serde(default)]
     pub attributes: HashMap<String, Value>,
     pub created_at: String,
+}
+
+/// Longest principal name (a key's, or a token's `sub`).
+pub const MAX_PRINCIPAL_CHARS: usize = 128;
+
+/// The one rule for a principal name, on every path that makes a caller:
+/// 1 to 128 characters, not blank.
+pub fn check_principal(principal: &str) -> Result<(), KeelError> {
+    if principal.trim().is_empty() || principal.len() > MAX_PRINCIPAL_CHARS {
+        return Err(KeelError::BadRequest(format!("principal must be 1-{MAX_PRINCIPAL_CHARS} characters, not blank")));
+    }
+    Ok(())
 }
 
 /// Reads `groups` from a key's or token's attributes.
@@ -231,6 +252,11 @@ pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtCl
     if claims.nbf.is_some_and(|nbf| nbf > now) {
         return Err(bad("not yet valid"));
     }
+    check_principal(&claims.sub).map_err(|_| bad("sub must be 1-128 characters"))?;
+    // The authorizer passes roles and groups to functions comma-joined.
+    if claims.roles.iter().chain(&claims.groups).any(|v| v.is_empty() || v.contains(',')) {
+        return Err(bad("roles and groups must be non-empty names without commas"));
+    }
     Ok(claims)
 }
 
@@ -253,6 +279,19 @@ mod tests {
             roles: vec!["member".into()],
             groups: vec!["eng".into()],
         }
+    }
+
+    #[test]
+    fn a_token_makes_a_caller_by_the_same_rules_as_the_authorizer_context() {
+        let signed = |c: &JwtClaims| verify_jwt(&sign_jwt(c, "s3cret").unwrap(), &settings(), 1_000);
+        for sub in ["", "   ", &"x".repeat(129)] {
+            assert!(signed(&JwtClaims { sub: sub.to_string(), ..claims() }).is_err(), "sub {sub:?}");
+        }
+        // "x,admin" would be two roles once the authorizer joins and the function splits them.
+        assert!(signed(&JwtClaims { roles: vec!["x,admin".into()], ..claims() }).is_err());
+        assert!(signed(&JwtClaims { groups: vec!["".into()], ..claims() }).is_err());
+        let ok = signed(&claims()).unwrap();
+        assert!(check_principal(&ok.sub).is_ok());
     }
 
     #[test]

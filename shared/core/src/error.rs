@@ -72,13 +72,21 @@ pub enum StoreError {
     ConditionFailed,
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The record cannot be stored as it is (say, nested too deep to read back).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<StoreError> for KeelError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::ConditionFailed => KeelError::Conflict("concurrent update; retry".into()),
-            StoreError::Backend(m) => KeelError::Unavailable(format!("storage unavailable: {m}")),
+            // The backend's own text (table names, SDK messages) stays in the log.
+            StoreError::Backend(m) => {
+                tracing::error!(error = %m, "storage backend error");
+                KeelError::Unavailable("storage is unavailable; retry shortly".into())
+            }
+            StoreError::Invalid(m) => KeelError::BadRequest(m),
         }
     }
 }
@@ -86,5 +94,18 @@ impl From<StoreError> for KeelError {
 impl From<serde_json::Error> for KeelError {
     fn from(e: serde_json::Error) -> Self {
         KeelError::Internal(format!("corrupt stored record: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_keep_their_details_out_of_the_answer() {
+        let e: KeelError = StoreError::Backend("table arn:aws:dynamodb:eu-west-1:123:table/keel-prod is throttled".into()).into();
+        assert_eq!((e.status(), e.to_string().contains("arn")), (503, false), "{e}");
+        let e: KeelError = StoreError::Invalid("nests too deep".into()).into();
+        assert_eq!(e.status(), 400);
     }
 }

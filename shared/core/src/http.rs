@@ -31,19 +31,10 @@ impl ApiRequest {
         self.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect()
     }
 
-    /// Parses the body as JSON of type `T`, refusing bodies over `limit` bytes.
+    /// Parses the body as JSON of type `T`, refusing bodies over `limit` bytes
+    /// or nested deeper than `limits::MAX_JSON_DEPTH`.
     pub fn json<T: DeserializeOwned>(&self, limit: usize) -> Result<T, KeelError> {
-        if self.body.len() > limit {
-            return Err(KeelError::PayloadTooLarge(format!(
-                "request body is {} bytes; the limit for this route is {limit}",
-                self.body.len()
-            )));
-        }
-        if self.body.is_empty() {
-            return Err(KeelError::BadRequest("request body is empty; expected JSON".into()));
-        }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| KeelError::BadRequest(format!("malformed JSON body: {e}")))
+        crate::limits::parse_json(&self.body, limit, "request body")
     }
 
     pub fn caller(&self) -> Result<&Caller, KeelError> {

@@ -75,6 +75,12 @@ pub fn parse_path_id(kind: &str, raw: &str) -> Result<String, KeelError> {
     }
 }
 
+/// A fresh token with a readable prefix that reveals nothing and cannot be
+/// guessed (a random UUIDv4: 122 random bits).
+pub fn new_token(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// A fresh id with a readable prefix, e.g. `act_019ab3…`: a UUIDv7, so ids
 /// sort by creation time (to the millisecond; 74 random bits below that).
 /// Keys built from them, such as the audit log's decision pointers, land

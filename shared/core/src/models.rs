@@ -110,6 +110,9 @@ pub fn parse_catalog(json: &str) -> Result<Vec<ModelSpec>, KeelError> {
     Ok(catalog)
 }
 
+/// Longest a cached answer may live.
+pub const MAX_CACHE_TTL_SECS: u64 = 30 * 24 * 3600;
+
 /// A tenant's routing policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -162,6 +165,9 @@ impl RoutingPolicy {
         if self.max_latency_ms == Some(0) {
             return bad("max_latency_ms must be positive".into());
         }
+        if self.cache_ttl_secs > MAX_CACHE_TTL_SECS {
+            return bad(format!("cache_ttl_secs is at most {MAX_CACHE_TTL_SECS} (30 days)"));
+        }
         Ok(())
     }
 
@@ -177,6 +183,9 @@ pub struct Budgets {
     pub monthly_usd: Option<f64>,
     /// Per workflow (the `workflow` a request names).
     pub workflows: BTreeMap<String, f64>,
+    /// The workflow a request that names none is charged to; without one, a
+    /// tenant with workflow budgets requires every paid request to name one.
+    pub default_workflow: Option<String>,
 }
 
 impl Budgets {
@@ -185,7 +194,25 @@ impl Budgets {
         if self.monthly_usd.is_some_and(|v| !ok(v)) || self.workflows.values().any(|v| !ok(*v)) {
             return Err(KeelError::BadRequest("budgets must be finite and not negative".into()));
         }
+        if let Some(w) = self.default_workflow.as_ref().filter(|w| !self.workflows.contains_key(*w)) {
+            return Err(KeelError::BadRequest(format!("budgets: default_workflow {w:?} has no budget in workflows")));
+        }
         Ok(())
+    }
+
+    /// The workflow a paid request is charged to. Where workflows have
+    /// budgets, it must be one of them (a request naming none gets the
+    /// default): otherwise leaving it out or misspelling it would skip them.
+    pub fn workflow_for<'a>(&'a self, requested: Option<&'a str>) -> Result<Option<&'a str>, KeelError> {
+        if self.workflows.is_empty() {
+            return Ok(requested);
+        }
+        let known = || self.workflows.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+        match requested.or(self.default_workflow.as_deref()) {
+            Some(w) if self.workflows.contains_key(w) => Ok(Some(w)),
+            Some(w) => Err(KeelError::BadRequest(format!("workflow {w:?} has no budget; this tenant budgets workflows {}", known()))),
+            None => Err(KeelError::BadRequest(format!("workflow is required: this tenant budgets workflows {}", known()))),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,5 +253,17 @@ mod tests {
         let policy = RoutingPolicy { models: vec!["nope".into()], ..Default::default() };
         assert!(policy.validate(&c).unwrap_err().to_string().contains("nope"));
         assert!(Budgets { monthly_usd: Some(-1.0), ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn a_tenant_with_workflow_budgets_charges_every_paid_request_to_one() {
+        let mut b = Budgets { workflows: BTreeMap::from([("support".to_string(), 5.0)]), ..Default::default() };
+        assert!(b.workflow_for(None).is_err(), "leaving the workflow out would skip its budget");
+        assert!(b.workflow_for(Some("suport")).is_err());
+        assert_eq!(b.workflow_for(Some("support")).unwrap(), Some("support"));
+        b.default_workflow = Some("support".into());
+        assert_eq!(b.workflow_for(None).unwrap(), Some("support"));
+        assert!(Budgets { default_workflow: Some("x".into()), ..Default::default() }.validate().is_err());
+        assert_eq!(Budgets::default().workflow_for(None).unwrap(), None);
     }
 }

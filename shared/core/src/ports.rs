@@ -41,6 +41,21 @@ pub struct Write {
     pub condition: Condition,
 }
 
+impl Write {
+    /// `data` as the text a store keeps, refused when it nests deeper than
+    /// any reader could read back (`limits::MAX_STORED_DEPTH`).
+    pub fn data_text(&self) -> Result<String, StoreError> {
+        let depth = crate::limits::value_depth(&self.data);
+        if depth > crate::limits::MAX_STORED_DEPTH {
+            return Err(StoreError::Invalid(format!(
+                "the record nests {depth} levels deep; at most {} can be stored",
+                crate::limits::MAX_STORED_DEPTH
+            )));
+        }
+        Ok(self.data.to_string())
+    }
+}
+
 /// An addition to an item's counter (as `Table::increment` makes, without a
 /// limit), as part of an atomic group.
 #[derive(Clone, Debug)]

@@ -52,6 +52,23 @@ pub struct Tenant {
     pub created_at: String,
 }
 
+/// Most requests per minute a tenant may be given.
+pub const MAX_RATE_LIMIT_PER_MINUTE: i64 = 1_000_000;
+
+impl Tenant {
+    /// Checks every setting a create or an update can set, in one place.
+    pub fn validate_settings(&self, catalog: &[crate::models::ModelSpec]) -> Result<(), KeelError> {
+        if self.name.trim().is_empty() {
+            return Err(KeelError::BadRequest("name must not be empty".into()));
+        }
+        if !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&self.rate_limit_per_minute) {
+            return Err(KeelError::BadRequest(format!("rate_limit_per_minute must be from 1 to {MAX_RATE_LIMIT_PER_MINUTE}")));
+        }
+        self.routing.validate(catalog)?;
+        self.budgets.validate()
+    }
+}
+
 pub async fn get_tenant(table: &dyn Table, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
     match table.get(&tenant.pk(), TENANT_SK).await? {
         Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
