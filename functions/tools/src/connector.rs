@@ -1,17 +1,23 @@
 //! HTTP connectors: where a governed action actually changes something.
 //! Every call carries the action's idempotency key, has a timeout, is retried
 //! with jittered backoff on transient failures, and goes through a circuit
-//! breaker per connector host, so a failing system is left alone for a while
-//! instead of being hammered by every action and retry.
+//! breaker per tenant and connector host, so a failing system is left alone
+//! for a while instead of being hammered by every action and retry, and one
+//! tenant's calls can never open the breaker another tenant's calls go
+//! through. Redirects are not followed (a 3xx is the connector's answer), and
+//! what is kept of an answer is bounded in size and nesting.
 
 use crate::ConnectorSpec;
+use keel_core::ids::TenantId;
+use keel_core::limits::{text_depth, MAX_JSON_DEPTH};
 use keel_core::resilience::{BreakerSettings, Breakers, RetryPolicy};
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Longest connector response kept in the action record.
-const MAX_RESPONSE_CHARS: usize = 4_000;
+/// Most bytes of a connector's answer kept (in the action record, the
+/// preview and the audit log); the rest is dropped and the answer says so.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 
 pub fn check_spec(spec: &ConnectorSpec) -> Result<(), KeelError> {
     if !(spec.url.starts_with("https://") || spec.url.starts_with("http://")) {
@@ -29,68 +35,123 @@ pub struct Connectors {
     breakers: Breakers,
 }
 
-/// The breaker's name for a connector: its scheme, host and port.
+/// The connector's scheme, host and port.
 fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let end = rest.find('/').unwrap_or(rest.len());
     &url[..url.len() - rest.len() + end]
 }
 
+/// A breaker's name: the tenant and the connector host.
+fn breaker_name(tenant: &TenantId, url: &str) -> String {
+    format!("{tenant} {}", host_of(url))
+}
+
+/// Why one attempt failed: only the remote system's failures count against its breaker.
+enum Failure {
+    /// Unreachable, timed out, 429 or 5xx: retried, and counted.
+    Remote(KeelError),
+    /// The request could not be built or the connector refused it (4xx, 3xx): final, not counted.
+    Final(KeelError),
+}
+
 impl Connectors {
     pub fn new(timeout: Duration, retry: RetryPolicy, breakers: BreakerSettings) -> Result<Self, KeelError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| KeelError::Internal(format!("http client: {e}")))?;
         Ok(Self { http, retry, breakers: Breakers::new(breakers) })
     }
 
     /// Calls the connector, retrying transient failures (timeouts, connection
-    /// errors, 429, 5xx) with backoff; other 4xx are final. An open breaker
-    /// fails fast with a retryable error: the saga tries again later.
-    pub async fn call(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
-        let host = host_of(&spec.url);
+    /// errors, 429, 5xx) with backoff; other answers are final. An open
+    /// breaker fails fast with a retryable error: the saga tries again later.
+    pub async fn call(&self, tenant: &TenantId, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
+        let breaker = breaker_name(tenant, &spec.url);
         let mut last = KeelError::Unavailable("no attempt was made".into());
         for attempt in 0..self.retry.attempts.max(1) {
             if attempt > 0 {
                 tokio::time::sleep(self.retry.backoff(attempt - 1)).await;
             }
-            if !self.breakers.try_acquire(host) {
-                return Err(KeelError::Unavailable(format!("connector {host} is failing; its circuit breaker is open")));
+            if !self.breakers.try_acquire(&breaker) {
+                return Err(KeelError::Unavailable(format!("connector {} is failing; its circuit breaker is open", host_of(&spec.url))));
             }
-            let result = self.call_once(spec, idempotency_key, body).await;
-            self.breakers.record(host, !matches!(&result, Err(e) if e.is_retryable()));
-            match result {
-                Err(e) if e.is_retryable() => last = e,
-                other => return other,
+            match self.call_once(spec, idempotency_key, body).await {
+                Ok(answer) => {
+                    self.breakers.record(&breaker, true);
+                    return Ok(answer);
+                }
+                Err(Failure::Remote(e)) => {
+                    self.breakers.record(&breaker, false);
+                    last = e;
+                }
+                Err(Failure::Final(e)) => {
+                    // The host answered (or was never asked): it is not failing.
+                    self.breakers.record(&breaker, true);
+                    return Err(e);
+                }
             }
         }
         Err(last)
     }
 
-    async fn call_once(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
+    async fn call_once(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, Failure> {
         let method = reqwest::Method::from_bytes(spec.method.as_bytes())
-            .map_err(|_| KeelError::BadRequest("bad connector method".into()))?;
-        let response = self
+            .map_err(|_| Failure::Final(KeelError::BadRequest("bad connector method".into())))?;
+        let request = self
             .http
             .request(method, &spec.url)
             .header("Idempotency-Key", idempotency_key)
             .json(body)
-            .send()
+            .build()
+            .map_err(|e| Failure::Final(KeelError::BadRequest(format!("connector request cannot be built: {e}"))))?;
+        let mut response = self
+            .http
+            .execute(request)
             .await
-            .map_err(|e| KeelError::Unavailable(format!("connector unreachable: {e}")))?;
+            .map_err(|e| Failure::Remote(KeelError::Unavailable(format!("connector unreachable: {e}"))))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|_| Value::String(text.chars().take(MAX_RESPONSE_CHARS).collect()));
+        let (bytes, truncated) = read_bounded(&mut response).await.map_err(Failure::Remote)?;
+        let answer = kept_answer(&bytes, truncated);
         if status.is_success() {
-            Ok(json!({"status": status.as_u16(), "body": body}))
+            let mut out = json!({"status": status.as_u16(), "body": answer});
+            if truncated {
+                out["truncated"] = json!(true);
+            }
+            Ok(out)
         } else if status.as_u16() == 429 || status.is_server_error() {
-            Err(KeelError::Unavailable(format!("connector answered {status}")))
+            Err(Failure::Remote(KeelError::Unavailable(format!("connector answered {status}"))))
         } else {
-            Err(KeelError::BadRequest(format!("connector refused the action: {status} {body}")))
+            Err(Failure::Final(KeelError::BadRequest(format!("connector refused the action: {status} {answer}"))))
         }
     }
+}
+
+/// Reads at most `MAX_RESPONSE_BYTES` of the answer; says whether more was dropped.
+async fn read_bounded(response: &mut reqwest::Response) -> Result<(Vec<u8>, bool), KeelError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| KeelError::Unavailable(format!("connector answer broke off: {e}")))? {
+        let room = MAX_RESPONSE_BYTES - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok((bytes, true));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, false))
+}
+
+/// What is kept of an answer: its JSON when it is whole and nests within
+/// `MAX_JSON_DEPTH`, else its text (cut at a character boundary).
+fn kept_answer(bytes: &[u8], truncated: bool) -> Value {
+    if !truncated && text_depth(bytes) <= MAX_JSON_DEPTH {
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            return v;
+        }
+    }
+    Value::String(String::from_utf8_lossy(bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -98,8 +159,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn breakers_are_per_connector_host() {
+    fn breakers_are_per_tenant_and_connector_host() {
         assert_eq!(host_of("https://api.example.com:8443/v1/refunds?x=1"), "https://api.example.com:8443");
         assert_eq!(host_of("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        let (acme, beta) = (TenantId::parse("acme").unwrap(), TenantId::parse("beta").unwrap());
+        assert_ne!(breaker_name(&acme, "http://h:1/a"), breaker_name(&beta, "http://h:1/a"));
+        assert_eq!(breaker_name(&acme, "http://h:1/a"), breaker_name(&acme, "http://h:1/b"));
+    }
+
+    #[test]
+    fn kept_answers_are_whole_json_or_text() {
+        assert_eq!(kept_answer(br#"{"a":1}"#, false), json!({"a": 1}));
+        assert_eq!(kept_answer(br#"{"a":1"#, true), json!(r#"{"a":1"#));
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(kept_answer(deep.as_bytes(), false), json!(deep));
     }
 }

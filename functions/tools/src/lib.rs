@@ -12,6 +12,7 @@
 mod connector;
 pub mod policy;
 pub mod schema;
+mod schema_cost;
 mod steps;
 
 use connector::Connectors;
@@ -20,6 +21,7 @@ use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::config::Config;
 use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
 use keel_core::ids::{new_id, parse_path_id, TenantId};
+use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Condition, QueueMessage, Saga, Table, WorkQueue, Write};
 use keel_core::resilience::{BreakerSettings, RetryPolicy};
 use keel_core::tenants::{require_active, Autonomy};
@@ -40,6 +42,9 @@ const IDEMPOTENCY_TTL_SECS: i64 = 7 * 24 * 3600;
 /// How long daily counters are kept (a little over a day).
 const DAILY_COUNTER_TTL_SECS: i64 = 2 * 24 * 3600;
 const MAX_STEPS: usize = 10;
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
+/// Largest value of a tool's metered argument in one proposal.
+const MAX_METERED_VALUE: f64 = 1e9;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -462,13 +467,23 @@ impl Tools {
 
     /// Counts a proposal into the tool's daily counters (atomically) and
     /// returns the counters with it included.
-    async fn count_today(&self, tenant: &TenantId, tool: &Tool, args: &Value) -> Result<(Today, Counted), KeelError> {
+    async fn count_today(&self, tenant: &TenantId, tool: &Tool, units: i64) -> Result<(Today, Counted), KeelError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let expires = Some(now_secs() + DAILY_COUNTER_TTL_SECS);
-        let units = tool.metered_arg.as_ref().and_then(|a| args.get(a)).and_then(Value::as_f64).and_then(decimal_units).unwrap_or(0);
         let count = self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "count"), 1, None, expires).await?;
         let total_units = match tool.metered_arg {
-            Some(_) => self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "total"), units, None, expires).await?,
+            Some(_) => match self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "total"), units, None, expires).await {
+                Ok(total) => total,
+                Err(e) => {
+                    self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "count"), -1, None, None).await?;
+                    return Err(match e {
+                        StoreError::ConditionFailed => {
+                            KeelError::Conflict(format!("the daily total of {} cannot count this proposal", tool.name))
+                        }
+                        other => other.into(),
+                    });
+                }
+            },
             None => 0,
         };
         Ok((Today { count, total_units }, Counted { day, units }))
@@ -487,9 +502,7 @@ impl Tools {
     /// `POST /v1/actions` (and the actions queue): returns (HTTP status, action).
     async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
         let tenant = caller.tenant()?;
-        if req.idempotency_key.is_empty() || req.idempotency_key.len() > 128 {
-            return Err(KeelError::BadRequest("idempotency_key must be 1-128 characters".into()));
-        }
+        check_idempotency_key(&req.idempotency_key)?;
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
         let fingerprint = args_fingerprint(&tool.name, &req.args);
         // A replay is answered before anything is counted or decided again.
@@ -497,10 +510,11 @@ impl Tools {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
-        schema::validate(&validator, &req.args)?;
+        schema::validate_off_workers(validator, req.args.clone()).await?;
         let autonomy = self.autonomy(tenant, &tool).await?;
         let policies = self.tenant_policies(tenant).await?;
-        let (today, counted) = self.count_today(tenant, &tool, &req.args).await?;
+        let units = metered_units(&tool, &req.args)?;
+        let (today, counted) = self.count_today(tenant, &tool, units).await?;
         let action_id = new_id("act");
         let subject = Subject {
             action_id: &action_id,
@@ -730,8 +744,7 @@ impl Tools {
         let mut failed = Vec::new();
         for m in messages {
             let result = async {
-                let p: QueuedProposal = serde_json::from_str(&m.body)
-                    .map_err(|e| KeelError::BadRequest(format!("not an action proposal: {e}")))?;
+                let p: QueuedProposal = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "action proposal")?;
                 let caller = Caller {
                     tenant: Some(TenantId::parse(&p.tenant)?),
                     principal: p.principal,
@@ -759,7 +772,7 @@ impl Tools {
             None => json!(null),
             Some(spec) => {
                 let body = json!({"tool": tool.name, "args": args, "dry_run": true});
-                match self.connectors.call(spec, &format!("{key}:dry-run"), &body).await {
+                match self.connectors.call(tenant, spec, &format!("{key}:dry-run"), &body).await {
                     Ok(result) => result,
                     Err(e) => json!({"error": e.to_string()}),
                 }
@@ -821,6 +834,30 @@ fn autonomy_name(a: Autonomy) -> &'static str {
     }
 }
 
+/// The tool's metered argument in Cedar decimal units: a number from 0 to
+/// `MAX_METERED_VALUE` (0 when the arguments leave it out), so daily totals
+/// can neither go down nor overflow.
+fn metered_units(tool: &Tool, args: &Value) -> Result<i64, KeelError> {
+    let Some(name) = &tool.metered_arg else { return Ok(0) };
+    let Some(value) = args.get(name) else { return Ok(0) };
+    let units = value.as_f64().filter(|x| (0.0..=MAX_METERED_VALUE).contains(x)).and_then(decimal_units);
+    units.ok_or_else(|| KeelError::Unprocessable {
+        path: format!("/{name}"),
+        message: format!("the metered argument {name} must be a number from 0 to {MAX_METERED_VALUE}"),
+    })
+}
+
+/// An idempotency key travels as an HTTP header to connectors: 1 to 128
+/// visible ASCII characters (no spaces or control characters).
+fn check_idempotency_key(key: &str) -> Result<(), KeelError> {
+    if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(KeelError::BadRequest(format!(
+        "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters (no spaces or control characters)"
+    )))
+}
+
 /// The tool and canonical arguments, hashed: what an idempotency key is bound to.
 fn args_fingerprint(tool: &str, args: &Value) -> String {
     hex::encode(Sha256::digest(format!("{tool}\n{args}").as_bytes()))
@@ -837,6 +874,15 @@ fn action_view(action: &Action) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_and_bounded() {
+        assert!(check_idempotency_key("refund-A-1001").is_ok());
+        assert!(check_idempotency_key(&"k".repeat(128)).is_ok());
+        for bad in ["", "bad\u{1}x", "a b", "caf\u{e9}", "x\n", &"k".repeat(129)] {
+            assert!(matches!(check_idempotency_key(bad), Err(KeelError::BadRequest(_))), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_tool_caps_the_tenants_autonomy_but_never_raises_it() {

@@ -22,6 +22,16 @@ pub const POLICY_SCHEMA: &str = include_str!("../../../infra/policies/keel.cedar
 
 /// Largest tenant policy text.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// Deepest nesting of brackets (`(`, `[`, `{`) in tenant policy text, and
+/// most `if` expressions: Cedar's parser recurses once per level, so deep
+/// nesting would overflow its stack and take the process down.
+pub const MAX_POLICY_NESTING: usize = 32;
+/// Most arithmetic operators (`+`, `-`, `*`) in tenant policy text: a chain
+/// of them becomes an expression as deep as it is long.
+pub const MAX_POLICY_ARITHMETIC: usize = 1_000;
+/// The stack Cedar parses tenant text on: far more than the limits above
+/// need, so a construct they miss fails the request, not the process.
+const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the policy is asked about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,14 +148,85 @@ impl Reads {
     }
 }
 
+/// Checks what reaches Cedar's parser before it runs: size, bracket nesting,
+/// `if` expressions and arithmetic, counted outside strings and comments.
+pub fn check_policy_shape(text: &str) -> Result<(), KeelError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(KeelError::PayloadTooLarge(format!("policies exceed {MAX_POLICY_BYTES} bytes")));
+    }
+    let bad = |m: String| Err(KeelError::BadRequest(format!("invalid Cedar policies: {m}")));
+    let (mut depth, mut deepest, mut ifs, mut arithmetic) = (0usize, 0usize, 0usize, 0usize);
+    let mut chars = text.char_indices().peekable();
+    let mut word = String::new();
+    while let Some((_, c)) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        ifs += usize::from(word == "if");
+        word.clear();
+        match c {
+            '"' => skip_string(&mut chars),
+            '/' if chars.peek().is_some_and(|(_, n)| *n == '/') => {
+                for (_, n) in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '+' | '-' | '*' => arithmetic += 1,
+            _ => {}
+        }
+    }
+    ifs += usize::from(word == "if");
+    if deepest > MAX_POLICY_NESTING {
+        return bad(format!("brackets nest {deepest} levels deep; the limit is {MAX_POLICY_NESTING}"));
+    }
+    if ifs > MAX_POLICY_NESTING {
+        return bad(format!("{ifs} if-expressions; the limit is {MAX_POLICY_NESTING}"));
+    }
+    if arithmetic > MAX_POLICY_ARITHMETIC {
+        return bad(format!("{arithmetic} arithmetic operators; the limit is {MAX_POLICY_ARITHMETIC}"));
+    }
+    Ok(())
+}
+
+/// Moves past a string literal (its opening quote already read).
+fn skip_string(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>) {
+    let mut escaped = false;
+    for (_, c) in chars.by_ref() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return,
+            _ => {}
+        }
+    }
+}
+
+/// Parses policy text on a thread with a stack of its own (see `PARSER_STACK_BYTES`).
+fn parse_policy_set(text: &str) -> Result<PolicySet, KeelError> {
+    let owned = text.to_string();
+    let parser = std::thread::Builder::new()
+        .name("cedar-parser".into())
+        .stack_size(PARSER_STACK_BYTES)
+        .spawn(move || PolicySet::from_str(&owned).map_err(|e| format!("{e:?}")))
+        .map_err(|e| KeelError::Internal(format!("cedar parser thread: {e}")))?;
+    let parsed = parser.join().map_err(|_| KeelError::Internal("the Cedar parser failed".into()))?;
+    parsed.map_err(|e| KeelError::BadRequest(format!("invalid Cedar policies: {e}")))
+}
+
 /// Parses tenant policy text: every policy needs a unique `@id`, and none may
 /// reuse a default's.
 pub fn parse_tenant_policies(text: &str) -> Result<PolicySet, KeelError> {
     let bad = |m: String| KeelError::BadRequest(format!("invalid Cedar policies: {m}"));
-    if text.len() > MAX_POLICY_BYTES {
-        return Err(KeelError::PayloadTooLarge(format!("policies exceed {MAX_POLICY_BYTES} bytes")));
-    }
-    let parsed = PolicySet::from_str(text).map_err(|e| bad(format!("{e:?}")))?;
+    check_policy_shape(text)?;
+    let parsed = parse_policy_set(text)?;
     let defaults = PolicySet::from_str(DEFAULT_POLICIES).map_err(|e| KeelError::Internal(format!("default policies: {e}")))?;
     let default_ids: HashSet<&str> = defaults.policies().filter_map(|p| p.annotation("id")).collect();
     let mut seen = HashSet::new();
@@ -472,6 +553,23 @@ mod tests {
         assert_eq!(limits.args, Some(HashSet::from(["amount".to_string()])));
         assert!(limits.today && limits.now && limits.arg("amount") && !limits.arg("order_id"));
         assert!(Reads::of("when { context.args has amount }").arg("anything"));
+    }
+
+    #[test]
+    fn deeply_nested_policies_are_refused_before_cedar_parses_them() {
+        let nested = |n: usize| format!("@id(\"d\") forbid (principal, action, resource) when {{ {}1{} == 1 }};", "(".repeat(n), ")".repeat(n));
+        let e = parse_tenant_policies(&nested(150)).unwrap_err();
+        assert!(matches!(&e, KeelError::BadRequest(m) if m.contains("the limit is 32")), "{e:?}");
+        assert!(parse_tenant_policies(&nested(30)).is_ok());
+        let sets = format!("@id(\"d\") forbid (principal, action, resource) when {{ {}1{} == 1 }};", "[".repeat(40), "]".repeat(40));
+        assert!(matches!(parse_tenant_policies(&sets), Err(KeelError::BadRequest(_))));
+        let ifs = format!("@id(\"d\") forbid (principal, action, resource) when {{ {}true{} }};", "if true then ".repeat(40), " else false".repeat(40));
+        assert!(matches!(parse_tenant_policies(&ifs), Err(KeelError::BadRequest(m)) if m.contains("if-expressions")));
+        let sums = format!("@id(\"d\") forbid (principal, action, resource) when {{ 1{} == 1 }};", " + 1".repeat(2_000));
+        assert!(matches!(parse_tenant_policies(&sums), Err(KeelError::BadRequest(m)) if m.contains("arithmetic")));
+        // Brackets and operators inside strings and comments do not count.
+        let quoted = format!("// {}\n@id(\"d\") forbid (principal, action, resource) when {{ \"{}\" == \"x\" }};", "(".repeat(99), "[-".repeat(2_000));
+        assert!(parse_tenant_policies(&quoted).is_ok());
     }
 
     #[test]

@@ -15,12 +15,13 @@ pub fn options() -> jsonschema::ValidationOptions<'static> {
     jsonschema::options()
 }
 
-/// Checks that a tool's input schema compiles.
+/// Checks that a tool's input schema compiles and that validating against it
+/// stays cheap (`schema_cost`).
 pub fn check_schema(schema: &Value) -> Result<(), KeelError> {
     options()
         .build(schema)
-        .map(|_| ())
-        .map_err(|e| KeelError::BadRequest(format!("input_schema is not a valid JSON Schema: {e}")))
+        .map_err(|e| KeelError::BadRequest(format!("input_schema is not a valid JSON Schema: {e}")))?;
+    crate::schema_cost::check(schema).map_err(|m| KeelError::BadRequest(format!("input_schema is refused: {m}")))
 }
 
 /// Validates `args`; the error names the JSON pointer of the first failing value.
@@ -42,6 +43,14 @@ pub fn validate(validator: &Validator, args: &Value) -> Result<(), KeelError> {
             message: format!("arguments do not match the tool's input schema: {message}"),
         }),
     }
+}
+
+/// `validate` on the blocking pool, so a costly validation holds no async
+/// worker other tenants' requests wait for.
+pub async fn validate_off_workers(validator: Arc<Validator>, args: Value) -> Result<(), KeelError> {
+    tokio::task::spawn_blocking(move || validate(&validator, &args))
+        .await
+        .map_err(|e| KeelError::Internal(format!("validation task: {e}")))?
 }
 
 /// Compiled input schemas of the tool versions a warm function has seen:
