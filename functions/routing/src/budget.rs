@@ -44,6 +44,7 @@ pub async fn reserve(
     workflow: Option<&str>,
     micro_usd: i64,
 ) -> Result<Reservation, Refused> {
+    let workflow = budgets.workflow_for(workflow).map_err(Refused::Store)?;
     let month = current_month();
     let mut limits = Vec::new();
     if let Some(l) = budgets.monthly_usd {

@@ -1,4 +1,5 @@
-//! The answer cache: content-addressed by tenant, normalized question,
+//! The answer cache: content-addressed by tenant, the exact question (any
+//! character of it can change an answer: "2+2" and "2-2" are two questions),
 //! evidence version (a hash of the evidence chunks' ids and text, so any
 //! change to the evidence is a new address) and model. Entries live in the
 //! tenant's own partition with a TTL; no key can reach another tenant's.
@@ -10,11 +11,6 @@ use keel_core::KeelError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// Lower-cased words joined by single spaces: "What is X?" and "what is  x" meet.
-pub fn normalize(text: &str) -> String {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect::<Vec<_>>().join(" ")
-}
 
 /// The address of an answer. Parts are length-prefixed so no two part lists collide.
 pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
@@ -43,7 +39,7 @@ pub async fn put<T: Serialize>(table: &dyn Table, tenant: &TenantId, key: &str, 
             pk: tenant.pk(),
             sk: sk(key),
             data: serde_json::to_value(value)?,
-            expires_at: Some(now_secs() + ttl_secs as i64),
+            expires_at: Some(now_secs().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
             condition: Condition::Always,
         })
         .await?;
@@ -58,7 +54,8 @@ mod tests {
     fn keys_separate_tenants_and_parts() {
         let a = TenantId::parse("acme").unwrap();
         let b = TenantId::parse("beta").unwrap();
-        assert_eq!(normalize("  What is X?? "), normalize("what is x"));
+        assert_ne!(key(&a, &["chat", "2+2"]), key(&a, &["chat", "2-2"]));
+        assert_ne!(key(&a, &["ask", "What is X?"]), key(&a, &["ask", "what is x"]));
         assert_ne!(key(&a, &["q", "m"]), key(&b, &["q", "m"]));
         assert_ne!(key(&a, &["ab", "c"]), key(&a, &["a", "bc"]));
         assert_eq!(key(&a, &["q", "m"]), key(&a, &["q", "m"]));

@@ -24,11 +24,10 @@ const CHAT_BODY_LIMIT: usize = 512 * 1024;
 /// decision log keeps instead of the prompt itself.
 fn prompt_fingerprint(req: &ChatRequest) -> String {
     let mut h = Sha256::new();
-    for m in &req.messages {
-        h.update(m.role.as_bytes());
-        h.update([0]);
-        h.update(cache::normalize(&m.content).as_bytes());
-        h.update([0]);
+    // Exact text, length-prefixed: any difference in any message is another address.
+    for part in req.messages.iter().flat_map(|m| [m.role.as_bytes(), m.content.as_bytes()]) {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
     }
     h.update(req.max_tokens.unwrap_or(0).to_le_bytes());
     hex::encode(h.finalize())

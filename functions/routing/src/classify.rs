@@ -31,6 +31,8 @@ const TEMPERATURE: f32 = 0.05;
 const MAX_LABELS: usize = 64;
 const MAX_EXAMPLES: usize = 32;
 const MAX_LABEL_CHARS: usize = 100;
+/// Most characters of all labels' descriptions and examples together.
+pub const MAX_LABEL_TEXT_CHARS: usize = 16_000;
 /// Longest text, description, example, query or document, in characters
 /// (the model reads the first 256 tokens of each).
 pub const MAX_TEXT_CHARS: usize = 4_000;
@@ -209,7 +211,7 @@ fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, KeelError> {
 }
 
 /// The request's labels, checked: 2 to 64 distinct names, each with at most
-/// 32 examples.
+/// 32 examples, and at most `MAX_LABEL_TEXT_CHARS` of descriptions and examples in all.
 pub fn parse_labels(raw: &[Value]) -> Result<Vec<Label>, KeelError> {
     if !(2..=MAX_LABELS).contains(&raw.len()) {
         return Err(KeelError::BadRequest(format!("labels must list 2 to {MAX_LABELS} labels (got {})", raw.len())));
@@ -236,6 +238,13 @@ pub fn parse_labels(raw: &[Value]) -> Result<Vec<Label>, KeelError> {
             checked_text("a description or example", t).map_err(|e| bad(e.to_string()))?;
         }
         labels.push(Label { name: name.to_string(), ..label });
+    }
+    // Each description and example is embedded (once per warm function): its total bounds a request's cost.
+    let label_chars: usize = labels.iter().flat_map(|l| l.description.iter().chain(&l.examples)).map(|t| t.chars().count()).sum();
+    if label_chars > MAX_LABEL_TEXT_CHARS {
+        return Err(KeelError::PayloadTooLarge(format!(
+            "the labels' descriptions and examples have {label_chars} characters in all; the limit is {MAX_LABEL_TEXT_CHARS}"
+        )));
     }
     Ok(labels)
 }
@@ -348,7 +357,7 @@ impl Routing {
     ) -> Result<Option<HostedLabel>, KeelError> {
         let ttl = tenant.routing.cache_ttl_secs;
         let first = &self.catalog[decision.candidates[0]].name;
-        let key = cache::key(&tenant.id, &["classify", first, &cache::normalize(text), &labels_fingerprint(labels)]);
+        let key = cache::key(&tenant.id, &["classify", first, text, &labels_fingerprint(labels)]);
         if ttl > 0 {
             let hit: Option<CachedLabel> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
@@ -438,5 +447,13 @@ mod tests {
         assert!(err(json!(["a", 3])).contains("labels[1]: must be a name"));
         assert!(err(json!(["a", {"name": "b", "colour": "red"}])).contains("unknown field"));
         assert!(err(json!(["a", {"name": "b", "examples": [""]}])).contains("must not be empty"));
+    }
+
+    #[test]
+    fn a_maximal_label_set_is_refused_before_anything_is_embedded() {
+        let example = "x".repeat(1_000);
+        let labels: Vec<Value> = (0..MAX_LABELS).map(|i| json!({"name": format!("l{i}"), "examples": vec![&example; MAX_EXAMPLES]})).collect();
+        let e = parse_labels(&labels).unwrap_err();
+        assert!(matches!(&e, KeelError::PayloadTooLarge(m) if m.contains("the limit is 16000")), "{e:?}");
     }
 }

@@ -395,7 +395,7 @@ impl Routing {
         let ttl = tenant.routing.cache_ttl_secs;
         let first = &self.catalog[decision.candidates[0]].name;
         let cache_key =
-            (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, &cache::normalize(question), &evidence_version(evidence)]));
+            (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, question, &evidence_version(evidence)]));
         if let Some(key) = &cache_key {
             let hit: Option<CachedAnswer> = cache::get(self.table.as_ref(), &tenant.id, key).await?;
             trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
