@@ -3,9 +3,11 @@
 //! event is appended once), serves decisions, verifies and exports the chain,
 //! and reports usage.
 
+use keel_core::auth::Caller;
 use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
 use keel_core::http::{not_found, ApiRequest, ApiResponse};
 use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Add, BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
 use keel_core::models::spend_sk;
 use keel_core::tenants::get_tenant;
@@ -14,6 +16,8 @@ use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// Chain entries per archived block.
+const ARCHIVE_BLOCK: usize = 1_000;
 /// Attempts to win the next sequence number against concurrent appenders.
 const APPEND_ATTEMPTS: usize = 20;
 /// Events of one tenant appended in one write at most: two items each plus
@@ -62,7 +66,7 @@ fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
 /// An audit-queue message: the tenant it belongs to and its decision event.
 fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelError> {
     let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
-    let event = serde_json::from_str(&m.body).map_err(|e| KeelError::BadRequest(format!("not a decision event: {e}")))?;
+    let event = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "decision event")?;
     Ok((tenant, event))
 }
 
@@ -168,11 +172,15 @@ impl Audit {
     }
 
     pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
-        let tenant = req.caller()?.tenant()?.clone();
+        let caller = req.caller()?;
+        let tenant = caller.tenant()?.clone();
         match (req.method.as_str(), req.segments().as_slice()) {
-            ("GET", ["v1", "decisions", id]) => self.decision(&tenant, &parse_path_id("decision", id)?).await,
+            ("GET", ["v1", "decisions", id]) => self.decision(caller, &parse_path_id("decision", id)?).await,
             ("POST", ["v1", "audit", "verify"]) => self.verify(&tenant).await,
             ("GET", ["v1", "audit", "export"]) => {
+                if !caller.reads_all_decisions() {
+                    return Err(KeelError::Forbidden("exporting the audit log takes the admin or auditor role".into()));
+                }
                 self.export(&tenant, req.query.get("from").map(String::as_str), req.query.get("to").map(String::as_str))
                     .await
             }
@@ -181,7 +189,10 @@ impl Audit {
         }
     }
 
-    async fn decision(&self, tenant: &TenantId, id: &str) -> Result<ApiResponse, KeelError> {
+    /// One decision's events. Admins and auditors read any; other principals
+    /// only their own (they made its first event), and 404 for the rest.
+    async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
+        let tenant = caller.tenant()?;
         let pointers = self.table.query(&tenant.pk(), &format!("DECISION#{id}#"), QueryOptions::default()).await?;
         let mut seqs: Vec<u64> = pointers.iter().filter_map(|p| p.data["seq"].as_u64()).collect();
         seqs.sort_unstable();
@@ -191,7 +202,8 @@ impl Audit {
                 events.push(serde_json::from_value::<ChainEntry>(item.data)?);
             }
         }
-        if events.is_empty() {
+        let own = events.first().is_some_and(|e| e.event.principal == caller.principal);
+        if events.is_empty() || !(own || caller.reads_all_decisions()) {
             return Err(KeelError::NotFound(format!("decision {id} not found")));
         }
         Ok(ApiResponse::ok(&json!({"decision_id": id, "events": events})))
@@ -225,19 +237,38 @@ impl Audit {
             chrono::DateTime::parse_from_rfc3339(bound)
                 .map_err(|_| KeelError::BadRequest(format!("{bound:?} is not an RFC 3339 timestamp")))?;
         }
+        let entries = self.entries(tenant).await?;
+        self.archive(tenant, &entries).await?;
         let mut lines = String::new();
-        for e in self.entries(tenant).await? {
+        for e in entries {
             if from.is_some_and(|f| e.recorded_at.as_str() < f) || to.is_some_and(|t| e.recorded_at.as_str() >= t) {
                 continue;
             }
             lines.push_str(&serde_json::to_string(&e)?);
             lines.push('\n');
         }
-        let key = tenant.blob_key(&format!("exports/{}.jsonl", now_rfc3339()));
-        self.blobs.put(&key, lines.clone().into_bytes()).await?;
-        let mut response = ApiResponse::text(200, "application/x-ndjson", lines);
-        response.headers.push(("x-keel-export-key".into(), key));
-        Ok(response)
+        Ok(ApiResponse::text(200, "application/x-ndjson", lines))
+    }
+
+    /// Archives each full block of `ARCHIVE_BLOCK` entries to the blob store
+    /// once (`tenants/<t>/audit/archive/<first seq>.jsonl`): the archive grows
+    /// with the chain, however often it is exported.
+    async fn archive(&self, tenant: &TenantId, entries: &[ChainEntry]) -> Result<(), KeelError> {
+        let prefix = tenant.blob_key("audit/archive/");
+        let archived: std::collections::HashSet<String> = self.blobs.list(&prefix).await?.into_iter().collect();
+        for block in entries.chunks_exact(ARCHIVE_BLOCK) {
+            let key = format!("{prefix}{:012}.jsonl", block[0].seq);
+            if archived.contains(&key) {
+                continue;
+            }
+            let mut lines = String::new();
+            for e in block {
+                lines.push_str(&serde_json::to_string(e)?);
+                lines.push('\n');
+            }
+            self.blobs.put(&key, lines.into_bytes()).await?;
+        }
+        Ok(())
     }
 
     async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {

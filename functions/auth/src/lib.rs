@@ -2,8 +2,8 @@
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
 use keel_core::auth::{
-    api_key_tenant, groups_of, hash_api_key, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
-    ROLE_APPROVER, ROLE_MEMBER,
+    api_key_tenant, check_principal, groups_of, hash_api_key, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
+    TENANT_ROLES,
 };
 use keel_core::config::Config;
 use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
@@ -156,9 +156,6 @@ impl Auth {
 
     async fn create_tenant(&self, caller: &Caller, body: NewTenant) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
-        if body.name.trim().is_empty() {
-            return Err(KeelError::BadRequest("name must not be empty".into()));
-        }
         let tenant = Tenant {
             id: TenantId::parse(&body.id)?,
             name: body.name,
@@ -173,8 +170,7 @@ impl Auth {
             models_off: false,
             created_at: now_rfc3339(),
         };
-        tenant.routing.validate(&self.config.models)?;
-        tenant.budgets.validate()?;
+        tenant.validate_settings(&self.config.models)?;
         put_tenant(self.table.as_ref(), &tenant, Condition::NotExists)
             .await
             .map_err(|e| match e {
@@ -197,9 +193,6 @@ impl Auth {
             t.status = v;
         }
         if let Some(v) = patch.rate_limit_per_minute {
-            if v < 1 {
-                return Err(KeelError::BadRequest("rate_limit_per_minute must be at least 1".into()));
-            }
             t.rate_limit_per_minute = v;
         }
         if let Some(v) = patch.autonomy {
@@ -209,11 +202,9 @@ impl Auth {
             t.redact_pii = v;
         }
         if let Some(v) = patch.routing {
-            v.validate(&self.config.models)?;
             t.routing = v;
         }
         if let Some(v) = patch.budgets {
-            v.validate()?;
             t.budgets = v;
         }
         // On: actions drop to suggest-only and hosted models stop at once.
@@ -226,6 +217,7 @@ impl Auth {
             Some(false) => t.models_off = false,
             None => {}
         }
+        t.validate_settings(&self.config.models)?;
         put_tenant(self.table.as_ref(), &t, Condition::Version(version)).await?;
         self.tenants.invalidate(&id);
         Ok(ApiResponse::ok(&t))
@@ -234,20 +226,25 @@ impl Auth {
     async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
         get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
-        if body.principal.trim().is_empty() || body.principal.len() > 128 {
-            return Err(KeelError::BadRequest("principal must be 1-128 characters".into()));
-        }
+        check_principal(&body.principal)?;
         if body.roles.is_empty() {
             return Err(KeelError::BadRequest("roles must name at least one role".into()));
         }
-        if let Some(bad) = body.roles.iter().find(|r| ![ROLE_ADMIN, ROLE_MEMBER, ROLE_APPROVER].contains(&r.as_str())) {
-            return Err(KeelError::BadRequest(format!("unknown role {bad:?}: use admin, member or approver")));
+        if let Some(bad) = body.roles.iter().find(|r| !TENANT_ROLES.contains(&r.as_str())) {
+            return Err(KeelError::BadRequest(format!("unknown role {bad:?}: use one of {}", TENANT_ROLES.join(", "))));
+        }
+        let attributes = body.attributes.unwrap_or_default();
+        if let Some(Value::Array(groups)) = attributes.get("groups") {
+            // The authorizer passes groups to functions comma-joined.
+            if groups.iter().any(|g| g.as_str().is_none_or(|g| g.is_empty() || g.contains(','))) {
+                return Err(KeelError::BadRequest("groups must be non-empty names without commas".into()));
+            }
         }
         let key = new_api_key(&id);
         let record = ApiKeyRecord {
             principal: body.principal,
             roles: body.roles,
-            attributes: body.attributes.unwrap_or_default(),
+            attributes,
             created_at: now_rfc3339(),
         };
         put_api_key(self.table.as_ref(), &id, &key, &record).await?;

@@ -11,6 +11,7 @@
 
 use crate::{DocumentInput, Retrieval};
 use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::QueueMessage;
 use keel_core::KeelError;
 use serde::Deserialize;
@@ -70,8 +71,7 @@ impl Retrieval {
     /// The changes one message carries: a producer's change (tenant from the
     /// message attribute) or S3 records (tenant from each object key).
     async fn read_message(&self, m: &QueueMessage) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
-        let body: Value = serde_json::from_str(&m.body)
-            .map_err(|e| KeelError::BadRequest(format!("message body is not JSON: {e}")))?;
+        let body: Value = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "message body")?;
         if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
             return Ok(vec![]);
         }
@@ -115,7 +115,7 @@ impl Retrieval {
             .await?
             .ok_or_else(|| KeelError::Unavailable(format!("object {key} not found (yet)")))?;
         let document = if ext == "json" {
-            serde_json::from_slice(&bytes).map_err(|e| KeelError::BadRequest(format!("{key}: not a document: {e}")))?
+            parse_json(&bytes, self.settings.document_body_limit, &format!("object {key}"))?
         } else {
             let text = String::from_utf8(bytes).map_err(|_| KeelError::BadRequest(format!("{key}: not UTF-8 text")))?;
             DocumentInput { title: None, text, acl: None, source: Some("s3".into()), updated_at: None }

@@ -21,10 +21,10 @@ pub use index::Tuning;
 pub use ingest::DocumentChange;
 
 use index::TenantIndex;
-use keel_core::auth::Caller;
+use keel_core::auth::{Caller, ROLE_ADMIN};
 use keel_core::chunking::{chunk_document, Anchor};
 use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
-use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::ids::{new_token, parse_path_id, TenantId};
 use keel_core::ports::{BlobStore, Condition, QueryOptions, Table, Write};
 use keel_core::tenants::require_active;
 use keel_core::KeelError;
@@ -46,6 +46,8 @@ const EMBED_BATCH: usize = 32;
 const CHANGE_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Most changes one feed page returns.
 const MAX_CHANGES: usize = 1000;
+/// How long a feed cursor can be used.
+const CURSOR_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// A document as `PUT /v1/documents/{id}` and producers send it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -216,6 +218,7 @@ impl Retrieval {
             ("PUT", ["v1", "documents", id]) => {
                 let doc_id = parse_path_id("document", id)?;
                 let input: DocumentInput = req.json(self.settings.document_body_limit)?;
+                self.require_writable(caller, &doc_id).await?;
                 let outcome = self.apply_one(tenant, DocumentChange::Put { doc_id, document: input }).await?;
                 let (ChangeOutcome::Indexed { doc_id, version, chunks } | ChangeOutcome::Unchanged { doc_id, version, chunks }) =
                     &outcome
@@ -237,6 +240,7 @@ impl Retrieval {
             }
             ("DELETE", ["v1", "documents", id]) => {
                 let doc_id = parse_path_id("document", id)?;
+                self.require_writable(caller, &doc_id).await?;
                 match self.apply_one(tenant, DocumentChange::Delete { doc_id: doc_id.clone() }).await? {
                     ChangeOutcome::NotFound { .. } => Err(document_not_found(&doc_id)),
                     _ => Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "deleted": true}))),
@@ -256,7 +260,7 @@ impl Retrieval {
             }
             ("GET", ["v1", "changes"]) => self.changes(caller, &req.query).await,
             ("PUT", ["v1", "sources", name]) => {
-                caller.require_role("admin")?;
+                caller.require_role(ROLE_ADMIN)?;
                 let name = parse_path_id("source", name)?;
                 let body: SourceSettings = req.json(DEFAULT_BODY_LIMIT)?;
                 self.update_manifest(tenant, |m| {
@@ -267,6 +271,18 @@ impl Retrieval {
                 Ok(ApiResponse::ok(&json!({"source": name, "freshness_sla_seconds": body.freshness_sla_seconds})))
             }
             _ => Err(not_found(&req)),
+        }
+    }
+
+    /// Writing a document takes what reading it takes (or the tenant admin):
+    /// one the caller may not see answers 404, as a read does.
+    async fn require_writable(&self, caller: &Caller, doc_id: &str) -> Result<(), KeelError> {
+        if caller.has_role(ROLE_ADMIN) {
+            return Ok(());
+        }
+        match self.document(caller.tenant()?, doc_id).await? {
+            Some((d, _)) if !visible(caller, &d.acl_groups) => Err(document_not_found(doc_id)),
+            _ => Ok(()),
         }
     }
 
@@ -507,8 +523,7 @@ impl Retrieval {
             None => 100,
         };
         let after = match (query.get("cursor"), query.get("since")) {
-            (Some(cursor), _) if cursor.starts_with("CHANGE#") => cursor.clone(),
-            (Some(_), _) => return Err(KeelError::BadRequest("cursor is not one this feed returned".into())),
+            (Some(cursor), _) => self.open_cursor(caller, cursor).await?,
             (None, Some(since)) => format!("CHANGE#{}#\u{10FFFF}", change_time(parse_time("since", since)?)),
             (None, None) => return Err(KeelError::BadRequest("give since (RFC 3339) or cursor".into())),
         };
@@ -516,7 +531,10 @@ impl Retrieval {
             .table
             .query(&tenant.pk(), "CHANGE#", QueryOptions { limit: Some(limit), after: Some(after), ..Default::default() })
             .await?;
-        let cursor = items.last().map(|i| i.sk.clone());
+        let cursor = match items.last() {
+            Some(last) => Some(self.seal_cursor(caller, &last.sk).await?),
+            None => None,
+        };
         let changes: Vec<ChangeRecord> = items
             .into_iter()
             .map(|i| serde_json::from_value::<ChangeRecord>(i.data))
@@ -526,6 +544,33 @@ impl Retrieval {
             .collect();
         let out: Vec<_> = changes.iter().map(|c| json!({"doc_id": c.doc_id, "op": c.op, "at": c.at})).collect();
         Ok(ApiResponse::ok(&json!({"changes": out, "cursor": cursor})))
+    }
+
+    /// A feed position as the caller gets it: a random token naming a record
+    /// that holds the position (the last change key read, which names a
+    /// document the caller may not see) and whose cursor it is.
+    async fn seal_cursor(&self, caller: &Caller, after: &str) -> Result<String, KeelError> {
+        let token = new_token("cur");
+        let write = Write {
+            pk: caller.tenant()?.pk(),
+            sk: format!("CURSOR#{token}"),
+            data: json!({"after": after, "principal": caller.principal}),
+            expires_at: Some(keel_core::time::now_secs() + CURSOR_TTL_SECS),
+            condition: Condition::NotExists,
+        };
+        self.table.put(write).await?;
+        Ok(token)
+    }
+
+    /// The position behind a cursor this feed gave this caller.
+    async fn open_cursor(&self, caller: &Caller, token: &str) -> Result<String, KeelError> {
+        let refused = || KeelError::BadRequest("cursor is not one this feed returned to you, or it expired; start again with since".into());
+        let token = parse_path_id("cursor", token).map_err(|_| refused())?;
+        let item = self.table.get(&caller.tenant()?.pk(), &format!("CURSOR#{token}")).await?.ok_or_else(refused)?;
+        if item.data["principal"].as_str() != Some(caller.principal.as_str()) {
+            return Err(refused());
+        }
+        item.data["after"].as_str().map(str::to_string).ok_or_else(refused)
     }
 
     /// Hybrid search over the caller's tenant, only over chunks the caller may see.

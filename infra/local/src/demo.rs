@@ -235,8 +235,10 @@ where
     if !settle().await {
         return Err(KeelError::Internal("the audit queue did not drain".into()));
     }
-    step(&mut n, "ann exports the audit log (JSON Lines)");
-    let (s, export) = client.call("GET", "/v1/audit/export", ann, None).await?;
+    step(&mut n, "carol (admin) exports the audit log (JSON Lines); members may not");
+    let (s, refused) = client.call("GET", "/v1/audit/export", ann, None).await?;
+    expect(s, 403, &refused, "a member's export")?;
+    let (s, export) = client.call("GET", "/v1/audit/export", carol, None).await?;
     expect(s, 200, &export, "export")?;
     let lines: Vec<&str> = export.as_str().unwrap_or("").lines().collect();
     for line in &lines {
