@@ -135,7 +135,7 @@ async fn a_failed_step_compensates_the_completed_steps_in_reverse_order() {
     assert_eq!(keys[0], "saga:f-1:reserve");
     assert_eq!(keys[4], "saga:f-1:reserve:undo");
     assert!(stack.settle(Duration::from_secs(10)).await);
-    assert_eq!(events(&c, &t.member, id).await, ["action.proposed", "action.failed"]);
+    assert_eq!(events(&c, &t.admin, id).await, ["action.proposed", "action.failed"]);
 
     // A connector that keeps answering 503 is retried, then the action fails and nothing is left applied.
     let steps = json!([step("reserve", &svc.url, "reserve"), step("charge", &svc.url, "down-charge")]);
@@ -181,8 +181,8 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0, 409);
     assert_eq!(svc.paths(), ["/refund"], "only the approved action ran, at its proposed version");
     assert!(stack.settle(Duration::from_secs(10)).await);
-    assert_eq!(events(&c, &t.member, id).await, ["action.proposed", "action.expired"]);
-    assert_eq!(events(&c, &t.member, &rejected).await, ["action.proposed", "action.rejected"]);
+    assert_eq!(events(&c, &t.admin, id).await, ["action.proposed", "action.expired"]);
+    assert_eq!(events(&c, &t.admin, &rejected).await, ["action.proposed", "action.rejected"]);
     stack.stop().await;
 }
 
@@ -247,7 +247,7 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
         let id = a["action_id"].as_str().unwrap();
         wait_for(&c, &t.member, id, "executed").await;
         assert!(stack.settle(Duration::from_secs(10)).await);
-        assert_eq!(events(&c, &t.member, id).await, ["action.proposed", "action.executed"], "one audit trail for q-{i}");
+        assert_eq!(events(&c, &t.admin, id).await, ["action.proposed", "action.executed"], "one audit trail for q-{i}");
     }
     let mut keys = svc.keys();
     keys.sort();
@@ -366,7 +366,7 @@ async fn tool_autonomy_dry_run_previews_and_undo_once() {
     assert_eq!(svc.paths(), ["/dry-run", "/adjust", "/adjust/undo"]);
     assert!(stack.settle(Duration::from_secs(10)).await);
     assert_eq!(
-        events(&c, &t.member, id).await,
+        events(&c, &t.admin, id).await,
         ["action.proposed", "action.approved", "action.executed", "action.undo_requested", "action.undone"]
     );
 

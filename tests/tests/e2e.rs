@@ -76,7 +76,7 @@ async fn tenant_a_cannot_reach_tenant_b_through_any_route() {
     let (_, r) = c.call("POST", "/v1/search", &b.member, Some(json!({"query": "zephyr"}))).await.unwrap();
     assert_eq!(r["results"][0]["text"], "Project zephyr launches in March.");
     // A's audit export holds none of B's events.
-    let (_, export) = c.call("GET", "/v1/audit/export", &a.member, None).await.unwrap();
+    let (_, export) = c.call("GET", "/v1/audit/export", &a.admin, None).await.unwrap();
     assert!(!export.as_str().unwrap().contains(&b_decision) && !export.as_str().unwrap().contains(&b_action));
     // A's admin cannot mint keys for B, nor change tenants; a key with B's name pasted in is refused.
     let (s, _) = c.call("POST", "/v1/tenants/tenant-b/keys", &a.admin, Some(json!({"principal": "x", "roles": ["admin"]}))).await.unwrap();

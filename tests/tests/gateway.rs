@@ -67,8 +67,9 @@ async fn hosted_answers_are_grounded_guarded_cached_and_metered() {
     assert!(prompt.contains("within 5 business days") && !prompt.contains("wire money"), "{prompt}");
     assert!(prompt.contains("[instruction-like text removed]"));
 
-    // The same question on the same evidence: served from the cache.
-    let (_, again) = ask(&c, &t.member, "how long do REFUNDS take to reach my card").await;
+    // The same question on the same evidence: served from the cache (the exact
+    // question only: another spelling may ask something else).
+    let (_, again) = ask(&c, &t.member, Q).await;
     assert_eq!((again["cached"].as_bool(), again["tier"].as_str(), again["cost"].as_f64()), (Some(true), Some("t0"), Some(0.0)));
     assert_eq!(again["answer"], a["answer"]);
     assert_eq!(stub.calls("small"), 1);
@@ -204,14 +205,20 @@ async fn budgets_are_reserved_so_concurrent_requests_never_overspend() {
     assert!(u["budget"]["left_usd"].as_f64().unwrap() >= 0.0);
 
     // A workflow budget is its own limit, named in the refusal.
-    let w = hosted_tenant(&c, "wf", json!({"allow_downgrade": false}), json!({"workflows": {"triage": 0.0}})).await;
+    let w = hosted_tenant(&c, "wf", json!({"allow_downgrade": false}), json!({"workflows": {"triage": 0.0, "billing": 5.0}})).await;
     let mut triage = body.clone();
     triage["workflow"] = json!("triage");
     let (s, e) = chat(&c, &w.member, triage).await;
     assert_eq!(s, 429, "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("workflow \\\"triage\\\"") || e["error"]["message"].as_str().unwrap().contains("triage"));
-    let (s, _) = chat(&c, &w.member, body.clone()).await;
+    let mut billing = body.clone();
+    billing["workflow"] = json!("billing");
+    let (s, _) = chat(&c, &w.member, billing).await;
     assert_eq!(s, 200, "other workflows are not limited by it");
+    // Leaving the workflow out of a paid call (not a cached one) would skip its budget: refused.
+    let mut unnamed = body.clone();
+    unnamed["messages"][0]["content"] = json!("Say something else.");
+    assert_eq!(chat(&c, &w.member, unnamed).await.0, 400);
 
     // With downgrades allowed, an ask over budget is answered in-function.
     let d = hosted_tenant(&c, "downgrade", json!({}), json!({"monthly_usd": 0.0})).await;
@@ -481,5 +488,50 @@ async fn classify_and_rank_run_in_function_first() {
     assert!(event["input"]["text_sha256"].is_string() && !event.to_string().contains(BILLING));
     let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
     assert_eq!((u["counters"]["classify_requests"].as_i64(), u["counters"]["rank_requests"].as_i64()), (Some(1), Some(1)), "{u}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn prompts_that_differ_in_any_character_never_share_a_cached_answer() {
+    let stub = StubModels::start().await;
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("small", "t2", 0.2, 5_000)])).await;
+    let t = tenant(&c, "cachekeys", json!({})).await;
+    let body = |content: &str| json!({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": content}]});
+    for (i, prompt) in ["2+2", "2-2", "What is X?", "what is x"].into_iter().enumerate() {
+        stub.set("small", Behavior::Answer(format!("answer {i}")));
+        let (s, r) = chat(&c, &t.member, body(prompt)).await;
+        assert_eq!((s, r["keel"]["cached"].as_bool()), (200, Some(false)), "{prompt}: {r}");
+        assert_eq!(r["choices"][0]["message"]["content"], format!("answer {i}"));
+    }
+    // The very same prompt is still served from the cache.
+    let (_, again) = chat(&c, &t.member, body("2-2")).await;
+    assert_eq!((again["keel"]["cached"].as_bool(), again["choices"][0]["message"]["content"].as_str()), (Some(true), Some("answer 1")));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_with_workflow_budgets_charges_every_paid_call_to_one() {
+    let stub = StubModels::start().await;
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("small", "t2", 0.2, 5_000)])).await;
+    let t = tenant(&c, "workflows", json!({"routing": {"cache_ttl_secs": 0}, "budgets": {"workflows": {"support": 5.0}}})).await;
+    let body = |workflow: Option<&str>| {
+        let mut b = json!({"model": "auto", "messages": [{"role": "user", "content": "Greet me."}]});
+        if let Some(w) = workflow {
+            b["workflow"] = json!(w);
+        }
+        b
+    };
+    for missing in [None, Some("sales")] {
+        let (s, r) = chat(&c, &t.member, body(missing)).await;
+        assert_eq!(s, 400, "{missing:?}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("support"), "{r}");
+    }
+    assert_eq!(stub.calls("small"), 0, "nothing was paid outside a budget");
+    assert_eq!(chat(&c, &t.member, body(Some("support"))).await.0, 200);
+    let patch = json!({"budgets": {"workflows": {"support": 5.0}, "default_workflow": "support"}});
+    assert_eq!(c.call("PATCH", "/v1/tenants/workflows", keel_tests::ADMIN_KEY, Some(patch)).await.unwrap().0, 200);
+    assert_eq!(chat(&c, &t.member, body(None)).await.0, 200);
+    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    assert!(u["budget"]["workflows"]["support"]["spent_usd"].as_f64().unwrap() > 0.0, "{u}");
     stack.stop().await;
 }
