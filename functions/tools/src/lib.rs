@@ -243,7 +243,7 @@ pub struct Tools {
     table: Arc<dyn Table>,
     queue: Arc<dyn WorkQueue>,
     saga: Arc<dyn Saga>,
-    gate: PolicyGate,
+    gate: Arc<PolicyGate>,
     connectors: Connectors,
     schemas: schema::Compiled,
     /// Compiled tenant policies, by tenant and the versions of its policy records.
@@ -275,7 +275,7 @@ impl Tools {
             table,
             queue,
             saga,
-            gate: PolicyGate::default_policies()?,
+            gate: Arc::new(PolicyGate::default_policies()?),
             connectors,
             schemas: schema::Compiled::default(),
             policies: WarmCache::new(None, 1_000),
@@ -430,7 +430,7 @@ impl Tools {
         let other = if mode == "enforced" { "shadow" } else { "enforced" };
         let other_text = current[other]["policies"].as_str().unwrap_or_default();
         let (enforced, shadow) = if mode == "enforced" { (text.as_str(), other_text) } else { (other_text, text.as_str()) };
-        TenantPolicies::new(enforced, shadow)?;
+        TenantPolicies::compile(enforced.to_string(), shadow.to_string()).await?;
         let condition = match current[mode]["version"].as_u64() {
             Some(0) | None => Condition::NotExists,
             Some(v) => Condition::Version(v),
@@ -455,7 +455,7 @@ impl Tools {
             let item = items.iter().find(|i| i.sk == format!("{POLICY_PREFIX}{mode}"));
             item.and_then(|i| i.data["policies"].as_str()).unwrap_or_default().to_string()
         };
-        let compiled = Arc::new(TenantPolicies::new(&text("enforced"), &text("shadow"))?);
+        let compiled = Arc::new(TenantPolicies::compile(text("enforced"), text("shadow")).await?);
         self.policies.insert(key, compiled.clone());
         Ok(compiled)
     }
@@ -527,12 +527,12 @@ impl Tools {
             today,
             now: chrono::Utc::now(),
         };
-        let propose = self.gate.decide(&policies, caller, Verb::Propose, &subject)?;
+        let propose = self.gate.decide_off_workers(&policies, caller, Verb::Propose, &subject).await?;
         if !propose.allowed {
             self.uncount(tenant, &tool.name, Some(&counted)).await?;
             return Err(KeelError::Forbidden(format!("policy denies proposing {} (policies: {})", tool.name, propose.policies.join(", "))));
         }
-        let auto = self.gate.decide(&policies, caller, Verb::AutoExecute, &subject)?;
+        let auto = self.gate.decide_off_workers(&policies, caller, Verb::AutoExecute, &subject).await?;
         let status = match autonomy {
             Autonomy::SuggestOnly => ActionStatus::Suggested,
             _ if auto.allowed => ActionStatus::Running,
@@ -630,7 +630,7 @@ impl Tools {
             )));
         }
         let policies = self.tenant_policies(tenant).await?;
-        let decision = self.gate.decide(&policies, caller, Verb::Approve, &self.subject(&action, &tool, autonomy))?;
+        let decision = self.gate.decide_off_workers(&policies, caller, Verb::Approve, &self.subject(&action, &tool, autonomy)).await?;
         if !decision.allowed {
             return Err(KeelError::Forbidden(format!(
                 "policy denies this review (policies: {}): it needs the approver role, someone other than the proposer, and the tenant's conditions",
@@ -674,7 +674,7 @@ impl Tools {
         }
         let policies = self.tenant_policies(tenant).await?;
         let autonomy = self.autonomy(tenant, &tool).await?;
-        let decision = self.gate.decide(&policies, caller, Verb::Undo, &self.subject(&action, &tool, autonomy))?;
+        let decision = self.gate.decide_off_workers(&policies, caller, Verb::Undo, &self.subject(&action, &tool, autonomy)).await?;
         if !decision.allowed {
             return Err(KeelError::Forbidden(format!("policy denies undoing this action (policies: {})", decision.policies.join(", "))));
         }

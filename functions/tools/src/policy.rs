@@ -113,6 +113,15 @@ impl TenantPolicies {
     }
 }
 
+impl TenantPolicies {
+    /// `new` on the blocking pool (parsing waits for a thread of its own).
+    pub async fn compile(enforced: String, shadow: String) -> Result<Self, KeelError> {
+        tokio::task::spawn_blocking(move || Self::new(&enforced, &shadow))
+            .await
+            .map_err(|e| KeelError::Internal(format!("policy compilation task: {e}")))?
+    }
+}
+
 /// The parts of the context a tenant's policies read. Only those are built
 /// per decision: a Cedar decimal costs about 5 µs to construct (its name is
 /// parsed each time), several times a whole decision. Keel's defaults read
@@ -319,15 +328,36 @@ impl PolicyGate {
     pub fn decide(&self, policies: &TenantPolicies, caller: &Caller, verb: Verb, s: &Subject<'_>) -> Result<PolicyDecision, KeelError> {
         let request = self.request(&policies.reads, caller, verb, s)?;
         let entities = self.entities(caller, s)?;
-        let (allowed, ids) = self.evaluate(&request, &policies.enforced, &entities);
+        Ok(self.decision(policies, verb, &request, &entities))
+    }
+
+    /// `decide`, its evaluation on the blocking pool: a tenant's policies
+    /// are its own text, and no async worker other tenants wait for runs them.
+    pub async fn decide_off_workers(
+        self: &Arc<Self>,
+        policies: &Arc<TenantPolicies>,
+        caller: &Caller,
+        verb: Verb,
+        s: &Subject<'_>,
+    ) -> Result<PolicyDecision, KeelError> {
+        let request = self.request(&policies.reads, caller, verb, s)?;
+        let entities = self.entities(caller, s)?;
+        let (gate, policies) = (self.clone(), policies.clone());
+        tokio::task::spawn_blocking(move || gate.decision(&policies, verb, &request, &entities))
+            .await
+            .map_err(|e| KeelError::Internal(format!("policy task: {e}")))
+    }
+
+    fn decision(&self, policies: &TenantPolicies, verb: Verb, request: &Request, entities: &Entities) -> PolicyDecision {
+        let (allowed, ids) = self.evaluate(request, &policies.enforced, entities);
         let shadow = policies.shadow.as_ref().map(|set| {
-            let (allowed, policies) = self.evaluate(&request, set, &entities);
+            let (allowed, policies) = self.evaluate(request, set, entities);
             ShadowDecision { allowed, policies }
         });
         if let Some(sh) = shadow.as_ref().filter(|sh| sh.allowed != allowed) {
             tracing::info!(verb = verb.name(), enforced = allowed, shadow = sh.allowed, "shadow policies would decide otherwise");
         }
-        Ok(PolicyDecision { verb: verb.name().into(), allowed, policies: ids, shadow })
+        PolicyDecision { verb: verb.name().into(), allowed, policies: ids, shadow }
     }
 
     fn evaluate(&self, request: &Request, set: &PolicySet, entities: &Entities) -> (bool, Vec<String>) {
