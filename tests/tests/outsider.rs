@@ -316,7 +316,7 @@ async fn every_route_that_reads_a_body_refuses_one_too_deep_or_too_large() {
     let large = format!("{{\"x\": \"{}\"}}", "a".repeat(3 << 20));
     for (method, path) in routes.iter().filter(|(_, p)| !BODILESS.contains(&p.as_str())) {
         let key = if path.starts_with("/v1/tenants") { keel_tests::ADMIN_KEY } else { t.admin.as_str() };
-        for (body, wanted) in [(&deep, 400), (&large, 413)] {
+        for (body, wanted, says) in [(&deep, 400, "the limit is 32"), (&large, 413, "limit")] {
             let response = http
                 .request(method.parse().unwrap(), format!("{}{path}", stack.url()))
                 .bearer_auth(key)
@@ -327,6 +327,7 @@ async fn every_route_that_reads_a_body_refuses_one_too_deep_or_too_large() {
             let status = response.status().as_u16();
             let text = response.text().await.unwrap();
             assert_eq!(status, wanted, "{method} {path}: {text}");
+            assert!(text.contains(says), "{method} {path}: {text}");
         }
     }
     stack.stop().await;
