@@ -2,7 +2,7 @@
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
 use keel_core::auth::{
-    api_key_tenant, check_principal, groups_of, hash_api_key, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
+    api_key_tenant, check_principal, groups_of, hash_api_key, is_context_name, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
     TENANT_ROLES,
 };
 use keel_core::config::Config;
@@ -235,8 +235,7 @@ impl Auth {
         }
         let attributes = body.attributes.unwrap_or_default();
         if let Some(Value::Array(groups)) = attributes.get("groups") {
-            // The authorizer passes groups to functions comma-joined.
-            if groups.iter().any(|g| g.as_str().is_none_or(|g| g.is_empty() || g.contains(','))) {
+            if !groups.iter().all(|g| g.as_str().is_some_and(is_context_name)) {
                 return Err(KeelError::BadRequest("groups must be non-empty names without commas".into()));
             }
         }

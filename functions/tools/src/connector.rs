@@ -51,8 +51,8 @@ fn breaker_name(tenant: &TenantId, url: &str) -> String {
 enum Failure {
     /// Unreachable, timed out, 429 or 5xx: retried, and counted.
     Remote(KeelError),
-    /// The request could not be built or the connector refused it (4xx, 3xx): final, not counted.
-    Final(KeelError),
+    /// The connector refused it (4xx, 3xx): final, and the host is healthy.
+    Refused(KeelError),
 }
 
 impl Connectors {
@@ -75,10 +75,12 @@ impl Connectors {
             if attempt > 0 {
                 tokio::time::sleep(self.retry.backoff(attempt - 1)).await;
             }
+            // Built before the breaker is asked: a request that cannot be built never reaches the host.
+            let request = self.request(spec, idempotency_key, body)?;
             if !self.breakers.try_acquire(&breaker) {
                 return Err(KeelError::Unavailable(format!("connector {} is failing; its circuit breaker is open", host_of(&spec.url))));
             }
-            match self.call_once(spec, idempotency_key, body).await {
+            match self.call_once(request).await {
                 Ok(answer) => {
                     self.breakers.record(&breaker, true);
                     return Ok(answer);
@@ -87,8 +89,8 @@ impl Connectors {
                     self.breakers.record(&breaker, false);
                     last = e;
                 }
-                Err(Failure::Final(e)) => {
-                    // The host answered (or was never asked): it is not failing.
+                Err(Failure::Refused(e)) => {
+                    // The host answered: it is not failing.
                     self.breakers.record(&breaker, true);
                     return Err(e);
                 }
@@ -97,16 +99,19 @@ impl Connectors {
         Err(last)
     }
 
-    async fn call_once(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, Failure> {
-        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
-            .map_err(|_| Failure::Final(KeelError::BadRequest("bad connector method".into())))?;
-        let request = self
-            .http
+    /// The request the connector gets; one that cannot be built (say, a header
+    /// value HTTP forbids) is the caller's error, final.
+    fn request(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<reqwest::Request, KeelError> {
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes()).map_err(|_| KeelError::BadRequest("bad connector method".into()))?;
+        self.http
             .request(method, &spec.url)
             .header("Idempotency-Key", idempotency_key)
             .json(body)
             .build()
-            .map_err(|e| Failure::Final(KeelError::BadRequest(format!("connector request cannot be built: {e}"))))?;
+            .map_err(|e| KeelError::BadRequest(format!("connector request cannot be built: {e}")))
+    }
+
+    async fn call_once(&self, request: reqwest::Request) -> Result<Value, Failure> {
         let mut response = self
             .http
             .execute(request)
@@ -124,7 +129,7 @@ impl Connectors {
         } else if status.as_u16() == 429 || status.is_server_error() {
             Err(Failure::Remote(KeelError::Unavailable(format!("connector answered {status}"))))
         } else {
-            Err(Failure::Final(KeelError::BadRequest(format!("connector refused the action: {status} {answer}"))))
+            Err(Failure::Refused(KeelError::BadRequest(format!("connector refused the action: {status} {answer}"))))
         }
     }
 }

@@ -475,7 +475,8 @@ impl Tools {
             Some(_) => match self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "total"), units, None, expires).await {
                 Ok(total) => total,
                 Err(e) => {
-                    self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "count"), -1, None, None).await?;
+                    // The total did not move: only the count goes back.
+                    self.uncount(tenant, &tool.name, Some(&Counted { day, units: 0 })).await?;
                     return Err(match e {
                         StoreError::ConditionFailed => {
                             KeelError::Conflict(format!("the daily total of {} cannot count this proposal", tool.name))

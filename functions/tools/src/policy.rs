@@ -111,9 +111,7 @@ impl TenantPolicies {
         let shadow = if shadow.trim().is_empty() { None } else { Some(with_defaults(&[enforced, shadow])?) };
         Ok(Self { enforced: with_defaults(&[enforced])?, shadow, reads })
     }
-}
 
-impl TenantPolicies {
     /// `new` on the blocking pool (parsing waits for a thread of its own).
     pub async fn compile(enforced: String, shadow: String) -> Result<Self, KeelError> {
         tokio::task::spawn_blocking(move || Self::new(&enforced, &shadow))

@@ -165,6 +165,12 @@ pub fn check_principal(principal: &str) -> Result<(), KeelError> {
     Ok(())
 }
 
+/// Whether a role or group name survives the authorizer context, which
+/// passes them to functions comma-joined: non-empty, without commas.
+pub fn is_context_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(',')
+}
+
 /// Reads `groups` from a key's or token's attributes.
 pub fn groups_of(attributes: &HashMap<String, Value>) -> Vec<String> {
     match attributes.get("groups") {
@@ -253,8 +259,7 @@ pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtCl
         return Err(bad("not yet valid"));
     }
     check_principal(&claims.sub).map_err(|_| bad("sub must be 1-128 characters"))?;
-    // The authorizer passes roles and groups to functions comma-joined.
-    if claims.roles.iter().chain(&claims.groups).any(|v| v.is_empty() || v.contains(',')) {
+    if !claims.roles.iter().chain(&claims.groups).all(|v| is_context_name(v)) {
         return Err(bad("roles and groups must be non-empty names without commas"));
     }
     Ok(claims)
