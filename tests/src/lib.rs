@@ -115,3 +115,16 @@ pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
         throttled: false,
     }
 }
+
+/// A public data set under `../shared/evaldata/<name>` (next to the clone),
+/// or `None` with a message saying the test skips: a clone that stands
+/// anywhere else still passes its tests.
+pub fn evaldata(name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/evaldata").join(name);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: {} is absent (the evaluation data sets stand in ../shared next to the clone)", dir.display());
+        None
+    }
+}

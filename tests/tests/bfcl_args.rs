@@ -15,11 +15,8 @@ use keel_core::KeelError;
 use keel_tools::schema::{check_schema, validate_args};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-fn bfcl() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/evaldata/bfcl-function-calling")
-}
 
 fn lines(path: PathBuf) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -135,12 +132,13 @@ impl Tally {
 
 #[test]
 fn bfcl_calls_are_accepted_and_their_mutations_rejected_at_the_failing_path() {
+    let Some(bfcl) = keel_tests::evaldata("bfcl-function-calling") else { return };
     let mut tally = Tally::default();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(bfcl().join("possible_answer")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(bfcl.join("possible_answer")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for answers in &files {
         let name = answers.file_name().unwrap();
-        let cases: HashMap<String, Value> = lines(bfcl().join(name)).into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
+        let cases: HashMap<String, Value> = lines(bfcl.join(name)).into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
         for answer in lines(answers.clone()) {
             let id = answer["id"].as_str().unwrap();
             let functions = cases[id]["function"].as_array().unwrap();

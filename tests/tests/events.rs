@@ -8,47 +8,59 @@
 use keel_core::ports::{BlobStore, Condition};
 use keel_core::tenants::{put_tenant, Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
-use keel_lambda::{classify, queue_messages, Incoming};
+use keel_core::auth::Caller;
+use keel_lambda::{http_request, queue_messages, recognize, Event};
 use keel_local::blobs::DirBlobs;
 use keel_local::sqlite::{Db, SqliteTable};
 use serde_json::Value;
 use std::sync::Arc;
 
-fn event(src: &str) -> Incoming {
-    classify(serde_json::from_str::<Value>(src).unwrap()).unwrap()
+fn json(src: &str) -> Value {
+    serde_json::from_str::<Value>(src).unwrap()
+}
+
+fn event(src: &str) -> Event {
+    recognize(json(src)).unwrap()
 }
 
 #[test]
-fn every_sample_event_is_recognized() {
+fn every_sample_http_event_is_a_declared_route_with_its_caller() {
     let http = [
-        include_str!("../../events/auth/create-tenant.json"),
-        include_str!("../../events/auth/create-key.json"),
-        include_str!("../../events/retrieval/put-document.json"),
-        include_str!("../../events/retrieval/search.json"),
-        include_str!("../../events/retrieval/changes.json"),
-        include_str!("../../events/retrieval/put-source.json"),
-        include_str!("../../events/routing/ask.json"),
-        include_str!("../../events/routing/chat-completions.json"),
-        include_str!("../../events/routing/classify.json"),
-        include_str!("../../events/routing/rank.json"),
-        include_str!("../../events/tools/put-tool.json"),
-        include_str!("../../events/tools/propose-action.json"),
-        include_str!("../../events/audit/verify.json"),
-        include_str!("../../events/audit/export.json"),
+        ("AuthFunction", include_str!("../../events/auth/create-tenant.json")),
+        ("AuthFunction", include_str!("../../events/auth/create-key.json")),
+        ("RetrievalFunction", include_str!("../../events/retrieval/put-document.json")),
+        ("RetrievalFunction", include_str!("../../events/retrieval/search.json")),
+        ("RetrievalFunction", include_str!("../../events/retrieval/changes.json")),
+        ("RetrievalFunction", include_str!("../../events/retrieval/put-source.json")),
+        ("RoutingFunction", include_str!("../../events/routing/ask.json")),
+        ("RoutingFunction", include_str!("../../events/routing/chat-completions.json")),
+        ("RoutingFunction", include_str!("../../events/routing/classify.json")),
+        ("RoutingFunction", include_str!("../../events/routing/rank.json")),
+        ("ToolsFunction", include_str!("../../events/tools/put-tool.json")),
+        ("ToolsFunction", include_str!("../../events/tools/propose-action.json")),
+        ("AuditFunction", include_str!("../../events/audit/verify.json")),
+        ("AuditFunction", include_str!("../../events/audit/export.json")),
     ];
-    for src in http {
-        let Incoming::Http(req) = event(src) else { panic!("not HTTP: {src}") };
-        assert!(req.caller.is_some() && req.path.starts_with("/v1/"));
+    let declared = keel_local::declared_routes();
+    for (function, src) in http {
+        let sample = json(src);
+        let (req, from_url) = http_request(sample.clone()).unwrap();
+        assert!(req.extensions().get::<Caller>().is_some() && !from_url, "{src}");
+        // The sample's route key names a route its function declares.
+        let (method, path) = sample["routeKey"].as_str().unwrap().split_once(' ').unwrap();
+        assert!(declared.contains(&(function, method.into(), path.into())), "{function} does not declare {method} {path}");
+        assert_eq!((req.method().as_str(), req.uri().path()), (method, sample["rawPath"].as_str().unwrap()));
     }
-    assert!(matches!(event(include_str!("../../events/auth/authorizer.json")), Incoming::Authorize(_)));
+    assert!(matches!(event(include_str!("../../events/auth/authorizer.json")), Event::Authorize(_)));
     // A function URL request carries no authorizer context: the function authenticates it.
-    let Incoming::Http(url) = event(include_str!("../../events/routing/ask-stream-url.json")) else { panic!() };
-    assert!(url.caller.is_none() && url.headers["authorization"].starts_with("Bearer keel_"));
-    assert!(matches!(event(include_str!("../../events/tools/saga-step.json")), Incoming::Task(_)));
-    assert!(matches!(event(include_str!("../../events/tools/await-approval-step.json")), Incoming::Task(_)));
-    assert!(matches!(event(include_str!("../../events/tools/actions-batch.json")), Incoming::Queue(_)));
-    assert!(matches!(event(include_str!("../../events/retrieval/ingest-batch.json")), Incoming::Queue(_)));
-    assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Incoming::Queue(_)));
+    let (url, from_url) = http_request(json(include_str!("../../events/routing/ask-stream-url.json"))).unwrap();
+    assert!(from_url && url.extensions().get::<Caller>().is_none());
+    assert!(url.headers()["authorization"].to_str().unwrap().starts_with("Bearer keel_"));
+    assert!(matches!(event(include_str!("../../events/tools/saga-step.json")), Event::Task(_)));
+    assert!(matches!(event(include_str!("../../events/tools/await-approval-step.json")), Event::Task(_)));
+    assert!(matches!(event(include_str!("../../events/tools/actions-batch.json")), Event::Queue(_)));
+    assert!(matches!(event(include_str!("../../events/retrieval/ingest-batch.json")), Event::Queue(_)));
+    assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Event::Queue(_)));
 }
 
 #[tokio::test]
@@ -60,19 +72,19 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let tenant = Tenant {
         id: acme.clone(), name: "Acme".into(), plan: "pro".into(), region: None, status: TenantStatus::Active,
         rate_limit_per_minute: 10, autonomy: Autonomy::OneClick, redact_pii: false, routing: Default::default(),
-        budgets: Default::default(), models_off: false, created_at: "now".into(),
+        budgets: Default::default(), kill_switch: false, created_at: "now".into(),
     };
     put_tenant(table.as_ref(), &tenant, Condition::NotExists).await.unwrap();
     blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();
 
     let retrieval = keel_retrieval::Retrieval::from_config(table.clone(), blobs.clone(), &keel_tests::config(&[])).unwrap();
-    let Incoming::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
+    let Event::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
     let caller = keel_tests::member("acme", "ann");
     assert_eq!(retrieval.search(&caller, "ship orders", 3).await.unwrap()[0].doc_id, "shipping");
     assert_eq!(retrieval.search(&caller, "gift cards", 3).await.unwrap()[0].doc_id, "faq");
 
     let audit = keel_audit::Audit::new(table, blobs);
-    let Incoming::Queue(batch) = event(include_str!("../../events/audit/audit-batch.json")) else { panic!() };
+    let Event::Queue(batch) = event(include_str!("../../events/audit/audit-batch.json")) else { panic!() };
     assert_eq!(audit.consume(&queue_messages(batch)).await, Vec::<String>::new());
 }

@@ -280,8 +280,10 @@ async fn kill_switch_entitlements_and_policy_validation() {
     assert_eq!(s, 403);
 
     // The kill switch stops hosted calls at once.
-    let (s, _) = c.call("PATCH", "/v1/tenants/killed", ADMIN_KEY, Some(json!({"kill_switch": true}))).await.unwrap();
+    let (s, killed) = c.call("PATCH", "/v1/tenants/killed", ADMIN_KEY, Some(json!({"kill_switch": true}))).await.unwrap();
     assert_eq!(s, 200);
+    // The setting reads back under the name it is set by.
+    assert_eq!((killed["kill_switch"].clone(), killed.get("models_off")), (json!(true), None));
     let (_, a) = ask(&c, &t.member, Q).await;
     assert_eq!(a["tier"], "t1");
     assert!(route(&a).contains("kill switch"));

@@ -3,10 +3,12 @@
 //! event is appended once), serves decisions, verifies and exports the chain,
 //! and reports usage.
 
+pub mod routes;
+
 use keel_core::auth::Caller;
 use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
-use keel_core::http::{not_found, ApiRequest, ApiResponse};
-use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::http::ApiResponse;
+use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Add, BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
 use keel_core::models::spend_sk;
@@ -171,27 +173,9 @@ impl Audit {
         items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
     }
 
-    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
-        let caller = req.caller()?;
-        let tenant = caller.tenant()?.clone();
-        match (req.method.as_str(), req.segments().as_slice()) {
-            ("GET", ["v1", "decisions", id]) => self.decision(caller, &parse_path_id("decision", id)?).await,
-            ("POST", ["v1", "audit", "verify"]) => self.verify(&tenant).await,
-            ("GET", ["v1", "audit", "export"]) => {
-                if !caller.reads_all_decisions() {
-                    return Err(KeelError::Forbidden("exporting the audit log takes the admin or auditor role".into()));
-                }
-                self.export(&tenant, req.query.get("from").map(String::as_str), req.query.get("to").map(String::as_str))
-                    .await
-            }
-            ("GET", ["v1", "usage"]) => self.usage(&tenant).await,
-            _ => Err(not_found(&req)),
-        }
-    }
-
     /// One decision's events. Admins and auditors read any; other principals
     /// only their own (they made its first event), and 404 for the rest.
-    async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
         let pointers = self.table.query(&tenant.pk(), &format!("DECISION#{id}#"), QueryOptions::default()).await?;
         let mut seqs: Vec<u64> = pointers.iter().filter_map(|p| p.data["seq"].as_u64()).collect();
@@ -211,7 +195,7 @@ impl Audit {
 
     /// Verifies the chain and that every recorded decision still has its entry
     /// (which catches a deleted last entry too).
-    async fn verify(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn verify(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let entries = self.entries(tenant).await?;
         let mut problems = verify_chain(&entries);
         let pointers = self.table.query(&tenant.pk(), "DECISION#", QueryOptions::default()).await?;
@@ -232,7 +216,7 @@ impl Audit {
     }
 
     /// JSON Lines of the entries recorded in `[from, to)` (RFC 3339), also archived to the blob store.
-    async fn export(&self, tenant: &TenantId, from: Option<&str>, to: Option<&str>) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn export(&self, tenant: &TenantId, from: Option<&str>, to: Option<&str>) -> Result<ApiResponse, KeelError> {
         for bound in [from, to].into_iter().flatten() {
             chrono::DateTime::parse_from_rfc3339(bound)
                 .map_err(|_| KeelError::BadRequest(format!("{bound:?} is not an RFC 3339 timestamp")))?;
@@ -271,7 +255,7 @@ impl Audit {
         Ok(())
     }
 
-    async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let month = current_month();
         let items = self.table.query(&tenant.pk(), &format!("USAGE#{month}#"), QueryOptions::default()).await?;
         let mut usage = serde_json::Map::new();

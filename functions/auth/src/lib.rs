@@ -1,12 +1,15 @@
 //! auth: the HTTP API Lambda authorizer (API keys and HS256 JWTs, tenant
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
+pub mod edge;
+pub mod routes;
+
 use keel_core::auth::{
     api_key_tenant, check_principal, groups_of, hash_api_key, is_context_name, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
     TENANT_ROLES,
 };
 use keel_core::config::Config;
-use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
+use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::ports::{Condition, Table};
@@ -56,9 +59,9 @@ impl Auth {
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
     /// 403 suspended tenant); a tenant over its rate limit is allowed with
     /// `throttled` set, and the function answers 429.
-    pub async fn authorize(&self, req: &ApiRequest) -> Result<Caller, KeelError> {
-        let header = req.headers.get("authorization").map(String::as_str).unwrap_or("");
-        let token = header
+    pub async fn authorize(&self, authorization: Option<&str>) -> Result<Caller, KeelError> {
+        let token = authorization
+            .unwrap_or("")
             .strip_prefix("Bearer ")
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -133,28 +136,7 @@ impl Auth {
     }
 
     /// Admin routes: `/v1/tenants…`.
-    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
-        let caller = req.caller()?.clone();
-        let segs = req.segments();
-        match (req.method.as_str(), segs.as_slice()) {
-            ("POST", ["v1", "tenants"]) => self.create_tenant(&caller, req.json(DEFAULT_BODY_LIMIT)?).await,
-            ("GET", ["v1", "tenants", id]) => {
-                let id = TenantId::parse(id)?;
-                require_tenant_admin(&caller, &id)?;
-                let (t, _) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
-                Ok(ApiResponse::ok(&t))
-            }
-            ("PATCH", ["v1", "tenants", id]) => {
-                self.update_tenant(&caller, TenantId::parse(id)?, req.json(DEFAULT_BODY_LIMIT)?).await
-            }
-            ("POST", ["v1", "tenants", id, "keys"]) => {
-                self.create_key(&caller, TenantId::parse(id)?, req.json(DEFAULT_BODY_LIMIT)?).await
-            }
-            _ => Err(not_found(&req)),
-        }
-    }
-
-    async fn create_tenant(&self, caller: &Caller, body: NewTenant) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn create_tenant(&self, caller: &Caller, body: NewTenant) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
         let tenant = Tenant {
             id: TenantId::parse(&body.id)?,
@@ -167,7 +149,7 @@ impl Auth {
             redact_pii: body.redact_pii.unwrap_or(false),
             routing: body.routing.unwrap_or_default(),
             budgets: body.budgets.unwrap_or_default(),
-            models_off: false,
+            kill_switch: false,
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
@@ -180,7 +162,13 @@ impl Auth {
         Ok(ApiResponse::json(201, &tenant))
     }
 
-    async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn tenant(&self, caller: &Caller, id: TenantId) -> Result<ApiResponse, KeelError> {
+        require_tenant_admin(caller, &id)?;
+        let (t, _) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        Ok(ApiResponse::ok(&t))
+    }
+
+    pub(crate) async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
         let (mut t, version) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
         if let Some(v) = patch.name {
@@ -212,9 +200,9 @@ impl Auth {
         match patch.kill_switch {
             Some(true) => {
                 t.autonomy = Autonomy::SuggestOnly;
-                t.models_off = true;
+                t.kill_switch = true;
             }
-            Some(false) => t.models_off = false,
+            Some(false) => t.kill_switch = false,
             None => {}
         }
         t.validate_settings(&self.config.models)?;
@@ -223,7 +211,7 @@ impl Auth {
         Ok(ApiResponse::ok(&t))
     }
 
-    async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
         get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
         check_principal(&body.principal)?;
@@ -277,7 +265,7 @@ fn tenant_not_found(id: &TenantId) -> KeelError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewTenant {
+pub(crate) struct NewTenant {
     id: String,
     name: String,
     plan: Option<String>,
@@ -291,7 +279,7 @@ struct NewTenant {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TenantPatch {
+pub(crate) struct TenantPatch {
     name: Option<String>,
     plan: Option<String>,
     status: Option<TenantStatus>,
@@ -306,7 +294,7 @@ struct TenantPatch {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
+pub(crate) struct NewKey {
     principal: String,
     roles: Vec<String>,
     attributes: Option<HashMap<String, Value>>,

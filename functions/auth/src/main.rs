@@ -1,10 +1,10 @@
 //! `keel-auth`: the authorizer and the admin routes, in one Lambda.
 
-use keel_auth::Auth;
+use keel_auth::{routes::routes, Auth};
 use keel_core::config::Config;
-use keel_core::http::dispatch;
+use keel_core::http::api;
 use keel_core::tenants::TenantCache;
-use keel_lambda::{authorizer_response, http_response, serve, unsupported, Incoming};
+use keel_lambda::{authorizer_response, Event};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +15,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let aws = keel_aws::Adapters::from_env().await?;
     let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
     let auth = Arc::new(Auth::new(aws.table, config, tenants));
-    serve(|incoming| {
+    let app = api(routes().with_state(auth.clone()));
+    keel_lambda::run(Some(app), |event| {
         let auth = auth.clone();
         async move {
-            match incoming {
-                Incoming::Authorize(req) => Ok(authorizer_response(auth.authorize(&req).await.ok().as_ref())),
-                Incoming::Http(req) => Ok(http_response(dispatch(req, |r| auth.handle(r)).await)),
-                other => Err(unsupported(&other)),
+            match event {
+                Event::Authorize(req) => {
+                    let header = req.headers.get("authorization").and_then(|v| v.to_str().ok());
+                    Ok(authorizer_response(auth.authorize(header).await.ok().as_ref()))
+                }
+                other => Err(other.unsupported()),
             }
         }
     })

@@ -11,9 +11,11 @@
 
 pub mod analyzer;
 pub mod index;
+mod documents;
 mod ingest;
 mod manifest;
 pub mod pii;
+pub mod routes;
 pub mod segment;
 mod store;
 
@@ -21,9 +23,9 @@ pub use index::Tuning;
 pub use ingest::DocumentChange;
 
 use index::TenantIndex;
-use keel_core::auth::{Caller, ROLE_ADMIN};
+use keel_core::auth::Caller;
 use keel_core::chunking::{chunk_document, Anchor};
-use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
+use keel_core::http::ApiResponse;
 use keel_core::ids::{new_token, parse_path_id, TenantId};
 use keel_core::ports::{BlobStore, Condition, QueryOptions, Table, Write};
 use keel_core::tenants::require_active;
@@ -210,90 +212,14 @@ impl Retrieval {
         }
     }
 
-    /// HTTP routes: `/v1/documents/{id}`, `/v1/search`, `/v1/changes`, `/v1/sources/{name}`.
-    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
-        let caller = req.caller()?;
-        let tenant = caller.tenant()?;
-        match (req.method.as_str(), req.segments().as_slice()) {
-            ("PUT", ["v1", "documents", id]) => {
-                let doc_id = parse_path_id("document", id)?;
-                let input: DocumentInput = req.json(self.settings.document_body_limit)?;
-                self.require_writable(caller, &doc_id).await?;
-                let outcome = self.apply_one(tenant, DocumentChange::Put { doc_id, document: input }).await?;
-                let (ChangeOutcome::Indexed { doc_id, version, chunks } | ChangeOutcome::Unchanged { doc_id, version, chunks }) =
-                    &outcome
-                else {
-                    return Err(KeelError::Internal("a put did not index".into()));
-                };
-                let unchanged = matches!(outcome, ChangeOutcome::Unchanged { .. });
-                Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "version": version, "chunks": chunks, "unchanged": unchanged})))
-            }
-            ("GET", ["v1", "documents", id]) => {
-                let doc_id = parse_path_id("document", id)?;
-                let found = self.document(tenant, &doc_id).await?.filter(|(d, _)| visible(caller, &d.acl_groups));
-                let (d, version) = found.ok_or_else(|| document_not_found(&doc_id))?;
-                let (manifest, _) = self.read_manifest(tenant).await?;
-                let stale = is_stale(&manifest.freshness_sla, d.source.as_deref(), &d.updated_at);
-                Ok(ApiResponse::ok(&json!({"doc_id": d.doc_id, "title": d.title, "version": version,
-                    "chunks": d.chunks, "updated_at": d.updated_at, "indexed_at": d.indexed_at, "source": d.source,
-                    "stale": stale, "acl": {"groups": d.acl_groups}, "pii": d.pii, "redacted": d.redacted})))
-            }
-            ("DELETE", ["v1", "documents", id]) => {
-                let doc_id = parse_path_id("document", id)?;
-                self.require_writable(caller, &doc_id).await?;
-                match self.apply_one(tenant, DocumentChange::Delete { doc_id: doc_id.clone() }).await? {
-                    ChangeOutcome::NotFound { .. } => Err(document_not_found(&doc_id)),
-                    _ => Ok(ApiResponse::ok(&json!({"doc_id": doc_id, "deleted": true}))),
-                }
-            }
-            ("POST", ["v1", "search"]) => {
-                let body: SearchRequest = req.json(DEFAULT_BODY_LIMIT)?;
-                let k = body.k.unwrap_or(10);
-                if !(1..=MAX_K).contains(&k) {
-                    return Err(KeelError::BadRequest(format!("k must be between 1 and {MAX_K}")));
-                }
-                if body.query.trim().is_empty() {
-                    return Err(KeelError::BadRequest("query must not be empty".into()));
-                }
-                let results = self.search(caller, &body.query, k).await?;
-                Ok(ApiResponse::ok(&json!({"results": results, "mode": self.mode()})))
-            }
-            ("GET", ["v1", "changes"]) => self.changes(caller, &req.query).await,
-            ("PUT", ["v1", "sources", name]) => {
-                caller.require_role(ROLE_ADMIN)?;
-                let name = parse_path_id("source", name)?;
-                let body: SourceSettings = req.json(DEFAULT_BODY_LIMIT)?;
-                self.update_manifest(tenant, |m| {
-                    m.freshness_sla.insert(name.clone(), body.freshness_sla_seconds);
-                    true
-                })
-                .await?;
-                Ok(ApiResponse::ok(&json!({"source": name, "freshness_sla_seconds": body.freshness_sla_seconds})))
-            }
-            _ => Err(not_found(&req)),
-        }
-    }
-
-    /// Writing a document takes what reading it takes (or the tenant admin):
-    /// one the caller may not see answers 404, as a read does.
-    async fn require_writable(&self, caller: &Caller, doc_id: &str) -> Result<(), KeelError> {
-        if caller.has_role(ROLE_ADMIN) {
-            return Ok(());
-        }
-        match self.document(caller.tenant()?, doc_id).await? {
-            Some((d, _)) if !visible(caller, &d.acl_groups) => Err(document_not_found(doc_id)),
-            _ => Ok(()),
-        }
-    }
-
-    async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
+    pub(crate) async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
         match self.table.get(&tenant.pk(), &doc_sk(doc_id)).await? {
             Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
             None => Ok(None),
         }
     }
 
-    async fn apply_one(&self, tenant: &TenantId, change: DocumentChange) -> Result<ChangeOutcome, KeelError> {
+    pub(crate) async fn apply_one(&self, tenant: &TenantId, change: DocumentChange) -> Result<ChangeOutcome, KeelError> {
         self.apply_changes(tenant, vec![change]).await?.pop().ok_or_else(|| KeelError::Internal("no outcome".into()))?
     }
 
@@ -514,7 +440,7 @@ impl Retrieval {
     /// `GET /v1/changes?since=<RFC 3339>&limit=N` (or `cursor=` from the last
     /// page): documents put or deleted after that time, oldest first, only
     /// those the caller may see.
-    async fn changes(&self, caller: &Caller, query: &HashMap<String, String>) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn changes(&self, caller: &Caller, query: &HashMap<String, String>) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
         let limit = match query.get("limit") {
             Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_CHANGES).contains(l)).ok_or_else(|| {
@@ -627,7 +553,7 @@ fn embedding_text(c: &SegmentChunk) -> String {
 }
 
 /// Past its source's SLA (sources without one are never stale).
-fn is_stale(slas: &BTreeMap<String, u64>, source: Option<&str>, updated_at: &str) -> bool {
+pub(crate) fn is_stale(slas: &BTreeMap<String, u64>, source: Option<&str>, updated_at: &str) -> bool {
     let Some(sla) = source.and_then(|s| slas.get(s)) else { return false };
     chrono::DateTime::parse_from_rfc3339(updated_at)
         .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() > *sla as i64)
@@ -647,23 +573,11 @@ struct PreparedDocument {
 }
 
 /// Whether a caller may see a document with these ACL groups.
-fn visible(caller: &Caller, acl_groups: &[String]) -> bool {
+pub(crate) fn visible(caller: &Caller, acl_groups: &[String]) -> bool {
     acl_groups.is_empty() || acl_groups.iter().any(|g| caller.groups.contains(g))
 }
 
-fn document_not_found(doc_id: &str) -> KeelError {
+pub(crate) fn document_not_found(doc_id: &str) -> KeelError {
     KeelError::NotFound(format!("document {doc_id} not found"))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchRequest {
-    query: String,
-    k: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SourceSettings {
-    freshness_sla_seconds: u64,
-}

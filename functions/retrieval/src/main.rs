@@ -1,9 +1,9 @@
 //! `keel-retrieval`: document and search routes, and the ingest-queue consumer.
 
 use keel_core::config::Config;
-use keel_core::http::dispatch;
-use keel_lambda::{batch_response, http_response, queue_messages, serve, to_json, unsupported, Incoming};
-use keel_retrieval::Retrieval;
+use keel_core::http::api;
+use keel_lambda::{batch_response, queue_messages, to_json, Event};
+use keel_retrieval::{routes::routes, Retrieval};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -12,13 +12,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
     let retrieval = Arc::new(Retrieval::from_config(aws.table, aws.blobs, &config)?);
-    serve(|incoming| {
+    let app = api(routes().with_state(retrieval.clone()));
+    keel_lambda::run(Some(app), |event| {
         let retrieval = retrieval.clone();
         async move {
-            match incoming {
-                Incoming::Http(req) => Ok(http_response(dispatch(req, |r| retrieval.handle(r)).await)),
-                Incoming::Queue(batch) => to_json(&batch_response(retrieval.ingest(&queue_messages(batch)).await)),
-                other => Err(unsupported(&other)),
+            match event {
+                Event::Queue(batch) => to_json(&batch_response(retrieval.ingest(&queue_messages(batch)).await)),
+                other => Err(other.unsupported()),
             }
         }
     })

@@ -34,7 +34,7 @@ fn main() {
                     policy: &policy,
                     catalog: &catalog,
                     plan: "standard",
-                    models_off: false,
+                    kill_switch: false,
                     confidence,
                     signal: "evidence confidence",
                     requested,

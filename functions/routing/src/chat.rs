@@ -6,7 +6,7 @@
 use crate::sse::{self, Events, Reply};
 use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
 use keel_core::auth::Caller;
-use keel_core::http::{ApiRequest, ApiResponse};
+use keel_core::http::ApiResponse;
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
@@ -34,14 +34,14 @@ fn prompt_fingerprint(req: &ChatRequest) -> String {
 }
 
 impl Routing {
-    pub(crate) async fn chat_route(self: &Arc<Self>, caller: Caller, req: ApiRequest) -> Result<Reply, KeelError> {
-        let body: ChatRequest = req.json(CHAT_BODY_LIMIT)?;
+    /// `POST /v1/chat/completions`, whole or streamed as OpenAI chunks.
+    pub(crate) async fn chat_route(self: &Arc<Self>, caller: Caller, body: &[u8], request_id: String) -> Result<Reply, KeelError> {
+        let body: ChatRequest = keel_core::limits::parse_json(body, CHAT_BODY_LIMIT, "request body")?;
         // Checked before any stream starts, so bad messages get a plain 400.
         let request = body.to_model_request("", self.options.max_tokens).map_err(KeelError::BadRequest)?;
-        let rid = req.request_id.clone();
         if !body.stream {
             let out = self.chat(&caller, &body, &request, None).await?;
-            return Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)));
+            return Ok(Reply::Whole(ApiResponse::ok(&out)));
         }
         let this = self.clone();
         Ok(sse::stream(move |events| async move {
@@ -49,7 +49,7 @@ impl Routing {
                 Ok(_) => {
                     let _ = events.send(sse::frame(None, "[DONE]"));
                 }
-                Err(e) => sse::send_error(&events, &e, &rid),
+                Err(e) => sse::send_error(&events, &e, &request_id),
             }
         }))
     }

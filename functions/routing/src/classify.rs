@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 /// The in-function model, as responses and the decision log name it.
 pub const IN_FUNCTION_MODEL: &str = "all-MiniLM-L6-v2";
-/// Softmax temperature over cosines (chosen on the labelled injection
-/// sets' training side; see README, "In-function classification").
+/// Softmax temperature over cosines (chosen on BFCL's `multiple` tool-choice
+/// cases, reported on `live_multiple`: `keel-eval classify`, docs/gateway.md).
 const TEMPERATURE: f32 = 0.05;
 const MAX_LABELS: usize = 64;
 const MAX_EXAMPLES: usize = 32;

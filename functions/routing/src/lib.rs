@@ -14,6 +14,7 @@ pub mod budget;
 pub mod cache;
 mod chat;
 pub mod classify;
+pub mod routes;
 pub mod grounding;
 pub mod guard;
 pub mod providers;
@@ -25,7 +26,6 @@ use answer::{evidence_coverage, extractive_answer, Answer};
 use budget::{reserve, settle, Refused, Reservation};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
-use keel_core::http::{not_found, respond, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
 use keel_core::ids::{new_id, TenantId};
 use keel_core::models::{ModelSpec, Tier};
 use keel_core::ports::{ChatMessage, Deltas, ModelRequest, ModelResponse, Table, WorkQueue};
@@ -39,7 +39,7 @@ use router::{decide, Decision, RouteError, RouteInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sse::{Events, Reply};
+use sse::Events;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -256,51 +256,6 @@ impl Routing {
         Self { retrieval, table, queue, tenants, models, catalog, breakers, in_function: classify::InFunction::new(), options }
     }
 
-    /// Serves a request, streamed as server-sent events when it asks for
-    /// `stream: true`. Errors found before the stream starts are plain JSON errors.
-    pub async fn serve(self: &Arc<Self>, req: ApiRequest) -> Reply {
-        let request_id = req.request_id.clone();
-        match self.route(req).await {
-            Ok(reply) => reply,
-            Err(e) => Reply::Whole(respond(Err(e), &request_id)),
-        }
-    }
-
-    async fn route(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, KeelError> {
-        let caller = req.caller()?.clone();
-        if caller.throttled {
-            return Err(KeelError::TooManyRequests("rate limit exceeded; retry in a minute".into()));
-        }
-        let rid = req.request_id.clone();
-        match (req.method.as_str(), req.segments().as_slice()) {
-            ("POST", ["v1", "ask"]) => {
-                let body: AskRequest = req.json(DEFAULT_BODY_LIMIT)?;
-                if !body.stream {
-                    let out = self.ask(&caller, &body, None).await?;
-                    return Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)));
-                }
-                validate_question(&body.question)?;
-                let this = self.clone();
-                Ok(sse::stream(move |events| async move {
-                    match this.ask(&caller, &body, Some(&events)).await {
-                        Ok(out) => sse::send(&events, Some("done"), &json!(out)),
-                        Err(e) => sse::send_error(&events, &e, &rid),
-                    }
-                }))
-            }
-            ("POST", ["v1", "chat", "completions"]) => self.chat_route(caller, req).await,
-            ("POST", ["v1", "classify"]) => {
-                let out = self.classify(&caller, &req.json(DEFAULT_BODY_LIMIT)?).await?;
-                Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)))
-            }
-            ("POST", ["v1", "rank"]) => {
-                let out = self.rank(&caller, &req.json(classify::RANK_BODY_LIMIT)?).await?;
-                Ok(Reply::Whole(ApiResponse::ok(&out).with_request_id(&rid)))
-            }
-            _ => Err(not_found(&req)),
-        }
-    }
-
     async fn tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
         self.tenants.require_active(self.table.as_ref(), id).await
     }
@@ -317,7 +272,7 @@ impl Routing {
             policy: &tenant.routing,
             catalog: &self.catalog,
             plan: &tenant.plan,
-            models_off: tenant.models_off,
+            kill_switch: tenant.kill_switch,
             confidence,
             signal: "evidence confidence",
             requested,

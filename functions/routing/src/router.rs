@@ -10,7 +10,7 @@ pub struct RouteInput<'a> {
     pub catalog: &'a [ModelSpec],
     pub plan: &'a str,
     /// The tenant's kill switch for hosted models.
-    pub models_off: bool,
+    pub kill_switch: bool,
     /// Confidence (0..=1) in the in-function answer: the evidence's for
     /// grounded answers, the classifier's for labels; None when nothing
     /// in-function can answer (plain chat).
@@ -68,7 +68,7 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     let mut reasons = Vec::new();
     let t1 = |reasons: Vec<String>| Decision { tier: Tier::T1, candidates: vec![], in_function_fallback: true, reasons };
 
-    if input.models_off {
+    if input.kill_switch {
         reasons.push("kill switch: hosted models are off for this tenant".into());
         return if grounded { Ok(t1(reasons)) } else { Err(RouteError::NoModel(reasons.remove(0))) };
     }
@@ -163,7 +163,7 @@ mod tests {
             policy,
             catalog,
             plan: "standard",
-            models_off: false,
+            kill_switch: false,
             confidence,
             signal: "evidence confidence",
             requested: None,
@@ -206,7 +206,7 @@ mod tests {
         named.requested = Some("small");
         assert_eq!(decide(&named).unwrap().reasons[0], "caller asked for small");
         let mut off = input(&policy, &catalog, Some(0.1));
-        off.models_off = true;
+        off.kill_switch = true;
         assert_eq!(decide(&off).unwrap().tier, Tier::T1);
         off.confidence = None;
         assert!(matches!(decide(&off), Err(RouteError::NoModel(_))));

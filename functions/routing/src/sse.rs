@@ -5,7 +5,12 @@
 //! response, or `error`. `/v1/chat/completions` streams OpenAI chunks.
 
 use crate::grounding::{is_cited, sentences_at};
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use keel_core::http::ApiResponse;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -19,10 +24,27 @@ pub type Events = UnboundedSender<String>;
 /// A whole response, or SSE frames as they are produced.
 pub enum Reply {
     Whole(ApiResponse),
-    /// The host spawns `produce` (the request's work, which sends the
-    /// frames) and streams `frames` meanwhile: the local stack spawns it as
-    /// a request, so that its store writes commit as a request's do.
+    /// `produce` is the request's work, which sends the frames; it runs as
+    /// a task of its own while `frames` stream, and to its end even if the
+    /// client leaves (a model call paid for is still settled and recorded).
     Stream { frames: UnboundedReceiver<String>, produce: Pin<Box<dyn Future<Output = ()> + Send>> },
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self {
+            Reply::Whole(whole) => whole.into_response(),
+            Reply::Stream { frames, produce } => {
+                tokio::spawn(produce);
+                let frames = UnboundedReceiverStream::new(frames).map(Ok::<String, std::convert::Infallible>);
+                let mut out = Response::new(Body::from_stream(frames));
+                let headers = out.headers_mut();
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                out
+            }
+        }
+    }
 }
 
 /// A streamed reply whose frames come from `produce`.

@@ -10,16 +10,16 @@
 //! one fails; every connector call carries an idempotency key.
 
 mod connector;
+pub mod routes;
 pub mod policy;
 pub mod schema;
 mod schema_cost;
 mod steps;
 
 use connector::Connectors;
-use keel_core::auth::{Caller, ROLE_ADMIN};
+use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::config::Config;
-use keel_core::http::{not_found, ApiRequest, ApiResponse, DEFAULT_BODY_LIMIT};
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Condition, QueueMessage, Saga, Table, WorkQueue, Write};
@@ -215,8 +215,8 @@ struct QueuedProposal {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyInput {
-    policies: String,
+pub(crate) struct PolicyInput {
+    pub(crate) policies: String,
 }
 
 /// The tools function's settings.
@@ -283,51 +283,7 @@ impl Tools {
         })
     }
 
-    pub async fn handle(&self, req: ApiRequest) -> Result<ApiResponse, KeelError> {
-        let caller = req.caller()?;
-        let tenant = caller.tenant()?;
-        match (req.method.as_str(), req.segments().as_slice()) {
-            ("PUT", ["v1", "tools", name]) => {
-                caller.require_role(ROLE_ADMIN)?;
-                let tool = self.put_tool(tenant, &parse_path_id("tool", name)?, req.json(DEFAULT_BODY_LIMIT)?).await?;
-                Ok(ApiResponse::ok(&tool))
-            }
-            ("GET", ["v1", "tools", name]) => Ok(ApiResponse::ok(&self.tool(tenant, &parse_path_id("tool", name)?).await?.0)),
-            ("GET", ["v1", "policies"]) => Ok(ApiResponse::ok(&self.policy_texts(tenant).await?)),
-            ("PUT", ["v1", "policies", mode @ ("enforced" | "shadow")]) => {
-                caller.require_role(ROLE_ADMIN)?;
-                let input: PolicyInput = req.json(policy::MAX_POLICY_BYTES + 1024)?;
-                self.put_policies(tenant, mode, input.policies).await?;
-                Ok(ApiResponse::ok(&self.policy_texts(tenant).await?))
-            }
-            ("POST", ["v1", "actions"]) => {
-                let (status, action) = self.propose(caller, req.json(DEFAULT_BODY_LIMIT)?).await?;
-                Ok(ApiResponse::json(status, &action_view(&action)))
-            }
-            ("GET", ["v1", "actions"]) => {
-                let key = req.query.get("idempotency_key").ok_or_else(|| {
-                    KeelError::BadRequest("GET /v1/actions needs ?idempotency_key=… (the key the action was proposed with)".into())
-                })?;
-                Ok(ApiResponse::ok(&action_view(&self.action_by_key(tenant, key).await?)))
-            }
-            ("GET", ["v1", "actions", id]) => {
-                Ok(ApiResponse::ok(&action_view(&self.action(tenant, &parse_path_id("action", id)?).await?.0)))
-            }
-            ("POST", ["v1", "actions", id, verb]) => {
-                let id = parse_path_id("action", id)?;
-                let action = match *verb {
-                    "approve" => self.review(caller, &id, true).await?,
-                    "reject" => self.review(caller, &id, false).await?,
-                    "undo" => self.undo(caller, &id).await?,
-                    _ => return Err(not_found(&req)),
-                };
-                Ok(ApiResponse::ok(&action_view(&action)))
-            }
-            _ => Err(not_found(&req)),
-        }
-    }
-
-    async fn put_tool(&self, tenant: &TenantId, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
+    pub(crate) async fn put_tool(&self, tenant: &TenantId, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
         schema::check_schema(&input.input_schema)?;
         let steps = match (input.steps, input.connector) {
             (Some(steps), None) if input.compensation.is_none() => steps,
@@ -379,19 +335,19 @@ impl Tools {
         Ok(serde_json::from_value(item.data)?)
     }
 
-    async fn tool(&self, tenant: &TenantId, name: &str) -> Result<(Tool, u64), KeelError> {
+    pub(crate) async fn tool(&self, tenant: &TenantId, name: &str) -> Result<(Tool, u64), KeelError> {
         let item = self.table.get(&tenant.pk(), &tool_sk(name)).await?;
         let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} is not registered")))?;
         Ok((serde_json::from_value(item.data)?, item.version))
     }
 
-    async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {
+    pub(crate) async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {
         let item = self.table.get(&tenant.pk(), &action_sk(id)).await?;
         let item = item.ok_or_else(|| KeelError::NotFound(format!("action {id} not found")))?;
         Ok((serde_json::from_value(item.data)?, item.version))
     }
 
-    async fn action_by_key(&self, tenant: &TenantId, key: &str) -> Result<Action, KeelError> {
+    pub(crate) async fn action_by_key(&self, tenant: &TenantId, key: &str) -> Result<Action, KeelError> {
         let record = self.table.get(&tenant.pk(), &idempotency_sk(key)).await?;
         let record = record.ok_or_else(|| KeelError::NotFound(format!("no action with idempotency key {key:?}")))?;
         Ok(self.action(tenant, record.data["action_id"].as_str().unwrap_or_default()).await?.0)
@@ -414,7 +370,7 @@ impl Tools {
     }
 
     /// The tenant's policy texts and their versions.
-    async fn policy_texts(&self, tenant: &TenantId) -> Result<Value, KeelError> {
+    pub(crate) async fn policy_texts(&self, tenant: &TenantId) -> Result<Value, KeelError> {
         let items = self.table.query(&tenant.pk(), POLICY_PREFIX, Default::default()).await?;
         let mut out = json!({"enforced": {"policies": "", "version": 0}, "shadow": {"policies": "", "version": 0}});
         for item in items {
@@ -424,7 +380,7 @@ impl Tools {
         Ok(out)
     }
 
-    async fn put_policies(&self, tenant: &TenantId, mode: &str, text: String) -> Result<(), KeelError> {
+    pub(crate) async fn put_policies(&self, tenant: &TenantId, mode: &str, text: String) -> Result<(), KeelError> {
         let current = self.policy_texts(tenant).await?;
         // Parsed (and checked) as the sets will be evaluated: together, so they must combine.
         let other = if mode == "enforced" { "shadow" } else { "enforced" };
@@ -501,7 +457,7 @@ impl Tools {
     }
 
     /// `POST /v1/actions` (and the actions queue): returns (HTTP status, action).
-    async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
+    pub(crate) async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
         let tenant = caller.tenant()?;
         check_idempotency_key(&req.idempotency_key)?;
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
@@ -616,7 +572,7 @@ impl Tools {
     /// Approve or reject a pending action (maker-checker). The saga waits on
     /// a task token; the decision is saved first, then the token completed, so
     /// a saga that stores its token late still finds the decision.
-    async fn review(&self, caller: &Caller, id: &str, approve: bool) -> Result<Action, KeelError> {
+    pub(crate) async fn review(&self, caller: &Caller, id: &str, approve: bool) -> Result<Action, KeelError> {
         let tenant = caller.tenant()?;
         let (mut action, version) = self.action(tenant, id).await?;
         if action.status != ActionStatus::PendingApproval {
@@ -666,7 +622,7 @@ impl Tools {
         Ok(action)
     }
 
-    async fn undo(&self, caller: &Caller, id: &str) -> Result<Action, KeelError> {
+    pub(crate) async fn undo(&self, caller: &Caller, id: &str) -> Result<Action, KeelError> {
         let tenant = caller.tenant()?;
         let (mut action, version) = self.action(tenant, id).await?;
         let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
@@ -865,7 +821,7 @@ fn args_fingerprint(tool: &str, args: &Value) -> String {
 }
 
 /// An action as clients see it (the saga's task token stays inside).
-fn action_view(action: &Action) -> Value {
+pub(crate) fn action_view(action: &Action) -> Value {
     json!({"action_id": action.action_id, "tool": action.tool, "tool_version": action.tool_version, "args": action.args,
         "idempotency_key": action.idempotency_key, "proposer": action.proposer, "status": action.status,
         "preview": action.preview, "approvals": action.approvals, "steps": action.steps, "error": action.error,

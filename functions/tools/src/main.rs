@@ -1,9 +1,9 @@
-//! `keel-tools`: tool and action routes, and the saga's task steps.
+//! `keel-tools`: tool and action routes, the actions-queue consumer and the saga's task steps.
 
 use keel_core::config::Config;
-use keel_core::http::dispatch;
-use keel_lambda::{batch_response, http_response, queue_messages, serve, task_error, to_json, unsupported, Incoming};
-use keel_tools::{StepInput, Tools, ToolsOptions};
+use keel_core::http::api;
+use keel_lambda::{batch_response, queue_messages, task_error, to_json, Event};
+use keel_tools::{routes::routes, StepInput, Tools, ToolsOptions};
 use std::sync::Arc;
 
 #[tokio::main]
@@ -12,18 +12,18 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
     let tools = Arc::new(Tools::new(aws.table, aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
-    serve(|incoming| {
+    let app = api(routes().with_state(tools.clone()));
+    keel_lambda::run(Some(app), |event| {
         let tools = tools.clone();
         async move {
-            match incoming {
-                Incoming::Http(req) => Ok(http_response(dispatch(req, |r| tools.handle(r)).await)),
-                Incoming::Task(input) => {
+            match event {
+                Event::Task(input) => {
                     let input: StepInput = serde_json::from_value(input)
                         .map_err(|e| task_error(&keel_core::KeelError::BadRequest(e.to_string())))?;
                     tools.run_step(input).await.map_err(|e| task_error(&e))
                 }
-                Incoming::Queue(batch) => to_json(&batch_response(tools.consume(&queue_messages(batch)).await)),
-                other => Err(unsupported(&other)),
+                Event::Queue(batch) => to_json(&batch_response(tools.consume(&queue_messages(batch)).await)),
+                other => Err(other.unsupported()),
             }
         }
     })

@@ -9,4 +9,6 @@ mod per_poll;
 pub mod sqlite;
 mod stack;
 
+pub use stack::declared_routes;
+
 pub use stack::{Stack, StackOptions};

@@ -6,23 +6,22 @@ use crate::sqlite::{Db, SqliteQueue, SqliteTable};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::http::{Request, Response};
+use axum::middleware::from_fn_with_state;
 use keel_audit::Audit;
 use keel_auth::Auth;
 use keel_core::config::Config;
-use keel_core::http::{dispatch, respond, ApiRequest, ApiResponse};
+use keel_auth::edge::authenticate;
+use keel_core::http::{api, error_response, RequestId};
 use keel_core::ports::{QueueName, WorkQueue};
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
-use keel_routing::sse::Reply;
 use keel_routing::providers::hosted_models;
 use keel_routing::{Routing, RoutingOptions};
 use keel_core::tenants::TenantCache;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
 use keel_tools::{StepInput, Tools, ToolsOptions};
 use serde_json::Value;
-use std::collections::HashMap;
+use tower::ServiceExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -49,11 +48,18 @@ pub struct StackOptions {
 struct Services {
     /// Each request's polls commit together (`Db::commit_per_poll`).
     db: Db,
-    auth: Auth,
+    auth: Arc<Auth>,
     retrieval: Arc<Retrieval>,
     routing: Arc<Routing>,
     tools: Arc<Tools>,
-    audit: Audit,
+    audit: Arc<Audit>,
+}
+
+/// The local API: every function's routes, each request run as one
+/// (`Db::spawn_request`).
+struct Edge {
+    db: Db,
+    api: axum::Router,
 }
 
 pub struct Stack {
@@ -114,7 +120,7 @@ impl Stack {
         // set through the admin API reaches the gateway at once.
         let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
         let services = Arc::new(Services {
-            auth: Auth::new(table.clone(), config.clone(), tenants.clone()),
+            auth: Arc::new(Auth::new(table.clone(), config.clone(), tenants.clone())),
             routing: Arc::new(Routing::new(
                 retrieval.clone(),
                 table.clone(),
@@ -125,7 +131,7 @@ impl Stack {
             )),
             retrieval: retrieval.clone(),
             tools,
-            audit: Audit::new(table.clone(), blobs),
+            audit: Arc::new(Audit::new(table.clone(), blobs)),
             db,
         });
 
@@ -153,7 +159,8 @@ impl Stack {
             .map_err(io)?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        let app = axum::Router::new().fallback(serve_http).with_state(services);
+        let edge = Arc::new(Edge { db: services.db.clone(), api: local_api(&services) });
+        let app = axum::Router::new().fallback(serve_http).with_state(edge);
         let mut stop = stopped.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {
@@ -245,88 +252,48 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
     }
 }
 
+/// The routes every function declares, served as one API behind the
+/// authorizer, as API Gateway serves them in AWS.
+fn local_api(services: &Services) -> axum::Router {
+    let routes = axum::Router::new()
+        .merge(keel_auth::routes::routes().with_state(services.auth.clone()))
+        .merge(keel_retrieval::routes::routes().with_state(services.retrieval.clone()))
+        .merge(keel_routing::routes::routes().with_state(services.routing.clone()))
+        .merge(keel_tools::routes::routes().with_state(services.tools.clone()))
+        .merge(keel_audit::routes::routes().with_state(services.audit.clone()));
+    api(routes).layer(from_fn_with_state(services.auth.clone(), authenticate))
+}
+
+/// Every function's declared routes, `(function, method, path)`: what the
+/// local stack serves, and what `template.yaml` must route in AWS.
+pub fn declared_routes() -> Vec<(&'static str, String, String)> {
+    let named = |function: &'static str, routes: Vec<(String, String)>| routes.into_iter().map(move |(m, p)| (function, m, p));
+    named("AuthFunction", keel_auth::routes::routes().declared())
+        .chain(named("RetrievalFunction", keel_retrieval::routes::routes().declared()))
+        .chain(named("RoutingFunction", keel_routing::routes::routes().declared()))
+        .chain(named("ToolsFunction", keel_tools::routes::routes().declared()))
+        .chain(named("AuditFunction", keel_audit::routes::routes().declared()))
+        .collect()
+}
+
 /// A request runs to its end even if its caller hangs up, as a Lambda
 /// invocation does: a model call already paid for still has its budget
 /// reservation settled and its decision recorded.
-async fn serve_http(State(services): State<Arc<Services>>, request: Request<Body>) -> Response<Body> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let db = services.db.clone();
-    match db.spawn_request(serve_request(services, request, request_id.clone())).await {
-        Ok(response) => response,
-        Err(e) => to_http(respond(Err(KeelError::Internal(format!("request handler failed: {e}"))), &request_id)),
-    }
-}
-
-async fn serve_request(services: Arc<Services>, request: Request<Body>, request_id: String) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+async fn serve_http(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Response<Body> {
+    let request_id = RequestId::new();
+    let (mut parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
-        Ok(b) => b.to_vec(),
+        Ok(b) => b,
         Err(_) => {
             let e = KeelError::PayloadTooLarge(format!("request body exceeds {MAX_REQUEST_BYTES} bytes"));
-            return to_http(respond(Err(e), &request_id));
+            return error_response(&e, &request_id.0);
         }
     };
-    // An unparsable query string reads as no parameters.
-    let query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    let mut req = ApiRequest {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query,
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
-            .collect(),
-        body,
-        request_id: request_id.clone(),
-        caller: None,
-    };
-    // The authorizer runs before every route, as in API Gateway.
-    match services.auth.authorize(&req).await {
-        Ok(caller) => req.caller = Some(caller),
-        Err(e) => return to_http(respond(Err(e), &request_id)),
+    parts.extensions.insert(request_id.clone());
+    let request = Request::from_parts(parts, Body::from(body));
+    match edge.db.spawn_request(edge.api.clone().oneshot(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(e) => error_response(&KeelError::Internal(format!("request handler failed: {e}")), &request_id.0),
     }
-    let family = req.segments().get(1).copied().unwrap_or("").to_string();
-    let s = &services;
-    let response = match family.as_str() {
-        "tenants" => dispatch(req, |r| s.auth.handle(r)).await,
-        "documents" | "search" | "changes" | "sources" => dispatch(req, |r| s.retrieval.handle(r)).await,
-        "ask" | "chat" | "classify" | "rank" => match s.routing.serve(req).await {
-            Reply::Whole(r) => r,
-            Reply::Stream { frames, produce } => {
-                services.db.spawn_request(produce);
-                return event_stream(frames, &request_id);
-            }
-        },
-        "tools" | "actions" | "policies" => dispatch(req, |r| s.tools.handle(r)).await,
-        "decisions" | "audit" | "usage" => dispatch(req, |r| s.audit.handle(r)).await,
-        _ => respond(Err(keel_core::http::not_found(&req)), &request_id),
-    };
-    to_http(response)
-}
-
-/// Server-sent events, written to the client as they are produced.
-fn event_stream(rx: tokio::sync::mpsc::UnboundedReceiver<String>, request_id: &str) -> Response<Body> {
-    let frames = UnboundedReceiverStream::new(rx).map(Ok::<String, std::convert::Infallible>);
-    let mut out = Response::new(Body::from_stream(frames));
-    let headers = out.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
-    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::try_from(request_id) {
-        headers.insert("x-request-id", v);
-    }
-    out
-}
-
-fn to_http(response: ApiResponse) -> Response<Body> {
-    let mut out = Response::new(Body::from(response.body));
-    *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (k, v) in response.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-            out.headers_mut().insert(k, v);
-        }
-    }
-    out
 }

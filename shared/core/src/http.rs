@@ -1,9 +1,19 @@
-//! Framework-neutral HTTP request and response. The Lambda glue converts API
-//! Gateway events to and from these; the local stack converts hyper's. Errors
-//! become `{"error":{"code","message","request_id"}}` here and nowhere else.
+//! The HTTP edge every function shares, on axum: each function declares its
+//! routes once (`Routes`), and the Lambda binary and the local stack both
+//! serve that declaration behind `api` (request id, rate limit, errors as
+//! `{"error":{"code","message","request_id"}}` here and nowhere else).
 
 use crate::auth::Caller;
 use crate::error::KeelError;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Request};
+use axum::handler::Handler;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -12,38 +22,56 @@ use std::collections::HashMap;
 /// Default body limit for JSON requests (documents have their own).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
-#[derive(Clone, Debug, Default)]
-pub struct ApiRequest {
-    pub method: String,
-    pub path: String,
-    pub query: HashMap<String, String>,
-    /// Lower-case header names.
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-    pub request_id: String,
-    /// Set by the authorizer; `None` only before it ran.
-    pub caller: Option<Caller>,
+/// The request's id: API Gateway's in Lambda, a fresh one locally. Every
+/// response carries it as `x-request-id`, and every error body names it.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
 }
 
-impl ApiRequest {
-    /// Path segments after the leading `/`, e.g. `["v1", "documents", "a"]`.
-    pub fn segments(&self) -> Vec<&str> {
-        self.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect()
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
-    /// Parses the body as JSON of type `T`, refusing bodies over `limit` bytes
-    /// or nested deeper than `limits::MAX_JSON_DEPTH`.
-    pub fn json<T: DeserializeOwned>(&self, limit: usize) -> Result<T, KeelError> {
-        crate::limits::parse_json(&self.body, limit, "request body")
-    }
+/// Parses a JSON body of type `T`, refusing bodies over `limit` bytes or
+/// nested deeper than `limits::MAX_JSON_DEPTH`.
+pub fn parse_body<T: DeserializeOwned>(body: &Bytes, limit: usize) -> Result<T, KeelError> {
+    crate::limits::parse_json(body, limit, "request body")
+}
 
-    pub fn caller(&self) -> Result<&Caller, KeelError> {
-        self.caller
-            .as_ref()
+/// The caller the authorizer let in (the edge puts it in the request's
+/// extensions); a request without one is refused.
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = KeelError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
             .ok_or_else(|| KeelError::Unauthorized("missing credentials".into()))
     }
 }
 
+/// The query string's parameters; an unparsable query reads as none.
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri).map(|q| q.0);
+        Ok(Self(query.unwrap_or_default()))
+    }
+}
+
+/// A handler's answer: a status, headers and a body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiResponse {
     pub status: u16,
@@ -54,11 +82,7 @@ pub struct ApiResponse {
 impl ApiResponse {
     pub fn json(status: u16, value: &impl Serialize) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Self {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body,
-        }
+        Self { status, headers: vec![("content-type".into(), "application/json".into())], body }
     }
 
     pub fn ok(value: &impl Serialize) -> Self {
@@ -66,68 +90,136 @@ impl ApiResponse {
     }
 
     pub fn text(status: u16, content_type: &str, body: String) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type".into(), content_type.into())],
-            body: body.into_bytes(),
+        Self { status, headers: vec![("content-type".into(), content_type.into())], body: body.into_bytes() }
+    }
+}
+
+impl IntoResponse for ApiResponse {
+    fn into_response(self) -> Response {
+        let mut out = Response::new(Body::from(self.body));
+        *out.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        for (k, v) in self.headers {
+            if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                out.headers_mut().insert(k, v);
+            }
         }
+        out
+    }
+}
+
+/// An error on its way out: `api` writes its body once it knows the request id.
+#[derive(Clone, Debug)]
+struct Failed(std::sync::Arc<KeelError>);
+
+impl IntoResponse for KeelError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut out = status.into_response();
+        out.extensions_mut().insert(Failed(std::sync::Arc::new(self)));
+        out
+    }
+}
+
+/// The body of an error response.
+pub fn error_body(error: &KeelError, request_id: &str) -> Value {
+    let message = match error {
+        // Internal details stay in the log.
+        KeelError::Internal(_) => "internal error".to_string(),
+        other => other.to_string(),
+    };
+    let mut body = json!({"error": {"code": error.code(), "message": message, "request_id": request_id}});
+    if let KeelError::Unprocessable { path, .. } = error {
+        body["error"]["path"] = Value::String(path.clone());
+    }
+    body
+}
+
+/// `error` as the response a client sees.
+pub fn error_response(error: &KeelError, request_id: &str) -> Response {
+    if error.status() >= 500 {
+        tracing::error!(%error, request_id, "request failed");
+    }
+    let mut out = ApiResponse::json(error.status(), &error_body(error, request_id)).into_response();
+    set_request_id(&mut out, request_id);
+    out
+}
+
+fn set_request_id(response: &mut Response, request_id: &str) {
+    if let Ok(v) = HeaderValue::try_from(request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+}
+
+/// A function's routes, declared once: the router that serves them and the
+/// list of what it serves (which a test holds against `template.yaml`).
+pub struct Routes<S> {
+    router: Router<S>,
+    declared: Vec<(Method, &'static str)>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Self { router: Router::new(), declared: Vec::new() }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub fn from_error(error: &KeelError, request_id: &str) -> Self {
-        if error.status() >= 500 {
-            tracing::error!(%error, request_id, "request failed");
-        }
-        let message = match error {
-            // Internal details stay in the log.
-            KeelError::Internal(_) => "internal error".to_string(),
-            other => other.to_string(),
-        };
-        let mut body = json!({"error": {"code": error.code(), "message": message, "request_id": request_id}});
-        if let KeelError::Unprocessable { path, .. } = error {
-            body["error"]["path"] = Value::String(path.clone());
-        }
-        Self::json(error.status(), &body)
-    }
-
-    /// Adds `x-request-id` (every response carries it).
-    pub fn with_request_id(mut self, request_id: &str) -> Self {
-        self.headers.retain(|(k, _)| k != "x-request-id");
-        self.headers.push(("x-request-id".into(), request_id.into()));
+    /// Serves `method path` (axum's `{name}` captures, as in `template.yaml`) with `handler`.
+    pub fn route<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        self.router = self.router.route(path, on(filter, handler));
+        self.declared.push((method, path));
         self
     }
 
-    pub fn json_body(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    /// `(method, path)` of every route, in declaration order.
+    pub fn declared(&self) -> Vec<(String, String)> {
+        self.declared.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
+    }
+
+    pub fn with_state(self, state: S) -> Router {
+        self.router.with_state(state)
     }
 }
 
-/// Turns a handler result into a response carrying the request id.
-pub fn respond(result: Result<ApiResponse, KeelError>, request_id: &str) -> ApiResponse {
-    match result {
-        Ok(r) => r,
-        Err(e) => ApiResponse::from_error(&e, request_id),
-    }
-    .with_request_id(request_id)
+/// Routes merged and made an API: unknown routes get 404, a caller the
+/// authorizer marked as over its rate limit 429, and every response its
+/// request id (errors in their body too). The edge in front puts the
+/// `RequestId` and the `Caller` into the request's extensions.
+pub fn api(routes: Router) -> Router {
+    routes
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(axum::middleware::from_fn(envelope))
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-pub fn not_found(req: &ApiRequest) -> KeelError {
-    KeelError::NotFound(format!("no route for {} {}", req.method, req.path))
+async fn no_route(method: Method, uri: axum::http::Uri) -> KeelError {
+    KeelError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
-/// Runs one HTTP handler the same way in Lambda and locally: a caller the
-/// authorizer marked as over its rate limit gets 429, errors become JSON, and
-/// the response carries `x-request-id`.
-pub async fn dispatch<F, Fut>(req: ApiRequest, handler: F) -> ApiResponse
-where
-    F: FnOnce(ApiRequest) -> Fut,
-    Fut: std::future::Future<Output = Result<ApiResponse, KeelError>>,
-{
-    let request_id = req.request_id.clone();
-    let result = match &req.caller {
-        Some(c) if c.throttled => Err(KeelError::TooManyRequests(
-            "rate limit exceeded for this tenant; retry in a minute".into(),
-        )),
-        _ => handler(req).await,
+async fn envelope(mut request: Request, next: Next) -> Response {
+    let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
+    request.extensions_mut().insert(request_id.clone());
+    let throttled = request.extensions().get::<Caller>().is_some_and(|c| c.throttled);
+    let mut response = if throttled {
+        KeelError::TooManyRequests("rate limit exceeded for this tenant; retry in a minute".into()).into_response()
+    } else {
+        next.run(request).await
     };
-    respond(result, &request_id)
+    match response.extensions_mut().remove::<Failed>() {
+        Some(Failed(error)) => error_response(&error, &request_id.0),
+        None => {
+            set_request_id(&mut response, &request_id.0);
+            response
+        }
+    }
 }

@@ -46,9 +46,10 @@ pub struct Tenant {
     pub routing: RoutingPolicy,
     #[serde(default)]
     pub budgets: Budgets,
-    /// Stops every hosted model call at once (answers stay in-function).
-    #[serde(default)]
-    pub models_off: bool,
+    /// The kill switch: stops every hosted model call at once (answers stay
+    /// in-function); turning it on also drops autonomy to suggest-only.
+    #[serde(default, alias = "models_off")]
+    pub kill_switch: bool,
     pub created_at: String,
 }
 
@@ -157,5 +158,20 @@ impl TenantCache {
 
     pub fn invalidate(&self, id: &TenantId) {
         self.entries.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_stored_with_the_old_models_off_name_reads_its_kill_switch() {
+        let stored = serde_json::json!({"id": "acme", "name": "Acme", "plan": "standard", "status": "active",
+            "rate_limit_per_minute": 60, "autonomy": "one_click", "models_off": true, "created_at": "2026-01-01T00:00:00Z"});
+        let tenant: Tenant = serde_json::from_value(stored).unwrap();
+        assert!(tenant.kill_switch);
+        let written = serde_json::to_value(&tenant).unwrap();
+        assert_eq!((written["kill_switch"].clone(), written.get("models_off")), (serde_json::json!(true), None));
     }
 }

@@ -1,16 +1,21 @@
-//! keel-lambda: runtime glue shared by every function's binary: tracing init,
-//! API Gateway HTTP API (payload v2) events ↔ `ApiRequest`/`ApiResponse`,
-//! authorizer responses, SQS partial batch failures and saga task errors.
-//! Each function is one binary that recognizes the shape of its event.
+//! keel-lambda: runtime glue shared by every function's binary. A function
+//! is one binary that serves its declared routes (an axum `Router`, through
+//! `lambda_http`'s typed API Gateway events) and whatever other events it
+//! takes: authorizer requests, SQS batches, saga tasks.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use aws_lambda_events::apigw::{ApiGatewayV2CustomAuthorizerV2Request, ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body as EventBody;
+use axum::body::Body;
+use axum::http::{header, Request};
+use axum::Router;
 use keel_core::auth::Caller;
-use keel_core::http::{ApiRequest, ApiResponse};
+use keel_core::http::RequestId;
 use keel_core::KeelError;
-use lambda_runtime::Diagnostic;
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use lambda_http::request::LambdaRequest;
+use lambda_runtime::{Diagnostic, FunctionResponse, LambdaEvent, MetadataPrelude, StreamResponse};
+use serde_json::{json, Value};
+use std::future::Future;
+use tower::ServiceExt;
 
 pub use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
@@ -22,91 +27,111 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().json().with_env_filter(filter).without_time().try_init();
 }
 
-/// The kinds of event Keel's functions receive.
+/// The events other than HTTP requests that Keel's functions receive.
 #[derive(Debug)]
-pub enum Incoming {
-    /// An HTTP API request (payload v2) behind the authorizer.
-    Http(ApiRequest),
+pub enum Event {
     /// An HTTP API Lambda authorizer request (payload v2).
-    Authorize(ApiRequest),
+    Authorize(Box<ApiGatewayV2CustomAuthorizerV2Request>),
     /// An SQS batch.
     Queue(SqsEvent),
     /// A saga task input from Step Functions.
     Task(Value),
 }
 
-/// Recognizes an event by its shape.
-pub fn classify(event: Value) -> Result<Incoming, KeelError> {
+/// What a function answers: a buffered payload, or (to a function URL
+/// request answered with server-sent events) a stream.
+pub type Answer = FunctionResponse<Value, axum::body::BodyDataStream>;
+
+/// Runs the Lambda runtime loop: HTTP API requests (and function URL
+/// requests) go to `api`, every other event to `handle`.
+pub async fn run<F, Fut>(api: Option<Router>, handle: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(Event) -> Fut,
+    Fut: Future<Output = Result<Value, Diagnostic>>,
+{
+    let (api, handle) = (&api, &handle);
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| async move {
+        let payload = event.payload;
+        if payload.pointer("/requestContext/http").is_some() && payload.get("routeArn").is_none() {
+            return match api {
+                Some(api) => serve_http(api.clone(), payload).await,
+                None => Err(unsupported("HTTP request")),
+            };
+        }
+        let event = recognize(payload).map_err(|e| bad_event(&e))?;
+        handle(event).await.map(FunctionResponse::BufferedResponse)
+    }))
+    .await
+}
+
+/// Recognizes a non-HTTP event by its shape.
+pub fn recognize(event: Value) -> Result<Event, KeelError> {
+    let unreadable = |kind: &str, e: serde_json::Error| KeelError::BadRequest(format!("unreadable {kind}: {e}"));
     if event.get("Records").is_some() {
-        let batch: SqsEvent = serde_json::from_value(event)
-            .map_err(|e| KeelError::BadRequest(format!("unreadable SQS event: {e}")))?;
-        return Ok(Incoming::Queue(batch));
+        return serde_json::from_value(event).map(Event::Queue).map_err(|e| unreadable("SQS event", e));
     }
     if event.get("type").and_then(Value::as_str) == Some("REQUEST") && event.get("routeArn").is_some() {
-        return Ok(Incoming::Authorize(api_request(&event)?));
-    }
-    if event.pointer("/requestContext/http").is_some() {
-        return Ok(Incoming::Http(api_request(&event)?));
+        return serde_json::from_value(event).map(|r| Event::Authorize(Box::new(r))).map_err(|e| unreadable("authorizer request", e));
     }
     if event.get("step").is_some() {
-        return Ok(Incoming::Task(event));
+        return Ok(Event::Task(event));
     }
     Err(KeelError::BadRequest("unrecognized event shape".into()))
 }
 
-fn api_request(event: &Value) -> Result<ApiRequest, KeelError> {
-    let text = |p: &str| event.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
-    let strings = |p: &str| -> HashMap<String, String> {
-        event
-            .pointer(p)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.to_ascii_lowercase(), s.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let body = match event.get("body").and_then(Value::as_str) {
-        None => Vec::new(),
-        Some(b) if event.get("isBase64Encoded").and_then(Value::as_bool) == Some(true) => STANDARD
-            .decode(b)
-            .map_err(|_| KeelError::BadRequest("body is not valid base64".into()))?,
-        Some(b) => b.as_bytes().to_vec(),
-    };
-    let caller = match event.pointer("/requestContext/authorizer/lambda").and_then(Value::as_object) {
-        Some(ctx) => Some(Caller::from_context(&ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect())?),
+/// An API Gateway (payload v2) or function URL event as an HTTP request,
+/// with the authorizer's caller and API Gateway's request id in its
+/// extensions; `true` when it came through a function URL.
+pub fn http_request(payload: Value) -> Result<(Request<Body>, bool), KeelError> {
+    let event: ApiGatewayV2httpRequest = serde_json::from_value(payload)?;
+    let from_url = event.request_context.domain_name.as_deref().is_some_and(|d| d.contains(".lambda-url."));
+    let request_id = event.request_context.request_id.clone().map(RequestId).unwrap_or_default();
+    let caller = match event.request_context.authorizer.as_ref().filter(|a| !a.fields.is_empty()) {
+        Some(authorizer) => Some(Caller::from_context(&authorizer.fields)?),
         None => None,
     };
-    // Query names keep their case; headers are lower-cased.
-    let query = event
-        .get("queryStringParameters")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
-        .unwrap_or_default();
-    Ok(ApiRequest {
-        method: text("/requestContext/http/method"),
-        path: text("/rawPath"),
-        query,
-        headers: strings("/headers"),
-        body,
-        request_id: text("/requestContext/requestId"),
-        caller,
-    })
+    let stage = event.request_context.stage.clone().filter(|s| s != "$default");
+    let (mut parts, body) = lambda_http::Request::from(LambdaRequest::ApiGatewayV2(event)).into_parts();
+    // A named stage prefixes the path (lambda_http adds it where the event
+    // lacks it); routes are declared without it.
+    if let Some(stage) = stage {
+        let prefix = format!("/{stage}");
+        if let Some(rest) = parts.uri.path_and_query().and_then(|pq| pq.as_str().strip_prefix(&prefix)) {
+            if rest.starts_with('/') {
+                parts.uri = rest.parse().map_err(|_| KeelError::BadRequest("unreadable request path".into()))?;
+            }
+        }
+    }
+    parts.extensions.insert(request_id);
+    if let Some(caller) = caller {
+        parts.extensions.insert(caller);
+    }
+    Ok((Request::from_parts(parts, Body::from(body.to_vec())), from_url))
 }
 
-/// An `ApiResponse` as the HTTP API payload v2 response.
-pub fn http_response(response: ApiResponse) -> Value {
-    let headers: Map<String, Value> = response.headers.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-    match String::from_utf8(response.body) {
-        Ok(text) => json!({"statusCode": response.status, "headers": headers, "body": text, "isBase64Encoded": false}),
-        Err(e) => json!({
-            "statusCode": response.status,
-            "headers": headers,
-            "body": STANDARD.encode(e.into_bytes()),
-            "isBase64Encoded": true
-        }),
+/// Serves an HTTP event with `api`, answering as the event's origin expects.
+async fn serve_http(api: Router, payload: Value) -> Result<Answer, Diagnostic> {
+    let (request, from_url) = http_request(payload).map_err(|e| bad_event(&e))?;
+    let response = match api.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let streams = parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if from_url && streams {
+        let metadata_prelude = MetadataPrelude { status_code: parts.status, headers: parts.headers, cookies: vec![] };
+        return Ok(FunctionResponse::StreamingResponse(StreamResponse { metadata_prelude, stream: body.into_data_stream() }));
     }
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| bad_event(&KeelError::Internal(e.to_string())))?;
+    let mut out = ApiGatewayV2httpResponse::default();
+    out.status_code = i64::from(parts.status.as_u16());
+    out.headers = parts.headers;
+    (out.body, out.is_base64_encoded) = match String::from_utf8(bytes.to_vec()) {
+        Ok(text) => (Some(EventBody::Text(text)), false),
+        Err(e) => (Some(EventBody::Binary(e.into_bytes())), true),
+    };
+    let value = serde_json::to_value(out).map_err(|e| bad_event(&KeelError::from(e)))?;
+    Ok(FunctionResponse::BufferedResponse(value))
 }
 
 /// The authorizer's simple response: allow with the caller as context, or deny.
@@ -141,31 +166,24 @@ pub fn task_error(error: &KeelError) -> Diagnostic {
     }
 }
 
-/// Runs the Lambda runtime loop with one handler for every event shape.
-pub async fn serve<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
-where
-    F: Fn(Incoming) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, Diagnostic>>,
-{
-    let handler = &handler;
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
-        match classify(event.payload) {
-            Ok(incoming) => handler(incoming).await,
-            Err(e) => Err(Diagnostic { error_type: "Keel.BadEvent".into(), error_message: e.to_string() }),
-        }
-    }))
-    .await
+fn bad_event(error: &KeelError) -> Diagnostic {
+    Diagnostic { error_type: "Keel.BadEvent".into(), error_message: error.to_string() }
 }
 
 /// The error for an event this function has no handler for.
-pub fn unsupported(incoming: &Incoming) -> Diagnostic {
-    let kind = match incoming {
-        Incoming::Http(_) => "HTTP request",
-        Incoming::Authorize(_) => "authorizer request",
-        Incoming::Queue(_) => "SQS batch",
-        Incoming::Task(_) => "saga task",
-    };
+pub fn unsupported(kind: &str) -> Diagnostic {
     Diagnostic { error_type: "Keel.BadEvent".into(), error_message: format!("this function does not take a {kind}") }
+}
+
+impl Event {
+    /// The error for this event when the function has no handler for it.
+    pub fn unsupported(&self) -> Diagnostic {
+        unsupported(match self {
+            Event::Authorize(_) => "authorizer request",
+            Event::Queue(_) => "SQS batch",
+            Event::Task(_) => "saga task",
+        })
+    }
 }
 
 /// SQS messages as the queue-neutral `QueueMessage` the consumers take.
@@ -195,27 +213,34 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Value, Diagnostic> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::routing::post;
+    use axum::Extension;
 
-    #[test]
-    fn http_event_round_trip() {
+    async fn echo(Extension(caller): Extension<Caller>, Extension(id): Extension<RequestId>, body: String) -> String {
+        format!("{} {} {body}", caller.principal, id.0)
+    }
+
+    #[tokio::test]
+    async fn an_api_gateway_event_reaches_the_router_with_its_caller_and_request_id() {
         let event = json!({
-            "version": "2.0", "rawPath": "/v1/search", "rawQueryString": "",
-            "headers": {"Content-Type": "application/json"},
-            "queryStringParameters": {"from": "2026-01-01"},
-            "requestContext": {"http": {"method": "POST"}, "requestId": "r1",
+            "version": "2.0", "routeKey": "POST /v1/search", "rawPath": "/v1/search", "rawQueryString": "from=2026-01-01",
+            "headers": {"Content-Type": "application/json", "host": "api.example.com"},
+            "requestContext": {"http": {"method": "POST", "path": "/v1/search", "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "t"},
+                "requestId": "r1", "timeEpoch": 0, "stage": "dev",
                 "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": "", "throttled": false}}},
             "body": "eyJxdWVyeSI6ImEifQ==", "isBase64Encoded": true
         });
-        let Incoming::Http(req) = classify(event).unwrap() else { panic!("not http") };
-        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/search"));
-        assert_eq!(req.body, br#"{"query":"a"}"#);
-        assert_eq!(req.headers.get("content-type").map(String::as_str), Some("application/json"));
-        assert_eq!(req.query.get("from").map(String::as_str), Some("2026-01-01"));
-        assert_eq!(req.caller.unwrap().principal, "ann");
-        let out = http_response(ApiResponse::ok(&json!({"a": 1})).with_request_id("r1"));
+        let api = Router::new().route("/v1/search", post(echo));
+        let FunctionResponse::BufferedResponse(out) = serve_http(api, event).await.unwrap() else { panic!("streamed") };
         assert_eq!(out["statusCode"], 200);
-        assert_eq!(out["headers"]["x-request-id"], "r1");
-        assert!(classify(json!({"what": 1})).is_err());
+        assert_eq!(out["body"], r#"ann r1 {"query":"a"}"#);
+    }
+
+    #[test]
+    fn events_are_recognized_by_shape() {
+        assert!(matches!(recognize(json!({"Records": []})).unwrap(), Event::Queue(_)));
+        assert!(matches!(recognize(json!({"step": "run", "action_id": "a"})).unwrap(), Event::Task(_)));
+        assert!(recognize(json!({"what": 1})).is_err());
     }
 
     #[test]

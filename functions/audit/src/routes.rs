@@ -1,0 +1,41 @@
+//! Audit's routes: decisions, the chain's verification and export, usage.
+
+use crate::Audit;
+use axum::extract::{Path, State};
+use axum::http::Method;
+use keel_core::auth::Caller;
+use keel_core::http::{ApiResponse, QueryMap, Routes};
+use keel_core::ids::parse_path_id;
+use keel_core::KeelError;
+use std::sync::Arc;
+
+type Reply = Result<ApiResponse, KeelError>;
+
+pub fn routes() -> Routes<Arc<Audit>> {
+    Routes::new()
+        .route(Method::GET, "/v1/decisions/{id}", decision)
+        .route(Method::POST, "/v1/audit/verify", verify)
+        .route(Method::GET, "/v1/audit/export", export)
+        .route(Method::GET, "/v1/usage", usage)
+}
+
+async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    caller.tenant()?;
+    audit.decision(&caller, &parse_path_id("decision", &id)?).await
+}
+
+async fn verify(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
+    audit.verify(caller.tenant()?).await
+}
+
+async fn export(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
+    let tenant = caller.tenant()?;
+    if !caller.reads_all_decisions() {
+        return Err(KeelError::Forbidden("exporting the audit log takes the admin or auditor role".into()));
+    }
+    audit.export(tenant, query.get("from").map(String::as_str), query.get("to").map(String::as_str)).await
+}
+
+async fn usage(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
+    audit.usage(caller.tenant()?).await
+}

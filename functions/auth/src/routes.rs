@@ -1,0 +1,39 @@
+//! The admin routes: tenants and their keys.
+
+use crate::Auth;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::Method;
+use keel_core::auth::Caller;
+use keel_core::http::{parse_body, ApiResponse, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::ids::TenantId;
+use keel_core::KeelError;
+use std::sync::Arc;
+
+type Reply = Result<ApiResponse, KeelError>;
+
+pub fn routes() -> Routes<Arc<Auth>> {
+    Routes::new()
+        .route(Method::POST, "/v1/tenants", create_tenant)
+        .route(Method::GET, "/v1/tenants/{id}", tenant)
+        .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
+        .route(Method::POST, "/v1/tenants/{id}/keys", create_key)
+}
+
+async fn create_tenant(State(auth): State<Arc<Auth>>, caller: Caller, body: Bytes) -> Reply {
+    auth.create_tenant(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    auth.tenant(&caller, TenantId::parse(&id)?).await
+}
+
+async fn update_tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
+    let id = TenantId::parse(&id)?;
+    auth.update_tenant(&caller, id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn create_key(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
+    let id = TenantId::parse(&id)?;
+    auth.create_key(&caller, id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}

@@ -1,0 +1,83 @@
+//! Retrieval's routes: documents, search, the change feed and sources.
+
+use crate::{DocumentInput, Retrieval, MAX_K};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::Method;
+use axum::Json;
+use keel_core::auth::Caller;
+use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::ids::parse_path_id;
+use keel_core::KeelError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+type Reply = Result<Json<Value>, KeelError>;
+
+pub fn routes() -> Routes<Arc<Retrieval>> {
+    Routes::new()
+        .route(Method::PUT, "/v1/documents/{doc_id}", put_document)
+        .route(Method::GET, "/v1/documents/{doc_id}", document)
+        .route(Method::DELETE, "/v1/documents/{doc_id}", delete_document)
+        .route(Method::POST, "/v1/search", search)
+        .route(Method::GET, "/v1/changes", changes)
+        .route(Method::PUT, "/v1/sources/{name}", put_source)
+}
+
+async fn put_document(State(r): State<Arc<Retrieval>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
+    caller.tenant()?;
+    let doc_id = parse_path_id("document", &id)?;
+    let input: DocumentInput = parse_body(&body, r.settings.document_body_limit)?;
+    r.put_document(&caller, doc_id, input).await.map(Json)
+}
+
+async fn document(State(r): State<Arc<Retrieval>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    caller.tenant()?;
+    r.read_document(&caller, &parse_path_id("document", &id)?).await.map(Json)
+}
+
+async fn delete_document(State(r): State<Arc<Retrieval>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    caller.tenant()?;
+    r.delete_document(&caller, parse_path_id("document", &id)?).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    query: String,
+    k: Option<usize>,
+}
+
+async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, body: Bytes) -> Reply {
+    caller.tenant()?;
+    let body: SearchRequest = parse_body(&body, DEFAULT_BODY_LIMIT)?;
+    let k = body.k.unwrap_or(10);
+    if !(1..=MAX_K).contains(&k) {
+        return Err(KeelError::BadRequest(format!("k must be between 1 and {MAX_K}")));
+    }
+    if body.query.trim().is_empty() {
+        return Err(KeelError::BadRequest("query must not be empty".into()));
+    }
+    let results = r.search(&caller, &body.query, k).await?;
+    Ok(Json(json!({"results": results, "mode": r.mode()})))
+}
+
+async fn changes(State(r): State<Arc<Retrieval>>, caller: Caller, QueryMap(query): QueryMap) -> Result<ApiResponse, KeelError> {
+    caller.tenant()?;
+    r.changes(&caller, &query).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSettings {
+    freshness_sla_seconds: u64,
+}
+
+async fn put_source(State(r): State<Arc<Retrieval>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
+    caller.tenant()?;
+    caller.require_role(keel_core::auth::ROLE_ADMIN)?;
+    let name = parse_path_id("source", &name)?;
+    let body: SourceSettings = parse_body(&body, DEFAULT_BODY_LIMIT)?;
+    r.set_freshness_sla(&caller, name, body.freshness_sla_seconds).await.map(Json)
+}

@@ -1,0 +1,52 @@
+//! The gateway's routes: grounded answers, chat completions, labels and ranking.
+
+use crate::sse::{self, Reply};
+use crate::{classify, validate_question, AskRequest, Routing};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::Method;
+use axum::{Extension, Json};
+use keel_core::auth::Caller;
+use keel_core::http::{parse_body, RequestId, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::KeelError;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub fn routes() -> Routes<Arc<Routing>> {
+    Routes::new()
+        .route(Method::POST, "/v1/ask", ask)
+        .route(Method::POST, "/v1/chat/completions", chat)
+        .route(Method::POST, "/v1/classify", classify)
+        .route(Method::POST, "/v1/rank", rank)
+}
+
+/// A grounded answer, streamed as server-sent events when the body asks for
+/// `stream: true`. Errors found before the stream starts are plain JSON errors.
+async fn ask(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, body: Bytes) -> Result<Reply, KeelError> {
+    let body: AskRequest = parse_body(&body, DEFAULT_BODY_LIMIT)?;
+    if !body.stream {
+        let out = r.ask(&caller, &body, None).await?;
+        return Ok(Reply::Whole(keel_core::http::ApiResponse::ok(&out)));
+    }
+    validate_question(&body.question)?;
+    Ok(sse::stream(move |events| async move {
+        match r.ask(&caller, &body, Some(&events)).await {
+            Ok(out) => sse::send(&events, Some("done"), &json!(out)),
+            Err(e) => sse::send_error(&events, &e, &id.0),
+        }
+    }))
+}
+
+async fn chat(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, body: Bytes) -> Result<Reply, KeelError> {
+    r.chat_route(caller, &body, id.0).await
+}
+
+async fn classify(State(r): State<Arc<Routing>>, caller: Caller, body: Bytes) -> Result<Json<Value>, KeelError> {
+    let out = r.classify(&caller, &parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
+    Ok(Json(serde_json::to_value(out)?))
+}
+
+async fn rank(State(r): State<Arc<Routing>>, caller: Caller, body: Bytes) -> Result<Json<Value>, KeelError> {
+    let out = r.rank(&caller, &parse_body(&body, classify::RANK_BODY_LIMIT)?).await?;
+    Ok(Json(serde_json::to_value(out)?))
+}

@@ -1,0 +1,87 @@
+//! The tools function's routes: tools, policies and actions.
+
+use crate::{action_view, policy, PolicyInput, Tools};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::Method;
+use axum::Json;
+use keel_core::auth::{Caller, ROLE_ADMIN};
+use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::ids::parse_path_id;
+use keel_core::KeelError;
+use serde_json::Value;
+use std::sync::Arc;
+
+type Reply = Result<Json<Value>, KeelError>;
+
+pub fn routes() -> Routes<Arc<Tools>> {
+    Routes::new()
+        .route(Method::PUT, "/v1/tools/{name}", put_tool)
+        .route(Method::GET, "/v1/tools/{name}", tool)
+        .route(Method::GET, "/v1/policies", policies)
+        .route(Method::PUT, "/v1/policies/{mode}", put_policies)
+        .route(Method::POST, "/v1/actions", propose)
+        .route(Method::GET, "/v1/actions", action_by_key)
+        .route(Method::GET, "/v1/actions/{id}", action)
+        .route(Method::POST, "/v1/actions/{id}/{verb}", act)
+}
+
+async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
+    let tenant = caller.tenant()?;
+    caller.require_role(ROLE_ADMIN)?;
+    let name = parse_path_id("tool", &name)?;
+    let tool = tools.put_tool(tenant, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
+    Ok(Json(serde_json::to_value(tool)?))
+}
+
+async fn tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>) -> Reply {
+    let (tool, _) = tools.tool(caller.tenant()?, &parse_path_id("tool", &name)?).await?;
+    Ok(Json(serde_json::to_value(tool)?))
+}
+
+async fn policies(State(tools): State<Arc<Tools>>, caller: Caller) -> Reply {
+    tools.policy_texts(caller.tenant()?).await.map(Json)
+}
+
+async fn put_policies(State(tools): State<Arc<Tools>>, caller: Caller, Path(mode): Path<String>, body: Bytes) -> Reply {
+    let tenant = caller.tenant()?;
+    if !matches!(mode.as_str(), "enforced" | "shadow") {
+        return Err(KeelError::NotFound(format!("no route for PUT /v1/policies/{mode}")));
+    }
+    caller.require_role(ROLE_ADMIN)?;
+    let input: PolicyInput = parse_body(&body, policy::MAX_POLICY_BYTES + 1024)?;
+    tools.put_policies(tenant, &mode, input.policies).await?;
+    tools.policy_texts(tenant).await.map(Json)
+}
+
+async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, body: Bytes) -> Result<ApiResponse, KeelError> {
+    caller.tenant()?;
+    let (status, action) = tools.propose(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
+    Ok(ApiResponse::json(status, &action_view(&action)))
+}
+
+async fn action_by_key(State(tools): State<Arc<Tools>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
+    let tenant = caller.tenant()?;
+    let key = query.get("idempotency_key").ok_or_else(|| {
+        KeelError::BadRequest("GET /v1/actions needs ?idempotency_key=… (the key the action was proposed with)".into())
+    })?;
+    Ok(Json(action_view(&tools.action_by_key(tenant, key).await?)))
+}
+
+async fn action(State(tools): State<Arc<Tools>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    let (action, _) = tools.action(caller.tenant()?, &parse_path_id("action", &id)?).await?;
+    Ok(Json(action_view(&action)))
+}
+
+/// `approve`, `reject` or `undo` an action.
+async fn act(State(tools): State<Arc<Tools>>, caller: Caller, Path((id, verb)): Path<(String, String)>) -> Reply {
+    caller.tenant()?;
+    let id = parse_path_id("action", &id)?;
+    let action = match verb.as_str() {
+        "approve" => tools.review(&caller, &id, true).await?,
+        "reject" => tools.review(&caller, &id, false).await?,
+        "undo" => tools.undo(&caller, &id).await?,
+        _ => return Err(KeelError::NotFound(format!("no route for POST /v1/actions/{id}/{verb}"))),
+    };
+    Ok(Json(action_view(&action)))
+}
