@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
-cargo build --locked -p keel-local
+cargo build --locked -p keel-emulator
 exec target/debug/keel-local demo --data-dir "${KEEL_DATA_DIR:-.keel}"

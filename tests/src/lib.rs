@@ -4,12 +4,12 @@
 pub mod stub;
 
 use keel_core::config::Config;
-use keel_local::{Stack, StackOptions};
+use keel_emulator::{Stack, StackOptions};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
-pub use keel_local::demo::Client;
+pub use keel_emulator::demo::Client;
 
 pub const ADMIN_KEY: &str = "keel_admin_test_0123456789abcdef";
 

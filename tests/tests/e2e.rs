@@ -21,7 +21,7 @@ async fn demo_walks_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;
     let client = Client::new(stack.url());
-    keel_local::demo::run(&client, ADMIN_KEY, || stack.settle(Duration::from_secs(10))).await.unwrap();
+    keel_emulator::demo::run(&client, ADMIN_KEY, || stack.settle(Duration::from_secs(10))).await.unwrap();
     stack.stop().await;
 }
 
@@ -32,7 +32,7 @@ async fn tenant_a_cannot_reach_tenant_b_through_any_route() {
     let c = Client::new(stack.url());
     let a = tenant(&c, "tenant-a", json!({})).await;
     let b = tenant(&c, "tenant-b", json!({})).await;
-    let connector = keel_local::demo::start_connector().await.unwrap();
+    let connector = keel_emulator::demo::start_connector().await.unwrap();
 
     // B's secrets live in B's documents, tools and actions.
     let (s, _) = c.call("PUT", "/v1/documents/secret", &b.member, Some(json!({"text": "Project zephyr launches in March."}))).await.unwrap();
@@ -121,7 +121,7 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     // Ids that could smuggle key separators are refused.
     assert_eq!(c.call("PUT", "/v1/documents/a%23b", &t.member, Some(json!({"text": "x"}))).await.unwrap().0, 400);
     // Tools: only admins register; schema-invalid args are 422 with the path; key reuse with other args is 409.
-    let connector = keel_local::demo::start_connector().await.unwrap();
+    let connector = keel_emulator::demo::start_connector().await.unwrap();
     assert_eq!(c.call("PUT", "/v1/tools/refund", &t.member, Some(refund_tool(&connector.url))).await.unwrap().0, 403);
     assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund_tool(&connector.url))).await.unwrap().0, 200);
     let propose = |args: Value, key: &str| json!({"tool": "refund", "args": args, "idempotency_key": key});
@@ -145,7 +145,7 @@ async fn kill_switch_drops_actions_to_suggest_only_at_once() {
     let stack = start_stack(dir.path(), config(&[])).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "halt", json!({})).await;
-    let connector = keel_local::demo::start_connector().await.unwrap();
+    let connector = keel_emulator::demo::start_connector().await.unwrap();
     assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund_tool(&connector.url))).await.unwrap().0, 200);
     let propose = |key: &str| json!({"tool": "refund", "args": {"order_id": "1", "amount": 10}, "idempotency_key": key});
     // A high-risk refund waits for an approver.
@@ -293,9 +293,9 @@ async fn an_audit_batch_is_chained_per_tenant_and_each_event_counted_once() {
     use keel_core::chain::{verify_chain, ChainEntry};
     use keel_core::ports::{QueryOptions, QueueMessage};
     let dir = tempfile::tempdir().unwrap();
-    let db = keel_local::sqlite::Db::open(&dir.path().join("t.sqlite3")).unwrap();
-    let table = std::sync::Arc::new(keel_local::sqlite::SqliteTable::new(db));
-    let audit = keel_audit::Audit::new(table.clone(), std::sync::Arc::new(keel_local::blobs::DirBlobs::new(dir.path().join("blobs"))));
+    let db = keel_emulator::store::Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let table = std::sync::Arc::new(keel_emulator::table::SqliteTable::new(db));
+    let audit = keel_audit::Audit::new(table.clone(), std::sync::Arc::new(keel_emulator::blobs::DirBlobs::new(dir.path().join("blobs"))));
     let event = |id: &str, cost: i64| {
         json!({"event_id": id, "decision_id": id, "kind": "chat", "principal": "ann", "at": "2026-11-23T00:00:00Z",
             "usage": {"input_tokens": 10, "output_tokens": 2, "cost_micro_usd": cost, "cache": "miss", "attempts": 1}})

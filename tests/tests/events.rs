@@ -10,8 +10,9 @@ use keel_core::tenants::{put_tenant, Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
 use keel_core::auth::Caller;
 use keel_lambda::{http_request, queue_messages, recognize, Event};
-use keel_local::blobs::DirBlobs;
-use keel_local::sqlite::{Db, SqliteTable};
+use keel_emulator::blobs::DirBlobs;
+use keel_emulator::store::Db;
+use keel_emulator::table::SqliteTable;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ fn every_sample_http_event_is_a_declared_route_with_its_caller() {
         ("AuditFunction", include_str!("../../events/audit/verify.json")),
         ("AuditFunction", include_str!("../../events/audit/export.json")),
     ];
-    let declared = keel_local::declared_routes();
+    let declared = keel_emulator::declared_routes();
     for (function, src) in http {
         let sample = json(src);
         let (req, from_url) = http_request(sample.clone()).unwrap();

@@ -6,7 +6,7 @@
 //! cache, budgets under concurrency, retries, fallbacks and breakers,
 //! degraded modes, the kill switch, streaming and the OpenAI-compatible route.
 
-use keel_local::Stack;
+use keel_emulator::Stack;
 use keel_tests::stub::{Behavior, StubModels};
 use keel_tests::{config, start_stack, tenant, Client, Tenant, ADMIN_KEY};
 use serde_json::{json, Value};

@@ -73,7 +73,7 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
-async fn setup() -> (tempfile::TempDir, keel_local::Stack, Client, Tenant) {
+async fn setup() -> (tempfile::TempDir, keel_emulator::Stack, Client, Tenant) {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;
     let c = Client::new(stack.url());

@@ -6,7 +6,7 @@
 //! changes feed, PII, and idempotent batched ingest.
 
 use keel_core::ports::{QueueName, Table, WorkQueue};
-use keel_local::blobs::DirBlobs;
+use keel_emulator::blobs::DirBlobs;
 use keel_retrieval::Retrieval;
 use keel_tests::{config, start_stack, tenant, Client};
 use serde_json::{json, Value};

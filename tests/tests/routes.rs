@@ -28,7 +28,7 @@ fn template_routes() -> BTreeSet<(String, String, String)> {
 #[test]
 fn the_routes_the_functions_serve_are_the_routes_the_template_declares() {
     let served: BTreeSet<(String, String, String)> =
-        keel_local::declared_routes().into_iter().map(|(f, m, p)| (f.to_string(), m, p)).collect();
+        keel_emulator::declared_routes().into_iter().map(|(f, m, p)| (f.to_string(), m, p)).collect();
     let declared = template_routes();
     assert!(declared.len() > 20, "the template scan found too few routes: {declared:?}");
     let only_served: Vec<_> = served.difference(&declared).collect();

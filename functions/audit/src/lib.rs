@@ -22,12 +22,10 @@ use std::sync::Arc;
 const ARCHIVE_BLOCK: usize = 1_000;
 /// Attempts to win the next sequence number against concurrent appenders.
 const APPEND_ATTEMPTS: usize = 20;
-/// Events of one tenant appended in one write at most: two items each plus
-/// the usage counters stay well inside a DynamoDB transaction's 100. Five,
-/// not ten: on the local stack a group write holds the one connection, and
-/// a request arriving meanwhile waits for it; half the group, half the wait
-/// (README, gateway benchmarks).
-const GROUP_EVENTS: usize = 5;
+/// Events of one tenant appended in one write at most: a whole SQS batch,
+/// whose two items per event and usage counters stay well inside a
+/// DynamoDB transaction's 100 items.
+const GROUP_EVENTS: usize = 10;
 
 pub struct Audit {
     table: Arc<dyn Table>,

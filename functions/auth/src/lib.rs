@@ -127,9 +127,9 @@ impl Auth {
         let minute = now_secs() / 60;
         let (sk, expires_at) = (format!("RATE#{minute}"), Some((minute + 2) * 60));
         let result =
-            self.table.increment_without_result(&tenant.id.pk(), &sk, 1, Some(tenant.rate_limit_per_minute), expires_at).await;
+            self.table.increment(&tenant.id.pk(), &sk, 1, Some(tenant.rate_limit_per_minute), expires_at).await;
         match result {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed) => Ok(false),
             Err(e) => Err(e.into()),
         }

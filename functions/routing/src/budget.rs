@@ -55,8 +55,8 @@ pub async fn reserve(
     }
     let mut held = Reservation { pk: tenant.pk(), counters: vec![], micro_usd };
     for (sk, scope, limit_usd) in limits {
-        match table.increment_without_result(&held.pk, &sk, micro_usd, Some(micro(limit_usd)), None).await {
-            Ok(()) => held.counters.push(sk),
+        match table.increment(&held.pk, &sk, micro_usd, Some(micro(limit_usd)), None).await {
+            Ok(_) => held.counters.push(sk),
             Err(e) => {
                 release(table, &held).await;
                 return Err(match e {
@@ -74,7 +74,7 @@ pub async fn settle(table: &dyn Table, held: &Reservation, actual_micro_usd: i64
     let delta = actual_micro_usd - held.micro_usd;
     if delta != 0 {
         for sk in &held.counters {
-            table.increment_without_result(&held.pk, sk, delta, None, None).await?;
+            table.increment(&held.pk, sk, delta, None, None).await?;
         }
     }
     Ok(())

@@ -101,18 +101,6 @@ pub trait Table: Send + Sync {
         max: Option<i64>,
         expires_at: Option<i64>,
     ) -> Result<i64, StoreError>;
-    /// `increment` for callers that need only whether it succeeded (a rate
-    /// limit, a budget step): a store may then skip reading the new value back.
-    async fn increment_without_result(
-        &self,
-        pk: &str,
-        sk: &str,
-        by: i64,
-        max: Option<i64>,
-        expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.increment(pk, sk, by, max, expires_at).await.map(drop)
-    }
 }
 
 /// The blob store (S3 in AWS, a directory locally). Keys begin `tenants/<tenant>/`.

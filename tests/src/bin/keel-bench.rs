@@ -31,7 +31,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_local::Stack;
+use keel_emulator::Stack;
 use keel_tests::stub::{Behavior, StubModels};
 use keel_tests::{config, percentile, start_stack, tenant, Client};
 use serde_json::json;

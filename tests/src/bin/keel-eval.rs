@@ -19,8 +19,8 @@
 use keel_core::auth::Caller;
 use keel_core::ports::{QueueName, WorkQueue};
 use keel_core::TenantId;
-use keel_local::demo::Client;
-use keel_local::Stack;
+use keel_emulator::demo::Client;
+use keel_emulator::Stack;
 use keel_tests::percentile;
 use keel_retrieval::analyzer::term_frequencies;
 use keel_retrieval::pii::{detect, PiiKind};

@@ -3,7 +3,7 @@
 use keel_core::config::Config;
 use keel_core::ports::QueueName;
 use keel_core::KeelError;
-use keel_local::{demo, Stack, StackOptions};
+use keel_emulator::{demo, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,8 +68,8 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
                 .into_iter()
                 .find(|q| q.as_str() == name)
                 .ok_or_else(|| KeelError::BadRequest(format!("no queue {name:?}\n{USAGE}")))?;
-            let db = keel_local::sqlite::Db::open(&data_dir.join("keel.sqlite3"))?;
-            let moved = keel_local::sqlite::SqliteQueue::new(db, Duration::from_secs(5), 3).redrive(queue)?;
+            let db = keel_emulator::store::Db::open(&data_dir.join("keel.sqlite3"))?;
+            let moved = keel_emulator::queue::SqliteQueue::new(db, Duration::from_secs(5), 3).redrive(queue)?;
             println!("moved {moved} dead letter(s) back to the {name} queue; the next `keel-local serve` processes them");
             Ok(())
         }

@@ -1,35 +1,28 @@
-//! The local stack: wiring, HTTP server and queue drainers.
+//! The local stack: wiring, the HTTP server and the queue consumers.
 
+use crate::api::Functions;
 use crate::asl::{LocalSaga, TaskFailure, TaskRunner};
 use crate::blobs::DirBlobs;
-use crate::sqlite::{Db, SqliteQueue, SqliteTable};
+use crate::queue::SqliteQueue;
+use crate::store::Db;
+use crate::table::SqliteTable;
 use async_trait::async_trait;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{Request, Response};
-use axum::middleware::from_fn_with_state;
 use keel_audit::Audit;
 use keel_auth::Auth;
 use keel_core::config::Config;
-use keel_auth::edge::authenticate;
-use keel_core::http::{api, error_response, RequestId};
 use keel_core::ports::{QueueName, WorkQueue};
+use keel_core::tenants::TenantCache;
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
 use keel_routing::providers::hosted_models;
 use keel_routing::{Routing, RoutingOptions};
-use keel_core::tenants::TenantCache;
 use keel_tools::{StepInput, Tools, ToolsOptions};
 use serde_json::Value;
-use tower::ServiceExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// The largest request body the local API reads (API Gateway's own limit is 10 MB).
-const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
 
 pub struct StackOptions {
     pub data_dir: PathBuf,
@@ -45,22 +38,7 @@ pub struct StackOptions {
     pub tools: ToolsOptions,
 }
 
-struct Services {
-    /// Each request's polls commit together (`Db::commit_per_poll`).
-    db: Db,
-    auth: Arc<Auth>,
-    retrieval: Arc<Retrieval>,
-    routing: Arc<Routing>,
-    tools: Arc<Tools>,
-    audit: Arc<Audit>,
-}
 
-/// The local API: every function's routes, each request run as one
-/// (`Db::spawn_request`).
-struct Edge {
-    db: Db,
-    api: axum::Router,
-}
 
 pub struct Stack {
     pub addr: SocketAddr,
@@ -72,7 +50,7 @@ pub struct Stack {
     saga: LocalSaga,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
-    consumers: std::thread::JoinHandle<()>,
+    consumers: tokio::task::JoinSet<()>,
 }
 
 /// The tools function, as the saga's Lambda task. Weak, because the tools
@@ -105,7 +83,7 @@ impl Stack {
         let table = Arc::new(SqliteTable::new(db.clone()));
         let blobs = Arc::new(DirBlobs::new(options.data_dir.join("blobs")));
         let queue = Arc::new(SqliteQueue::new(db.clone(), options.queue_visibility, options.max_receives));
-        let definition: Value = serde_json::from_str(include_str!("../../statemachines/action.asl.json"))?;
+        let definition: Value = serde_json::from_str(include_str!("../../infra/statemachines/action.asl.json"))?;
         let saga = LocalSaga::new(db.clone(), definition, options.retry_interval_scale);
         let config = Arc::new(options.config);
 
@@ -119,7 +97,7 @@ impl Stack {
         // One tenant cache for the whole process: a kill switch or suspension
         // set through the admin API reaches the gateway at once.
         let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
-        let services = Arc::new(Services {
+        let functions = Arc::new(Functions {
             auth: Arc::new(Auth::new(table.clone(), config.clone(), tenants.clone())),
             routing: Arc::new(Routing::new(
                 retrieval.clone(),
@@ -132,35 +110,17 @@ impl Stack {
             retrieval: retrieval.clone(),
             tools,
             audit: Arc::new(Audit::new(table.clone(), blobs)),
-            db,
         });
 
         let (shutdown, stopped) = watch::channel(false);
-        // The queue consumers get a thread and runtime of their own, as they
-        // are functions of their own in AWS, at the lowest priority: a batch
-        // they work through waits for idle CPU instead of holding up requests.
-        let (store, consumer_services, stop_consumers) = (queue.clone(), services.clone(), stopped.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io)?;
-        let consumers = std::thread::Builder::new()
-            .name("keel-queues".into())
-            .spawn(move || {
-                if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
-                    tracing::warn!(error = ?e, "queue consumers run at normal priority");
-                }
-                crate::sqlite::never_hold_the_connection_here();
-                runtime.block_on(async move {
-                    let mut drains = tokio::task::JoinSet::new();
-                    for q in QueueName::ALL {
-                        drains.spawn(drain(q, store.clone(), consumer_services.clone(), stop_consumers.clone()));
-                    }
-                    drains.join_all().await;
-                })
-            })
-            .map_err(io)?;
+        // Each queue's consumer, as its event source mapping runs its function in AWS.
+        let mut consumers = tokio::task::JoinSet::new();
+        for q in QueueName::ALL {
+            consumers.spawn(drain(q, queue.clone(), functions.clone(), stopped.clone()));
+        }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        let edge = Arc::new(Edge { db: services.db.clone(), api: local_api(&services) });
-        let app = axum::Router::new().fallback(serve_http).with_state(edge);
+        let app = crate::api::router(&functions);
         let mut stop = stopped.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {
@@ -196,8 +156,7 @@ impl Stack {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
-        let consumers = self.consumers;
-        let _ = tokio::task::spawn_blocking(move || consumers.join()).await;
+        self.consumers.join_all().await;
         self.saga.stop().await;
     }
 
@@ -218,7 +177,7 @@ const BATCHING_WINDOW: Duration = Duration::from_millis(20);
 
 /// Feeds one queue to its consumer, acking what succeeded; failures come back
 /// after the visibility timeout and go dead past `max_receives`.
-async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
+async fn drain(queue: QueueName, store: Arc<SqliteQueue>, functions: Arc<Functions>, mut stopped: watch::Receiver<bool>) {
     loop {
         if *stopped.borrow() {
             return;
@@ -232,9 +191,9 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
         };
         if !batch.is_empty() {
             let failed = match queue {
-                QueueName::Ingest => services.retrieval.ingest(&batch).await,
-                QueueName::Audit => services.audit.consume(&batch).await,
-                QueueName::Actions => services.tools.consume(&batch).await,
+                QueueName::Ingest => functions.retrieval.ingest(&batch).await,
+                QueueName::Audit => functions.audit.consume(&batch).await,
+                QueueName::Actions => functions.tools.consume(&batch).await,
             };
             let done: Vec<String> = batch.iter().filter(|m| !failed.contains(&m.message_id)).map(|m| m.receipt.clone()).collect();
             if !done.is_empty() {
@@ -252,48 +211,3 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, services: Arc<Services
     }
 }
 
-/// The routes every function declares, served as one API behind the
-/// authorizer, as API Gateway serves them in AWS.
-fn local_api(services: &Services) -> axum::Router {
-    let routes = axum::Router::new()
-        .merge(keel_auth::routes::routes().with_state(services.auth.clone()))
-        .merge(keel_retrieval::routes::routes().with_state(services.retrieval.clone()))
-        .merge(keel_routing::routes::routes().with_state(services.routing.clone()))
-        .merge(keel_tools::routes::routes().with_state(services.tools.clone()))
-        .merge(keel_audit::routes::routes().with_state(services.audit.clone()));
-    api(routes).layer(from_fn_with_state(services.auth.clone(), authenticate))
-}
-
-/// Every function's declared routes, `(function, method, path)`: what the
-/// local stack serves, and what `template.yaml` must route in AWS.
-pub fn declared_routes() -> Vec<(&'static str, String, String)> {
-    let named = |function: &'static str, routes: Vec<(String, String)>| routes.into_iter().map(move |(m, p)| (function, m, p));
-    named("AuthFunction", keel_auth::routes::routes().declared())
-        .chain(named("RetrievalFunction", keel_retrieval::routes::routes().declared()))
-        .chain(named("RoutingFunction", keel_routing::routes::routes().declared()))
-        .chain(named("ToolsFunction", keel_tools::routes::routes().declared()))
-        .chain(named("AuditFunction", keel_audit::routes::routes().declared()))
-        .collect()
-}
-
-/// A request runs to its end even if its caller hangs up, as a Lambda
-/// invocation does: a model call already paid for still has its budget
-/// reservation settled and its decision recorded.
-async fn serve_http(State(edge): State<Arc<Edge>>, request: Request<Body>) -> Response<Body> {
-    let request_id = RequestId::new();
-    let (mut parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = KeelError::PayloadTooLarge(format!("request body exceeds {MAX_REQUEST_BYTES} bytes"));
-            return error_response(&e, &request_id.0);
-        }
-    };
-    parts.extensions.insert(request_id.clone());
-    let request = Request::from_parts(parts, Body::from(body));
-    match edge.db.spawn_request(edge.api.clone().oneshot(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(e) => error_response(&KeelError::Internal(format!("request handler failed: {e}")), &request_id.0),
-    }
-}

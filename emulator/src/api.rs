@@ -1,0 +1,76 @@
+//! The local HTTP API: every function's declared routes merged behind the
+//! authorizer, as API Gateway serves them in AWS.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Request, Response};
+use axum::middleware::from_fn_with_state;
+use axum::Router;
+use keel_auth::edge::authenticate;
+use keel_auth::Auth;
+use keel_audit::Audit;
+use keel_core::http::{api, error_response, RequestId};
+use keel_core::KeelError;
+use keel_retrieval::Retrieval;
+use keel_routing::Routing;
+use keel_tools::Tools;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// The largest request body the local API reads (API Gateway's own limit is 10 MB).
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+
+/// The functions whose routes the local API serves.
+pub struct Functions {
+    pub auth: Arc<Auth>,
+    pub retrieval: Arc<Retrieval>,
+    pub routing: Arc<Routing>,
+    pub tools: Arc<Tools>,
+    pub audit: Arc<Audit>,
+}
+
+/// The local API, ready to serve: each request runs as a task of its own.
+pub fn router(functions: &Functions) -> Router {
+    let routes = Router::new()
+        .merge(keel_auth::routes::routes().with_state(functions.auth.clone()))
+        .merge(keel_retrieval::routes::routes().with_state(functions.retrieval.clone()))
+        .merge(keel_routing::routes::routes().with_state(functions.routing.clone()))
+        .merge(keel_tools::routes::routes().with_state(functions.tools.clone()))
+        .merge(keel_audit::routes::routes().with_state(functions.audit.clone()));
+    let api = api(routes).layer(from_fn_with_state(functions.auth.clone(), authenticate));
+    Router::new().fallback(serve).with_state(api)
+}
+
+/// Every function's declared routes, `(function, method, path)`: what the
+/// local API serves, and what `template.yaml` must route in AWS.
+pub fn declared_routes() -> Vec<(&'static str, String, String)> {
+    let named = |function: &'static str, routes: Vec<(String, String)>| routes.into_iter().map(move |(m, p)| (function, m, p));
+    named("AuthFunction", keel_auth::routes::routes().declared())
+        .chain(named("RetrievalFunction", keel_retrieval::routes::routes().declared()))
+        .chain(named("RoutingFunction", keel_routing::routes::routes().declared()))
+        .chain(named("ToolsFunction", keel_tools::routes::routes().declared()))
+        .chain(named("AuditFunction", keel_audit::routes::routes().declared()))
+        .collect()
+}
+
+/// A request runs to its end even if its caller hangs up, as a Lambda
+/// invocation does: a model call already paid for still has its budget
+/// reservation settled and its decision recorded.
+async fn serve(State(api): State<Router>, request: Request<Body>) -> Response<Body> {
+    let request_id = RequestId::new();
+    let (mut parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = KeelError::PayloadTooLarge(format!("request body exceeds {MAX_REQUEST_BYTES} bytes"));
+            return error_response(&e, &request_id.0);
+        }
+    };
+    parts.extensions.insert(request_id.clone());
+    let request = Request::from_parts(parts, Body::from(body));
+    match tokio::spawn(api.oneshot(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(e) => error_response(&KeelError::Internal(format!("request handler failed: {e}")), &request_id.0),
+    }
+}
