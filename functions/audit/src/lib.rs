@@ -11,7 +11,7 @@ use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Add, BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
-use keel_core::models::spend_sk;
+use keel_core::keys;
 use keel_core::tenants::get_tenant;
 use keel_core::time::{current_month, now_rfc3339};
 use keel_core::{KeelError, StoreError};
@@ -32,13 +32,6 @@ pub struct Audit {
     blobs: Arc<dyn BlobStore>,
 }
 
-fn entry_sk(seq: u64) -> String {
-    format!("AUDIT#{seq:012}")
-}
-
-fn pointer_sk(decision_id: &str, event_id: &str) -> String {
-    format!("DECISION#{decision_id}#{event_id}")
-}
 
 /// What a gateway decision adds to its tenant's usage counters this month.
 fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
@@ -59,7 +52,7 @@ fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
     counters
         .into_iter()
         .filter(|(_, by)| *by != 0)
-        .map(|(name, by)| Add { pk: tenant.pk(), sk: format!("USAGE#{month}#{name}"), by })
+        .map(|(name, by)| Add { pk: tenant.pk(), sk: keys::usage(&month, &name), by })
         .collect()
 }
 
@@ -115,7 +108,7 @@ impl Audit {
     /// event lands, so a replayed event (not appended again) is not counted
     /// twice, and a failed append counts nothing until its retry.
     pub async fn append(&self, tenant: &TenantId, event: DecisionEvent) -> Result<Option<u64>, KeelError> {
-        let pointer = pointer_sk(&event.decision_id, &event.event_id);
+        let pointer = keys::decision_pointer(&event.decision_id, &event.event_id);
         for _ in 0..APPEND_ATTEMPTS {
             if self.table.get(&tenant.pk(), &pointer).await?.is_some() {
                 return Ok(None);
@@ -140,8 +133,8 @@ impl Audit {
         let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
         for &event in events {
             let entry = next_entry(prev.as_ref(), now_rfc3339(), event.clone());
-            writes.push(new(entry_sk(entry.seq), serde_json::to_value(&entry)?));
-            writes.push(new(pointer_sk(&event.decision_id, &event.event_id), json!({"seq": entry.seq})));
+            writes.push(new(keys::audit_entry(entry.seq), serde_json::to_value(&entry)?));
+            writes.push(new(keys::decision_pointer(&event.decision_id, &event.event_id), json!({"seq": entry.seq})));
             // One addition per counter: a transaction may touch an item once.
             for add in usage_counters(tenant, event) {
                 match adds.iter_mut().find(|a| a.sk == add.sk) {
@@ -161,13 +154,13 @@ impl Audit {
     async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
         let last = self
             .table
-            .query(&tenant.pk(), "AUDIT#", QueryOptions { limit: Some(1), descending: true, ..Default::default() })
+            .query(&tenant.pk(), keys::AUDIT_ENTRIES, QueryOptions { limit: Some(1), descending: true, ..Default::default() })
             .await?;
         last.into_iter().next().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).transpose()
     }
 
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<ChainEntry>, KeelError> {
-        let items = self.table.query(&tenant.pk(), "AUDIT#", QueryOptions::default()).await?;
+        let items = self.table.query(&tenant.pk(), keys::AUDIT_ENTRIES, QueryOptions::default()).await?;
         items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
     }
 
@@ -175,12 +168,12 @@ impl Audit {
     /// only their own (they made its first event), and 404 for the rest.
     pub(crate) async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
-        let pointers = self.table.query(&tenant.pk(), &format!("DECISION#{id}#"), QueryOptions::default()).await?;
+        let pointers = self.table.query(&tenant.pk(), &keys::decision_pointers(id), QueryOptions::default()).await?;
         let mut seqs: Vec<u64> = pointers.iter().filter_map(|p| p.data["seq"].as_u64()).collect();
         seqs.sort_unstable();
         let mut events = Vec::new();
         for seq in seqs {
-            if let Some(item) = self.table.get(&tenant.pk(), &entry_sk(seq)).await? {
+            if let Some(item) = self.table.get(&tenant.pk(), &keys::audit_entry(seq)).await? {
                 events.push(serde_json::from_value::<ChainEntry>(item.data)?);
             }
         }
@@ -196,7 +189,7 @@ impl Audit {
     pub(crate) async fn verify(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let entries = self.entries(tenant).await?;
         let mut problems = verify_chain(&entries);
-        let pointers = self.table.query(&tenant.pk(), "DECISION#", QueryOptions::default()).await?;
+        let pointers = self.table.query(&tenant.pk(), keys::DECISION_POINTERS, QueryOptions::default()).await?;
         for p in pointers {
             let seq = p.data["seq"].as_u64().unwrap_or(0);
             let event_id = p.sk.rsplit('#').next().unwrap_or("");
@@ -236,7 +229,7 @@ impl Audit {
     /// once (`tenants/<t>/audit/archive/<first seq>.jsonl`): the archive grows
     /// with the chain, however often it is exported.
     async fn archive(&self, tenant: &TenantId, entries: &[ChainEntry]) -> Result<(), KeelError> {
-        let prefix = tenant.blob_key("audit/archive/");
+        let prefix = keys::audit_archive(tenant);
         let archived: std::collections::HashSet<String> = self.blobs.list(&prefix).await?.into_iter().collect();
         for block in entries.chunks_exact(ARCHIVE_BLOCK) {
             let key = format!("{prefix}{:012}.jsonl", block[0].seq);
@@ -255,7 +248,7 @@ impl Audit {
 
     pub(crate) async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let month = current_month();
-        let items = self.table.query(&tenant.pk(), &format!("USAGE#{month}#"), QueryOptions::default()).await?;
+        let items = self.table.query(&tenant.pk(), &keys::usage_prefix(&month), QueryOptions::default()).await?;
         let mut usage = serde_json::Map::new();
         for item in items {
             if let Some(name) = item.sk.rsplit('#').next() {
@@ -274,7 +267,7 @@ impl Audit {
     async fn budget(&self, tenant: &TenantId, month: &str) -> Result<Value, KeelError> {
         let budgets = get_tenant(self.table.as_ref(), tenant).await?.map(|(t, _)| t.budgets).unwrap_or_default();
         let spent = |wf: Option<String>| async move {
-            let item = self.table.get(&tenant.pk(), &spend_sk(month, wf.as_deref())).await?;
+            let item = self.table.get(&tenant.pk(), &keys::spend(month, wf.as_deref())).await?;
             Ok::<f64, KeelError>(item.map(|i| i.counter).unwrap_or(0) as f64 / 1e6)
         };
         let total = spent(None).await?;

@@ -125,7 +125,7 @@ impl Auth {
     /// One atomic counter per tenant and minute; `false` once it passes the limit.
     async fn within_rate_limit(&self, tenant: &Tenant) -> Result<bool, KeelError> {
         let minute = now_secs() / 60;
-        let (sk, expires_at) = (format!("RATE#{minute}"), Some((minute + 2) * 60));
+        let (sk, expires_at) = (keel_core::keys::rate(minute), Some((minute + 2) * 60));
         let result =
             self.table.increment(&tenant.id.pk(), &sk, 1, Some(tenant.rate_limit_per_minute), expires_at).await;
         match result {

@@ -23,6 +23,7 @@ pub use index::Tuning;
 pub use ingest::DocumentChange;
 
 use index::TenantIndex;
+use keel_core::keys;
 use keel_core::auth::Caller;
 use keel_core::chunking::{chunk_document, Anchor};
 use keel_core::http::ApiResponse;
@@ -146,13 +147,6 @@ pub struct Retrieval {
     cache: Mutex<IndexCache>,
 }
 
-fn doc_sk(doc_id: &str) -> String {
-    format!("DOC#{doc_id}")
-}
-
-fn source_key(tenant: &TenantId, doc_id: &str) -> String {
-    tenant.blob_key(&format!("documents/{doc_id}.json"))
-}
 
 /// Change-feed keys sort by time: fixed-width UTC microseconds.
 fn change_time(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -213,7 +207,7 @@ impl Retrieval {
     }
 
     pub(crate) async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
-        match self.table.get(&tenant.pk(), &doc_sk(doc_id)).await? {
+        match self.table.get(&tenant.pk(), &keys::document(doc_id)).await? {
             Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
             None => Ok(None),
         }
@@ -290,7 +284,7 @@ impl Retrieval {
         segment.deleted_docs = deletes.keys().cloned().collect();
         segment.deleted_docs.sort();
         for d in &docs {
-            self.blobs.put(&source_key(tenant, &d.record.doc_id), serde_json::to_vec(&d.source)?).await?;
+            self.blobs.put(&keys::document_source(tenant, &d.record.doc_id), serde_json::to_vec(&d.source)?).await?;
         }
         self.commit_segment(tenant, &segment).await?;
 
@@ -298,7 +292,7 @@ impl Retrieval {
         for d in &docs {
             let write = Write {
                 pk: tenant.pk(),
-                sk: doc_sk(&d.record.doc_id),
+                sk: keys::document(&d.record.doc_id),
                 data: serde_json::to_value(&d.record)?,
                 expires_at: None,
                 condition: Condition::Always,
@@ -308,8 +302,8 @@ impl Retrieval {
         }
         for (doc_id, existing) in &deletes {
             if let Some(record) = existing {
-                self.table.delete(&tenant.pk(), &doc_sk(doc_id)).await?;
-                self.blobs.delete(&source_key(tenant, doc_id)).await?;
+                self.table.delete(&tenant.pk(), &keys::document(doc_id)).await?;
+                self.blobs.delete(&keys::document_source(tenant, doc_id)).await?;
                 self.record_change(tenant, doc_id, "delete", now, &record.acl_groups).await?;
             }
         }
@@ -428,7 +422,7 @@ impl Retrieval {
         self.table
             .put(Write {
                 pk: tenant.pk(),
-                sk: format!("CHANGE#{at}#{doc_id}"),
+                sk: keys::change(&at, doc_id),
                 data: serde_json::to_value(&record)?,
                 expires_at: Some(keel_core::time::now_secs() + CHANGE_TTL_SECS),
                 condition: Condition::Always,
@@ -450,12 +444,12 @@ impl Retrieval {
         };
         let after = match (query.get("cursor"), query.get("since")) {
             (Some(cursor), _) => self.open_cursor(caller, cursor).await?,
-            (None, Some(since)) => format!("CHANGE#{}#\u{10FFFF}", change_time(parse_time("since", since)?)),
+            (None, Some(since)) => keys::changes_after(&change_time(parse_time("since", since)?)),
             (None, None) => return Err(KeelError::BadRequest("give since (RFC 3339) or cursor".into())),
         };
         let items = self
             .table
-            .query(&tenant.pk(), "CHANGE#", QueryOptions { limit: Some(limit), after: Some(after), ..Default::default() })
+            .query(&tenant.pk(), keys::CHANGES, QueryOptions { limit: Some(limit), after: Some(after), ..Default::default() })
             .await?;
         let cursor = match items.last() {
             Some(last) => Some(self.seal_cursor(caller, &last.sk).await?),
@@ -479,7 +473,7 @@ impl Retrieval {
         let token = new_token("cur");
         let write = Write {
             pk: caller.tenant()?.pk(),
-            sk: format!("CURSOR#{token}"),
+            sk: keys::feed_cursor(&token),
             data: json!({"after": after, "principal": caller.principal}),
             expires_at: Some(keel_core::time::now_secs() + CURSOR_TTL_SECS),
             condition: Condition::NotExists,
@@ -492,7 +486,7 @@ impl Retrieval {
     async fn open_cursor(&self, caller: &Caller, token: &str) -> Result<String, KeelError> {
         let refused = || KeelError::BadRequest("cursor is not one this feed returned to you, or it expired; start again with since".into());
         let token = parse_path_id("cursor", token).map_err(|_| refused())?;
-        let item = self.table.get(&caller.tenant()?.pk(), &format!("CURSOR#{token}")).await?.ok_or_else(refused)?;
+        let item = self.table.get(&caller.tenant()?.pk(), &keys::feed_cursor(&token)).await?.ok_or_else(refused)?;
         if item.data["principal"].as_str() != Some(caller.principal.as_str()) {
             return Err(refused());
         }

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Sort key of the manifest item.
-pub const MANIFEST_SK: &str = "INDEX";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct IndexManifest {
@@ -35,7 +34,7 @@ pub struct SegmentRef {
 
 impl IndexManifest {
     pub fn segment_key(tenant: &TenantId, id: &str) -> String {
-        tenant.blob_key(&format!("index/{id}.seg"))
+        keel_core::keys::index_segment(tenant, id)
     }
 
     /// The run of adjacent segments to merge when there are more than

@@ -3,7 +3,8 @@
 //! holds), and size-tiered compaction.
 
 use crate::index::TenantIndex;
-use crate::manifest::{IndexManifest, SegmentRef, MANIFEST_SK};
+use crate::manifest::{IndexManifest, SegmentRef};
+use keel_core::keys;
 use crate::segment::{decisive, LoadedSegment, SegmentData};
 use crate::Retrieval;
 use keel_core::ids::{new_id, TenantId};
@@ -18,7 +19,7 @@ const COMMIT_ATTEMPTS: usize = 50;
 
 impl Retrieval {
     pub(crate) async fn read_manifest(&self, tenant: &TenantId) -> Result<(IndexManifest, Option<u64>), KeelError> {
-        match self.table.get(&tenant.pk(), MANIFEST_SK).await? {
+        match self.table.get(&tenant.pk(), keys::INDEX_MANIFEST).await? {
             Some(item) => Ok((serde_json::from_value(item.data)?, Some(item.version))),
             None => Ok((IndexManifest::default(), None)),
         }
@@ -37,7 +38,7 @@ impl Retrieval {
                 return Ok(None);
             }
             let condition = version.map_or(Condition::NotExists, Condition::Version);
-            let write = Write { pk: tenant.pk(), sk: MANIFEST_SK.into(), data: serde_json::to_value(&manifest)?, expires_at: None, condition };
+            let write = Write { pk: tenant.pk(), sk: keys::INDEX_MANIFEST.into(), data: serde_json::to_value(&manifest)?, expires_at: None, condition };
             match self.table.put(write).await {
                 Ok(v) => return Ok(Some(v)),
                 Err(StoreError::ConditionFailed) => continue,

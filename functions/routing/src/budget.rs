@@ -5,7 +5,7 @@
 //! to the real cost.
 
 use keel_core::ids::TenantId;
-use keel_core::models::{spend_sk, Budgets};
+use keel_core::models::Budgets;
 use keel_core::ports::Table;
 use keel_core::time::current_month;
 use keel_core::{KeelError, StoreError};
@@ -48,10 +48,10 @@ pub async fn reserve(
     let month = current_month();
     let mut limits = Vec::new();
     if let Some(l) = budgets.monthly_usd {
-        limits.push((spend_sk(&month, None), "the tenant's monthly budget".to_string(), l));
+        limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), l));
     }
     if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
-        limits.push((spend_sk(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
+        limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
     }
     let mut held = Reservation { pk: tenant.pk(), counters: vec![], micro_usd };
     for (sk, scope, limit_usd) in limits {

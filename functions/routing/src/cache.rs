@@ -22,12 +22,9 @@ pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-fn sk(key: &str) -> String {
-    format!("CACHE#{key}")
-}
 
 pub async fn get<T: DeserializeOwned>(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<T>, KeelError> {
-    match table.get(&tenant.pk(), &sk(key)).await? {
+    match table.get(&tenant.pk(), &keel_core::keys::answer_cache(key)).await? {
         Some(item) => Ok(serde_json::from_value(item.data).ok()),
         None => Ok(None),
     }
@@ -37,7 +34,7 @@ pub async fn put<T: Serialize>(table: &dyn Table, tenant: &TenantId, key: &str, 
     table
         .put(Write {
             pk: tenant.pk(),
-            sk: sk(key),
+            sk: keel_core::keys::answer_cache(key),
             data: serde_json::to_value(value)?,
             expires_at: Some(now_secs().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
             condition: Condition::Always,

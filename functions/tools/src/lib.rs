@@ -17,6 +17,7 @@ mod schema_cost;
 mod steps;
 
 use connector::Connectors;
+use keel_core::keys;
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent};
 use keel_core::config::Config;
@@ -251,22 +252,6 @@ pub struct Tools {
     approval_timeout_secs: u64,
 }
 
-fn tool_sk(name: &str) -> String {
-    format!("TOOL#{name}")
-}
-fn tool_version_sk(name: &str, version: u64) -> String {
-    format!("TOOLVERSION#{name}#{version:010}")
-}
-fn action_sk(id: &str) -> String {
-    format!("ACTION#{id}")
-}
-fn idempotency_sk(key: &str) -> String {
-    format!("IDEM#{key}")
-}
-const POLICY_PREFIX: &str = "POLICY#";
-fn daily_sk(tool: &str, day: &str, what: &str) -> String {
-    format!("DAILY#{tool}#{day}#{what}")
-}
 
 impl Tools {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
@@ -322,33 +307,33 @@ impl Tools {
         let condition = existing.map_or(Condition::NotExists, |(_, v)| Condition::Version(v));
         let data = serde_json::to_value(&tool)?;
         // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
-        let version = Write { pk: tenant.pk(), sk: tool_version_sk(name, tool.version), data: data.clone(), expires_at: None, condition: Condition::NotExists };
-        let latest = Write { pk: tenant.pk(), sk: tool_sk(name), data, expires_at: None, condition };
+        let version = Write { pk: tenant.pk(), sk: keys::tool_version(name, tool.version), data: data.clone(), expires_at: None, condition: Condition::NotExists };
+        let latest = Write { pk: tenant.pk(), sk: keys::tool(name), data, expires_at: None, condition };
         self.table.put_all(vec![latest, version]).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
         Ok(tool)
     }
 
     /// The tool as it was when the action was proposed.
     async fn tool_at(&self, tenant: &TenantId, name: &str, version: u64) -> Result<Tool, KeelError> {
-        let item = self.table.get(&tenant.pk(), &tool_version_sk(name, version)).await?;
+        let item = self.table.get(&tenant.pk(), &keys::tool_version(name, version)).await?;
         let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} v{version} is not registered")))?;
         Ok(serde_json::from_value(item.data)?)
     }
 
     pub(crate) async fn tool(&self, tenant: &TenantId, name: &str) -> Result<(Tool, u64), KeelError> {
-        let item = self.table.get(&tenant.pk(), &tool_sk(name)).await?;
+        let item = self.table.get(&tenant.pk(), &keys::tool(name)).await?;
         let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} is not registered")))?;
         Ok((serde_json::from_value(item.data)?, item.version))
     }
 
     pub(crate) async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {
-        let item = self.table.get(&tenant.pk(), &action_sk(id)).await?;
+        let item = self.table.get(&tenant.pk(), &keys::action(id)).await?;
         let item = item.ok_or_else(|| KeelError::NotFound(format!("action {id} not found")))?;
         Ok((serde_json::from_value(item.data)?, item.version))
     }
 
     pub(crate) async fn action_by_key(&self, tenant: &TenantId, key: &str) -> Result<Action, KeelError> {
-        let record = self.table.get(&tenant.pk(), &idempotency_sk(key)).await?;
+        let record = self.table.get(&tenant.pk(), &keys::idempotency(key)).await?;
         let record = record.ok_or_else(|| KeelError::NotFound(format!("no action with idempotency key {key:?}")))?;
         Ok(self.action(tenant, record.data["action_id"].as_str().unwrap_or_default()).await?.0)
     }
@@ -359,7 +344,7 @@ impl Tools {
         self.table
             .put(Write {
                 pk: tenant.pk(),
-                sk: action_sk(&action.action_id),
+                sk: keys::action(&action.action_id),
                 data: serde_json::to_value(&*action)?,
                 expires_at: None,
                 condition: Condition::Version(version),
@@ -371,10 +356,10 @@ impl Tools {
 
     /// The tenant's policy texts and their versions.
     pub(crate) async fn policy_texts(&self, tenant: &TenantId) -> Result<Value, KeelError> {
-        let items = self.table.query(&tenant.pk(), POLICY_PREFIX, Default::default()).await?;
+        let items = self.table.query(&tenant.pk(), keys::POLICY_SETS, Default::default()).await?;
         let mut out = json!({"enforced": {"policies": "", "version": 0}, "shadow": {"policies": "", "version": 0}});
         for item in items {
-            let mode = item.sk.trim_start_matches(POLICY_PREFIX).to_string();
+            let mode = item.sk.trim_start_matches(keys::POLICY_SETS).to_string();
             out[mode] = json!({"policies": item.data["policies"], "version": item.version, "updated_at": item.data["updated_at"]});
         }
         Ok(out)
@@ -392,14 +377,14 @@ impl Tools {
             Some(v) => Condition::Version(v),
         };
         let data = json!({"policies": text, "updated_at": now_rfc3339()});
-        let write = Write { pk: tenant.pk(), sk: format!("{POLICY_PREFIX}{mode}"), data, expires_at: None, condition };
+        let write = Write { pk: tenant.pk(), sk: keys::policy_set(mode), data, expires_at: None, condition };
         self.table.put(write).await.map_err(lost_race("the policies changed meanwhile; retry"))?;
         Ok(())
     }
 
     /// The tenant's compiled policies: one read, compiled once per version.
     async fn tenant_policies(&self, tenant: &TenantId) -> Result<Arc<TenantPolicies>, KeelError> {
-        let items = self.table.query(&tenant.pk(), POLICY_PREFIX, Default::default()).await?;
+        let items = self.table.query(&tenant.pk(), keys::POLICY_SETS, Default::default()).await?;
         if items.is_empty() {
             return Ok(self.gate.defaults());
         }
@@ -408,7 +393,7 @@ impl Tools {
             return Ok(compiled);
         }
         let text = |mode: &str| {
-            let item = items.iter().find(|i| i.sk == format!("{POLICY_PREFIX}{mode}"));
+            let item = items.iter().find(|i| i.sk == keys::policy_set(mode));
             item.and_then(|i| i.data["policies"].as_str()).unwrap_or_default().to_string()
         };
         let compiled = Arc::new(TenantPolicies::compile(text("enforced"), text("shadow")).await?);
@@ -426,9 +411,9 @@ impl Tools {
     async fn count_today(&self, tenant: &TenantId, tool: &Tool, units: i64) -> Result<(Today, Counted), KeelError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let expires = Some(now_secs() + DAILY_COUNTER_TTL_SECS);
-        let count = self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "count"), 1, None, expires).await?;
+        let count = self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "count"), 1, None, expires).await?;
         let total_units = match tool.metered_arg {
-            Some(_) => match self.table.increment(&tenant.pk(), &daily_sk(&tool.name, &day, "total"), units, None, expires).await {
+            Some(_) => match self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "total"), units, None, expires).await {
                 Ok(total) => total,
                 Err(e) => {
                     // The total did not move: only the count goes back.
@@ -449,9 +434,9 @@ impl Tools {
     /// Gives an action's daily counts back (it was refused, rejected, expired or failed).
     async fn uncount(&self, tenant: &TenantId, tool: &str, counted: Option<&Counted>) -> Result<(), KeelError> {
         let Some(c) = counted else { return Ok(()) };
-        self.table.increment(&tenant.pk(), &daily_sk(tool, &c.day, "count"), -1, None, None).await?;
+        self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "count"), -1, None, None).await?;
         if c.units != 0 {
-            self.table.increment(&tenant.pk(), &daily_sk(tool, &c.day, "total"), -c.units, None, None).await?;
+            self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "total"), -c.units, None, None).await?;
         }
         Ok(())
     }
@@ -463,7 +448,7 @@ impl Tools {
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
         let fingerprint = args_fingerprint(&tool.name, &req.args);
         // A replay is answered before anything is counted or decided again.
-        if self.table.get(&tenant.pk(), &idempotency_sk(&req.idempotency_key)).await?.is_some() {
+        if self.table.get(&tenant.pk(), &keys::idempotency(&req.idempotency_key)).await?.is_some() {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
@@ -525,14 +510,14 @@ impl Tools {
             .put_all(vec![
                 Write {
                     pk: tenant.pk(),
-                    sk: idempotency_sk(&action.idempotency_key),
+                    sk: keys::idempotency(&action.idempotency_key),
                     data: json!({"action_id": action_id, "fingerprint": fingerprint}),
                     expires_at: Some(now_secs() + IDEMPOTENCY_TTL_SECS),
                     condition: Condition::NotExists,
                 },
                 Write {
                     pk: tenant.pk(),
-                    sk: action_sk(&action_id),
+                    sk: keys::action(&action_id),
                     data: serde_json::to_value(&action)?,
                     expires_at: None,
                     condition: Condition::NotExists,
@@ -555,7 +540,7 @@ impl Tools {
 
     /// A reused idempotency key: the same request gets the same action back; other arguments get 409.
     async fn replay(&self, tenant: &TenantId, key: &str, fingerprint: &str) -> Result<(u16, Action), KeelError> {
-        let item = self.table.get(&tenant.pk(), &idempotency_sk(key)).await?;
+        let item = self.table.get(&tenant.pk(), &keys::idempotency(key)).await?;
         let record = item.ok_or_else(|| KeelError::Conflict("idempotency key is being claimed concurrently; retry".into()))?;
         if record.data["fingerprint"].as_str() != Some(fingerprint) {
             return Err(KeelError::Conflict(format!(

@@ -30,12 +30,12 @@ impl TenantId {
 
     /// The partition key every table item of this tenant lives under.
     pub fn pk(&self) -> String {
-        format!("T#{}", self.0)
+        crate::keys::partition(self)
     }
 
     /// A blob key inside this tenant's prefix.
     pub fn blob_key(&self, rest: &str) -> String {
-        format!("tenants/{}/{}", self.0, rest)
+        format!("{}{rest}", crate::keys::blob_prefix(self))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod keys;
 pub mod limits;
 pub mod models;
 pub mod openai;

@@ -220,14 +220,6 @@ impl Budgets {
     }
 }
 
-/// The sort key of a month's spend counter (micro-USD), the tenant's or a workflow's.
-pub fn spend_sk(month: &str, workflow: Option<&str>) -> String {
-    match workflow {
-        None => format!("SPEND#{month}"),
-        Some(w) => format!("SPEND#{month}#WF#{w}"),
-    }
-}
-
 /// Tokens a text is estimated to take (about four characters a token).
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)

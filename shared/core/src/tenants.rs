@@ -9,7 +9,6 @@ use crate::warm_cache::WarmCache;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub const TENANT_SK: &str = "TENANT";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,7 +70,7 @@ impl Tenant {
 }
 
 pub async fn get_tenant(table: &dyn Table, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
-    match table.get(&tenant.pk(), TENANT_SK).await? {
+    match table.get(&tenant.pk(), crate::keys::TENANT).await? {
         Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
         None => Ok(None),
     }
@@ -82,7 +81,7 @@ pub async fn put_tenant(table: &dyn Table, tenant: &Tenant, condition: Condition
     table
         .put(Write {
             pk: tenant.id.pk(),
-            sk: TENANT_SK.into(),
+            sk: crate::keys::TENANT.into(),
             data: serde_json::to_value(tenant)?,
             expires_at: None,
             condition,
@@ -91,15 +90,12 @@ pub async fn put_tenant(table: &dyn Table, tenant: &Tenant, condition: Condition
     Ok(())
 }
 
-pub fn key_sk(key_hash: &str) -> String {
-    format!("KEY#{key_hash}")
-}
 
 pub async fn put_api_key(table: &dyn Table, tenant: &TenantId, key: &str, record: &ApiKeyRecord) -> Result<(), KeelError> {
     table
         .put(Write {
             pk: tenant.pk(),
-            sk: key_sk(&hash_api_key(key)),
+            sk: crate::keys::api_key(&hash_api_key(key)),
             data: serde_json::to_value(record)?,
             expires_at: None,
             condition: Condition::NotExists,
@@ -109,7 +105,7 @@ pub async fn put_api_key(table: &dyn Table, tenant: &TenantId, key: &str, record
 }
 
 pub async fn get_api_key(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
-    match table.get(&tenant.pk(), &key_sk(&hash_api_key(key))).await? {
+    match table.get(&tenant.pk(), &crate::keys::api_key(&hash_api_key(key))).await? {
         Some(item) => Ok(Some(serde_json::from_value(item.data)?)),
         None => Ok(None),
     }
