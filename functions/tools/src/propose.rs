@@ -1,0 +1,289 @@
+//! Proposing an action, over HTTP or the actions queue: validated, counted,
+//! gated by policy and autonomy, previewed, then run or held for approval;
+//! exactly once per idempotency key.
+
+use super::*;
+
+/// What a proposal decided, before it becomes an action.
+struct Draft {
+    action_id: String,
+    status: ActionStatus,
+    policy: Vec<PolicyDecision>,
+    preview: Value,
+    counted: Counted,
+}
+
+impl Tools {
+    /// `POST /v1/actions` (and the actions queue): returns (HTTP status, action).
+    pub(crate) async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
+        let tenant = caller.tenant()?;
+        check_idempotency_key(&req.idempotency_key)?;
+        let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
+        let fingerprint = args_fingerprint(&tool.name, &req.args);
+        // A replay is answered before anything is counted or decided again.
+        if self.table.get(&tenant.pk(), &keys::idempotency(&req.idempotency_key)).await?.is_some() {
+            return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
+        }
+        let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
+        schema::validate_off_workers(validator, req.args.clone()).await?;
+        let autonomy = self.autonomy(tenant, &tool).await?;
+        let units = metered_units(&tool, &req.args)?;
+        let (today, counted) = self.count_today(tenant, &tool, units).await?;
+        let action_id = new_id("act");
+        let subject = Subject {
+            action_id: &action_id,
+            tool: &tool.name,
+            risk: tool.risk.as_str(),
+            reversible: tool.reversible,
+            proposer: &caller.principal,
+            autonomy: autonomy_name(autonomy),
+            args: &req.args,
+            today,
+            now: chrono::Utc::now(),
+        };
+        let (propose, auto) = match self.gate_proposal(caller, &subject).await {
+            Ok(decisions) => decisions,
+            Err(e) => {
+                self.uncount(tenant, &tool.name, Some(&counted)).await?;
+                return Err(e);
+            }
+        };
+        let status = match autonomy {
+            Autonomy::SuggestOnly => ActionStatus::Suggested,
+            _ if auto.allowed => ActionStatus::Running,
+            _ => ActionStatus::PendingApproval,
+        };
+        let preview = self.preview(tenant, &tool, &req.args, &req.idempotency_key).await;
+        let draft = Draft { action_id, status, policy: vec![propose, auto], preview, counted: counted.clone() };
+        let action = self.new_action(&tool, caller, req, draft);
+        if status == ActionStatus::Suggested {
+            self.uncount(tenant, &tool.name, Some(&counted)).await?;
+        }
+        if !self.claim(tenant, &action, &fingerprint).await? {
+            // Claimed concurrently by the same key: this attempt's count goes back.
+            self.uncount(tenant, &tool.name, action.counted.as_ref()).await?;
+            return self.replay(tenant, &action.idempotency_key, &fingerprint).await;
+        }
+        self.record(tenant, &action, "action.proposed", &caller.principal, json!({"status": action.status})).await?;
+        self.start_saga(tenant, &action, "execute").await?;
+        Ok((201, action))
+    }
+
+    /// The policies' answers to proposing the action and to running it
+    /// without a human click; a denied proposal is refused.
+    async fn gate_proposal(&self, caller: &Caller, subject: &Subject<'_>) -> Result<(PolicyDecision, PolicyDecision), KeelError> {
+        let policies = self.tenant_policies(caller.tenant()?).await?;
+        let propose = self.gate.decide_off_workers(&policies, caller, Verb::Propose, subject).await?;
+        if !propose.allowed {
+            let ids = propose.policies.join(", ");
+            return Err(KeelError::Forbidden(format!("policy denies proposing {} (policies: {ids})", subject.tool)));
+        }
+        let auto = self.gate.decide_off_workers(&policies, caller, Verb::AutoExecute, subject).await?;
+        Ok((propose, auto))
+    }
+
+    fn new_action(&self, tool: &Tool, caller: &Caller, req: ProposeRequest, draft: Draft) -> Action {
+        let Draft { action_id, status, policy, preview, counted } = draft;
+        let now = now_rfc3339();
+        Action {
+            action_id,
+            tool: tool.name.clone(),
+            tool_version: tool.version,
+            preview,
+            args: req.args,
+            idempotency_key: req.idempotency_key,
+            proposer: caller.principal.clone(),
+            status,
+            policy,
+            approvals: vec![],
+            approval_timeout_seconds: (status == ActionStatus::PendingApproval).then_some(self.approval_timeout_secs),
+            approval_token: None,
+            steps: tool.steps.iter().map(|s| StepRun { name: s.name.clone(), ..Default::default() }).collect(),
+            // A suggestion never runs, so it holds no daily count.
+            counted: (status != ActionStatus::Suggested).then_some(counted),
+            undo_requests: 0,
+            error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+
+    /// Writes the action and claims its idempotency key together; `false`
+    /// when another request claimed the key first.
+    async fn claim(&self, tenant: &TenantId, action: &Action, fingerprint: &str) -> Result<bool, KeelError> {
+        let idempotency = Write {
+            pk: tenant.pk(),
+            sk: keys::idempotency(&action.idempotency_key),
+            data: json!({"action_id": action.action_id, "fingerprint": fingerprint}),
+            expires_at: Some(now_secs() + IDEMPOTENCY_TTL_SECS),
+            condition: Condition::NotExists,
+        };
+        let record = Write {
+            pk: tenant.pk(),
+            sk: keys::action(&action.action_id),
+            data: serde_json::to_value(action)?,
+            expires_at: None,
+            condition: Condition::NotExists,
+        };
+        match self.table.put_all(vec![idempotency, record]).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::ConditionFailed) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A reused idempotency key: the same request gets the same action back; other arguments get 409.
+    pub(crate) async fn replay(&self, tenant: &TenantId, key: &str, fingerprint: &str) -> Result<(u16, Action), KeelError> {
+        let item = self.table.get(&tenant.pk(), &keys::idempotency(key)).await?;
+        let record = item.ok_or_else(|| KeelError::Conflict("idempotency key is being claimed concurrently; retry".into()))?;
+        if record.data["fingerprint"].as_str() != Some(fingerprint) {
+            return Err(KeelError::Conflict(format!(
+                "idempotency key {key:?} was already used with other arguments"
+            )));
+        }
+        let action_id = record.data["action_id"].as_str().unwrap_or_default().to_string();
+        let (action, _) = self.action(tenant, &action_id).await?;
+        // The first attempt may have died before starting the saga; starting is idempotent.
+        self.start_saga(tenant, &action, "execute").await?;
+        Ok((200, action))
+    }
+
+    /// The autonomy in force for a tool: the tenant's (it must be active), capped by the tool's.
+    pub(crate) async fn autonomy(&self, tenant: &TenantId, tool: &Tool) -> Result<Autonomy, KeelError> {
+        Ok(effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy))
+    }
+
+    /// Counts a proposal into the tool's daily counters (atomically) and
+    /// returns the counters with it included.
+    pub(crate) async fn count_today(&self, tenant: &TenantId, tool: &Tool, units: i64) -> Result<(Today, Counted), KeelError> {
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let expires = Some(now_secs() + DAILY_COUNTER_TTL_SECS);
+        let count = self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "count"), 1, None, expires).await?;
+        let total_units = match tool.metered_arg {
+            Some(_) => match self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "total"), units, None, expires).await {
+                Ok(total) => total,
+                Err(e) => {
+                    // The total did not move: only the count goes back.
+                    self.uncount(tenant, &tool.name, Some(&Counted { day, units: 0 })).await?;
+                    return Err(match e {
+                        StoreError::ConditionFailed => {
+                            KeelError::Conflict(format!("the daily total of {} cannot count this proposal", tool.name))
+                        }
+                        other => other.into(),
+                    });
+                }
+            },
+            None => 0,
+        };
+        Ok((Today { count, total_units }, Counted { day, units }))
+    }
+
+    /// Gives an action's daily counts back (it was refused, rejected, expired or failed).
+    pub(crate) async fn uncount(&self, tenant: &TenantId, tool: &str, counted: Option<&Counted>) -> Result<(), KeelError> {
+        let Some(c) = counted else { return Ok(()) };
+        self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "count"), -1, None, None).await?;
+        if c.units != 0 {
+            self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "total"), -c.units, None, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Consumes the actions queue: each message proposes an action, exactly
+    /// once per idempotency key however often it is delivered. Returns the ids
+    /// of the messages that failed (they come back, then go to the DLQ).
+    pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {
+        let mut failed = Vec::new();
+        for m in messages {
+            let result = async {
+                let p: QueuedProposal = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "action proposal")?;
+                let caller = Caller {
+                    tenant: Some(TenantId::parse(&p.tenant)?),
+                    principal: p.principal,
+                    roles: vec![keel_core::auth::ROLE_MEMBER.into()],
+                    groups: p.groups,
+                    throttled: false,
+                };
+                self.propose(&caller, ProposeRequest { tool: p.tool, args: p.args, idempotency_key: p.idempotency_key }).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(message_id = %m.message_id, error = %e, "action message failed");
+                failed.push(m.message_id.clone());
+            }
+        }
+        failed
+    }
+}
+
+/// The tenant's autonomy, capped by the tool's (suggest-only < one-click < unattended).
+pub(crate) fn effective_autonomy(tenant: Autonomy, tool: Option<Autonomy>) -> Autonomy {
+    let rank = |a: Autonomy| match a {
+        Autonomy::SuggestOnly => 0,
+        Autonomy::OneClick => 1,
+        Autonomy::Unattended => 2,
+    };
+    match tool {
+        Some(t) if rank(t) < rank(tenant) => t,
+        _ => tenant,
+    }
+}
+
+pub(crate) fn autonomy_name(a: Autonomy) -> &'static str {
+    match a {
+        Autonomy::SuggestOnly => "suggest_only",
+        Autonomy::OneClick => "one_click",
+        Autonomy::Unattended => "unattended",
+    }
+}
+
+/// The tool's metered argument in Cedar decimal units: a number from 0 to
+/// `MAX_METERED_VALUE` (0 when the arguments leave it out), so daily totals
+/// can neither go down nor overflow.
+pub(crate) fn metered_units(tool: &Tool, args: &Value) -> Result<i64, KeelError> {
+    let Some(name) = &tool.metered_arg else { return Ok(0) };
+    let Some(value) = args.get(name) else { return Ok(0) };
+    let units = value.as_f64().filter(|x| (0.0..=MAX_METERED_VALUE).contains(x)).and_then(decimal_units);
+    units.ok_or_else(|| KeelError::Unprocessable {
+        path: format!("/{name}"),
+        message: format!("the metered argument {name} must be a number from 0 to {MAX_METERED_VALUE}"),
+    })
+}
+
+/// An idempotency key travels as an HTTP header to connectors: 1 to 128
+/// visible ASCII characters (no spaces or control characters).
+pub(crate) fn check_idempotency_key(key: &str) -> Result<(), KeelError> {
+    if (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(KeelError::BadRequest(format!(
+        "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters (no spaces or control characters)"
+    )))
+}
+
+/// The tool and canonical arguments, hashed: what an idempotency key is bound to.
+pub(crate) fn args_fingerprint(tool: &str, args: &Value) -> String {
+    hex::encode(Sha256::digest(format!("{tool}\n{args}").as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_and_bounded() {
+        assert!(check_idempotency_key("refund-A-1001").is_ok());
+        assert!(check_idempotency_key(&"k".repeat(128)).is_ok());
+        for bad in ["", "bad\u{1}x", "a b", "caf\u{e9}", "x\n", &"k".repeat(129)] {
+            assert!(matches!(check_idempotency_key(bad), Err(KeelError::BadRequest(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_tool_caps_the_tenants_autonomy_but_never_raises_it() {
+        use Autonomy::*;
+        assert_eq!(effective_autonomy(Unattended, Some(OneClick)), OneClick);
+        assert_eq!(effective_autonomy(Unattended, None), Unattended);
+        assert_eq!(effective_autonomy(SuggestOnly, Some(Unattended)), SuggestOnly);
+        assert_eq!(effective_autonomy(OneClick, Some(SuggestOnly)), SuggestOnly);
+    }
+}

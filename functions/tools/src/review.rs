@@ -1,0 +1,115 @@
+//! Approving, rejecting and undoing an action: a second principal's review,
+//! the saga that runs (or compensates) it.
+
+use super::*;
+use crate::propose::autonomy_name;
+
+impl Tools {
+    /// Approve or reject a pending action (maker-checker). The saga waits on
+    /// a task token; the decision is saved first, then the token completed, so
+    /// a saga that stores its token late still finds the decision.
+    pub(crate) async fn review(&self, caller: &Caller, id: &str, approve: bool) -> Result<Action, KeelError> {
+        let tenant = caller.tenant()?;
+        let (mut action, version) = self.action(tenant, id).await?;
+        if action.status != ActionStatus::PendingApproval {
+            return Err(KeelError::Conflict(format!("action {id} is not pending approval")));
+        }
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
+        let autonomy = self.autonomy(tenant, &tool).await?;
+        // The kill switch takes effect at once: nothing pending runs while the tenant is suggest-only.
+        if approve && autonomy == Autonomy::SuggestOnly {
+            return Err(KeelError::Conflict(format!(
+                "action {id} cannot run: the tenant is suggest-only (its autonomy or the kill switch); reject it, or approve once actions are resumed"
+            )));
+        }
+        let policies = self.tenant_policies(tenant).await?;
+        let decision = self.gate.decide_off_workers(&policies, caller, Verb::Approve, &self.subject(&action, &tool, autonomy)).await?;
+        if !decision.allowed {
+            return Err(KeelError::Forbidden(format!(
+                "policy denies this review (policies: {}): it needs the approver role, someone other than the proposer, and the tenant's conditions",
+                decision.policies.join(", ")
+            )));
+        }
+        action.policy.push(decision);
+        action.approvals.push(Approval {
+            principal: caller.principal.clone(),
+            decision: if approve { "approved" } else { "rejected" }.into(),
+            at: now_rfc3339(),
+        });
+        action.status = if approve { ActionStatus::Running } else { ActionStatus::Rejected };
+        self.save(tenant, &mut action, version).await?;
+        if !approve {
+            self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
+        }
+        let kind = if approve { "action.approved" } else { "action.rejected" };
+        self.record(tenant, &action, kind, &caller.principal, json!({"status": action.status})).await?;
+        if let Some(token) = &action.approval_token {
+            let sent = if approve {
+                self.saga.send_task_success(token, json!({"approved_by": caller.principal})).await
+            } else {
+                self.saga.send_task_failure(token, "Keel.Rejected", &format!("rejected by {}", caller.principal)).await
+            };
+            match sent {
+                // The wait already ended (timed out): the saga's expire step reads the decision saved above.
+                Ok(()) | Err(StoreError::ConditionFailed) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(action)
+    }
+
+    pub(crate) async fn undo(&self, caller: &Caller, id: &str) -> Result<Action, KeelError> {
+        let tenant = caller.tenant()?;
+        let (mut action, version) = self.action(tenant, id).await?;
+        let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
+        if action.status != ActionStatus::Executed {
+            return Err(KeelError::Conflict(format!("action {id} is not executed, so it cannot be undone")));
+        }
+        let policies = self.tenant_policies(tenant).await?;
+        let autonomy = self.autonomy(tenant, &tool).await?;
+        let decision = self.gate.decide_off_workers(&policies, caller, Verb::Undo, &self.subject(&action, &tool, autonomy)).await?;
+        if !decision.allowed {
+            return Err(KeelError::Forbidden(format!("policy denies undoing this action (policies: {})", decision.policies.join(", "))));
+        }
+        action.policy.push(decision);
+        action.status = ActionStatus::Undoing;
+        action.undo_requests += 1;
+        action.error = None;
+        self.save(tenant, &mut action, version).await?;
+        self.record(tenant, &action, "action.undo_requested", &caller.principal, json!({"status": action.status})).await?;
+        self.start_saga(tenant, &action, "compensate").await?;
+        Ok(action)
+    }
+
+    /// Starts the action's saga execution: `execute` once per action (it
+    /// waits for the approval when one is needed), `compensate` once per undo
+    /// request. The input follows from the action alone, so a retried start
+    /// is the same execution.
+    pub(crate) async fn start_saga(&self, tenant: &TenantId, action: &Action, operation: &str) -> Result<(), KeelError> {
+        let (name, approval) = match operation {
+            "compensate" => (format!("{}-undo-{}", action.action_id, action.undo_requests), None),
+            _ if matches!(action.status, ActionStatus::Running | ActionStatus::PendingApproval) => {
+                (format!("{}-execute", action.action_id), action.approval_timeout_seconds)
+            }
+            _ => return Ok(()),
+        };
+        let input = json!({"tenant": tenant, "action_id": action.action_id, "operation": operation,
+            "approval": approval.is_some(), "approval_timeout_seconds": approval.unwrap_or(0)});
+        self.saga.start(&name, input).await?;
+        Ok(())
+    }
+
+    pub(crate) fn subject<'a>(&self, action: &'a Action, tool: &'a Tool, autonomy: Autonomy) -> Subject<'a> {
+        Subject {
+            action_id: &action.action_id,
+            tool: &action.tool,
+            risk: tool.risk.as_str(),
+            reversible: tool.reversible,
+            proposer: &action.proposer,
+            autonomy: autonomy_name(autonomy),
+            args: &action.args,
+            today: Today::default(),
+            now: chrono::Utc::now(),
+        }
+    }
+}
