@@ -4,7 +4,8 @@
 //! `auto`; the response carries Keel's account of the call under `keel`.
 
 use crate::sse::{self, Events, Reply};
-use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
+use crate::generate::{Generated, Generation, ModelDeltas};
+use crate::{cache, route_error, CacheWrite, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::http::ApiResponse;
 use keel_core::ids::new_id;
@@ -100,11 +101,10 @@ impl Routing {
                         sse::send(ev, None, &chunk(&id, model, created, Some(d), None));
                     }
                 };
-                let deltas: Option<crate::ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
+                let deltas: Option<ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
+                let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), decision: &decision, request, deltas, gate: None };
                 let accept = |_: &ModelResponse| Ok(());
-                let generated =
-                    self.generate(&tenant, body.workflow.as_deref(), &decision, request, &accept, deltas, None, &mut trail).await?;
-                let Some(Generated { model, response }) = generated else {
+                let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail).await? else {
                     self.record_chat(caller, &id, body, &fingerprint, None, &trail).await?;
                     return Err(trail.no_answer());
                 };

@@ -1,5 +1,5 @@
 //! `POST /v1/classify` and `POST /v1/rank`: the in-function (T1) tier for
-//! labels and rankings. The embedding model retrieval already loads
+//! labels (this module) and rankings (`rank`). The embedding model retrieval already loads
 //! (all-MiniLM-L6-v2 on ONNX Runtime) scores a text against few-shot label
 //! prototypes, or documents against a query, in milliseconds and at no
 //! model cost. A label the classifier is unsure of (its probability under
@@ -7,27 +7,20 @@
 //! budgets, cache, resilience and metering as `/v1/ask`, and the hosted
 //! answer must be one of the labels. Ranking is in-function only.
 
+use crate::in_function::IN_FUNCTION_MODEL;
 use crate::router::Decision;
-use crate::{cache, route_error, CacheWrite, Generated, Routing, Trail};
+use crate::generate::{Generated, Generation};
+use crate::{cache, route_error, CacheWrite, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
 use keel_core::ports::{ChatMessage, ModelRequest, ModelResponse};
 use keel_core::tenants::Tenant;
-use keel_core::warm_cache::WarmCache;
 use keel_core::KeelError;
-use keel_ml::classify::{dot, label_probabilities, prototype};
-use keel_retrieval::Retrieval;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 
-/// The in-function model, as responses and the decision log name it.
-pub const IN_FUNCTION_MODEL: &str = "all-MiniLM-L6-v2";
-/// Softmax temperature over cosines (chosen on BFCL's `multiple` tool-choice
-/// cases, reported on `live_multiple`: `keel-eval classify`, docs/gateway.md).
-const TEMPERATURE: f32 = 0.05;
 const MAX_LABELS: usize = 64;
 const MAX_EXAMPLES: usize = 32;
 const MAX_LABEL_CHARS: usize = 100;
@@ -36,67 +29,8 @@ pub const MAX_LABEL_TEXT_CHARS: usize = 16_000;
 /// Longest text, description, example, query or document, in characters
 /// (the model reads the first 256 tokens of each).
 pub const MAX_TEXT_CHARS: usize = 4_000;
-pub const MAX_DOCUMENTS: usize = 100;
-/// A rank request's body: up to 100 documents of 4,000 characters.
-pub const RANK_BODY_LIMIT: usize = 1024 * 1024;
 /// Tokens a hosted model may spend naming a label.
 const LABEL_MAX_TOKENS: u32 = 16;
-/// Texts whose vectors stay cached: label texts and documents repeat across requests.
-const CACHED_VECTORS: usize = 8_192;
-
-/// The vectors of texts the embedding model has made in this warm function.
-pub(crate) struct InFunction {
-    vectors: WarmCache<[u8; 32], Arc<Vec<f32>>>,
-}
-
-impl InFunction {
-    pub(crate) fn new() -> Self {
-        Self { vectors: WarmCache::new(None, CACHED_VECTORS) }
-    }
-
-    /// Vectors of `texts`, embedding (through retrieval's embedder) only
-    /// the ones not cached. `None` without an embedding model.
-    async fn vectors(&self, retrieval: &Retrieval, texts: &[&str]) -> Result<Option<Vec<Arc<Vec<f32>>>>, KeelError> {
-        if !retrieval.embeds() {
-            return Ok(None);
-        }
-        let keys: Vec<[u8; 32]> = texts.iter().map(|t| Sha256::digest(t.as_bytes()).into()).collect();
-        let mut out: Vec<Option<Arc<Vec<f32>>>> = keys.iter().map(|k| self.vectors.get(k)).collect();
-        let missing: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
-        if !missing.is_empty() {
-            let made = retrieval.embed(missing.iter().map(|&i| texts[i].to_string()).collect()).await?;
-            for (&i, v) in missing.iter().zip(made) {
-                let v = Arc::new(v);
-                self.vectors.insert(keys[i], v.clone());
-                out[i] = Some(v);
-            }
-        }
-        Ok(Some(out.into_iter().flatten().collect()))
-    }
-
-    /// The classifier's probability for each label, highest first; `None`
-    /// without an embedder.
-    async fn label_scores(&self, retrieval: &Retrieval, text: &str, labels: &[Label]) -> Result<Option<Vec<LabelScore>>, KeelError> {
-        let label_texts: Vec<Vec<String>> = labels.iter().map(Label::texts).collect();
-        let mut all: Vec<&str> = vec![text];
-        all.extend(label_texts.iter().flatten().map(String::as_str));
-        let Some(vectors) = self.vectors(retrieval, &all).await? else { return Ok(None) };
-        let mut at = 1;
-        let prototypes: Vec<Vec<f32>> = label_texts
-            .iter()
-            .map(|texts| {
-                let own: Vec<&[f32]> = vectors[at..at + texts.len()].iter().map(|v| v.as_slice()).collect();
-                at += texts.len();
-                prototype(&own)
-            })
-            .collect();
-        let probabilities = label_probabilities(&vectors[0], &prototypes, TEMPERATURE);
-        let mut scores: Vec<LabelScore> =
-            labels.iter().zip(probabilities).map(|(l, score)| LabelScore { label: l.name.clone(), score }).collect();
-        scores.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(Some(scores))
-    }
-}
 
 /// A label: its name, and optionally a description and examples that make
 /// its prototype sharper.
@@ -112,7 +46,7 @@ pub struct Label {
 
 impl Label {
     /// The texts whose vectors make the prototype.
-    fn texts(&self) -> Vec<String> {
+    pub(crate) fn texts(&self) -> Vec<String> {
         let head = match &self.description {
             Some(d) => format!("{}: {d}", self.name),
             None => self.name.clone(),
@@ -158,32 +92,6 @@ pub struct ClassifyResponse {
     pub route: Vec<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RankRequest {
-    pub query: String,
-    pub documents: Vec<String>,
-    /// Results returned at most (all by default).
-    #[serde(default)]
-    pub top_k: Option<usize>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct Ranked {
-    /// The document's position in the request.
-    pub index: usize,
-    /// Cosine similarity to the query.
-    pub score: f32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RankResponse {
-    pub results: Vec<Ranked>,
-    pub tier: Tier,
-    pub model: String,
-    pub decision_id: String,
-}
-
 /// A hosted model's label, as cached.
 #[derive(Serialize, Deserialize)]
 struct CachedLabel {
@@ -199,7 +107,7 @@ struct HostedLabel {
     cached: bool,
 }
 
-fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, KeelError> {
+pub(crate) fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, KeelError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(KeelError::BadRequest(format!("{what} must not be empty")));
@@ -367,11 +275,11 @@ impl Routing {
             }
         }
         let accept = |r: &ModelResponse| match parse_label(&r.text, labels) {
-            Some(_) => Ok(()),
+            Some(label) => Ok(label),
             None => Err(format!("answered {:?}, which is none of the labels", r.text.chars().take(40).collect::<String>())),
         };
-        let generated = self.generate(tenant, body.workflow.as_deref(), decision, request, &accept, None, None, trail).await?;
-        let Some((Generated { model, .. }, label)) = generated.and_then(|g| parse_label(&g.response.text, labels).map(|l| (g, l))) else {
+        let generation = Generation { tenant, workflow: body.workflow.as_deref(), decision, request, deltas: None, gate: None };
+        let Some(Generated { model, accepted: label, .. }) = self.generate(&generation, &accept, trail).await? else {
             return Ok(None);
         };
         let spec = &self.catalog[model];
@@ -400,34 +308,6 @@ impl Routing {
         self.record_decision(caller, id, "classify", input, json!([]), outcome, &trail.usage).await
     }
 
-    /// Orders documents by their cosine similarity to the query, in-function.
-    pub async fn rank(&self, caller: &Caller, body: &RankRequest) -> Result<RankResponse, KeelError> {
-        let tenant_id = caller.tenant()?;
-        let query = checked_text("query", &body.query)?;
-        if !(1..=MAX_DOCUMENTS).contains(&body.documents.len()) {
-            return Err(KeelError::BadRequest(format!("documents must list 1 to {MAX_DOCUMENTS} texts")));
-        }
-        for (i, d) in body.documents.iter().enumerate() {
-            checked_text(&format!("documents[{i}]"), d)?;
-        }
-        let tenant = self.tenant(tenant_id).await?;
-        if !tenant.routing.allows(Tier::T1) {
-            return Err(KeelError::Forbidden("ranking runs in-function (t1), which this tenant's routing policy leaves out".into()));
-        }
-        let texts: Vec<&str> = std::iter::once(query).chain(body.documents.iter().map(|d| d.trim())).collect();
-        let Some(vectors) = self.in_function.vectors(&self.retrieval, &texts).await? else {
-            return Err(KeelError::Unavailable("ranking needs the in-function embedding model, and none is loaded".into()));
-        };
-        let mut results: Vec<Ranked> =
-            vectors[1..].iter().enumerate().map(|(index, v)| Ranked { index, score: dot(&vectors[0], v) }).collect();
-        results.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-        results.truncate(body.top_k.unwrap_or(usize::MAX));
-        let decision_id = new_id("dec");
-        let input = json!({"query_sha256": hex::encode(Sha256::digest(query.as_bytes())), "documents": body.documents.len()});
-        let outcome = json!({"tier": Tier::T1, "model": IN_FUNCTION_MODEL, "top": results.first().map(|r| r.index)});
-        self.record_decision(caller, &decision_id, "rank", input, json!([]), outcome, &Trail::new(vec![]).usage).await?;
-        Ok(RankResponse { results, tier: Tier::T1, model: IN_FUNCTION_MODEL.into(), decision_id })
-    }
 }
 
 #[cfg(test)]

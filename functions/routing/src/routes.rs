@@ -1,7 +1,8 @@
 //! The gateway's routes: grounded answers, chat completions, labels and ranking.
 
 use crate::sse::{self, Reply};
-use crate::{classify, validate_question, AskRequest, Routing};
+use crate::ask::validate_question;
+use crate::{rank, AskRequest, Routing};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Method;
@@ -47,6 +48,6 @@ async fn classify(State(r): State<Arc<Routing>>, caller: Caller, body: Bytes) ->
 }
 
 async fn rank(State(r): State<Arc<Routing>>, caller: Caller, body: Bytes) -> Result<Json<Value>, KeelError> {
-    let out = r.rank(&caller, &parse_body(&body, classify::RANK_BODY_LIMIT)?).await?;
+    let out = r.rank(&caller, &parse_body(&body, rank::RANK_BODY_LIMIT)?).await?;
     Ok(Json(serde_json::to_value(out)?))
 }
