@@ -1,0 +1,49 @@
+//! Hybrid search over the caller's visible documents.
+
+use super::*;
+
+impl Retrieval {
+    /// Hybrid search over the caller's tenant, only over chunks the caller may see.
+    pub async fn search(&self, caller: &Caller, query: &str, k: usize) -> Result<Vec<SearchHit>, KeelError> {
+        self.search_tuned(caller, query, k, &self.settings.tuning).await
+    }
+
+    /// Search with explicit ranking knobs (for tuning on a train split).
+    pub async fn search_tuned(&self, caller: &Caller, query: &str, k: usize, tuning: &Tuning) -> Result<Vec<SearchHit>, KeelError> {
+        let tenant = caller.tenant()?;
+        let index = self.tenant_index(tenant).await?;
+        let query_vector = self.embed(vec![query.to_string()]).await?.pop();
+        let terms = analyzer::analyze(query);
+        let acl = |groups: &[String]| visible(caller, groups);
+        let ranked = index.search(&terms, query_vector.as_deref(), &acl, k, tuning);
+        Ok(ranked.iter().map(|r| hit(&index, r)).collect())
+    }
+
+    /// Drops every warm index (benchmarks measure cold loads with it).
+    pub fn clear_cache(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            *c = IndexCache::new(self.settings.cache_chunks);
+        }
+    }
+}
+
+pub(crate) fn hit(index: &TenantIndex, r: &index::Ranked) -> SearchHit {
+    let c = index.chunk(r);
+    let mut pii: Vec<PiiKind> = c.pii.iter().map(|s| s.kind).collect();
+    pii.sort();
+    pii.dedup();
+    SearchHit {
+        doc_id: c.doc_id.clone(),
+        chunk_id: c.chunk_id.clone(),
+        score: r.score,
+        lexical_score: r.lexical,
+        similarity: r.similarity,
+        text: c.text.clone(),
+        title: c.title.clone(),
+        anchor: c.anchor.clone(),
+        source: c.source.clone(),
+        updated_at: c.updated_at.clone(),
+        stale: is_stale(&index.manifest.freshness_sla, c.source.as_deref(), &c.updated_at),
+        pii,
+    }
+}
