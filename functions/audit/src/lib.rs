@@ -6,7 +6,7 @@
 pub mod routes;
 
 use keel_core::auth::Caller;
-use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
+use keel_core::chain::{next_entry, verify_chain, CacheOutcome, ChainEntry, DecisionEvent};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
@@ -35,19 +35,17 @@ pub struct Audit {
 
 /// What a gateway decision adds to its tenant's usage counters this month.
 fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
-    if !matches!(event.kind.as_str(), "ask" | "chat" | "classify" | "rank") {
+    let (Some(usage), true) = (&event.usage, event.kind.is_gateway()) else {
         return vec![];
-    }
+    };
     let month = current_month();
-    let n = |k: &str| event.usage.get(k).and_then(Value::as_i64).unwrap_or(0);
-    let cache = event.usage.get("cache").and_then(Value::as_str).unwrap_or("off");
     let counters = [
-        (format!("{}_requests", event.kind), 1),
-        ("input_tokens".into(), n("input_tokens")),
-        ("output_tokens".into(), n("output_tokens")),
-        ("cost_micro_usd".into(), n("cost_micro_usd")),
-        ("cache_hits".into(), i64::from(cache == "hit")),
-        ("cache_misses".into(), i64::from(cache == "miss")),
+        (format!("{}_requests", event.kind.as_str()), 1),
+        ("input_tokens".into(), usage.input_tokens as i64),
+        ("output_tokens".into(), usage.output_tokens as i64),
+        ("cost_micro_usd".into(), usage.cost_micro_usd),
+        ("cache_hits".into(), i64::from(usage.cache == CacheOutcome::Hit)),
+        ("cache_misses".into(), i64::from(usage.cache == CacheOutcome::Miss)),
     ];
     counters
         .into_iter()

@@ -120,7 +120,7 @@ impl Routing {
         trail: &mut Trail,
     ) -> Result<Option<AskResponse>, KeelError> {
         let hit: Option<CachedAnswer> = cache::get(self.table.as_ref(), &tenant.id, key).await?;
-        trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
+        trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
         let Some(hit) = hit else { return Ok(None) };
         let cited = hit.cited_chunks.iter().filter_map(|c| evidence.iter().position(|h| &h.chunk_id == c)).collect();
         if let Some(ev) = events {
@@ -184,7 +184,7 @@ impl Routing {
             "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),
             "groundedness": out.groundedness, "degraded": out.degraded, "cached": out.cached, "route": out.route});
         let input = json!({"question": grounded.question});
-        self.record_decision(caller, &out.decision_id, "ask", input, json!(evidence), outcome, usage).await
+        self.record_decision(caller, &out.decision_id, DecisionKind::Ask, input, json!(evidence), outcome, usage).await
     }
 }
 

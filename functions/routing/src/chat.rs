@@ -3,6 +3,7 @@
 //! resilience and metering as `/v1/ask`. `model` is a catalog name or
 //! `auto`; the response carries Keel's account of the call under `keel`.
 
+use keel_core::chain::{CacheOutcome, DecisionKind};
 use crate::sse::{self, Events, Reply};
 use crate::generate::{Generated, Generation, ModelDeltas};
 use crate::{cache, route_error, CacheWrite, Routing, Trail};
@@ -85,7 +86,7 @@ impl Routing {
             false => None,
         };
         if cacheable {
-            trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
+            trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
         }
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
@@ -122,7 +123,7 @@ impl Routing {
         let record = self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail);
         self.finish(&tenant.id, pending, record).await?;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
-        out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == "hit",
+        out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == CacheOutcome::Hit,
             "decision_id": id, "route": trail.reasons});
         Ok(out)
     }
@@ -140,6 +141,6 @@ impl Routing {
         let input = json!({"model": body.model, "messages": body.messages.len(), "prompt_sha256": fingerprint, "workflow": body.workflow});
         let outcome =
             json!({"answered": answered.is_some(), "model": answered.map(|a| a.0), "tier": answered.map(|a| a.1), "route": trail.reasons});
-        self.record_decision(caller, id, "chat", input, json!([]), outcome, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Chat, input, json!([]), outcome, &trail.usage).await
     }
 }

@@ -7,6 +7,7 @@
 //! budgets, cache, resilience and metering as `/v1/ask`, and the hosted
 //! answer must be one of the labels. Ranking is in-function only.
 
+use keel_core::chain::{CacheOutcome, DecisionKind};
 use crate::in_function::IN_FUNCTION_MODEL;
 use crate::router::Decision;
 use crate::generate::{Generated, Generation};
@@ -268,7 +269,7 @@ impl Routing {
         let key = cache::key(&tenant.id, &["classify", first, text, &labels_fingerprint(labels)]);
         if ttl > 0 {
             let hit: Option<CachedLabel> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
-            trail.usage.cache = if hit.is_some() { "hit" } else { "miss" };
+            trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
             if let Some(hit) = hit {
                 trail.reasons.push(format!("cache hit for {first} on the same text and labels"));
                 return Ok(Some(HostedLabel { label: hit.label, tier: Tier::T0, model: hit.model, cached: true }));
@@ -305,7 +306,7 @@ impl Routing {
         let outcome = json!({"label": out.map(|o| &o.label), "confidence": out.and_then(|o| o.confidence),
             "tier": out.map(|o| o.tier), "model": out.map(|o| &o.model), "degraded": out.and_then(|o| o.degraded.as_ref()),
             "cached": out.is_some_and(|o| o.cached), "route": trail.reasons});
-        self.record_decision(caller, id, "classify", input, json!([]), outcome, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Classify, input, json!([]), outcome, &trail.usage).await
     }
 
 }

@@ -30,7 +30,7 @@ use answer::{evidence_coverage, extractive_answer, Answer};
 use budget::{settle, Reservation};
 use generate::{Generated, Generation, ModelDeltas};
 use keel_core::auth::Caller;
-use keel_core::chain::{send_decision, DecisionEvent};
+use keel_core::chain::{send_decision, CacheOutcome, DecisionEvent, DecisionKind, Usage};
 use keel_core::ids::{new_id, TenantId};
 use keel_core::models::{ModelSpec, Tier};
 use keel_core::ports::{ChatMessage, ModelRequest, ModelResponse, Table, WorkQueue};
@@ -137,16 +137,6 @@ struct Grounded<'a> {
     strength: &'a Strength,
 }
 
-/// What a request cost and how it went, written with its decision event.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_micro_usd: i64,
-    /// "hit", "miss", or "off" (not a cacheable request).
-    pub cache: &'static str,
-    pub attempts: u32,
-}
 
 /// The running account of one request: usage and reasons.
 #[derive(Default)]
@@ -177,7 +167,7 @@ struct CacheWrite {
 
 impl Trail {
     fn new(reasons: Vec<String>) -> Self {
-        Self { usage: Usage { cache: "off", ..Default::default() }, reasons, ..Default::default() }
+        Self { reasons, ..Default::default() }
     }
 
     /// Every candidate was skipped for budget.
@@ -306,7 +296,7 @@ impl Routing {
         &self,
         caller: &Caller,
         id: &str,
-        kind: &str,
+        kind: DecisionKind,
         input: serde_json::Value,
         evidence: serde_json::Value,
         outcome: serde_json::Value,
@@ -315,14 +305,14 @@ impl Routing {
         let event = DecisionEvent {
             event_id: id.into(),
             decision_id: id.into(),
-            kind: kind.into(),
+            kind,
             principal: caller.principal.clone(),
             at: now_rfc3339(),
             input,
             evidence,
             action: json!(null),
             outcome,
-            usage: serde_json::to_value(usage)?,
+            usage: Some(usage.clone()),
         };
         send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
     }

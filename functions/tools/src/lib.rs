@@ -23,7 +23,7 @@ mod steps;
 use connector::Connectors;
 use keel_core::keys;
 use keel_core::auth::Caller;
-use keel_core::chain::{send_decision, DecisionEvent};
+use keel_core::chain::{send_decision, DecisionEvent, DecisionKind};
 use keel_core::config::Config;
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
@@ -299,11 +299,11 @@ impl Tools {
         Ok(())
     }
 
-    async fn record(&self, tenant: &TenantId, action: &Action, kind: &str, principal: &str, outcome: Value) -> Result<(), KeelError> {
+    async fn record(&self, tenant: &TenantId, action: &Action, kind: DecisionKind, principal: &str, outcome: Value) -> Result<(), KeelError> {
         let event = DecisionEvent {
-            event_id: format!("{}:{kind}:{}", action.action_id, action.undo_requests),
+            event_id: format!("{}:{}:{}", action.action_id, kind.as_str(), action.undo_requests),
             decision_id: action.action_id.clone(),
-            kind: kind.into(),
+            kind,
             principal: principal.into(),
             at: now_rfc3339(),
             input: json!({"tool": action.tool, "tool_version": action.tool_version, "args": action.args,
@@ -311,7 +311,7 @@ impl Tools {
             evidence: json!({"policy": action.policy}),
             action: action.preview.clone(),
             outcome,
-            usage: json!(null),
+            usage: None,
         };
         send_decision(self.queue.as_ref(), tenant, &event).await
     }

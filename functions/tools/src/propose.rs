@@ -2,6 +2,7 @@
 //! gated by policy and autonomy, previewed, then run or held for approval;
 //! exactly once per idempotency key.
 
+use keel_core::chain::DecisionKind;
 use super::*;
 
 /// What a proposal decided, before it becomes an action.
@@ -64,7 +65,7 @@ impl Tools {
             self.uncount(tenant, &tool.name, action.counted.as_ref()).await?;
             return self.replay(tenant, &action.idempotency_key, &fingerprint).await;
         }
-        self.record(tenant, &action, "action.proposed", &caller.principal, json!({"status": action.status})).await?;
+        self.record(tenant, &action, DecisionKind::ActionProposed, &caller.principal, json!({"status": action.status})).await?;
         self.start_saga(tenant, &action, "execute").await?;
         Ok((201, action))
     }

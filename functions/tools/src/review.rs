@@ -1,6 +1,7 @@
 //! Approving, rejecting and undoing an action: a second principal's review,
 //! the saga that runs (or compensates) it.
 
+use keel_core::chain::DecisionKind;
 use super::*;
 use crate::propose::autonomy_name;
 
@@ -41,7 +42,7 @@ impl Tools {
         if !approve {
             self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
         }
-        let kind = if approve { "action.approved" } else { "action.rejected" };
+        let kind = if approve { DecisionKind::ActionApproved } else { DecisionKind::ActionRejected };
         self.record(tenant, &action, kind, &caller.principal, json!({"status": action.status})).await?;
         if let Some(token) = &action.approval_token {
             let sent = if approve {
@@ -76,7 +77,7 @@ impl Tools {
         action.undo_requests += 1;
         action.error = None;
         self.save(tenant, &mut action, version).await?;
-        self.record(tenant, &action, "action.undo_requested", &caller.principal, json!({"status": action.status})).await?;
+        self.record(tenant, &action, DecisionKind::ActionUndoRequested, &caller.principal, json!({"status": action.status})).await?;
         self.start_saga(tenant, &action, "compensate").await?;
         Ok(action)
     }

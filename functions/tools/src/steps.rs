@@ -4,6 +4,7 @@
 //! deliveries and re-runs after a restart change nothing twice. A lost race
 //! answers a retryable error and the saga's Retry runs the step again.
 
+use keel_core::chain::DecisionKind;
 use crate::{Action, ActionStatus, StepRun, Tools};
 use keel_core::ids::TenantId;
 use keel_core::KeelError;
@@ -79,7 +80,7 @@ impl Tools {
                 action.approval_token = None;
                 self.save(tenant, &mut action, version).await?;
                 self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
-                self.record(tenant, &action, "action.expired", "saga", json!({"status": action.status})).await?;
+                self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
                 Ok(json!({"expired": true}))
             }
             ActionStatus::Running => Ok(json!({"expired": false})),
@@ -91,7 +92,7 @@ impl Tools {
     async fn execute_next(&self, tenant: &TenantId, mut action: Action, version: u64) -> Result<Value, KeelError> {
         if action.status == ActionStatus::Executed {
             // Recorded again in case the first record was lost: the log keeps one (same event id).
-            self.record(tenant, &action, "action.executed", "saga", json!({"steps": action.steps})).await?;
+            self.record(tenant, &action, DecisionKind::ActionExecuted, "saga", json!({"steps": action.steps})).await?;
             return Ok(json!({"done": true}));
         }
         if action.status != ActionStatus::Running {
@@ -120,7 +121,7 @@ impl Tools {
     async fn finish(&self, tenant: &TenantId, mut action: Action, version: u64) -> Result<Value, KeelError> {
         action.status = ActionStatus::Executed;
         self.save(tenant, &mut action, version).await?;
-        self.record(tenant, &action, "action.executed", "saga", json!({"steps": action.steps})).await?;
+        self.record(tenant, &action, DecisionKind::ActionExecuted, "saga", json!({"steps": action.steps})).await?;
         Ok(json!({"done": true}))
     }
 
@@ -144,7 +145,7 @@ impl Tools {
             if undo {
                 action.status = ActionStatus::Undone;
                 self.save(tenant, &mut action, version).await?;
-                self.record(tenant, &action, "action.undone", "saga", json!({"steps": action.steps})).await?;
+                self.record(tenant, &action, DecisionKind::ActionUndone, "saga", json!({"steps": action.steps})).await?;
             }
             return Ok(json!({"done": true}));
         };
@@ -183,7 +184,7 @@ impl Tools {
             }
         }
         // Recorded again on a retry: the log keeps one (same event id).
-        let kind = if undo { "action.undo_failed" } else { "action.failed" };
+        let kind = if undo { DecisionKind::ActionUndoFailed } else { DecisionKind::ActionFailed };
         self.record(tenant, &action, kind, "saga", json!({"error": action.error, "steps": action.steps})).await?;
         Ok(json!({"recorded": true}))
     }

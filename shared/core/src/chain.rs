@@ -15,7 +15,7 @@ pub struct DecisionEvent {
     pub event_id: String,
     /// Groups the events of one decision (an ask, or an action's life).
     pub decision_id: String,
-    pub kind: String,
+    pub kind: DecisionKind,
     pub principal: String,
     pub at: String,
     #[serde(default)]
@@ -26,8 +26,89 @@ pub struct DecisionEvent {
     pub action: Value,
     #[serde(default)]
     pub outcome: Value,
+    /// A gateway decision's usage; `None` (null) for actions.
     #[serde(default)]
-    pub usage: Value,
+    pub usage: Option<Usage>,
+}
+
+/// What a decision event records: a gateway request, or a step in an action's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DecisionKind {
+    #[serde(rename = "ask")]
+    Ask,
+    #[serde(rename = "chat")]
+    Chat,
+    #[serde(rename = "classify")]
+    Classify,
+    #[serde(rename = "rank")]
+    Rank,
+    #[serde(rename = "action.proposed")]
+    ActionProposed,
+    #[serde(rename = "action.approved")]
+    ActionApproved,
+    #[serde(rename = "action.rejected")]
+    ActionRejected,
+    #[serde(rename = "action.executed")]
+    ActionExecuted,
+    #[serde(rename = "action.failed")]
+    ActionFailed,
+    #[serde(rename = "action.expired")]
+    ActionExpired,
+    #[serde(rename = "action.undo_requested")]
+    ActionUndoRequested,
+    #[serde(rename = "action.undone")]
+    ActionUndone,
+    #[serde(rename = "action.undo_failed")]
+    ActionUndoFailed,
+}
+
+impl DecisionKind {
+    /// The name the log records (`ask`, `action.proposed`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ask => "ask",
+            Self::Chat => "chat",
+            Self::Classify => "classify",
+            Self::Rank => "rank",
+            Self::ActionProposed => "action.proposed",
+            Self::ActionApproved => "action.approved",
+            Self::ActionRejected => "action.rejected",
+            Self::ActionExecuted => "action.executed",
+            Self::ActionFailed => "action.failed",
+            Self::ActionExpired => "action.expired",
+            Self::ActionUndoRequested => "action.undo_requested",
+            Self::ActionUndone => "action.undone",
+            Self::ActionUndoFailed => "action.undo_failed",
+        }
+    }
+
+    /// A model-gateway request (metered in the tenant's usage).
+    pub fn is_gateway(self) -> bool {
+        matches!(self, Self::Ask | Self::Chat | Self::Classify | Self::Rank)
+    }
+}
+
+/// Whether a gateway request was answered from the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheOutcome {
+    #[serde(rename = "hit")]
+    Hit,
+    #[serde(rename = "miss")]
+    Miss,
+    /// Not a cacheable request.
+    #[default]
+    #[serde(rename = "off")]
+    NotCacheable,
+}
+
+/// What a gateway request cost and how it went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_usd: i64,
+    pub cache: CacheOutcome,
+    pub attempts: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,14 +189,14 @@ mod tests {
         DecisionEvent {
             event_id: format!("e{n}"),
             decision_id: format!("d{n}"),
-            kind: "ask".into(),
+            kind: DecisionKind::Ask,
             principal: "ann".into(),
             at: "t".into(),
             input: Value::from(n),
             evidence: Value::Null,
             action: Value::Null,
             outcome: Value::Null,
-            usage: Value::Null,
+            usage: None,
         }
     }
 
@@ -140,5 +221,18 @@ mod tests {
         let mut reordered = chain(5);
         reordered.swap(1, 3);
         assert!(!verify_chain(&reordered).is_empty());
+    }
+
+    #[test]
+    fn kinds_and_usage_read_back_as_the_log_wrote_them() {
+        for kind in ["ask", "chat", "classify", "rank", "action.proposed", "action.undo_failed"] {
+            let parsed: DecisionKind = serde_json::from_value(Value::from(kind)).unwrap();
+            assert_eq!((parsed.as_str(), serde_json::to_value(parsed).unwrap()), (kind, Value::from(kind)));
+        }
+        assert!(serde_json::from_value::<DecisionKind>(Value::from("action.teleported")).is_err());
+        // Entries already in chains read back byte for byte: their hashes cover the text.
+        let written = serde_json::json!({"input_tokens": 3, "output_tokens": 4, "cost_micro_usd": 5, "cache": "off", "attempts": 1});
+        let usage: Usage = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!((usage.cache, serde_json::to_value(&usage).unwrap()), (CacheOutcome::NotCacheable, written));
     }
 }
