@@ -86,6 +86,7 @@ impl Stack {
         let definition: Value = serde_json::from_str(include_str!("../../infra/statemachines/action.asl.json"))?;
         let saga = LocalSaga::new(db.clone(), definition, options.retry_interval_scale);
         let config = Arc::new(options.config);
+        let admin_key = config.require_admin_key()?.to_string();
 
         let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
         let tools = Arc::new(Tools::new(table.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
@@ -130,7 +131,7 @@ impl Stack {
                 tracing::error!(error = %e, "local API stopped");
             }
         });
-        Ok(Self { addr, admin_key: config.admin_key.clone(), queue, table, retrieval, saga, shutdown, server, consumers })
+        Ok(Self { addr, admin_key, queue, table, retrieval, saga, shutdown, server, consumers })
     }
 
     pub fn url(&self) -> String {

@@ -12,6 +12,7 @@ use std::time::Duration;
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Arc::new(Config::from_env()?);
+    config.require_admin_key()?;
     let aws = keel_aws::Adapters::from_env().await?;
     let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
     let auth = Arc::new(Auth::new(aws.table, config, tenants));

@@ -31,7 +31,7 @@ pub struct AwsResources {
 
 impl AwsResources {
     pub fn from_env() -> Result<Self, KeelError> {
-        let var = |k: &str| std::env::var(k).map_err(|_| KeelError::BadRequest(format!("{k} must be set")));
+        let var = |k: &str| std::env::var(k).map_err(|_| KeelError::Config(format!("{k} must be set")));
         let mut queue_urls = HashMap::new();
         queue_urls.insert(QueueName::Ingest, var("KEEL_INGEST_QUEUE_URL")?);
         queue_urls.insert(QueueName::Audit, var("KEEL_AUDIT_QUEUE_URL")?);

@@ -19,8 +19,8 @@ pub struct EmbeddingFiles {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The platform admin key (`KEEL_ADMIN_KEY`).
-    pub admin_key: String,
+    /// The platform admin key (`KEEL_ADMIN_KEY`): the auth function's alone.
+    pub admin_key: Option<String>,
     /// HS256 JWTs are accepted when a secret is configured.
     pub jwt: Option<JwtSettings>,
     /// How long a warm authorizer trusts a cached tenant record.
@@ -50,14 +50,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The platform admin's key, which only the auth function (and the
+    /// local stack, which is every function) is given.
+    pub fn require_admin_key(&self) -> Result<&str, KeelError> {
+        self.admin_key.as_deref().ok_or_else(|| missing("KEEL_ADMIN_KEY (a secret of at least 16 characters)"))
+    }
+
     pub fn from_env() -> Result<Self, KeelError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, KeelError> {
-        let admin_key = get("KEEL_ADMIN_KEY").filter(|k| k.len() >= 16).ok_or_else(|| {
-            KeelError::BadRequest("KEEL_ADMIN_KEY must be set to a secret of at least 16 characters".into())
-        })?;
+        // Only the auth function holds the platform admin key (`require_admin_key`).
+        let admin_key = match get("KEEL_ADMIN_KEY").filter(|k| !k.is_empty()) {
+            Some(k) if k.len() < 16 => return Err(KeelError::Config("KEEL_ADMIN_KEY must be a secret of at least 16 characters".into())),
+            other => other,
+        };
         let jwt = match get("KEEL_JWT_SECRET").filter(|s| !s.is_empty()) {
             Some(secret) => Some(JwtSettings {
                 secret,
@@ -67,7 +75,7 @@ impl Config {
             None => None,
         };
         let models = match get("KEEL_MODELS").filter(|m| !m.trim().is_empty()) {
-            Some(json) => parse_catalog(&json)?,
+            Some(json) => parse_catalog(&json).map_err(|e| KeelError::Config(format!("KEEL_MODELS: {e}")))?,
             None => vec![],
         };
         let embedding = match get("KEEL_MODEL_DIR").filter(|d| !d.is_empty()) {
@@ -105,7 +113,7 @@ pub const DEFAULT_MIN_EVIDENCE_COVERAGE: f32 = 0.5;
 pub const DEFAULT_MIN_EVIDENCE_SIMILARITY: f32 = 0.35;
 
 fn missing(var: &str) -> KeelError {
-    KeelError::BadRequest(format!("{var} must be set"))
+    KeelError::Config(format!("{var} must be set"))
 }
 
 fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, var: &str, default: T) -> Result<T, KeelError> {
@@ -113,7 +121,7 @@ fn number<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, var: &str
         None => Ok(default),
         Some(v) => v
             .parse()
-            .map_err(|_| KeelError::BadRequest(format!("{var}={v:?} is not a valid number"))),
+            .map_err(|_| KeelError::Config(format!("{var}={v:?} is not a valid number"))),
     }
 }
 
@@ -129,11 +137,13 @@ mod tests {
 
     #[test]
     fn validates_and_names_the_variable() {
-        assert!(from(&[]).unwrap_err().to_string().contains("KEEL_ADMIN_KEY"));
+        // Only the function that needs the admin key requires it.
+        assert!(from(&[]).unwrap().require_admin_key().unwrap_err().to_string().contains("KEEL_ADMIN_KEY"));
+        assert!(matches!(from(&[("KEEL_ADMIN_KEY", "short")]), Err(KeelError::Config(m)) if m.contains("KEEL_ADMIN_KEY")));
         let ok = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef")]).unwrap();
         assert!(ok.models.is_empty());
         let bad = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_TENANT_CACHE_SECS", "x")]);
-        assert!(bad.unwrap_err().to_string().contains("KEEL_TENANT_CACHE_SECS"));
+        assert!(matches!(bad, Err(KeelError::Config(m)) if m.contains("KEEL_TENANT_CACHE_SECS")));
         let models = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODELS", "[{}]")]);
         assert!(models.unwrap_err().to_string().contains("KEEL_MODELS"));
         let jwt = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_JWT_SECRET", "s")]);

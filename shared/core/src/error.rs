@@ -1,4 +1,4 @@
-//! Typed errors, mapped to HTTP once (in `http::ApiResponse::from_error`).
+//! Typed errors, mapped to HTTP once (in `http::api`).
 
 use thiserror::Error;
 
@@ -25,6 +25,9 @@ pub enum KeelError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A configuration value that is missing or bad: the function cannot start.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl KeelError {
@@ -39,7 +42,7 @@ impl KeelError {
             Self::Unprocessable { .. } => 422,
             Self::TooManyRequests(_) => 429,
             Self::Unavailable(_) => 503,
-            Self::Internal(_) => 500,
+            Self::Internal(_) | Self::Config(_) => 500,
         }
     }
 
@@ -55,6 +58,7 @@ impl KeelError {
             Self::TooManyRequests(_) => "too_many_requests",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::Config(_) => "config",
         }
     }
 

@@ -124,7 +124,7 @@ impl IntoResponse for KeelError {
 pub fn error_body(error: &KeelError, request_id: &str) -> Value {
     let message = match error {
         // Internal details stay in the log.
-        KeelError::Internal(_) => "internal error".to_string(),
+        KeelError::Internal(_) | KeelError::Config(_) => "internal error".to_string(),
         other => other.to_string(),
     };
     let mut body = json!({"error": {"code": error.code(), "message": message, "request_id": request_id}});
