@@ -66,12 +66,11 @@ impl Routing {
         let decision = decide(&self.route_input(tenant, Some(confidence), None, request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "ask"))?;
         trail.reasons.extend(decision.reasons.iter().cloned());
-        if decision.tier == Tier::T1 {
+        let Some(hosted) = decision.hosted() else {
             return Ok(self.extractive(question, evidence, events, None, trail));
-        }
-
+        };
         let ttl = tenant.routing.cache_ttl_secs;
-        let first = &self.catalog[decision.candidates[0]].name;
+        let first = &self.catalog[hosted.first].name;
         let cache_key =
             (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, question, &evidence_version(evidence)]));
         if let Some(key) = &cache_key {
@@ -89,7 +88,7 @@ impl Routing {
         };
         let accept = |r: &ModelResponse| grounded_enough(&r.text, evidence.len(), tenant.routing.min_groundedness);
         let deltas: Option<ModelDeltas> = if gate.is_some() { Some(&forward) } else { None };
-        let generation = Generation { tenant, workflow, decision: &decision, request: &request, deltas, gate: gate.as_ref() };
+        let generation = Generation { tenant, workflow, hosted, request: &request, deltas, gate: gate.as_ref() };
         let Some(Generated { model, accepted: g, .. }) = self.generate(&generation, &accept, trail).await? else {
             return self.fallback(question, evidence, &decision, events, trail);
         };
@@ -184,7 +183,7 @@ impl Routing {
             "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),
             "groundedness": out.groundedness, "degraded": out.degraded, "cached": out.cached, "route": out.route});
         let input = json!({"question": grounded.question});
-        self.record_decision(caller, &out.decision_id, DecisionKind::Ask, input, json!(evidence), outcome, usage).await
+        self.record_decision(caller, &out.decision_id, DecisionKind::Ask, Record { input, evidence: json!(evidence), outcome }, usage).await
     }
 }
 

@@ -6,7 +6,7 @@
 use keel_core::chain::{CacheOutcome, DecisionKind};
 use crate::sse::{self, Events, Reply};
 use crate::generate::{Generated, Generation, ModelDeltas};
-use crate::{cache, route_error, CacheWrite, Routing, Trail};
+use crate::{cache, route_error, CacheWrite, Record, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::http::ApiResponse;
 use keel_core::ids::new_id;
@@ -79,7 +79,9 @@ impl Routing {
         // Only deterministic requests are cacheable.
         let ttl = tenant.routing.cache_ttl_secs;
         let cacheable = ttl > 0 && body.temperature.unwrap_or(0.0) == 0.0;
-        let first = &self.catalog[decision.candidates[0]].name;
+        // Chat has no in-function answer: the router sends it hosted or refuses it.
+        let hosted = decision.hosted().ok_or_else(|| KeelError::Unavailable("no hosted model can answer".into()))?;
+        let first = &self.catalog[hosted.first].name;
         let key = cache::key(&tenant.id, &["chat", first, &fingerprint]);
         let hit: Option<(String, String)> = match cacheable {
             true => cache::get(self.table.as_ref(), &tenant.id, &key).await?,
@@ -103,7 +105,7 @@ impl Routing {
                     }
                 };
                 let deltas: Option<ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
-                let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), decision: &decision, request, deltas, gate: None };
+                let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), hosted, request, deltas, gate: None };
                 let accept = |_: &ModelResponse| Ok(());
                 let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail).await? else {
                     self.record_chat(caller, &id, body, &fingerprint, None, &trail).await?;
@@ -141,6 +143,6 @@ impl Routing {
         let input = json!({"model": body.model, "messages": body.messages.len(), "prompt_sha256": fingerprint, "workflow": body.workflow});
         let outcome =
             json!({"answered": answered.is_some(), "model": answered.map(|a| a.0), "tier": answered.map(|a| a.1), "route": trail.reasons});
-        self.record_decision(caller, id, DecisionKind::Chat, input, json!([]), outcome, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Chat, Record { input, evidence: json!([]), outcome }, &trail.usage).await
     }
 }

@@ -9,9 +9,9 @@
 
 use keel_core::chain::{CacheOutcome, DecisionKind};
 use crate::in_function::IN_FUNCTION_MODEL;
-use crate::router::Decision;
+use crate::router::Hosted;
 use crate::generate::{Generated, Generation};
-use crate::{cache, route_error, CacheWrite, Routing, Trail};
+use crate::{cache, route_error, CacheWrite, Record, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::ids::new_id;
 use keel_core::models::Tier;
@@ -226,9 +226,9 @@ impl Routing {
         };
         let in_function = scores.as_ref().map(|s| answer(&s[0].label, Tier::T1, IN_FUNCTION_MODEL, false));
 
-        let mut out = match in_function {
-            Some(out) if decision.tier == Tier::T1 => out,
-            in_function => match self.hosted_label(&tenant, body, &decision, text, &labels, &request, &mut trail).await? {
+        let mut out = match (decision.hosted(), in_function) {
+            (None, Some(out)) => out,
+            (hosted, in_function) => match self.hosted_label(&tenant, body, hosted, text, &labels, &mut trail).await? {
                 Some(hosted) => answer(&hosted.label, hosted.tier, &hosted.model, hosted.cached),
                 None => match in_function.filter(|_| decision.in_function_fallback) {
                     Some(mut out) => {
@@ -252,20 +252,21 @@ impl Routing {
     }
 
     /// A label from the cache or from the decision's hosted candidates; a
-    /// fresh one is left in the trail for the cache. `None` when none answered.
-    #[allow(clippy::too_many_arguments)]
+    /// fresh one is left in the trail for the cache. `None` when none answered
+    /// (or the decision has no hosted model).
     async fn hosted_label(
         &self,
         tenant: &Tenant,
         body: &ClassifyRequest,
-        decision: &Decision,
+        hosted: Option<&Hosted>,
         text: &str,
         labels: &[Label],
-        request: &ModelRequest,
         trail: &mut Trail,
     ) -> Result<Option<HostedLabel>, KeelError> {
+        let Some(hosted) = hosted else { return Ok(None) };
+        let request = &label_request(text, labels);
         let ttl = tenant.routing.cache_ttl_secs;
-        let first = &self.catalog[decision.candidates[0]].name;
+        let first = &self.catalog[hosted.first].name;
         let key = cache::key(&tenant.id, &["classify", first, text, &labels_fingerprint(labels)]);
         if ttl > 0 {
             let hit: Option<CachedLabel> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
@@ -279,7 +280,7 @@ impl Routing {
             Some(label) => Ok(label),
             None => Err(format!("answered {:?}, which is none of the labels", r.text.chars().take(40).collect::<String>())),
         };
-        let generation = Generation { tenant, workflow: body.workflow.as_deref(), decision, request, deltas: None, gate: None };
+        let generation = Generation { tenant, workflow: body.workflow.as_deref(), hosted, request, deltas: None, gate: None };
         let Some(Generated { model, accepted: label, .. }) = self.generate(&generation, &accept, trail).await? else {
             return Ok(None);
         };
@@ -306,7 +307,7 @@ impl Routing {
         let outcome = json!({"label": out.map(|o| &o.label), "confidence": out.and_then(|o| o.confidence),
             "tier": out.map(|o| o.tier), "model": out.map(|o| &o.model), "degraded": out.and_then(|o| o.degraded.as_ref()),
             "cached": out.is_some_and(|o| o.cached), "route": trail.reasons});
-        self.record_decision(caller, id, DecisionKind::Classify, input, json!([]), outcome, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Classify, Record { input, evidence: json!([]), outcome }, &trail.usage).await
     }
 
 }

@@ -5,7 +5,7 @@
 use crate::budget::{reserve, settle, Refused, Reservation};
 use crate::providers::HostedModel;
 use crate::resilience::call_model;
-use crate::router::Decision;
+use crate::router::Hosted;
 use crate::{over_budget_error, sse, Routing, Trail};
 use keel_core::models::ModelSpec;
 use keel_core::ports::{Deltas, ModelRequest, ModelResponse};
@@ -25,7 +25,7 @@ pub(crate) type Accept<'a, T> = &'a (dyn Fn(&ModelResponse) -> Result<T, String>
 pub(crate) struct Generation<'a> {
     pub tenant: &'a Tenant,
     pub workflow: Option<&'a str>,
-    pub decision: &'a Decision,
+    pub hosted: &'a Hosted,
     pub request: &'a ModelRequest,
     /// Streamed text, where the caller streams.
     pub deltas: Option<ModelDeltas<'a>>,
@@ -60,7 +60,7 @@ impl Routing {
     ) -> Result<Option<Generated<T>>, KeelError> {
         // Once a model is over budget, only cheaper ones are worth trying.
         let mut budget_ceiling: Option<i64> = None;
-        for &i in &generation.decision.candidates {
+        for i in generation.hosted.candidates() {
             let HostedModel { spec, provider } = &self.models[i];
             let request = ModelRequest { model: spec.model_id.clone(), ..generation.request.clone() };
             let worst_case = spec.cost_micro_usd(request.prompt_tokens(), request.max_tokens as u64);

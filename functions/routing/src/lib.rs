@@ -226,6 +226,13 @@ struct CachedAnswer {
     model: String,
 }
 
+/// What a gateway request's decision event holds besides its usage.
+struct Record {
+    input: serde_json::Value,
+    evidence: serde_json::Value,
+    outcome: serde_json::Value,
+}
+
 impl Routing {
     pub fn new(
         retrieval: Arc<Retrieval>,
@@ -291,17 +298,8 @@ impl Routing {
     }
 
     /// Sends a gateway request's decision event (one per request, with its usage) to the audit queue.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_decision(
-        &self,
-        caller: &Caller,
-        id: &str,
-        kind: DecisionKind,
-        input: serde_json::Value,
-        evidence: serde_json::Value,
-        outcome: serde_json::Value,
-        usage: &Usage,
-    ) -> Result<(), KeelError> {
+    async fn record_decision(&self, caller: &Caller, id: &str, kind: DecisionKind, record: Record, usage: &Usage) -> Result<(), KeelError> {
+        let Record { input, evidence, outcome } = record;
         let event = DecisionEvent {
             event_id: id.into(),
             decision_id: id.into(),

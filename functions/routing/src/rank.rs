@@ -2,7 +2,7 @@
 
 use crate::classify::checked_text;
 use crate::in_function::IN_FUNCTION_MODEL;
-use crate::{Routing, Trail};
+use crate::{Record, Routing, Trail};
 use keel_core::chain::DecisionKind;
 use keel_core::auth::Caller;
 use keel_core::ids::new_id;
@@ -70,7 +70,7 @@ impl Routing {
         let decision_id = new_id("dec");
         let input = json!({"query_sha256": hex::encode(Sha256::digest(query.as_bytes())), "documents": body.documents.len()});
         let outcome = json!({"tier": Tier::T1, "model": IN_FUNCTION_MODEL, "top": results.first().map(|r| r.index)});
-        self.record_decision(caller, &decision_id, DecisionKind::Rank, input, json!([]), outcome, &Trail::new(vec![]).usage).await?;
+        self.record_decision(caller, &decision_id, DecisionKind::Rank, Record { input, evidence: json!([]), outcome }, &Trail::new(vec![]).usage).await?;
         Ok(RankResponse { results, tier: Tier::T1, model: IN_FUNCTION_MODEL.into(), decision_id })
     }
 }

@@ -28,11 +28,48 @@ pub struct RouteInput<'a> {
 pub struct Decision {
     /// The tier that will answer unless every hosted candidate fails.
     pub tier: Tier,
-    /// Hosted models to try in order (catalog indexes); empty for T1.
-    pub candidates: Vec<usize>,
+    /// In-function, or the hosted models to try.
+    pub answerer: Answerer,
     /// Whether an in-function answer is acceptable when the candidates fail.
     pub in_function_fallback: bool,
     pub reasons: Vec<String>,
+}
+
+/// Who answers a request the router decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answerer {
+    /// The in-function tier (T1).
+    InFunction,
+    /// Hosted models, tried in order (catalog indexes): there is always a first.
+    Hosted(Hosted),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hosted {
+    pub first: usize,
+    pub fallbacks: Vec<usize>,
+}
+
+impl Hosted {
+    /// The models to try, in order.
+    pub fn candidates(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.first).chain(self.fallbacks.iter().copied())
+    }
+}
+
+impl Decision {
+    /// The hosted models to try, if the request goes hosted.
+    pub fn hosted(&self) -> Option<&Hosted> {
+        match &self.answerer {
+            Answerer::Hosted(h) => Some(h),
+            Answerer::InFunction => None,
+        }
+    }
+
+    /// The hosted models to try, in order; none for the in-function tier.
+    pub fn candidates(&self) -> Vec<usize> {
+        self.hosted().map(|h| h.candidates().collect()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -66,7 +103,7 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     let in_function = grounded && policy.allows(Tier::T1);
     let signal = input.signal;
     let mut reasons = Vec::new();
-    let t1 = |reasons: Vec<String>| Decision { tier: Tier::T1, candidates: vec![], in_function_fallback: true, reasons };
+    let t1 = |reasons: Vec<String>| Decision { tier: Tier::T1, answerer: Answerer::InFunction, in_function_fallback: true, reasons };
 
     if input.kill_switch {
         reasons.push("kill switch: hosted models are off for this tenant".into());
@@ -122,10 +159,11 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
         reasons.push(format!("circuit open, skipped: {}", skipped.join(", ")));
         chain.retain(|&i| !(input.open)(&input.catalog[i].name));
     }
-    match chain.first() {
-        Some(&i) => {
-            reasons.push(format!("model {} then {} fallback(s)", input.catalog[i].name, chain.len() - 1));
-            Ok(Decision { tier: input.catalog[i].tier, candidates: chain, in_function_fallback: in_function, reasons })
+    match chain.split_first() {
+        Some((&first, fallbacks)) => {
+            reasons.push(format!("model {} then {} fallback(s)", input.catalog[first].name, fallbacks.len()));
+            let answerer = Answerer::Hosted(Hosted { first, fallbacks: fallbacks.to_vec() });
+            Ok(Decision { tier: input.catalog[first].tier, answerer, in_function_fallback: in_function, reasons })
         }
         None if in_function => {
             reasons.push("no hosted model is usable: answered in-function".into());
@@ -177,19 +215,19 @@ mod tests {
         let catalog = vec![spec("big", Tier::T3, 0.01), spec("small", Tier::T2, 0.001), spec("small2", Tier::T2, 0.002)];
         let policy = RoutingPolicy::default();
         let d = decide(&input(&policy, &catalog, Some(0.9))).unwrap();
-        assert_eq!((d.tier, d.candidates.len()), (Tier::T1, 0));
+        assert_eq!((d.tier, d.candidates().len()), (Tier::T1, 0));
         assert!(d.reasons[0].contains("in-function"));
         let d = decide(&input(&policy, &catalog, Some(0.4))).unwrap();
-        assert_eq!((d.tier, d.candidates.clone()), (Tier::T2, vec![1, 2, 0]), "cheapest t2, then t2, then escalate to t3");
+        assert_eq!((d.tier, d.candidates()), (Tier::T2, vec![1, 2, 0]), "cheapest t2, then t2, then escalate to t3");
         assert!(d.in_function_fallback);
         let mut large = input(&policy, &catalog, None);
         large.prompt_tokens = 10_000;
-        assert_eq!(decide(&large).unwrap().candidates, vec![0, 1, 2]);
+        assert_eq!(decide(&large).unwrap().candidates(), vec![0, 1, 2]);
         let open = |m: &str| m == "small";
         let mut broken = input(&policy, &catalog, None);
         broken.open = &open;
         let d = decide(&broken).unwrap();
-        assert_eq!(d.candidates, vec![2, 0]);
+        assert_eq!(d.candidates(), vec![2, 0]);
         assert!(d.reasons.iter().any(|r| r.contains("circuit open, skipped: small")));
     }
 
@@ -199,7 +237,7 @@ mod tests {
         catalog[1].plans = Some(vec!["enterprise".into()]);
         let policy = RoutingPolicy::default();
         let chat = input(&policy, &catalog, None);
-        assert_eq!(decide(&chat).unwrap().candidates, vec![0], "standard plan is not entitled to big");
+        assert_eq!(decide(&chat).unwrap().candidates(), vec![0], "standard plan is not entitled to big");
         let mut named = input(&policy, &catalog, None);
         named.requested = Some("big");
         assert!(matches!(decide(&named), Err(RouteError::NotAllowed(_))));

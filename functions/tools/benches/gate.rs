@@ -81,10 +81,10 @@ fn main() {
     let subject = Subject {
         action_id: "act_1",
         tool: "refund",
-        risk: "low",
+        risk: keel_tools::Risk::Low,
         reversible: true,
         proposer: "ann",
-        autonomy: "unattended",
+        autonomy: keel_core::tenants::Autonomy::Unattended,
         args: &args,
         today: Today { count: 3, total_units: 1_250_000 },
         now: chrono::Utc::now(),

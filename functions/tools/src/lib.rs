@@ -71,7 +71,7 @@ pub enum Risk {
 }
 
 impl Risk {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Risk::Low => "low",
             Risk::High => "high",

@@ -34,10 +34,10 @@ impl Tools {
         let subject = Subject {
             action_id: &action_id,
             tool: &tool.name,
-            risk: tool.risk.as_str(),
+            risk: tool.risk,
             reversible: tool.reversible,
             proposer: &caller.principal,
-            autonomy: autonomy_name(autonomy),
+            autonomy,
             args: &req.args,
             today,
             now: chrono::Utc::now(),
@@ -226,14 +226,6 @@ pub(crate) fn effective_autonomy(tenant: Autonomy, tool: Option<Autonomy>) -> Au
     match tool {
         Some(t) if rank(t) < rank(tenant) => t,
         _ => tenant,
-    }
-}
-
-pub(crate) fn autonomy_name(a: Autonomy) -> &'static str {
-    match a {
-        Autonomy::SuggestOnly => "suggest_only",
-        Autonomy::OneClick => "one_click",
-        Autonomy::Unattended => "unattended",
     }
 }
 

@@ -3,7 +3,6 @@
 
 use keel_core::chain::DecisionKind;
 use super::*;
-use crate::propose::autonomy_name;
 
 impl Tools {
     /// Approve or reject a pending action (maker-checker). The saga waits on
@@ -104,10 +103,10 @@ impl Tools {
         Subject {
             action_id: &action.action_id,
             tool: &action.tool,
-            risk: tool.risk.as_str(),
+            risk: tool.risk,
             reversible: tool.reversible,
             proposer: &action.proposer,
-            autonomy: autonomy_name(autonomy),
+            autonomy,
             args: &action.args,
             today: Today::default(),
             now: chrono::Utc::now(),

@@ -26,6 +26,17 @@ pub enum Autonomy {
     Unattended,
 }
 
+impl Autonomy {
+    /// The name policies and records use (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Autonomy::SuggestOnly => "suggest_only",
+            Autonomy::OneClick => "one_click",
+            Autonomy::Unattended => "unattended",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: TenantId,

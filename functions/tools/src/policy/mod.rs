@@ -13,7 +13,9 @@ use cedar_policy::{
     Response, RestrictedExpression,
 };
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use crate::Risk;
 use keel_core::auth::Caller;
+use keel_core::tenants::Autonomy;
 use keel_core::KeelError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,11 +63,11 @@ impl Verb {
 pub struct Subject<'a> {
     pub action_id: &'a str,
     pub tool: &'a str,
-    pub risk: &'a str,
+    pub risk: Risk,
     pub reversible: bool,
     pub proposer: &'a str,
     /// The autonomy in force for this tool (the tenant's, capped by the tool's).
-    pub autonomy: &'a str,
+    pub autonomy: Autonomy,
     /// The tool's arguments: `context.args`, numbers as Cedar decimals.
     pub args: &'a Value,
     /// This tool's proposals today (UTC), this one included: `context.today`.
@@ -242,7 +244,7 @@ impl PolicyGate {
         let record = |pairs: Vec<(String, RestrictedExpression)>| {
             RestrictedExpression::new_record(pairs).map_err(|e| cedar_error("context")(e.to_string()))
         };
-        let mut context = vec![("autonomy".to_string(), RestrictedExpression::new_string(s.autonomy.into()))];
+        let mut context = vec![("autonomy".to_string(), RestrictedExpression::new_string(s.autonomy.as_str().into()))];
         if reads.args.is_some() {
             let args = s.args.as_object().into_iter().flatten().filter(|(k, _)| reads.arg(k));
             context.push(("args".into(), record(args.filter_map(|(k, v)| Some((k.clone(), cedar_value(v)?))).collect())?));
@@ -291,7 +293,7 @@ impl PolicyGate {
             self.proposal_uid(s),
             HashMap::from([
                 ("tool".to_string(), RestrictedExpression::new_string(s.tool.into())),
-                ("risk".to_string(), RestrictedExpression::new_string(s.risk.into())),
+                ("risk".to_string(), RestrictedExpression::new_string(s.risk.as_str().into())),
                 ("reversible".to_string(), RestrictedExpression::new_bool(s.reversible)),
                 ("proposer".to_string(), RestrictedExpression::new_entity_uid(self.user_uid(s.proposer))),
             ]),

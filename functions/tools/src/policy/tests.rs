@@ -19,14 +19,14 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(rfc3339).unwrap().with_timezone(&Utc)
 }
 
-fn subject<'a>(risk: &'a str, proposer: &'a str, autonomy: &'a str) -> Subject<'a> {
+fn subject<'a>(risk: &str, proposer: &'a str, autonomy: &str) -> Subject<'a> {
     Subject {
         action_id: "act_1",
         tool: "refund",
-        risk,
+        risk: serde_json::from_value(json!(risk)).unwrap(),
         reversible: true,
         proposer,
-        autonomy,
+        autonomy: serde_json::from_value(json!(autonomy)).unwrap(),
         args: NO_ARGS,
         today: Today::default(),
         now: at("2026-11-23T10:00:00Z"),
