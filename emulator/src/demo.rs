@@ -111,148 +111,192 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let mut n = 0;
-    let tenant = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-
-    step(&mut n, &format!("Platform admin creates tenant {tenant}"));
-    let (s, t) = client
-        .call("POST", "/v1/tenants", admin_key, Some(json!({"id": tenant, "name": "Demo Co", "plan": "pro"})))
-        .await?;
-    expect(s, 201, &t, "create tenant")?;
-    println!("     status={} autonomy={} rate_limit_per_minute={}", t["status"], t["autonomy"], t["rate_limit_per_minute"]);
-
-    step(&mut n, "Keys for three principals: ann (member), bob (approver), carol (admin)");
-    let mut keys = Vec::new();
-    for (who, roles) in [("ann", json!(["member"])), ("bob", json!(["approver"])), ("carol", json!(["admin"]))] {
-        let body = json!({"principal": who, "roles": roles, "attributes": {"groups": ["staff"]}});
-        let (s, k) = client.call("POST", &format!("/v1/tenants/{tenant}/keys"), admin_key, Some(body)).await?;
-        expect(s, 201, &k, "create key")?;
-        println!("     {who}: {}… (shown once, stored as a hash)", head(&k["key"], 20));
-        keys.push(k["key"].as_str().unwrap_or_default().to_string());
-    }
+    let mut demo = Demo { client, n: 0, tenant: format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]) };
+    let keys = demo.tenant_and_keys(admin_key).await?;
     let (ann, bob, carol) = (&keys[0], &keys[1], &keys[2]);
-
-    step(&mut n, "ann puts three documents");
-    let docs = [
-        ("refund-policy", "Refund policy", "Refunds are paid back to the original card within 5 business days. \
-          A refund needs the order number. Refunds over 500 euros need a manager's approval."),
-        ("shipping", "Shipping", "Orders ship within 2 days from our Lisbon warehouse. \
-          Express shipping costs 15 euros and arrives the next day."),
-        ("security", "Security handbook", "Staff rotate their passwords every 90 days. \
-          Laptops use full-disk encryption."),
-    ];
-    for (id, title, text) in docs {
-        let (s, r) = client
-            .call("PUT", &format!("/v1/documents/{id}"), ann, Some(json!({"title": title, "text": text, "acl": {"groups": ["staff"]}})))
-            .await?;
-        expect(s, 200, &r, "put document")?;
-        println!("     {id}: version {} with {} chunk(s)", r["version"], r["chunks"]);
-    }
-
-    step(&mut n, "ann searches for \"refund card\"");
-    let (s, r) = client.call("POST", "/v1/search", ann, Some(json!({"query": "refund card", "k": 3}))).await?;
-    expect(s, 200, &r, "search")?;
-    for hit in r["results"].as_array().into_iter().flatten() {
-        println!("     {} score={:.3} anchor=[{}..{}]", hit["chunk_id"], hit["score"].as_f64().unwrap_or(0.0), hit["anchor"]["start"], hit["anchor"]["end"]);
-    }
-
-    step(&mut n, "ann asks: How many days until refunds are paid back to the card?");
-    let (s, a) = client
-        .call("POST", "/v1/ask", ann, Some(json!({"question": "How many days until refunds are paid back to the card?"})))
-        .await?;
-    expect(s, 200, &a, "ask")?;
-    if a["refused"] != false || a["citations"].as_array().is_none_or(|c| c.is_empty()) {
-        return Err(KeelError::Internal(format!("expected a cited answer, got {a}")));
-    }
-    println!("     answer: {}\n     citations: {}  tier={} cost={}", a["answer"], a["citations"], a["tier"], a["cost"]);
-    println!("     route: {}", a["route"]);
-
-    step(&mut n, "ann asks something the documents do not cover: What is the boiling point of mercury?");
-    let (s, a) = client
-        .call("POST", "/v1/ask", ann, Some(json!({"question": "What is the boiling point of mercury?"})))
-        .await?;
-    expect(s, 200, &a, "ask")?;
-    if a["refused"] != true {
-        return Err(KeelError::Internal(format!("expected a refusal, got {a}")));
-    }
-    println!("     refused: {}", a["reason"]);
-
-    step(&mut n, "ann triages a support message in-function (POST /v1/classify), then ranks two passages (POST /v1/rank)");
-    let labels = json!(["account", {"name": "billing", "description": "payments, invoices and refunds",
-        "examples": ["Why is there a second charge on my card?"]}, "shipping"]);
-    let body = json!({"text": "I was charged twice for the same order", "labels": labels});
-    let (s, l) = client.call("POST", "/v1/classify", ann, Some(body)).await?;
-    expect(s, 200, &l, "classify")?;
-    if l["label"] != "billing" {
-        return Err(KeelError::Internal(format!("expected the billing label, got {l}")));
-    }
-    println!("     label={} confidence={:.2} tier={} model={} cost={}", l["label"], l["confidence"].as_f64().unwrap_or(0.0), l["tier"], l["model"], l["cost"]);
-    let body = json!({"query": "reset my password", "documents": ["Parcels ship in two days.", "Open Settings, then choose Forgot password."]});
-    let (s, r) = client.call("POST", "/v1/rank", ann, Some(body)).await?;
-    expect(s, 200, &r, "rank")?;
-    println!("     ranking: {}", r["results"]);
-
-    step(&mut n, "Start a refund service on loopback; carol registers the issue_refund tool (high risk, undoable)");
-    let connector = start_connector().await?;
-    let tool = json!({
-        "description": "Refund an order to the original card",
-        "input_schema": {"type": "object", "required": ["order_id", "amount"], "additionalProperties": false,
-            "properties": {"order_id": {"type": "string"}, "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}}},
-        "connector": {"url": format!("{}/refunds", connector.url)},
-        "compensation": {"url": format!("{}/refunds/cancel", connector.url)},
-        "risk": "high"
-    });
-    let (s, r) = client.call("PUT", "/v1/tools/issue_refund", carol, Some(tool)).await?;
-    expect(s, 200, &r, "register tool")?;
-    println!("     issue_refund v{} reversible={} connector={}", r["version"], r["reversible"], r["steps"][0]["connector"]["url"]);
-
-    step(&mut n, "ann proposes a refund of 42.50 for order A-1001");
-    let proposal = json!({"tool": "issue_refund", "args": {"order_id": "A-1001", "amount": 42.5}, "idempotency_key": format!("refund-A-1001-{tenant}")});
-    let (s, p) = client.call("POST", "/v1/actions", ann, Some(proposal)).await?;
-    expect(s, 201, &p, "propose")?;
-    let action_id = p["action_id"].as_str().unwrap_or_default().to_string();
-    println!("     {action_id}: status={}\n     preview:\n{}", p["status"], show(&p["preview"]));
-
-    step(&mut n, "ann tries to approve her own action (maker-checker says no)");
-    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/approve"), ann, None).await?;
-    expect(s, 403, &r, "self-approval")?;
-    println!("     HTTP 403: {}", r["error"]["message"]);
-
-    step(&mut n, "bob approves; the saga, waiting on its task token, executes it through the connector");
-    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/approve"), bob, None).await?;
-    expect(s, 200, &r, "approve")?;
-    let done = wait_for(client, ann, &action_id, "executed").await?;
-    println!("     executed: {}", done["steps"][0]["outcome"]);
-
-    step(&mut n, "ann undoes it; the saga runs the compensation once");
-    let (s, r) = client.call("POST", &format!("/v1/actions/{action_id}/undo"), ann, None).await?;
-    expect(s, 200, &r, "undo")?;
-    let undone = wait_for(client, ann, &action_id, "undone").await?;
-    println!("     undone: {}", undone["steps"][0]["compensation"]);
-    let calls = connector.calls.lock().map(|c| c.clone()).unwrap_or_default();
-    println!("     the refund service saw: {calls:?}");
-
+    demo.documents_and_answers(ann).await?;
+    demo.labels_and_ranking(ann).await?;
+    demo.governed_action(ann, bob, carol).await?;
     if !settle().await {
         return Err(KeelError::Internal("the audit queue did not drain".into()));
     }
-    step(&mut n, "carol (admin) exports the audit log (JSON Lines); members may not");
-    let (s, refused) = client.call("GET", "/v1/audit/export", ann, None).await?;
-    expect(s, 403, &refused, "a member's export")?;
-    let (s, export) = client.call("GET", "/v1/audit/export", carol, None).await?;
-    expect(s, 200, &export, "export")?;
-    let lines: Vec<&str> = export.as_str().unwrap_or("").lines().collect();
-    for line in &lines {
-        let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-        println!("     #{} {:<22} by {:<6} hash {}…", e["seq"], e["event"]["kind"].as_str().unwrap_or(""), e["event"]["principal"].as_str().unwrap_or(""), head(&e["hash"], 12));
-    }
-
-    step(&mut n, "ann verifies the hash chain");
-    let (s, v) = client.call("POST", "/v1/audit/verify", ann, None).await?;
-    expect(s, 200, &v, "verify")?;
-    if v["ok"] != true {
-        return Err(KeelError::Internal(format!("chain verification failed: {v}")));
-    }
-    println!("     ok={} entries={} head={}", v["ok"], v["entries"], v["head"]);
+    demo.audit(ann, carol).await?;
     println!("\nDemo complete.");
     Ok(())
+}
+
+/// The demo's client, its tenant and the number of the step it is at.
+struct Demo<'a> {
+    client: &'a Client,
+    n: u32,
+    tenant: String,
+}
+
+impl Demo<'_> {
+    fn step(&mut self, what: &str) {
+        step(&mut self.n, what);
+    }
+
+    /// A tenant, and keys for ann (member), bob (approver) and carol (admin).
+    async fn tenant_and_keys(&mut self, admin_key: &str) -> Result<Vec<String>, KeelError> {
+        let tenant = self.tenant.clone();
+        self.step(&format!("Platform admin creates tenant {tenant}"));
+        let (s, t) = self
+            .client
+            .call("POST", "/v1/tenants", admin_key, Some(json!({"id": tenant, "name": "Demo Co", "plan": "pro"})))
+            .await?;
+        expect(s, 201, &t, "create tenant")?;
+        println!("     status={} autonomy={} rate_limit_per_minute={}", t["status"], t["autonomy"], t["rate_limit_per_minute"]);
+
+        self.step("Keys for three principals: ann (member), bob (approver), carol (admin)");
+        let mut keys = Vec::new();
+        for (who, roles) in [("ann", json!(["member"])), ("bob", json!(["approver"])), ("carol", json!(["admin"]))] {
+            let body = json!({"principal": who, "roles": roles, "attributes": {"groups": ["staff"]}});
+            let (s, k) = self.client.call("POST", &format!("/v1/tenants/{tenant}/keys"), admin_key, Some(body)).await?;
+            expect(s, 201, &k, "create key")?;
+            println!("     {who}: {}… (shown once, stored as a hash)", head(&k["key"], 20));
+            keys.push(k["key"].as_str().unwrap_or_default().to_string());
+        }
+        Ok(keys)
+    }
+
+    /// Documents, search, a cited answer and a refusal.
+    async fn documents_and_answers(&mut self, ann: &str) -> Result<(), KeelError> {
+        self.step("ann puts three documents");
+        let docs = [
+            ("refund-policy", "Refund policy", "Refunds are paid back to the original card within 5 business days. \
+              A refund needs the order number. Refunds over 500 euros need a manager's approval."),
+            ("shipping", "Shipping", "Orders ship within 2 days from our Lisbon warehouse. \
+              Express shipping costs 15 euros and arrives the next day."),
+            ("security", "Security handbook", "Staff rotate their passwords every 90 days. \
+              Laptops use full-disk encryption."),
+        ];
+        for (id, title, text) in docs {
+            let (s, r) = self
+            .client
+                .call("PUT", &format!("/v1/documents/{id}"), ann, Some(json!({"title": title, "text": text, "acl": {"groups": ["staff"]}})))
+                .await?;
+            expect(s, 200, &r, "put document")?;
+            println!("     {id}: version {} with {} chunk(s)", r["version"], r["chunks"]);
+        }
+
+        self.step("ann searches for \"refund card\"");
+        let (s, r) = self.client.call("POST", "/v1/search", ann, Some(json!({"query": "refund card", "k": 3}))).await?;
+        expect(s, 200, &r, "search")?;
+        for hit in r["results"].as_array().into_iter().flatten() {
+            println!("     {} score={:.3} anchor=[{}..{}]", hit["chunk_id"], hit["score"].as_f64().unwrap_or(0.0), hit["anchor"]["start"], hit["anchor"]["end"]);
+        }
+
+        self.step("ann asks: How many days until refunds are paid back to the card?");
+        let (s, a) = self
+            .client
+            .call("POST", "/v1/ask", ann, Some(json!({"question": "How many days until refunds are paid back to the card?"})))
+            .await?;
+        expect(s, 200, &a, "ask")?;
+        if a["refused"] != false || a["citations"].as_array().is_none_or(|c| c.is_empty()) {
+            return Err(KeelError::Internal(format!("expected a cited answer, got {a}")));
+        }
+        println!("     answer: {}\n     citations: {}  tier={} cost={}", a["answer"], a["citations"], a["tier"], a["cost"]);
+        println!("     route: {}", a["route"]);
+
+        self.step("ann asks something the documents do not cover: What is the boiling point of mercury?");
+        let (s, a) = self
+            .client
+            .call("POST", "/v1/ask", ann, Some(json!({"question": "What is the boiling point of mercury?"})))
+            .await?;
+        expect(s, 200, &a, "ask")?;
+        if a["refused"] != true {
+            return Err(KeelError::Internal(format!("expected a refusal, got {a}")));
+        }
+        println!("     refused: {}", a["reason"]);
+
+        Ok(())
+    }
+
+    /// A support message labelled and two passages ranked, in-function.
+    async fn labels_and_ranking(&mut self, ann: &str) -> Result<(), KeelError> {
+        self.step("ann triages a support message in-function (POST /v1/classify), then ranks two passages (POST /v1/rank)");
+        let labels = json!(["account", {"name": "billing", "description": "payments, invoices and refunds",
+            "examples": ["Why is there a second charge on my card?"]}, "shipping"]);
+        let body = json!({"text": "I was charged twice for the same order", "labels": labels});
+        let (s, l) = self.client.call("POST", "/v1/classify", ann, Some(body)).await?;
+        expect(s, 200, &l, "classify")?;
+        if l["label"] != "billing" {
+            return Err(KeelError::Internal(format!("expected the billing label, got {l}")));
+        }
+        println!("     label={} confidence={:.2} tier={} model={} cost={}", l["label"], l["confidence"].as_f64().unwrap_or(0.0), l["tier"], l["model"], l["cost"]);
+        let body = json!({"query": "reset my password", "documents": ["Parcels ship in two days.", "Open Settings, then choose Forgot password."]});
+        let (s, r) = self.client.call("POST", "/v1/rank", ann, Some(body)).await?;
+        expect(s, 200, &r, "rank")?;
+        println!("     ranking: {}", r["results"]);
+        Ok(())
+    }
+
+    /// A tool, a proposal, a refused self-approval, an approval, the saga, an undo.
+    async fn governed_action(&mut self, ann: &str, bob: &str, carol: &str) -> Result<(), KeelError> {
+        let tenant = self.tenant.clone();
+        self.step("Start a refund service on loopback; carol registers the issue_refund tool (high risk, undoable)");
+        let connector = start_connector().await?;
+        let tool = json!({
+            "description": "Refund an order to the original card",
+            "input_schema": {"type": "object", "required": ["order_id", "amount"], "additionalProperties": false,
+                "properties": {"order_id": {"type": "string"}, "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}}},
+            "connector": {"url": format!("{}/refunds", connector.url)},
+            "compensation": {"url": format!("{}/refunds/cancel", connector.url)},
+            "risk": "high"
+        });
+        let (s, r) = self.client.call("PUT", "/v1/tools/issue_refund", carol, Some(tool)).await?;
+        expect(s, 200, &r, "register tool")?;
+        println!("     issue_refund v{} reversible={} connector={}", r["version"], r["reversible"], r["steps"][0]["connector"]["url"]);
+
+        self.step("ann proposes a refund of 42.50 for order A-1001");
+        let proposal = json!({"tool": "issue_refund", "args": {"order_id": "A-1001", "amount": 42.5}, "idempotency_key": format!("refund-A-1001-{tenant}")});
+        let (s, p) = self.client.call("POST", "/v1/actions", ann, Some(proposal)).await?;
+        expect(s, 201, &p, "propose")?;
+        let action_id = p["action_id"].as_str().unwrap_or_default().to_string();
+        println!("     {action_id}: status={}\n     preview:\n{}", p["status"], show(&p["preview"]));
+
+        self.step("ann tries to approve her own action (maker-checker says no)");
+        let (s, r) = self.client.call("POST", &format!("/v1/actions/{action_id}/approve"), ann, None).await?;
+        expect(s, 403, &r, "self-approval")?;
+        println!("     HTTP 403: {}", r["error"]["message"]);
+
+        self.step("bob approves; the saga, waiting on its task token, executes it through the connector");
+        let (s, r) = self.client.call("POST", &format!("/v1/actions/{action_id}/approve"), bob, None).await?;
+        expect(s, 200, &r, "approve")?;
+        let done = wait_for(self.client, ann, &action_id, "executed").await?;
+        println!("     executed: {}", done["steps"][0]["outcome"]);
+
+        self.step("ann undoes it; the saga runs the compensation once");
+        let (s, r) = self.client.call("POST", &format!("/v1/actions/{action_id}/undo"), ann, None).await?;
+        expect(s, 200, &r, "undo")?;
+        let undone = wait_for(self.client, ann, &action_id, "undone").await?;
+        println!("     undone: {}", undone["steps"][0]["compensation"]);
+        let calls = connector.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        println!("     the refund service saw: {calls:?}");
+        Ok(())
+    }
+
+    /// The export (an admin's; a member's is refused) and the chain's verification.
+    async fn audit(&mut self, ann: &str, carol: &str) -> Result<(), KeelError> {
+        self.step("carol (admin) exports the audit log (JSON Lines); members may not");
+        let (s, refused) = self.client.call("GET", "/v1/audit/export", ann, None).await?;
+        expect(s, 403, &refused, "a member's export")?;
+        let (s, export) = self.client.call("GET", "/v1/audit/export", carol, None).await?;
+        expect(s, 200, &export, "export")?;
+        let lines: Vec<&str> = export.as_str().unwrap_or("").lines().collect();
+        for line in &lines {
+            let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+            println!("     #{} {:<22} by {:<6} hash {}…", e["seq"], e["event"]["kind"].as_str().unwrap_or(""), e["event"]["principal"].as_str().unwrap_or(""), head(&e["hash"], 12));
+        }
+
+        self.step("ann verifies the hash chain");
+        let (s, v) = self.client.call("POST", "/v1/audit/verify", ann, None).await?;
+        expect(s, 200, &v, "verify")?;
+        if v["ok"] != true {
+            return Err(KeelError::Internal(format!("chain verification failed: {v}")));
+        }
+        println!("     ok={} entries={} head={}", v["ok"], v["entries"], v["head"]);
+        Ok(())
+    }
 }

@@ -110,6 +110,29 @@ fn ssn_valid(area: &str, group: &str, serial: &str) -> bool {
     area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
 }
 
+/// The length of the valid IBAN a match starts with: the last group may be a
+/// following word, so it is tried without it too.
+fn iban_length(matched: &str) -> Option<usize> {
+    let mut candidate = matched;
+    loop {
+        if iban_valid(&candidate.replace(' ', "")) {
+            return Some(candidate.len());
+        }
+        candidate = &candidate[..candidate.rfind(' ')?];
+    }
+}
+
+/// Whether a phone-shaped match at `start` is a phone number. Short numbers
+/// look like addresses and codes: they need a phone-like format (+,
+/// parentheses) or a phone word just before them.
+fn is_phone(text: &str, start: usize, matched: &str) -> bool {
+    let p = patterns();
+    let n = matched.chars().filter(char::is_ascii_digit).count();
+    let context = &text[text[..start].char_indices().rev().nth(40).map_or(0, |(i, _)| i)..start];
+    let marked = matched.contains(['+', '(']) || p.phone_words.is_match(context);
+    (7..=15).contains(&n) && !p.date.is_match(matched) && (n >= 10 || marked)
+}
+
 /// All entities in `text`, sorted by position, without overlaps.
 pub fn detect(text: &str) -> Vec<PiiSpan> {
     let p = patterns();
@@ -125,17 +148,8 @@ pub fn detect(text: &str) -> Vec<PiiSpan> {
         }
     }
     for m in p.iban.find_iter(text) {
-        // The last group may be a following word: try without it too.
-        let mut candidate = m.as_str();
-        loop {
-            if iban_valid(&candidate.replace(' ', "")) {
-                found.push((m.start(), m.start() + candidate.len(), PiiKind::Iban));
-                break;
-            }
-            match candidate.rfind(' ') {
-                Some(cut) => candidate = &candidate[..cut],
-                None => break,
-            }
+        if let Some(len) = iban_length(m.as_str()) {
+            found.push((m.start(), m.start() + len, PiiKind::Iban));
         }
     }
     for c in p.ssn.captures_iter(text) {
@@ -156,12 +170,7 @@ pub fn detect(text: &str) -> Vec<PiiSpan> {
         }
     }
     for m in p.phone.find_iter(text) {
-        let n = digits_of(m.as_str()).len();
-        // Short numbers look like addresses and codes: they need a phone-like
-        // format (+, parentheses) or a phone word just before them.
-        let context = &text[text[..m.start()].char_indices().rev().nth(40).map_or(0, |(i, _)| i)..m.start()];
-        let marked = m.as_str().contains(['+', '(']) || p.phone_words.is_match(context);
-        if (7..=15).contains(&n) && !p.date.is_match(m.as_str()) && (n >= 10 || marked) {
+        if is_phone(text, m.start(), m.as_str()) {
             found.push((m.start(), m.end(), PiiKind::Phone));
         }
     }

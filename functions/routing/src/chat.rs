@@ -9,7 +9,7 @@ use crate::generate::{Generated, Generation, ModelDeltas};
 use crate::{cache, route_error, CacheWrite, Record, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::http::ApiResponse;
-use keel_core::ids::new_id;
+use keel_core::ids::{new_id, TenantId};
 use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
 use keel_core::ports::{ModelRequest, ModelResponse};
@@ -83,13 +83,7 @@ impl Routing {
         let hosted = decision.hosted().ok_or_else(|| KeelError::Unavailable("no hosted model can answer".into()))?;
         let first = &self.catalog[hosted.first].name;
         let key = cache::key(&tenant.id, &["chat", first, &fingerprint]);
-        let hit: Option<(String, String)> = match cacheable {
-            true => cache::get(self.table.as_ref(), &tenant.id, &key).await?,
-            false => None,
-        };
-        if cacheable {
-            trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
-        }
+        let hit = if cacheable { self.cached_chat(&tenant.id, &key, &mut trail).await? } else { None };
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
                 trail.reasons.push(format!("cache hit for {first}"));
@@ -128,6 +122,13 @@ impl Routing {
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == CacheOutcome::Hit,
             "decision_id": id, "route": trail.reasons});
         Ok(out)
+    }
+
+    /// The cached (model, text) of the same deterministic request, if any.
+    async fn cached_chat(&self, tenant: &TenantId, key: &str, trail: &mut Trail) -> Result<Option<(String, String)>, KeelError> {
+        let hit: Option<(String, String)> = cache::get(self.table.as_ref(), tenant, key).await?;
+        trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
+        Ok(hit)
     }
 
     async fn record_chat(

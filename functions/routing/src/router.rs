@@ -97,6 +97,37 @@ fn usable<'a>(input: &'a RouteInput<'a>) -> Vec<usize> {
     out
 }
 
+/// The hosted tier to start with, and the model the caller named (if it may use it).
+fn first_choice(input: &RouteInput, models: &[usize], reasons: &mut Vec<String>) -> Result<(Tier, Vec<usize>), RouteError> {
+    let policy = input.policy;
+    match input.requested.filter(|r| !r.is_empty() && *r != "auto") {
+        Some(name) => match input.catalog.iter().position(|m| m.name == name) {
+            Some(i) if models.contains(&i) => {
+                reasons.push(format!("caller asked for {name}"));
+                Ok((input.catalog[i].tier, vec![i]))
+            }
+            _ => Err(RouteError::NotAllowed(format!("model {name:?} is not available to this tenant"))),
+        },
+        None => {
+            let large = input.prompt_tokens > policy.large_prompt_tokens;
+            let want = if large { Tier::T3 } else { Tier::T2 };
+            let tier = if models.iter().any(|&i| input.catalog[i].tier == want) {
+                want
+            } else if large {
+                Tier::T2
+            } else {
+                Tier::T3
+            };
+            reasons.push(match (large, tier == want) {
+                (true, true) => format!("prompt of ~{} tokens is large: t3", input.prompt_tokens),
+                (false, true) => "small model first: t2".into(),
+                _ => format!("no usable {} model: {}", want.as_str(), tier.as_str()),
+            });
+            Ok((tier, vec![]))
+        }
+    }
+}
+
 pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     let policy = input.policy;
     let grounded = input.confidence.is_some();
@@ -118,33 +149,7 @@ pub fn decide(input: &RouteInput) -> Result<Decision, RouteError> {
     }
 
     let models = usable(input);
-    let named = input.requested.filter(|r| !r.is_empty() && *r != "auto");
-    let (first_tier, mut chain) = match named {
-        Some(name) => match input.catalog.iter().position(|m| m.name == name) {
-            Some(i) if models.contains(&i) => {
-                reasons.push(format!("caller asked for {name}"));
-                (input.catalog[i].tier, vec![i])
-            }
-            _ => return Err(RouteError::NotAllowed(format!("model {name:?} is not available to this tenant"))),
-        },
-        None => {
-            let large = input.prompt_tokens > policy.large_prompt_tokens;
-            let want = if large { Tier::T3 } else { Tier::T2 };
-            let tier = if models.iter().any(|&i| input.catalog[i].tier == want) {
-                want
-            } else if large {
-                Tier::T2
-            } else {
-                Tier::T3
-            };
-            reasons.push(match (large, tier == want) {
-                (true, true) => format!("prompt of ~{} tokens is large: t3", input.prompt_tokens),
-                (false, true) => "small model first: t2".into(),
-                _ => format!("no usable {} model: {}", want.as_str(), tier.as_str()),
-            });
-            (tier, vec![])
-        }
-    };
+    let (first_tier, mut chain) = first_choice(input, &models, &mut reasons)?;
     // The chosen tier's models, then the other hosted tier as fallback.
     for tier in [first_tier, if first_tier == Tier::T2 { Tier::T3 } else { Tier::T2 }] {
         for &i in &models {
