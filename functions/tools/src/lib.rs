@@ -19,15 +19,15 @@ pub mod policy;
 pub mod schema;
 mod schema_cost;
 mod steps;
+mod store;
 
 use connector::Connectors;
-use keel_core::keys;
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, DecisionEvent, DecisionKind};
 use keel_core::config::Config;
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
-use keel_core::ports::{Condition, QueueMessage, Saga, Table, WorkQueue, Write};
+use keel_core::ports::{QueueMessage, Saga, Table, WorkQueue};
 use keel_core::resilience::{BreakerSettings, RetryPolicy};
 use keel_core::tenants::{require_active, Autonomy};
 use keel_core::time::{now_rfc3339, now_secs};
@@ -42,8 +42,6 @@ use std::time::Duration;
 
 pub use steps::StepInput;
 
-/// How long an idempotency key is remembered.
-const IDEMPOTENCY_TTL_SECS: i64 = 7 * 24 * 3600;
 /// How long daily counters are kept (a little over a day).
 const DAILY_COUNTER_TTL_SECS: i64 = 2 * 24 * 3600;
 const MAX_STEPS: usize = 10;
@@ -245,7 +243,12 @@ impl ToolsOptions {
 }
 
 pub struct Tools {
+    /// The tenant records, read fresh: autonomy and the kill switch act at once.
     table: Arc<dyn Table>,
+    tools: store::ToolStore,
+    policy_sets: store::PolicyStore,
+    actions: store::ActionStore,
+    daily: store::DailyCounters,
     queue: Arc<dyn WorkQueue>,
     saga: Arc<dyn Saga>,
     gate: Arc<PolicyGate>,
@@ -260,6 +263,10 @@ impl Tools {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
         let connectors = Connectors::new(options.connector_timeout, options.connector_retry, options.connector_breakers)?;
         Ok(Self {
+            tools: store::ToolStore::new(table.clone()),
+            policy_sets: store::PolicyStore::new(table.clone()),
+            actions: store::ActionStore::new(table.clone()),
+            daily: store::DailyCounters::new(table.clone()),
             table,
             queue,
             saga,
@@ -272,31 +279,19 @@ impl Tools {
     }
 
     pub(crate) async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {
-        let item = self.table.get(&tenant.pk(), &keys::action(id)).await?;
-        let item = item.ok_or_else(|| KeelError::NotFound(format!("action {id} not found")))?;
-        Ok((serde_json::from_value(item.data)?, item.version))
+        self.actions.get(tenant, id).await?.ok_or_else(|| KeelError::NotFound(format!("action {id} not found")))
     }
 
     pub(crate) async fn action_by_key(&self, tenant: &TenantId, key: &str) -> Result<Action, KeelError> {
-        let record = self.table.get(&tenant.pk(), &keys::idempotency(key)).await?;
-        let record = record.ok_or_else(|| KeelError::NotFound(format!("no action with idempotency key {key:?}")))?;
-        Ok(self.action(tenant, record.data["action_id"].as_str().unwrap_or_default()).await?.0)
+        let claim = self.actions.claim_of(tenant, key).await?;
+        let claim = claim.ok_or_else(|| KeelError::NotFound(format!("no action with idempotency key {key:?}")))?;
+        Ok(self.action(tenant, &claim.action_id).await?.0)
     }
 
     /// Writes an action's new state, only if nobody changed it meanwhile.
     async fn save(&self, tenant: &TenantId, action: &mut Action, version: u64) -> Result<(), KeelError> {
         action.updated_at = now_rfc3339();
-        self.table
-            .put(Write {
-                pk: tenant.pk(),
-                sk: keys::action(&action.action_id),
-                data: serde_json::to_value(&*action)?,
-                expires_at: None,
-                condition: Condition::Version(version),
-            })
-            .await
-            .map_err(lost_race("the action changed meanwhile; reload it"))?;
-        Ok(())
+        self.actions.save(tenant, action, version).await.map_err(lost_race("the action changed meanwhile; reload it"))
     }
 
     async fn record(&self, tenant: &TenantId, action: &Action, kind: DecisionKind, principal: &str, outcome: Value) -> Result<(), KeelError> {

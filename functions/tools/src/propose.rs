@@ -22,7 +22,7 @@ impl Tools {
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
         let fingerprint = args_fingerprint(&tool.name, &req.args);
         // A replay is answered before anything is counted or decided again.
-        if self.table.get(&tenant.pk(), &keys::idempotency(&req.idempotency_key)).await?.is_some() {
+        if self.actions.claim_of(tenant, &req.idempotency_key).await?.is_some() {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
@@ -60,7 +60,7 @@ impl Tools {
         if status == ActionStatus::Suggested {
             self.uncount(tenant, &tool.name, Some(&counted)).await?;
         }
-        if !self.claim(tenant, &action, &fingerprint).await? {
+        if !self.actions.create(tenant, &action, &fingerprint).await? {
             // Claimed concurrently by the same key: this attempt's count goes back.
             self.uncount(tenant, &tool.name, action.counted.as_ref()).await?;
             return self.replay(tenant, &action.idempotency_key, &fingerprint).await;
@@ -109,40 +109,16 @@ impl Tools {
         }
     }
 
-    /// Writes the action and claims its idempotency key together; `false`
-    /// when another request claimed the key first.
-    async fn claim(&self, tenant: &TenantId, action: &Action, fingerprint: &str) -> Result<bool, KeelError> {
-        let idempotency = Write {
-            pk: tenant.pk(),
-            sk: keys::idempotency(&action.idempotency_key),
-            data: json!({"action_id": action.action_id, "fingerprint": fingerprint}),
-            expires_at: Some(now_secs() + IDEMPOTENCY_TTL_SECS),
-            condition: Condition::NotExists,
-        };
-        let record = Write {
-            pk: tenant.pk(),
-            sk: keys::action(&action.action_id),
-            data: serde_json::to_value(action)?,
-            expires_at: None,
-            condition: Condition::NotExists,
-        };
-        match self.table.put_all(vec![idempotency, record]).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::ConditionFailed) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// A reused idempotency key: the same request gets the same action back; other arguments get 409.
     pub(crate) async fn replay(&self, tenant: &TenantId, key: &str, fingerprint: &str) -> Result<(u16, Action), KeelError> {
-        let item = self.table.get(&tenant.pk(), &keys::idempotency(key)).await?;
-        let record = item.ok_or_else(|| KeelError::Conflict("idempotency key is being claimed concurrently; retry".into()))?;
-        if record.data["fingerprint"].as_str() != Some(fingerprint) {
+        let claim = self.actions.claim_of(tenant, key).await?;
+        let claim = claim.ok_or_else(|| KeelError::Conflict("idempotency key is being claimed concurrently; retry".into()))?;
+        if claim.fingerprint != fingerprint {
             return Err(KeelError::Conflict(format!(
                 "idempotency key {key:?} was already used with other arguments"
             )));
         }
-        let action_id = record.data["action_id"].as_str().unwrap_or_default().to_string();
+        let action_id = claim.action_id;
         let (action, _) = self.action(tenant, &action_id).await?;
         // The first attempt may have died before starting the saga; starting is idempotent.
         self.start_saga(tenant, &action, "execute").await?;
@@ -159,9 +135,9 @@ impl Tools {
     pub(crate) async fn count_today(&self, tenant: &TenantId, tool: &Tool, units: i64) -> Result<(Today, Counted), KeelError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let expires = Some(now_secs() + DAILY_COUNTER_TTL_SECS);
-        let count = self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "count"), 1, None, expires).await?;
+        let count = self.daily.add(tenant, &tool.name, &day, "count", 1, expires).await?;
         let total_units = match tool.metered_arg {
-            Some(_) => match self.table.increment(&tenant.pk(), &keys::daily(&tool.name, &day, "total"), units, None, expires).await {
+            Some(_) => match self.daily.add(tenant, &tool.name, &day, "total", units, expires).await {
                 Ok(total) => total,
                 Err(e) => {
                     // The total did not move: only the count goes back.
@@ -182,9 +158,9 @@ impl Tools {
     /// Gives an action's daily counts back (it was refused, rejected, expired or failed).
     pub(crate) async fn uncount(&self, tenant: &TenantId, tool: &str, counted: Option<&Counted>) -> Result<(), KeelError> {
         let Some(c) = counted else { return Ok(()) };
-        self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "count"), -1, None, None).await?;
+        self.daily.add(tenant, tool, &c.day, "count", -1, None).await?;
         if c.units != 0 {
-            self.table.increment(&tenant.pk(), &keys::daily(tool, &c.day, "total"), -c.units, None, None).await?;
+            self.daily.add(tenant, tool, &c.day, "total", -c.units, None).await?;
         }
         Ok(())
     }

@@ -39,35 +39,27 @@ impl Tools {
             version: existing.as_ref().map_or(1, |(t, _)| t.version + 1),
             updated_at: now_rfc3339(),
         };
-        let condition = existing.map_or(Condition::NotExists, |(_, v)| Condition::Version(v));
-        let data = serde_json::to_value(&tool)?;
         // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
-        let version = Write { pk: tenant.pk(), sk: keys::tool_version(name, tool.version), data: data.clone(), expires_at: None, condition: Condition::NotExists };
-        let latest = Write { pk: tenant.pk(), sk: keys::tool(name), data, expires_at: None, condition };
-        self.table.put_all(vec![latest, version]).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
+        let replacing = existing.map(|(_, v)| v);
+        self.tools.put(tenant, &tool, replacing).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
         Ok(tool)
     }
 
     /// The tool as it was when the action was proposed.
     pub(crate) async fn tool_at(&self, tenant: &TenantId, name: &str, version: u64) -> Result<Tool, KeelError> {
-        let item = self.table.get(&tenant.pk(), &keys::tool_version(name, version)).await?;
-        let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} v{version} is not registered")))?;
-        Ok(serde_json::from_value(item.data)?)
+        let tool = self.tools.version(tenant, name, version).await?;
+        tool.ok_or_else(|| KeelError::NotFound(format!("tool {name} v{version} is not registered")))
     }
 
     pub(crate) async fn tool(&self, tenant: &TenantId, name: &str) -> Result<(Tool, u64), KeelError> {
-        let item = self.table.get(&tenant.pk(), &keys::tool(name)).await?;
-        let item = item.ok_or_else(|| KeelError::NotFound(format!("tool {name} is not registered")))?;
-        Ok((serde_json::from_value(item.data)?, item.version))
+        self.tools.latest(tenant, name).await?.ok_or_else(|| KeelError::NotFound(format!("tool {name} is not registered")))
     }
 
     /// The tenant's policy texts and their versions.
     pub(crate) async fn policy_texts(&self, tenant: &TenantId) -> Result<Value, KeelError> {
-        let items = self.table.query(&tenant.pk(), keys::POLICY_SETS, Default::default()).await?;
         let mut out = json!({"enforced": {"policies": "", "version": 0}, "shadow": {"policies": "", "version": 0}});
-        for item in items {
-            let mode = item.sk.trim_start_matches(keys::POLICY_SETS).to_string();
-            out[mode] = json!({"policies": item.data["policies"], "version": item.version, "updated_at": item.data["updated_at"]});
+        for set in self.policy_sets.sets(tenant).await? {
+            out[set.mode] = json!({"policies": set.text, "version": set.version, "updated_at": set.updated_at});
         }
         Ok(out)
     }
@@ -79,30 +71,23 @@ impl Tools {
         let other_text = current[other]["policies"].as_str().unwrap_or_default();
         let (enforced, shadow) = if mode == "enforced" { (text.as_str(), other_text) } else { (other_text, text.as_str()) };
         TenantPolicies::compile(enforced.to_string(), shadow.to_string()).await?;
-        let condition = match current[mode]["version"].as_u64() {
-            Some(0) | None => Condition::NotExists,
-            Some(v) => Condition::Version(v),
-        };
-        let data = json!({"policies": text, "updated_at": now_rfc3339()});
-        let write = Write { pk: tenant.pk(), sk: keys::policy_set(mode), data, expires_at: None, condition };
-        self.table.put(write).await.map_err(lost_race("the policies changed meanwhile; retry"))?;
+        let version = current[mode]["version"].as_u64().unwrap_or(0);
+        let put = self.policy_sets.put(tenant, mode, text, version, now_rfc3339()).await;
+        put.map_err(lost_race("the policies changed meanwhile; retry"))?;
         Ok(())
     }
 
     /// The tenant's compiled policies: one read, compiled once per version.
     pub(crate) async fn tenant_policies(&self, tenant: &TenantId) -> Result<Arc<TenantPolicies>, KeelError> {
-        let items = self.table.query(&tenant.pk(), keys::POLICY_SETS, Default::default()).await?;
-        if items.is_empty() {
+        let sets = self.policy_sets.sets(tenant).await?;
+        if sets.is_empty() {
             return Ok(self.gate.defaults());
         }
-        let key = items.iter().fold(tenant.to_string(), |k, i| format!("{k}/{}@{}", i.sk, i.version));
+        let key = sets.iter().fold(tenant.to_string(), |k, set| format!("{k}/{}@{}", set.mode, set.version));
         if let Some(compiled) = self.policies.get(key.as_str()) {
             return Ok(compiled);
         }
-        let text = |mode: &str| {
-            let item = items.iter().find(|i| i.sk == keys::policy_set(mode));
-            item.and_then(|i| i.data["policies"].as_str()).unwrap_or_default().to_string()
-        };
+        let text = |mode: &str| sets.iter().find(|set| set.mode == mode).map(|set| set.text.clone()).unwrap_or_default();
         let compiled = Arc::new(TenantPolicies::compile(text("enforced"), text("shadow")).await?);
         self.policies.insert(key, compiled.clone());
         Ok(compiled)
