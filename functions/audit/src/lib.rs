@@ -4,19 +4,21 @@
 //! and reports usage.
 
 pub mod routes;
+mod store;
 
 use keel_core::auth::Caller;
-use keel_core::chain::{next_entry, verify_chain, CacheOutcome, ChainEntry, DecisionEvent};
+use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
-use keel_core::ports::{Add, BlobStore, Condition, QueryOptions, QueueMessage, Table, Write};
+use keel_core::ports::{Add, BlobStore, QueueMessage, Table};
 use keel_core::keys;
 use keel_core::tenants::get_tenant;
 use keel_core::time::{current_month, now_rfc3339};
-use keel_core::{KeelError, StoreError};
+use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use store::{DecisionChain, UsageCounters};
 
 /// Chain entries per archived block.
 const ARCHIVE_BLOCK: usize = 1_000;
@@ -28,31 +30,13 @@ const APPEND_ATTEMPTS: usize = 20;
 const GROUP_EVENTS: usize = 10;
 
 pub struct Audit {
+    /// The tenant records (for their budgets).
     table: Arc<dyn Table>,
+    chain: DecisionChain,
+    usage: UsageCounters,
     blobs: Arc<dyn BlobStore>,
 }
 
-
-/// What a gateway decision adds to its tenant's usage counters this month.
-fn usage_counters(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
-    let (Some(usage), true) = (&event.usage, event.kind.is_gateway()) else {
-        return vec![];
-    };
-    let month = current_month();
-    let counters = [
-        (format!("{}_requests", event.kind.as_str()), 1),
-        ("input_tokens".into(), usage.input_tokens as i64),
-        ("output_tokens".into(), usage.output_tokens as i64),
-        ("cost_micro_usd".into(), usage.cost_micro_usd),
-        ("cache_hits".into(), i64::from(usage.cache == CacheOutcome::Hit)),
-        ("cache_misses".into(), i64::from(usage.cache == CacheOutcome::Miss)),
-    ];
-    counters
-        .into_iter()
-        .filter(|(_, by)| *by != 0)
-        .map(|(name, by)| Add { pk: tenant.pk(), sk: keys::usage(&month, &name), by })
-        .collect()
-}
 
 /// An audit-queue message: the tenant it belongs to and its decision event.
 fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelError> {
@@ -63,7 +47,7 @@ fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelErro
 
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>) -> Self {
-        Self { table, blobs }
+        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), table, blobs }
     }
 
     /// Consumes audit-queue messages; returns the ids of those to retry.
@@ -106,9 +90,8 @@ impl Audit {
     /// event lands, so a replayed event (not appended again) is not counted
     /// twice, and a failed append counts nothing until its retry.
     pub async fn append(&self, tenant: &TenantId, event: DecisionEvent) -> Result<Option<u64>, KeelError> {
-        let pointer = keys::decision_pointer(&event.decision_id, &event.event_id);
         for _ in 0..APPEND_ATTEMPTS {
-            if self.table.get(&tenant.pk(), &pointer).await?.is_some() {
+            if self.chain.is_recorded(tenant, &event).await? {
                 return Ok(None);
             }
             match self.append_after_head(tenant, &[&event]).await? {
@@ -125,55 +108,34 @@ impl Audit {
     /// usage counters). Returns the last sequence number, or `None` when a
     /// condition failed: the head moved or an event was already recorded.
     async fn append_after_head(&self, tenant: &TenantId, events: &[&DecisionEvent]) -> Result<Option<u64>, KeelError> {
-        let mut prev = self.head(tenant).await?;
-        let mut writes = Vec::with_capacity(events.len() * 2);
+        let mut prev = self.chain.head(tenant).await?;
+        let mut entries = Vec::with_capacity(events.len());
         let mut adds: Vec<Add> = Vec::new();
-        let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
         for &event in events {
             let entry = next_entry(prev.as_ref(), now_rfc3339(), event.clone());
-            writes.push(new(keys::audit_entry(entry.seq), serde_json::to_value(&entry)?));
-            writes.push(new(keys::decision_pointer(&event.decision_id, &event.event_id), json!({"seq": entry.seq})));
             // One addition per counter: a transaction may touch an item once.
-            for add in usage_counters(tenant, event) {
+            for add in UsageCounters::additions(tenant, event) {
                 match adds.iter_mut().find(|a| a.sk == add.sk) {
                     Some(a) => a.by += add.by,
                     None => adds.push(add),
                 }
             }
-            prev = Some(entry);
+            prev = Some(entry.clone());
+            entries.push(entry);
         }
-        match self.table.put_all_adding(writes, adds).await {
-            Ok(()) => Ok(prev.map(|e| e.seq)),
-            Err(StoreError::ConditionFailed) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn head(&self, tenant: &TenantId) -> Result<Option<ChainEntry>, KeelError> {
-        let last = self
-            .table
-            .query(&tenant.pk(), keys::AUDIT_ENTRIES, QueryOptions { limit: Some(1), descending: true, ..Default::default() })
-            .await?;
-        last.into_iter().next().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).transpose()
-    }
-
-    async fn entries(&self, tenant: &TenantId) -> Result<Vec<ChainEntry>, KeelError> {
-        let items = self.table.query(&tenant.pk(), keys::AUDIT_ENTRIES, QueryOptions::default()).await?;
-        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
+        let appended = self.chain.append(tenant, &entries, adds).await?;
+        Ok(if appended { prev.map(|e| e.seq) } else { None })
     }
 
     /// One decision's events. Admins and auditors read any; other principals
     /// only their own (they made its first event), and 404 for the rest.
     pub(crate) async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
-        let pointers = self.table.query(&tenant.pk(), &keys::decision_pointers(id), QueryOptions::default()).await?;
-        let mut seqs: Vec<u64> = pointers.iter().filter_map(|p| p.data["seq"].as_u64()).collect();
+        let mut seqs: Vec<u64> = self.chain.pointers(tenant, Some(id)).await?.iter().map(|p| p.seq).collect();
         seqs.sort_unstable();
         let mut events = Vec::new();
         for seq in seqs {
-            if let Some(item) = self.table.get(&tenant.pk(), &keys::audit_entry(seq)).await? {
-                events.push(serde_json::from_value::<ChainEntry>(item.data)?);
-            }
+            events.extend(self.chain.entry(tenant, seq).await?);
         }
         let own = events.first().is_some_and(|e| e.event.principal == caller.principal);
         if events.is_empty() || !(own || caller.reads_all_decisions()) {
@@ -185,15 +147,13 @@ impl Audit {
     /// Verifies the chain and that every recorded decision still has its entry
     /// (which catches a deleted last entry too).
     pub(crate) async fn verify(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
-        let entries = self.entries(tenant).await?;
+        let entries = self.chain.entries(tenant).await?;
         let mut problems = verify_chain(&entries);
-        let pointers = self.table.query(&tenant.pk(), keys::DECISION_POINTERS, QueryOptions::default()).await?;
-        for p in pointers {
-            let seq = p.data["seq"].as_u64().unwrap_or(0);
-            let event_id = p.sk.rsplit('#').next().unwrap_or("");
-            let found = entries.iter().any(|e| e.seq == seq && e.event.event_id == event_id);
+        for p in self.chain.pointers(tenant, None).await? {
+            let found = entries.iter().any(|e| e.seq == p.seq && e.event.event_id == p.event_id);
             if !found {
-                problems.push(keel_core::chain::ChainProblem { seq, problem: format!("entry of event {event_id} is missing or replaced") });
+                let problem = format!("entry of event {} is missing or replaced", p.event_id);
+                problems.push(keel_core::chain::ChainProblem { seq: p.seq, problem });
             }
         }
         Ok(ApiResponse::ok(&json!({
@@ -210,7 +170,7 @@ impl Audit {
             chrono::DateTime::parse_from_rfc3339(bound)
                 .map_err(|_| KeelError::BadRequest(format!("{bound:?} is not an RFC 3339 timestamp")))?;
         }
-        let entries = self.entries(tenant).await?;
+        let entries = self.chain.entries(tenant).await?;
         self.archive(tenant, &entries).await?;
         let mut lines = String::new();
         for e in entries {
@@ -246,13 +206,7 @@ impl Audit {
 
     pub(crate) async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let month = current_month();
-        let items = self.table.query(&tenant.pk(), &keys::usage_prefix(&month), QueryOptions::default()).await?;
-        let mut usage = serde_json::Map::new();
-        for item in items {
-            if let Some(name) = item.sk.rsplit('#').next() {
-                usage.insert(name.to_string(), Value::from(item.counter));
-            }
-        }
+        let usage = self.usage.month(tenant, &month).await?;
         let count = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
         let cost = count("cost_micro_usd") as f64 / 1e6;
         let lookups = count("cache_hits") + count("cache_misses");
@@ -264,10 +218,7 @@ impl Audit {
     /// Budgets and what is spent against them this month (reserved spend included).
     async fn budget(&self, tenant: &TenantId, month: &str) -> Result<Value, KeelError> {
         let budgets = get_tenant(self.table.as_ref(), tenant).await?.map(|(t, _)| t.budgets).unwrap_or_default();
-        let spent = |wf: Option<String>| async move {
-            let item = self.table.get(&tenant.pk(), &keys::spend(month, wf.as_deref())).await?;
-            Ok::<f64, KeelError>(item.map(|i| i.counter).unwrap_or(0) as f64 / 1e6)
-        };
+        let spent = |wf: Option<String>| async move { self.usage.spent(tenant, month, wf.as_deref()).await };
         let total = spent(None).await?;
         let mut workflows = serde_json::Map::new();
         for (w, limit) in &budgets.workflows {
