@@ -1,6 +1,6 @@
 //! The emulator's one SQLite file: the table's items, the queues' messages
 //! and the saga's executions. One connection, behind a mutex: a job runs on
-//! the caller's thread in a transaction of its own, and its result is
+//! the blocking pool in a transaction of its own, and its result is
 //! delivered once that transaction has committed.
 //!
 //! Durability: `synchronous=OFF`. A crash of the process loses nothing
@@ -72,10 +72,15 @@ impl Db {
         out
     }
 
-    /// `with` for async callers. A job is a few statements on a local file,
-    /// so it runs in place rather than on another thread.
-    pub async fn call<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.with(f)
+    /// `with` for async callers, on the blocking pool: a request's worker
+    /// never blocks on the connection, which would hold up every other
+    /// request waiting for that worker.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.with(f)).await.map_err(|e| backend(format!("store job failed: {e}")))?
     }
 }
 

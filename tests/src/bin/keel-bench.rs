@@ -156,7 +156,7 @@ async fn gateway(seconds: u64, runs: usize) {
     let stack =
         start_stack(dir.path(), config(&[("KEEL_MODELS", &models), ("KEEL_MODEL_DIR", ""), ("KEEL_TENANT_CACHE_SECS", "5")])).await;
     let c = Client::new(stack.url());
-    let t = tenant(&c, "bench", json!({"rate_limit_per_minute": 10_000_000, "budgets": {"monthly_usd": 1_000_000.0}})).await;
+    let t = tenant(&c, "bench", json!({"rate_limit_per_minute": 1_000_000, "budgets": {"monthly_usd": 1_000_000.0}})).await;
     let counter = Arc::new(AtomicU64::new(0));
     let direct_url = format!("{}/chat/completions", stub.base_url());
     let gateway_url = format!("{}/v1/chat/completions", stack.url());
@@ -235,7 +235,7 @@ async fn actions(total: usize, runs: usize, workers: usize) {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[("KEEL_MODEL_DIR", ""), ("KEEL_TENANT_CACHE_SECS", "5")])).await;
     let c = Client::new(stack.url());
-    let t = tenant(&c, "bench", json!({"autonomy": "unattended", "rate_limit_per_minute": 10_000_000})).await;
+    let t = tenant(&c, "bench", json!({"autonomy": "unattended", "rate_limit_per_minute": 1_000_000})).await;
     let (url, arrivals) = arrival_connector().await;
     let tool = json!({"description": "credit an account", "risk": "low",
         "input_schema": {"type": "object", "required": ["account", "amount"], "additionalProperties": false,
