@@ -41,10 +41,7 @@ impl DecisionChain {
     }
 
     pub(crate) async fn entry(&self, tenant: &TenantId, seq: u64) -> Result<Option<ChainEntry>, KeelError> {
-        match self.table.get(&tenant.pk(), &keys::audit_entry(seq)).await? {
-            Some(item) => Ok(Some(serde_json::from_value(item.data)?)),
-            None => Ok(None),
-        }
+        Ok(keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::audit_entry(seq)).await?.map(|(record, _)| record))
     }
 
     /// Whether an event is already in the chain.

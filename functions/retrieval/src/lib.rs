@@ -198,10 +198,7 @@ impl Retrieval {
     }
 
     pub(crate) async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
-        match self.table.get(&tenant.pk(), &keys::document(doc_id)).await? {
-            Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
-            None => Ok(None),
-        }
+        keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::document(doc_id)).await
     }
 
     pub(crate) async fn apply_one(&self, tenant: &TenantId, change: DocumentChange) -> Result<ChangeOutcome, KeelError> {

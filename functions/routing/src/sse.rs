@@ -71,7 +71,7 @@ pub fn send(events: &Events, event: Option<&str>, data: &Value) {
 }
 
 pub fn send_error(events: &Events, error: &KeelError, request_id: &str) {
-    send(events, Some("error"), &json!({"error": {"code": error.code(), "message": error.to_string(), "request_id": request_id}}));
+    send(events, Some("error"), &keel_core::http::error_body(error, request_id));
 }
 
 /// Text that may yet turn out to be citation markers: "[", "[1", "[1][2".

@@ -30,18 +30,12 @@ impl ToolStore {
 
     /// The latest version and the record's version for a conditional write.
     pub(crate) async fn latest(&self, tenant: &TenantId, name: &str) -> Result<Option<(Tool, u64)>, KeelError> {
-        match self.table.get(&tenant.pk(), &keys::tool(name)).await? {
-            Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
-            None => Ok(None),
-        }
+        keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::tool(name)).await
     }
 
     /// The tool as one of its versions was registered.
     pub(crate) async fn version(&self, tenant: &TenantId, name: &str, version: u64) -> Result<Option<Tool>, KeelError> {
-        match self.table.get(&tenant.pk(), &keys::tool_version(name, version)).await? {
-            Some(item) => Ok(Some(serde_json::from_value(item.data)?)),
-            None => Ok(None),
-        }
+        Ok(keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::tool_version(name, version)).await?.map(|(record, _)| record))
     }
 
     /// Writes a new version as the latest, if the latest is still `replacing`
@@ -110,10 +104,7 @@ impl ActionStore {
     }
 
     pub(crate) async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<(Action, u64)>, KeelError> {
-        match self.table.get(&tenant.pk(), &keys::action(id)).await? {
-            Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
-            None => Ok(None),
-        }
+        keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::action(id)).await
     }
 
     pub(crate) async fn claim_of(&self, tenant: &TenantId, key: &str) -> Result<Option<Claim>, KeelError> {

@@ -103,6 +103,14 @@ pub trait Table: Send + Sync {
     ) -> Result<i64, StoreError>;
 }
 
+/// The item at `pk`/`sk` decoded as a `T`, with its version; `None` when absent.
+pub async fn get_record<T: serde::de::DeserializeOwned>(table: &dyn Table, pk: &str, sk: &str) -> Result<Option<(T, u64)>, crate::KeelError> {
+    match table.get(pk, sk).await? {
+        Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
+        None => Ok(None),
+    }
+}
+
 /// The blob store (S3 in AWS, a directory locally). Keys begin `tenants/<tenant>/`.
 #[async_trait]
 pub trait BlobStore: Send + Sync {

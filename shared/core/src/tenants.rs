@@ -81,10 +81,7 @@ impl Tenant {
 }
 
 pub async fn get_tenant(table: &dyn Table, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
-    match table.get(&tenant.pk(), crate::keys::TENANT).await? {
-        Some(item) => Ok(Some((serde_json::from_value(item.data)?, item.version))),
-        None => Ok(None),
-    }
+    crate::ports::get_record(table, &tenant.pk(), crate::keys::TENANT).await
 }
 
 /// Writes the tenant record under `condition` (create: `NotExists`; update: `Version`).
@@ -116,10 +113,8 @@ pub async fn put_api_key(table: &dyn Table, tenant: &TenantId, key: &str, record
 }
 
 pub async fn get_api_key(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
-    match table.get(&tenant.pk(), &crate::keys::api_key(&hash_api_key(key))).await? {
-        Some(item) => Ok(Some(serde_json::from_value(item.data)?)),
-        None => Ok(None),
-    }
+    let record = crate::ports::get_record(table, &tenant.pk(), &crate::keys::api_key(&hash_api_key(key))).await?;
+    Ok(record.map(|(record, _)| record))
 }
 
 /// Loads the tenant and fails unless it exists and is active.
