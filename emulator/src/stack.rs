@@ -11,9 +11,8 @@ use keel_audit::Audit;
 use keel_auth::Auth;
 use keel_core::config::Config;
 use keel_core::ports::{QueueName, WorkQueue};
-use keel_core::tenants::TenantCache;
 use keel_core::KeelError;
-use keel_retrieval::Retrieval;
+use keel_retrieval::{Retrieval, Stores};
 use keel_routing::providers::hosted_models;
 use keel_routing::{Routing, RoutingOptions};
 use keel_tools::{StepInput, Tools, ToolsOptions};
@@ -88,29 +87,30 @@ impl Stack {
         let config = Arc::new(options.config);
         let admin_key = config.require_admin_key()?.to_string();
 
-        let retrieval = Arc::new(Retrieval::from_config(table.clone(), blobs.clone(), &config)?);
-        let tools = Arc::new(Tools::new(table.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
+        // One tenant registry for the whole process: a kill switch or
+        // suspension set through the admin API reaches every function at once.
+        let tenants = Arc::new(config.tenant_store(table.clone()));
+        let stores = Stores { table: table.clone(), blobs: blobs.clone(), tenants: tenants.clone() };
+        let retrieval = Arc::new(Retrieval::from_config(stores, &config)?);
+        let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
         saga.connect(Arc::new(ToolsTask(Arc::downgrade(&tools))));
         let resumed = saga.resume()?;
         if resumed > 0 {
             tracing::info!(resumed, "resumed saga executions");
         }
-        // One tenant cache for the whole process: a kill switch or suspension
-        // set through the admin API reaches the gateway at once.
-        let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
         let functions = Arc::new(Functions {
             auth: Arc::new(Auth::new(table.clone(), config.clone(), tenants.clone())),
             routing: Arc::new(Routing::new(
                 retrieval.clone(),
                 table.clone(),
                 queue.clone(),
-                tenants,
+                tenants.clone(),
                 hosted_models(&config.models).await,
                 options.routing,
             )),
             retrieval: retrieval.clone(),
             tools,
-            audit: Arc::new(Audit::new(table.clone(), blobs)),
+            audit: Arc::new(Audit::new(table.clone(), blobs, tenants)),
         });
 
         let (shutdown, stopped) = watch::channel(false);

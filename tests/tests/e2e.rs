@@ -295,7 +295,9 @@ async fn an_audit_batch_is_chained_per_tenant_and_each_event_counted_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = keel_emulator::store::Db::open(&dir.path().join("t.sqlite3")).unwrap();
     let table = std::sync::Arc::new(keel_emulator::table::SqliteTable::new(db));
-    let audit = keel_audit::Audit::new(table.clone(), std::sync::Arc::new(keel_emulator::blobs::DirBlobs::new(dir.path().join("blobs"))));
+    let blobs = std::sync::Arc::new(keel_emulator::blobs::DirBlobs::new(dir.path().join("blobs")));
+    let tenants = std::sync::Arc::new(keel_tests::config(&[]).tenant_store(table.clone()));
+    let audit = keel_audit::Audit::new(table.clone(), blobs, tenants);
     let event = |id: &str, cost: i64| {
         json!({"event_id": id, "decision_id": id, "kind": "chat", "principal": "ann", "at": "2026-11-23T00:00:00Z",
             "usage": {"input_tokens": 10, "output_tokens": 2, "cost_micro_usd": cost, "cache": "miss", "attempts": 1}})

@@ -5,8 +5,8 @@
 //! accepts; here each is recognized as its trigger, and the queue batches
 //! are run through their real consumers over the embedded backends.
 
-use keel_core::ports::{BlobStore, Condition};
-use keel_core::tenants::{put_tenant, Autonomy, Tenant, TenantStatus};
+use keel_core::ports::BlobStore;
+use keel_core::tenants::{Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
 use keel_core::auth::Caller;
 use keel_lambda::{http_request, queue_messages, recognize, Event};
@@ -75,17 +75,19 @@ async fn sample_queue_batches_run_through_their_consumers() {
         rate_limit_per_minute: 10, autonomy: Autonomy::OneClick, redact_pii: false, routing: Default::default(),
         budgets: Default::default(), kill_switch: false, created_at: "now".into(),
     };
-    put_tenant(table.as_ref(), &tenant, Condition::NotExists).await.unwrap();
+    let config = keel_tests::config(&[]);
+    let tenants = Arc::new(config.tenant_store(table.clone()));
+    tenants.create(&tenant).await.unwrap();
     blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();
 
-    let retrieval = keel_retrieval::Retrieval::from_config(table.clone(), blobs.clone(), &keel_tests::config(&[])).unwrap();
+    let retrieval = keel_retrieval::Retrieval::from_config(keel_retrieval::Stores { table: table.clone(), blobs: blobs.clone(), tenants: tenants.clone() }, &config).unwrap();
     let Event::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
     let caller = keel_tests::member("acme", "ann");
     assert_eq!(retrieval.search(&caller, "ship orders", 3).await.unwrap()[0].doc_id, "shipping");
     assert_eq!(retrieval.search(&caller, "gift cards", 3).await.unwrap()[0].doc_id, "faq");
 
-    let audit = keel_audit::Audit::new(table, blobs);
+    let audit = keel_audit::Audit::new(table, blobs, tenants);
     let Event::Queue(batch) = event(include_str!("../../events/audit/audit-batch.json")) else { panic!() };
     assert_eq!(audit.consume(&queue_messages(batch)).await, Vec::<String>::new());
 }

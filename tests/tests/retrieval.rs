@@ -88,7 +88,9 @@ async fn segments_compact_and_a_cold_instance_sees_every_write() {
 
     // A second function instance with a cold cache, over the same table and bucket.
     let blobs = Arc::new(DirBlobs::new(dir.path().join("blobs")));
-    let cold = Retrieval::from_config(stack.table.clone(), blobs, &config(&[])).unwrap();
+    let config = config(&[]);
+    let stores = keel_retrieval::Stores { table: stack.table.clone(), blobs, tenants: Arc::new(config.tenant_store(stack.table.clone())) };
+    let cold = Retrieval::from_config(stores, &config).unwrap();
     let caller = keel_tests::member("segments", "ann");
     for i in [0, 7, 19] {
         let hits = cold.search(&caller, &format!("topic{i}"), 3).await.unwrap();

@@ -13,7 +13,7 @@ use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{Add, BlobStore, QueueMessage, Table};
 use keel_core::keys;
-use keel_core::tenants::get_tenant;
+use keel_core::tenants::TenantStore;
 use keel_core::time::{current_month, now_rfc3339};
 use keel_core::KeelError;
 use serde_json::{json, Value};
@@ -31,12 +31,11 @@ const GROUP_EVENTS: usize = 10;
 
 pub struct Audit {
     /// The tenant records (for their budgets).
-    table: Arc<dyn Table>,
+    tenants: Arc<TenantStore>,
     chain: DecisionChain,
     usage: UsageCounters,
     blobs: Arc<dyn BlobStore>,
 }
-
 
 /// An audit-queue message: the tenant it belongs to and its decision event.
 fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelError> {
@@ -46,8 +45,8 @@ fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelErro
 }
 
 impl Audit {
-    pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>) -> Self {
-        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), table, blobs }
+    pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, tenants: Arc<TenantStore>) -> Self {
+        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table), tenants, blobs }
     }
 
     /// Consumes audit-queue messages; returns the ids of those to retry.
@@ -217,7 +216,7 @@ impl Audit {
 
     /// Budgets and what is spent against them this month (reserved spend included).
     async fn budget(&self, tenant: &TenantId, month: &str) -> Result<Value, KeelError> {
-        let budgets = get_tenant(self.table.as_ref(), tenant).await?.map(|(t, _)| t.budgets).unwrap_or_default();
+        let budgets = self.tenants.cached(tenant).await?.map(|t| t.budgets).unwrap_or_default();
         let spent = |wf: Option<String>| async move { self.usage.spent(tenant, month, wf.as_deref()).await };
         let total = spent(None).await?;
         let mut workflows = serde_json::Map::new();

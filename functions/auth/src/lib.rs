@@ -2,6 +2,7 @@
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
 pub mod edge;
+mod rate;
 pub mod routes;
 
 use keel_core::auth::{
@@ -12,11 +13,12 @@ use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
-use keel_core::ports::{Condition, Table};
-use keel_core::tenants::{get_tenant, put_api_key, put_tenant, Autonomy, Tenant, TenantCache, TenantStatus};
+use keel_core::ports::Table;
+use keel_core::tenants::{ApiKeyStore, Autonomy, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::warm_cache::WarmCache;
-use keel_core::{KeelError, StoreError};
+use keel_core::KeelError;
+use rate::RateCounters;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -27,31 +29,31 @@ use std::time::Duration;
 const KEY_CACHE_ENTRIES: usize = 10_000;
 
 pub struct Auth {
-    table: Arc<dyn Table>,
     config: Arc<Config>,
-    /// Warm-container cache of tenant records (short TTL: a suspension takes effect within it).
-    tenants: Arc<TenantCache>,
+    tenants: Arc<TenantStore>,
+    keys: ApiKeyStore,
+    rates: RateCounters,
     /// Warm-container cache of valid API keys' records by key hash, for the
     /// tenant cache's TTL: a store read less per request. Unknown keys are
     /// not cached, so guessing fills nothing.
-    keys: WarmCache<String, ApiKeyRecord>,
+    warm_keys: WarmCache<String, ApiKeyRecord>,
 }
 
 impl Auth {
     /// `tenants` may be shared with other functions of the same process (the local stack).
-    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantCache>) -> Self {
-        let keys = WarmCache::new(Some(Duration::from_secs(config.tenant_cache_secs)), KEY_CACHE_ENTRIES);
-        Self { table, config, tenants, keys }
+    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantStore>) -> Self {
+        let warm_keys = WarmCache::new(Some(Duration::from_secs(config.tenant_cache_secs)), KEY_CACHE_ENTRIES);
+        Self { config, tenants, keys: ApiKeyStore::new(table.clone()), rates: RateCounters::new(table), warm_keys }
     }
 
     async fn api_key_record(&self, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
         let hash = hash_api_key(key);
-        if let Some(record) = self.keys.get(&hash) {
+        if let Some(record) = self.warm_keys.get(&hash) {
             return Ok(Some(record));
         }
-        let fresh = keel_core::tenants::get_api_key(self.table.as_ref(), tenant, key).await?;
+        let fresh = self.keys.get(tenant, key).await?;
         if let Some(record) = &fresh {
-            self.keys.insert(hash, record.clone());
+            self.warm_keys.insert(hash, record.clone());
         }
         Ok(fresh)
     }
@@ -113,7 +115,7 @@ impl Auth {
     async fn active_tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
         let tenant = self
             .tenants
-            .get(self.table.as_ref(), id)
+            .cached(id)
             .await?
             .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
         if tenant.status != TenantStatus::Active {
@@ -124,15 +126,7 @@ impl Auth {
 
     /// One atomic counter per tenant and minute; `false` once it passes the limit.
     async fn within_rate_limit(&self, tenant: &Tenant) -> Result<bool, KeelError> {
-        let minute = now_secs() / 60;
-        let (sk, expires_at) = (keel_core::keys::rate(minute), Some((minute + 2) * 60));
-        let result =
-            self.table.increment(&tenant.id.pk(), &sk, 1, Some(tenant.rate_limit_per_minute), expires_at).await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.rates.take(&tenant.id, now_secs() / 60, tenant.rate_limit_per_minute).await
     }
 
     /// Admin routes: `/v1/tenants…`.
@@ -153,24 +147,19 @@ impl Auth {
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
-        put_tenant(self.table.as_ref(), &tenant, Condition::NotExists)
-            .await
-            .map_err(|e| match e {
-                KeelError::Conflict(_) => KeelError::Conflict(format!("tenant {} already exists", tenant.id)),
-                other => other,
-            })?;
+        self.tenants.create(&tenant).await?;
         Ok(ApiResponse::json(201, &tenant))
     }
 
     pub(crate) async fn tenant(&self, caller: &Caller, id: TenantId) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
-        let (t, _) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        let (t, _) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
         Ok(ApiResponse::ok(&t))
     }
 
     pub(crate) async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
-        let (mut t, version) = get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        let (mut t, version) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
         if let Some(v) = patch.name {
             t.name = v;
         }
@@ -206,14 +195,13 @@ impl Auth {
             None => {}
         }
         t.validate_settings(&self.config.models)?;
-        put_tenant(self.table.as_ref(), &t, Condition::Version(version)).await?;
-        self.tenants.invalidate(&id);
+        self.tenants.update(&t, version).await?;
         Ok(ApiResponse::ok(&t))
     }
 
     pub(crate) async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
-        get_tenant(self.table.as_ref(), &id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
         check_principal(&body.principal)?;
         if body.roles.is_empty() {
             return Err(KeelError::BadRequest("roles must name at least one role".into()));
@@ -234,7 +222,7 @@ impl Auth {
             attributes,
             created_at: now_rfc3339(),
         };
-        put_api_key(self.table.as_ref(), &id, &key, &record).await?;
+        self.keys.create(&id, &key, &record).await?;
         Ok(ApiResponse::json(
             201,
             &json!({"key": key, "tenant": id, "principal": record.principal, "roles": record.roles, "attributes": record.attributes}),

@@ -3,10 +3,8 @@
 use keel_auth::{routes::routes, Auth};
 use keel_core::config::Config;
 use keel_core::http::api;
-use keel_core::tenants::TenantCache;
 use keel_lambda::{authorizer_response, Event};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -14,7 +12,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Arc::new(Config::from_env()?);
     config.require_admin_key()?;
     let aws = keel_aws::Adapters::from_env().await?;
-    let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
+    let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let auth = Arc::new(Auth::new(aws.table, config, tenants));
     let app = api(routes().with_state(auth.clone()));
     keel_lambda::run(Some(app), |event| {

@@ -20,9 +20,9 @@ impl Retrieval {
     /// A document's record, if the caller may see it (404 otherwise).
     pub(crate) async fn read_document(&self, caller: &Caller, doc_id: &str) -> Result<Value, KeelError> {
         let tenant = caller.tenant()?;
-        let found = self.document(tenant, doc_id).await?.filter(|(d, _)| visible(caller, &d.acl_groups));
+        let found = self.documents.get(tenant, doc_id).await?.filter(|(d, _)| visible(caller, &d.acl_groups));
         let (d, version) = found.ok_or_else(|| document_not_found(doc_id))?;
-        let (manifest, _) = self.read_manifest(tenant).await?;
+        let (manifest, _) = self.manifests.read(tenant).await?;
         let stale = is_stale(&manifest.freshness_sla, d.source.as_deref(), &d.updated_at);
         Ok(json!({"doc_id": d.doc_id, "title": d.title, "version": version,
             "chunks": d.chunks, "updated_at": d.updated_at, "indexed_at": d.indexed_at, "source": d.source,
@@ -40,7 +40,7 @@ impl Retrieval {
     /// Sets how old a source's documents may grow before answers mark them
     /// stale (the route lets only admins in).
     pub(crate) async fn set_freshness_sla(&self, caller: &Caller, source: String, seconds: u64) -> Result<Value, KeelError> {
-        self.update_manifest(caller.tenant()?, |m| {
+        self.manifests.update(caller.tenant()?, |m| {
             m.freshness_sla.insert(source.clone(), seconds);
             true
         })
@@ -54,7 +54,7 @@ impl Retrieval {
         if caller.has_role(ROLE_ADMIN) {
             return Ok(());
         }
-        match self.document(caller.tenant()?, doc_id).await? {
+        match self.documents.get(caller.tenant()?, doc_id).await? {
             Some((d, _)) if !visible(caller, &d.acl_groups) => Err(document_not_found(doc_id)),
             _ => Ok(()),
         }

@@ -29,7 +29,7 @@ impl Retrieval {
         tenant: &TenantId,
         changes: Vec<DocumentChange>,
     ) -> Result<Vec<Result<ChangeOutcome, KeelError>>, KeelError> {
-        let redact = require_active(self.table.as_ref(), tenant).await?.redact_pii;
+        let redact = self.tenants.require_active(tenant).await?.redact_pii;
         let now = chrono::Utc::now();
         let Batch { mut results, puts, deletes } = self.sort_changes(tenant, changes, redact, &change_time(now)).await;
         if puts.is_empty() && deletes.values().all(Option::is_none) {
@@ -68,7 +68,7 @@ impl Retrieval {
                     }
                     Err(e) => Err(e),
                 },
-                DocumentChange::Delete { doc_id } => self.document(tenant, &doc_id).await.map(|existing| {
+                DocumentChange::Delete { doc_id } => self.documents.get(tenant, &doc_id).await.map(|existing| {
                     let put_in_batch = batch.puts.remove(&doc_id).is_some();
                     let outcome = if existing.is_some() || put_in_batch {
                         ChangeOutcome::Deleted { doc_id: doc_id.clone() }
@@ -120,21 +120,14 @@ impl Retrieval {
     ) -> Result<HashMap<String, u64>, KeelError> {
         let mut versions: HashMap<String, u64> = HashMap::new();
         for d in docs {
-            let write = Write {
-                pk: tenant.pk(),
-                sk: keys::document(&d.record.doc_id),
-                data: serde_json::to_value(&d.record)?,
-                expires_at: None,
-                condition: Condition::Always,
-            };
-            versions.insert(d.record.doc_id.clone(), self.table.put(write).await?);
-            self.record_change(tenant, &d.record.doc_id, "put", now, &d.record.acl_groups).await?;
+            versions.insert(d.record.doc_id.clone(), self.documents.put(tenant, &d.record).await?);
+            self.record_change(tenant, &d.record.doc_id, ChangeOp::Put, now, &d.record.acl_groups).await?;
         }
         for (doc_id, existing) in deletes {
             if let Some(record) = existing {
-                self.table.delete(&tenant.pk(), &keys::document(doc_id)).await?;
+                self.documents.delete(tenant, doc_id).await?;
                 self.blobs.delete(&keys::document_source(tenant, doc_id)).await?;
-                self.record_change(tenant, doc_id, "delete", now, &record.acl_groups).await?;
+                self.record_change(tenant, doc_id, ChangeOp::Delete, now, &record.acl_groups).await?;
             }
         }
         Ok(versions)
@@ -162,7 +155,7 @@ impl Retrieval {
             None => indexed_at.to_string(),
         };
         let content_hash = hex::encode(Sha256::digest(serde_json::to_vec(&(&input, redact))?));
-        if let Some((existing, version)) = self.document(tenant, &doc_id).await? {
+        if let Some((existing, version)) = self.documents.get(tenant, &doc_id).await? {
             if existing.content_hash == content_hash {
                 return Ok(Prepared::Unchanged(ChangeOutcome::Unchanged { doc_id, version, chunks: existing.chunks }));
             }

@@ -20,6 +20,7 @@ mod manifest;
 pub mod pii;
 pub mod routes;
 pub mod segment;
+mod index_files;
 mod store;
 
 pub use index::Tuning;
@@ -30,13 +31,14 @@ use keel_core::keys;
 use keel_core::auth::Caller;
 use keel_core::chunking::{chunk_document, Anchor};
 use keel_core::http::ApiResponse;
-use keel_core::ids::{new_token, parse_path_id, TenantId};
-use keel_core::ports::{BlobStore, Condition, QueryOptions, Table, Write};
-use keel_core::tenants::require_active;
+use keel_core::ids::{parse_path_id, TenantId};
+use keel_core::ports::{BlobStore, Table};
+use keel_core::tenants::TenantStore;
 use keel_core::KeelError;
 use keel_ml::Embedder;
 use manifest::IndexCache;
 use pii::{PiiKind, PiiSpan};
+use store::{ChangeFeed, DocumentStore, ManifestStore};
 use segment::{SegmentChunk, SegmentData};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -48,12 +50,8 @@ use std::sync::{Arc, Mutex};
 pub const MAX_K: usize = 50;
 /// How many chunks one embedding call takes.
 const EMBED_BATCH: usize = 32;
-/// How long the changed-documents feed remembers a change.
-const CHANGE_TTL_SECS: i64 = 30 * 24 * 3600;
 /// Most changes one feed page returns.
 const MAX_CHANGES: usize = 1000;
-/// How long a feed cursor can be used.
-const CURSOR_TTL_SECS: i64 = 7 * 24 * 3600;
 
 /// A document as `PUT /v1/documents/{id}` and producers send it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -94,11 +92,19 @@ struct DocumentRecord {
     redacted: bool,
 }
 
+/// What happened to a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ChangeOp {
+    Put,
+    Delete,
+}
+
 /// One entry of the changed-documents feed.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 struct ChangeRecord {
     doc_id: String,
-    op: String,
+    op: ChangeOp,
     at: String,
     acl_groups: Vec<String>,
 }
@@ -142,8 +148,20 @@ pub struct RetrievalSettings {
     pub tuning: Tuning,
 }
 
+/// Where retrieval keeps its state: the table (through its stores), the
+/// blob store, and the tenant registry (shared with the other functions of
+/// a process).
+pub struct Stores {
+    pub table: Arc<dyn Table>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub tenants: Arc<TenantStore>,
+}
+
 pub struct Retrieval {
-    table: Arc<dyn Table>,
+    tenants: Arc<TenantStore>,
+    documents: DocumentStore,
+    changes: ChangeFeed,
+    manifests: ManifestStore,
     blobs: Arc<dyn BlobStore>,
     embedder: Option<Arc<Embedder>>,
     settings: RetrievalSettings,
@@ -151,18 +169,23 @@ pub struct Retrieval {
 }
 
 impl Retrieval {
-    pub fn new(
-        table: Arc<dyn Table>,
-        blobs: Arc<dyn BlobStore>,
-        embedder: Option<Arc<Embedder>>,
-        settings: RetrievalSettings,
-    ) -> Self {
+    pub fn new(stores: Stores, embedder: Option<Arc<Embedder>>, settings: RetrievalSettings) -> Self {
+        let Stores { table, blobs, tenants } = stores;
         let cache = Mutex::new(IndexCache::new(settings.cache_chunks));
-        Self { table, blobs, embedder, settings, cache }
+        Self {
+            tenants,
+            documents: DocumentStore::new(table.clone()),
+            changes: ChangeFeed::new(table.clone()),
+            manifests: ManifestStore::new(table),
+            blobs,
+            embedder,
+            settings,
+            cache,
+        }
     }
 
     /// The service as configured: loads the embedding model when one is set.
-    pub fn from_config(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, config: &keel_core::config::Config) -> Result<Self, KeelError> {
+    pub fn from_config(stores: Stores, config: &keel_core::config::Config) -> Result<Self, KeelError> {
         let embedder = match &config.embedding {
             Some(files) => Some(Arc::new(
                 Embedder::load(&keel_ml::EmbedderConfig {
@@ -180,7 +203,7 @@ impl Retrieval {
             max_segments: config.index_max_segments,
             tuning: Tuning::default(),
         };
-        Ok(Self::new(table, blobs, embedder, settings))
+        Ok(Self::new(stores, embedder, settings))
     }
 
     /// Whether an embedding model is loaded (`embed` returns nothing without one).
@@ -195,10 +218,6 @@ impl Retrieval {
         } else {
             "lexical"
         }
-    }
-
-    pub(crate) async fn document(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
-        keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::document(doc_id)).await
     }
 
     pub(crate) async fn apply_one(&self, tenant: &TenantId, change: DocumentChange) -> Result<ChangeOutcome, KeelError> {

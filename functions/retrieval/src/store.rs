@@ -1,242 +1,142 @@
-//! Segment storage: writing a segment and committing it to the manifest,
-//! loading a tenant's index (reusing the segments a warm function already
-//! holds), and size-tiered compaction.
+//! What retrieval keeps in the table, one store per thing it holds: the
+//! documents' records, the changed-documents feed with its cursors, and each
+//! tenant's index manifest. Only these touch the table; sources and
+//! segments live in the blob store.
 
-use crate::index::TenantIndex;
-use crate::manifest::{IndexManifest, SegmentRef};
+use crate::manifest::IndexManifest;
+use crate::{ChangeRecord, DocumentRecord};
+use keel_core::ids::{new_token, TenantId};
 use keel_core::keys;
-use crate::segment::{decisive, LoadedSegment, SegmentData};
-use crate::Retrieval;
-use keel_core::ids::{new_id, TenantId};
-use keel_core::ports::{Condition, Write};
+use keel_core::ports::{Condition, QueryOptions, Table, Write};
+use keel_core::time::now_secs;
 use keel_core::{KeelError, StoreError};
-use std::collections::{HashMap, HashSet};
+use serde_json::json;
 use std::sync::Arc;
 
+/// How long the changed-documents feed remembers a change.
+const CHANGE_TTL_SECS: i64 = 30 * 24 * 3600;
+/// How long a feed cursor can be used.
+const CURSOR_TTL_SECS: i64 = 7 * 24 * 3600;
 /// Attempts at a conditional manifest write before giving up (each one lost
 /// a race to another writer, which made progress).
 const COMMIT_ATTEMPTS: usize = 50;
 
-impl Retrieval {
-    pub(crate) async fn read_manifest(&self, tenant: &TenantId) -> Result<(IndexManifest, Option<u64>), KeelError> {
-        match self.table.get(&tenant.pk(), keys::INDEX_MANIFEST).await? {
-            Some(item) => Ok((serde_json::from_value(item.data)?, Some(item.version))),
+fn write(tenant: &TenantId, sk: String, data: serde_json::Value, expires_at: Option<i64>, condition: Condition) -> Write {
+    Write { pk: tenant.pk(), sk, data, expires_at, condition }
+}
+
+/// One record per indexed document (what it is, who may see it, its hash).
+pub(crate) struct DocumentStore {
+    table: Arc<dyn Table>,
+}
+
+impl DocumentStore {
+    pub(crate) fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
+    }
+
+    pub(crate) async fn get(&self, tenant: &TenantId, doc_id: &str) -> Result<Option<(DocumentRecord, u64)>, KeelError> {
+        keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::document(doc_id)).await
+    }
+
+    /// Writes the record; returns its new version.
+    pub(crate) async fn put(&self, tenant: &TenantId, record: &DocumentRecord) -> Result<u64, KeelError> {
+        let data = serde_json::to_value(record)?;
+        Ok(self.table.put(write(tenant, keys::document(&record.doc_id), data, None, Condition::Always)).await?)
+    }
+
+    pub(crate) async fn delete(&self, tenant: &TenantId, doc_id: &str) -> Result<(), KeelError> {
+        Ok(self.table.delete(&tenant.pk(), &keys::document(doc_id)).await?)
+    }
+}
+
+/// The changed-documents feed, ordered by time, and the cursors its pages hand out.
+pub(crate) struct ChangeFeed {
+    table: Arc<dyn Table>,
+}
+
+impl ChangeFeed {
+    pub(crate) fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
+    }
+
+    pub(crate) async fn record(&self, tenant: &TenantId, change: &ChangeRecord) -> Result<(), KeelError> {
+        let sk = keys::change(&change.at, &change.doc_id);
+        let expires_at = Some(now_secs() + CHANGE_TTL_SECS);
+        self.table.put(write(tenant, sk, serde_json::to_value(change)?, expires_at, Condition::Always)).await?;
+        Ok(())
+    }
+
+    /// The feed position after every change recorded at `at` (a change time) or before.
+    pub(crate) fn position_at(at: &str) -> String {
+        keys::changes_after(at)
+    }
+
+    /// Up to `limit` changes after the feed position `after`, oldest first,
+    /// each with its own position.
+    pub(crate) async fn page(&self, tenant: &TenantId, after: String, limit: usize) -> Result<Vec<(String, ChangeRecord)>, KeelError> {
+        let options = QueryOptions { limit: Some(limit), after: Some(after), ..Default::default() };
+        let items = self.table.query(&tenant.pk(), keys::CHANGES, options).await?;
+        items.into_iter().map(|i| Ok((i.sk, serde_json::from_value(i.data)?))).collect()
+    }
+
+    /// Stores a feed position for `principal` behind a new random token.
+    pub(crate) async fn seal_cursor(&self, tenant: &TenantId, principal: &str, after: &str) -> Result<String, KeelError> {
+        let token = new_token("cur");
+        let data = json!({"after": after, "principal": principal});
+        let expires_at = Some(now_secs() + CURSOR_TTL_SECS);
+        self.table.put(write(tenant, keys::feed_cursor(&token), data, expires_at, Condition::NotExists)).await?;
+        Ok(token)
+    }
+
+    /// The position behind `token`, if this principal was given it and it has not expired.
+    pub(crate) async fn open_cursor(&self, tenant: &TenantId, principal: &str, token: &str) -> Result<Option<String>, KeelError> {
+        let Some(item) = self.table.get(&tenant.pk(), &keys::feed_cursor(token)).await? else { return Ok(None) };
+        if item.data["principal"].as_str() != Some(principal) {
+            return Ok(None);
+        }
+        Ok(item.data["after"].as_str().map(str::to_string))
+    }
+}
+
+/// Each tenant's index manifest: the segments that make its index, versioned.
+pub(crate) struct ManifestStore {
+    table: Arc<dyn Table>,
+}
+
+impl ManifestStore {
+    pub(crate) fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
+    }
+
+    /// The manifest and its version (`None`: the tenant has no index yet).
+    pub(crate) async fn read(&self, tenant: &TenantId) -> Result<(IndexManifest, Option<u64>), KeelError> {
+        match keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), keys::INDEX_MANIFEST).await? {
+            Some((manifest, version)) => Ok((manifest, Some(version))),
             None => Ok((IndexManifest::default(), None)),
         }
     }
 
-    /// Applies `change` to the manifest with optimistic concurrency, retrying
-    /// on a lost race. `change` returns false to give up (nothing written).
-    pub(crate) async fn update_manifest(
+    /// Applies `change` with optimistic concurrency, retrying on a lost race.
+    /// `change` returns false to give up (nothing written); `Some(version)` once written.
+    pub(crate) async fn update(
         &self,
         tenant: &TenantId,
         mut change: impl FnMut(&mut IndexManifest) -> bool,
     ) -> Result<Option<u64>, KeelError> {
         for _ in 0..COMMIT_ATTEMPTS {
-            let (mut manifest, version) = self.read_manifest(tenant).await?;
+            let (mut manifest, version) = self.read(tenant).await?;
             if !change(&mut manifest) {
                 return Ok(None);
             }
             let condition = version.map_or(Condition::NotExists, Condition::Version);
-            let write = Write { pk: tenant.pk(), sk: keys::INDEX_MANIFEST.into(), data: serde_json::to_value(&manifest)?, expires_at: None, condition };
-            match self.table.put(write).await {
+            let data = serde_json::to_value(&manifest)?;
+            match self.table.put(write(tenant, keys::INDEX_MANIFEST.into(), data, None, condition)).await {
                 Ok(v) => return Ok(Some(v)),
                 Err(StoreError::ConditionFailed) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(KeelError::Unavailable("the index manifest is too busy; retry".into()))
-    }
-
-    /// Writes a segment to the blob store and appends it to the manifest.
-    pub(crate) async fn commit_segment(&self, tenant: &TenantId, data: &SegmentData) -> Result<(), KeelError> {
-        let id = new_id("seg");
-        self.blobs.put(&IndexManifest::segment_key(tenant, &id), data.to_bytes()?).await?;
-        let chunks = data.chunks.len();
-        self.update_manifest(tenant, |m| {
-            m.segments.push(SegmentRef { id: id.clone(), generation: m.next_generation, chunks });
-            m.next_generation += 1;
-            true
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Every segment of a tenant's index, oldest first (backups, migrations,
-    /// benchmarks).
-    pub async fn export_segments(&self, tenant: &TenantId) -> Result<Vec<SegmentData>, KeelError> {
-        let index = self.tenant_index(tenant).await?;
-        Ok(index.segments.iter().map(|s| s.data.clone()).collect())
-    }
-
-    /// Adds a segment written elsewhere (see `export_segments`) to a tenant's index.
-    pub async fn import_segment(&self, tenant: &TenantId, data: &SegmentData) -> Result<(), KeelError> {
-        self.commit_segment(tenant, data).await
-    }
-
-    /// The tenant's index as of the manifest's current version: from the
-    /// cache when it is current, otherwise assembled from the segments the
-    /// cached index already holds plus the new ones from the blob store.
-    pub(crate) async fn tenant_index(&self, tenant: &TenantId) -> Result<Arc<TenantIndex>, KeelError> {
-        // A compaction may delete a segment between reading the manifest and
-        // loading it: read the manifest again then.
-        for _ in 0..3 {
-            let (manifest, version) = self.read_manifest(tenant).await?;
-            let version = version.unwrap_or(0);
-            let cached = self.cache.lock().ok().and_then(|mut c| c.get(tenant));
-            if let Some(index) = cached.as_ref().filter(|i| i.version == version) {
-                return Ok(index.clone());
-            }
-            match self.load_segments(tenant, &manifest.segments, cached.as_deref()).await {
-                Ok(segments) => {
-                    let index = Arc::new(TenantIndex::new(version, manifest, segments));
-                    if let Ok(mut c) = self.cache.lock() {
-                        c.insert(tenant.clone(), index.clone());
-                    }
-                    return Ok(index);
-                }
-                Err(KeelError::NotFound(missing)) => {
-                    tracing::info!(tenant = %tenant, missing, "segment gone (compacted); reloading the manifest");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(KeelError::Unavailable("the index is being compacted; retry".into()))
-    }
-
-    /// The segments `refs` names: those `held` already has are reused, the
-    /// others are loaded from the blob store.
-    async fn load_segments(
-        &self,
-        tenant: &TenantId,
-        refs: &[SegmentRef],
-        held: Option<&TenantIndex>,
-    ) -> Result<Vec<Arc<LoadedSegment>>, KeelError> {
-        let held: HashMap<&str, &Arc<LoadedSegment>> =
-            held.iter().flat_map(|i| i.segments.iter().map(|s| (s.id.as_str(), s))).collect();
-        let mut out = Vec::with_capacity(refs.len());
-        for r in refs {
-            match held.get(r.id.as_str()) {
-                Some(s) => out.push(Arc::clone(s)),
-                None => out.push(Arc::new(self.load_segment(tenant, &r.id).await?)),
-            }
-        }
-        Ok(out)
-    }
-
-    async fn load_segment(&self, tenant: &TenantId, id: &str) -> Result<LoadedSegment, KeelError> {
-        let bytes = self
-            .blobs
-            .get(&IndexManifest::segment_key(tenant, id))
-            .await?
-            .ok_or_else(|| KeelError::NotFound(id.to_string()))?;
-        let data = tokio::task::spawn_blocking(move || SegmentData::from_bytes(&bytes))
-            .await
-            .map_err(|e| KeelError::Internal(format!("segment load task: {e}")))??;
-        Ok(LoadedSegment::new(id.to_string(), data))
-    }
-
-    /// Merges the smallest run of adjacent segments when there are too many
-    /// (`IndexManifest::compaction_run`). Returns
-    /// whether it merged. A concurrent compaction of the same run wins; this
-    /// one then discards its output.
-    pub async fn compact(&self, tenant: &TenantId, max_segments: usize) -> Result<bool, KeelError> {
-        let (manifest, _) = self.read_manifest(tenant).await?;
-        let Some(run) = manifest.compaction_run(max_segments) else { return Ok(false) };
-        let refs: Vec<SegmentRef> = manifest.segments[run.clone()].to_vec();
-        let from_oldest = run.start == 0;
-        let index = self.tenant_index(tenant).await?;
-        let segments = self.load_segments(tenant, &refs, Some(&index)).await?;
-        let merged = merge(&segments, from_oldest);
-        let id = new_id("seg");
-        self.blobs.put(&IndexManifest::segment_key(tenant, &id), merged.to_bytes()?).await?;
-        let generation = refs.last().map_or(0, |r| r.generation);
-        let chunks = merged.chunks.len();
-        let committed = self
-            .update_manifest(tenant, |m| {
-                // Only if the run is still there, unchanged and contiguous.
-                let Some(start) = m.segments.iter().position(|s| refs.first().is_some_and(|f| f.id == s.id)) else { return false };
-                if m.segments.get(start..start + refs.len()) != Some(refs.as_slice()) {
-                    return false;
-                }
-                m.segments.splice(start..start + refs.len(), [SegmentRef { id: id.clone(), generation, chunks }]);
-                true
-            })
-            .await?;
-        let obsolete: Vec<&str> = if committed.is_some() { refs.iter().map(|r| r.id.as_str()).collect() } else { vec![id.as_str()] };
-        for old in obsolete {
-            self.blobs.delete(&IndexManifest::segment_key(tenant, old)).await?;
-        }
-        tracing::info!(tenant = %tenant, merged = refs.len(), chunks, committed = committed.is_some(), "compaction");
-        Ok(committed.is_some())
-    }
-}
-
-/// One segment equal to `segments` (oldest first): each document as the
-/// newest of them has it. Deletes are kept unless the run starts at the
-/// oldest segment, where nothing older can hold the document.
-fn merge(segments: &[Arc<LoadedSegment>], from_oldest: bool) -> SegmentData {
-    let mut kept: Vec<(usize, usize)> = Vec::new();
-    let mut deletes: Vec<String> = Vec::new();
-    for (s, (chunks, deleted)) in decisive(segments).into_iter().enumerate() {
-        kept.extend(chunks.iter().enumerate().filter(|(_, keep)| **keep).map(|(c, _)| (s, c)));
-        if !from_oldest {
-            let docs = &segments[s].data.deleted_docs;
-            deletes.extend(docs.iter().zip(&deleted).filter(|(_, keep)| **keep).map(|(d, _)| d.clone()));
-        }
-    }
-    kept.sort_unstable();
-    // Vectors only when every merged segment has them at one width (an
-    // embedder added or changed later leaves older segments without).
-    let widths: HashSet<u32> = segments.iter().filter(|s| !s.is_empty()).map(|s| s.data.dimensions).collect();
-    let with_vectors = widths.len() == 1 && !widths.contains(&0);
-    let mut out = SegmentData::new();
-    out.deleted_docs = deletes;
-    for (s, c) in kept {
-        let data = &segments[s].data;
-        let vector = data.vector(c).filter(|_| with_vectors).map(|v| (v, data.scales[c]));
-        out.push_quantized(data.chunks[c].clone(), vector);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::segment::tests::chunk;
-
-    fn segment(id: &str, docs: &[&str], deletes: &[&str]) -> Arc<LoadedSegment> {
-        let mut data = SegmentData::new();
-        for d in docs {
-            data.push(chunk(d), Some(&[1.0, 0.0]));
-        }
-        data.deleted_docs = deletes.iter().map(|d| d.to_string()).collect();
-        Arc::new(LoadedSegment::new(id.into(), data))
-    }
-
-    #[test]
-    fn merge_keeps_the_newest_version_and_needed_deletes() {
-        let segs = [segment("a", &["x", "y"], &[]), segment("b", &["y"], &["z"]), segment("c", &[], &["x"])];
-        let merged = merge(&segs, false);
-        let docs: Vec<&str> = merged.chunks.iter().map(|c| c.doc_id.as_str()).collect();
-        assert_eq!(docs, ["y"]);
-        assert_eq!(merged.vectors.len(), 2);
-        let mut deletes = merged.deleted_docs.clone();
-        deletes.sort();
-        assert_eq!(deletes, ["x", "z"]);
-        assert!(merge(&segs, true).deleted_docs.is_empty());
-    }
-
-    #[test]
-    fn liveness_follows_the_newest_segment() {
-        let segs = vec![segment("a", &["x", "y"], &[]), segment("b", &["y"], &["x"])];
-        let masks = decisive(&segs);
-        assert_eq!(masks[0], (vec![false, false], vec![]));
-        assert_eq!(masks[1], (vec![true], vec![true]));
-        let index = TenantIndex::new(1, IndexManifest::default(), segs);
-        // By vector alone: only live chunks are scored at all.
-        let hits = index.search(&[], Some(&[1.0, 0.0]), &|_| true, 10, &crate::Tuning::default());
-        let docs: Vec<&str> = hits.iter().map(|r| index.chunk(r).doc_id.as_str()).collect();
-        assert_eq!(docs, ["y"]);
     }
 }

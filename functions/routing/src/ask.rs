@@ -118,7 +118,7 @@ impl Routing {
         events: Option<&Events>,
         trail: &mut Trail,
     ) -> Result<Option<AskResponse>, KeelError> {
-        let hit: Option<CachedAnswer> = cache::get(self.table.as_ref(), &tenant.id, key).await?;
+        let hit: Option<CachedAnswer> = self.answers.get(&tenant.id, key).await?;
         trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
         let Some(hit) = hit else { return Ok(None) };
         let cited = hit.cited_chunks.iter().filter_map(|c| evidence.iter().position(|h| &h.chunk_id == c)).collect();

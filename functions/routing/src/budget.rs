@@ -9,11 +9,12 @@ use keel_core::models::Budgets;
 use keel_core::ports::Table;
 use keel_core::time::current_month;
 use keel_core::{KeelError, StoreError};
+use std::sync::Arc;
 
 /// Held budget: the counters charged and the amount on each.
 #[derive(Debug)]
 pub struct Reservation {
-    pk: String,
+    tenant: TenantId,
     counters: Vec<String>,
     pub micro_usd: i64,
 }
@@ -36,52 +37,63 @@ fn micro(usd: f64) -> i64 {
     (usd * 1e6).round() as i64
 }
 
-/// Reserves `micro_usd` on every budget that applies; all or none.
-pub async fn reserve(
-    table: &dyn Table,
-    tenant: &TenantId,
-    budgets: &Budgets,
-    workflow: Option<&str>,
-    micro_usd: i64,
-) -> Result<Reservation, Refused> {
-    let workflow = budgets.workflow_for(workflow).map_err(Refused::Store)?;
-    let month = current_month();
-    let mut limits = Vec::new();
-    if let Some(l) = budgets.monthly_usd {
-        limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), l));
+/// The monthly spend counters, the tenant's and each workflow's.
+pub struct BudgetCounters {
+    table: Arc<dyn Table>,
+}
+
+impl BudgetCounters {
+    pub fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
     }
-    if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
-        limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
-    }
-    let mut held = Reservation { pk: tenant.pk(), counters: vec![], micro_usd };
-    for (sk, scope, limit_usd) in limits {
-        match table.increment(&held.pk, &sk, micro_usd, Some(micro(limit_usd)), None).await {
-            Ok(_) => held.counters.push(sk),
-            Err(e) => {
-                release(table, &held).await;
-                return Err(match e {
-                    StoreError::ConditionFailed => Refused::OverBudget { scope, limit_usd },
-                    other => other.into(),
-                });
+
+    /// Reserves `micro_usd` on every budget that applies; all or none.
+    pub async fn reserve(
+        &self,
+        tenant: &TenantId,
+        budgets: &Budgets,
+        workflow: Option<&str>,
+        micro_usd: i64,
+    ) -> Result<Reservation, Refused> {
+        let workflow = budgets.workflow_for(workflow).map_err(Refused::Store)?;
+        let month = current_month();
+        let mut limits = Vec::new();
+        if let Some(l) = budgets.monthly_usd {
+            limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), l));
+        }
+        if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
+            limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
+        }
+        let mut held = Reservation { tenant: tenant.clone(), counters: vec![], micro_usd };
+        for (sk, scope, limit_usd) in limits {
+            match self.table.increment(&tenant.pk(), &sk, micro_usd, Some(micro(limit_usd)), None).await {
+                Ok(_) => held.counters.push(sk),
+                Err(e) => {
+                    self.release(&held).await;
+                    return Err(match e {
+                        StoreError::ConditionFailed => Refused::OverBudget { scope, limit_usd },
+                        other => other.into(),
+                    });
+                }
             }
         }
+        Ok(held)
     }
-    Ok(held)
-}
 
-/// Settles a reservation to what the call really cost (0 when it failed).
-pub async fn settle(table: &dyn Table, held: &Reservation, actual_micro_usd: i64) -> Result<(), KeelError> {
-    let delta = actual_micro_usd - held.micro_usd;
-    if delta != 0 {
-        for sk in &held.counters {
-            table.increment(&held.pk, sk, delta, None, None).await?;
+    /// Settles a reservation to what the call really cost (0 when it failed).
+    pub async fn settle(&self, held: &Reservation, actual_micro_usd: i64) -> Result<(), KeelError> {
+        let delta = actual_micro_usd - held.micro_usd;
+        if delta != 0 {
+            for sk in &held.counters {
+                self.table.increment(&held.tenant.pk(), sk, delta, None, None).await?;
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-async fn release(table: &dyn Table, held: &Reservation) {
-    if let Err(e) = settle(table, held, 0).await {
-        tracing::error!(error = %e, "could not release a budget reservation");
+    async fn release(&self, held: &Reservation) {
+        if let Err(e) = self.settle(held, 0).await {
+            tracing::error!(error = %e, "could not release a budget reservation");
+        }
     }
 }

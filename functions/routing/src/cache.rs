@@ -11,6 +11,7 @@ use keel_core::KeelError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// The address of an answer. Parts are length-prefixed so no two part lists collide.
 pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
@@ -23,24 +24,35 @@ pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
 }
 
 
-pub async fn get<T: DeserializeOwned>(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<T>, KeelError> {
-    match table.get(&tenant.pk(), &keel_core::keys::answer_cache(key)).await? {
-        Some(item) => Ok(serde_json::from_value(item.data).ok()),
-        None => Ok(None),
-    }
+/// Answers in the tenant's own partition, each with a TTL.
+pub struct AnswerCache {
+    table: Arc<dyn Table>,
 }
 
-pub async fn put<T: Serialize>(table: &dyn Table, tenant: &TenantId, key: &str, value: &T, ttl_secs: u64) -> Result<(), KeelError> {
-    table
-        .put(Write {
+impl AnswerCache {
+    pub fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
+    }
+
+    /// The answer at `key`; `None` when absent, expired or of another shape.
+    pub async fn get<T: DeserializeOwned>(&self, tenant: &TenantId, key: &str) -> Result<Option<T>, KeelError> {
+        match self.table.get(&tenant.pk(), &keel_core::keys::answer_cache(key)).await? {
+            Some(item) => Ok(serde_json::from_value(item.data).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn put<T: Serialize>(&self, tenant: &TenantId, key: &str, value: &T, ttl_secs: u64) -> Result<(), KeelError> {
+        let write = Write {
             pk: tenant.pk(),
             sk: keel_core::keys::answer_cache(key),
             data: serde_json::to_value(value)?,
             expires_at: Some(now_secs().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
             condition: Condition::Always,
-        })
-        .await?;
-    Ok(())
+        };
+        self.table.put(write).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ impl Routing {
 
     /// The cached (model, text) of the same deterministic request, if any.
     async fn cached_chat(&self, tenant: &TenantId, key: &str, trail: &mut Trail) -> Result<Option<(String, String)>, KeelError> {
-        let hit: Option<(String, String)> = cache::get(self.table.as_ref(), tenant, key).await?;
+        let hit: Option<(String, String)> = self.answers.get(tenant, key).await?;
         trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
         Ok(hit)
     }

@@ -269,7 +269,7 @@ impl Routing {
         let first = &self.catalog[hosted.first].name;
         let key = cache::key(&tenant.id, &["classify", first, text, &labels_fingerprint(labels)]);
         if ttl > 0 {
-            let hit: Option<CachedLabel> = cache::get(self.table.as_ref(), &tenant.id, &key).await?;
+            let hit: Option<CachedLabel> = self.answers.get(&tenant.id, &key).await?;
             trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
             if let Some(hit) = hit {
                 trail.reasons.push(format!("cache hit for {first} on the same text and labels"));

@@ -2,7 +2,7 @@
 //! budget reservation, through retries and breakers, until one gives an
 //! answer the caller accepts.
 
-use crate::budget::{reserve, settle, Refused, Reservation};
+use crate::budget::{Refused, Reservation};
 use crate::providers::HostedModel;
 use crate::resilience::call_model;
 use crate::router::Hosted;
@@ -110,7 +110,7 @@ impl Routing {
                 g.reset();
             }
             if let Some(h) = &held {
-                settle(self.table.as_ref(), h, cost).await?;
+                self.budgets.settle(h, cost).await?;
             }
         }
         Ok(None)
@@ -130,7 +130,7 @@ impl Routing {
         if tenant.budgets.is_empty() {
             return Ok(Budgeted::Call(None));
         }
-        match reserve(self.table.as_ref(), &tenant.id, &tenant.budgets, generation.workflow, worst_case).await {
+        match self.budgets.reserve(&tenant.id, &tenant.budgets, generation.workflow, worst_case).await {
             Ok(held) => Ok(Budgeted::Call(Some(held))),
             Err(Refused::OverBudget { scope, limit_usd }) => {
                 let scope = format!("{scope} (${limit_usd:.2})");

@@ -27,14 +27,15 @@ pub mod router;
 pub mod sse;
 
 use answer::{evidence_coverage, extractive_answer, Answer};
-use budget::{settle, Reservation};
+use budget::{BudgetCounters, Reservation};
+use cache::AnswerCache;
 use generate::{Generated, Generation, ModelDeltas};
 use keel_core::auth::Caller;
 use keel_core::chain::{send_decision, CacheOutcome, DecisionEvent, DecisionKind, Usage};
 use keel_core::ids::{new_id, TenantId};
 use keel_core::models::{ModelSpec, Tier};
 use keel_core::ports::{ChatMessage, ModelRequest, ModelResponse, Table, WorkQueue};
-use keel_core::tenants::{Tenant, TenantCache};
+use keel_core::tenants::{Tenant, TenantStore};
 use keel_core::time::now_rfc3339;
 use keel_core::KeelError;
 use keel_retrieval::{Retrieval, SearchHit};
@@ -75,9 +76,10 @@ impl RoutingOptions {
 
 pub struct Routing {
     retrieval: Arc<Retrieval>,
-    table: Arc<dyn Table>,
+    answers: AnswerCache,
+    budgets: BudgetCounters,
     queue: Arc<dyn WorkQueue>,
-    tenants: Arc<TenantCache>,
+    tenants: Arc<TenantStore>,
     models: Vec<HostedModel>,
     /// The models' specs, side by side for the router.
     catalog: Vec<ModelSpec>,
@@ -238,17 +240,18 @@ impl Routing {
         retrieval: Arc<Retrieval>,
         table: Arc<dyn Table>,
         queue: Arc<dyn WorkQueue>,
-        tenants: Arc<TenantCache>,
+        tenants: Arc<TenantStore>,
         models: Vec<HostedModel>,
         options: RoutingOptions,
     ) -> Self {
         let catalog = models.iter().map(|m| m.spec.clone()).collect();
         let breakers = Breakers::new(options.breakers.clone());
-        Self { retrieval, table, queue, tenants, models, catalog, breakers, in_function: in_function::InFunction::new(), options }
+        let (answers, budgets) = (AnswerCache::new(table.clone()), BudgetCounters::new(table));
+        Self { retrieval, answers, budgets, queue, tenants, models, catalog, breakers, in_function: in_function::InFunction::new(), options }
     }
 
     async fn tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
-        self.tenants.require_active(self.table.as_ref(), id).await
+        self.tenants.require_active(id).await
     }
 
     fn route_input<'a>(
@@ -283,13 +286,13 @@ impl Routing {
     ) -> Result<(), KeelError> {
         let store = async {
             match &pending.cache_write {
-                Some(w) => cache::put(self.table.as_ref(), tenant, &w.key, &w.value, w.ttl).await,
+                Some(w) => self.answers.put(tenant, &w.key, &w.value, w.ttl).await,
                 None => Ok(()),
             }
         };
         let settled = async {
             match &pending.settlement {
-                Some((held, cost)) => settle(self.table.as_ref(), held, *cost).await,
+                Some((held, cost)) => self.budgets.settle(held, *cost).await,
                 None => Ok(()),
             }
         };

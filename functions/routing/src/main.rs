@@ -9,20 +9,18 @@ use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_core::config::Config;
 use keel_core::http::api;
-use keel_core::tenants::TenantCache;
-use keel_retrieval::Retrieval;
+use keel_retrieval::{Retrieval, Stores};
 use keel_routing::providers::hosted_models;
 use keel_routing::{routes::routes, Routing, RoutingOptions};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Arc::new(Config::from_env()?);
     let aws = keel_aws::Adapters::from_env().await?;
-    let tenants = Arc::new(TenantCache::new(Duration::from_secs(config.tenant_cache_secs)));
-    let retrieval = Arc::new(Retrieval::from_config(aws.table.clone(), aws.blobs, &config)?);
+    let tenants = Arc::new(config.tenant_store(aws.table.clone()));
+    let retrieval = Arc::new(Retrieval::from_config(Stores { table: aws.table.clone(), blobs: aws.blobs, tenants: tenants.clone() }, &config)?);
     let models = hosted_models(&config.models).await;
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue, tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.

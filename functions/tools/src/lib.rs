@@ -29,7 +29,7 @@ use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{QueueMessage, Saga, Table, WorkQueue};
 use keel_core::resilience::{BreakerSettings, RetryPolicy};
-use keel_core::tenants::{require_active, Autonomy};
+use keel_core::tenants::{Autonomy, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::warm_cache::WarmCache;
 use keel_core::{KeelError, StoreError};
@@ -243,8 +243,7 @@ impl ToolsOptions {
 }
 
 pub struct Tools {
-    /// The tenant records, read fresh: autonomy and the kill switch act at once.
-    table: Arc<dyn Table>,
+    tenants: Arc<TenantStore>,
     tools: store::ToolStore,
     policy_sets: store::PolicyStore,
     actions: store::ActionStore,
@@ -260,14 +259,14 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
+    pub fn new(table: Arc<dyn Table>, tenants: Arc<TenantStore>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
         let connectors = Connectors::new(options.connector_timeout, options.connector_retry, options.connector_breakers)?;
         Ok(Self {
             tools: store::ToolStore::new(table.clone()),
             policy_sets: store::PolicyStore::new(table.clone()),
             actions: store::ActionStore::new(table.clone()),
-            daily: store::DailyCounters::new(table.clone()),
-            table,
+            daily: store::DailyCounters::new(table),
+            tenants,
             queue,
             saga,
             gate: Arc::new(PolicyGate::default_policies()?),

@@ -11,7 +11,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
-    let tools = Arc::new(Tools::new(aws.table, aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
+    let tools = Arc::new(Tools::new(aws.table.clone(), Arc::new(config.tenant_store(aws.table.clone())), aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
     let app = api(routes().with_state(tools.clone()));
     keel_lambda::run(Some(app), |event| {
         let tools = tools.clone();

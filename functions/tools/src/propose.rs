@@ -127,7 +127,7 @@ impl Tools {
 
     /// The autonomy in force for a tool: the tenant's (it must be active), capped by the tool's.
     pub(crate) async fn autonomy(&self, tenant: &TenantId, tool: &Tool) -> Result<Autonomy, KeelError> {
-        Ok(effective_autonomy(require_active(self.table.as_ref(), tenant).await?.autonomy, tool.autonomy))
+        Ok(effective_autonomy(self.tenants.require_active(tenant).await?.autonomy, tool.autonomy))
     }
 
     /// Counts a proposal into the tool's daily counters (atomically) and

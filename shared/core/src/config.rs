@@ -50,6 +50,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The tenant registry as every function reads it: through a warm cache
+    /// of this configuration's TTL.
+    pub fn tenant_store(&self, table: std::sync::Arc<dyn crate::ports::Table>) -> crate::tenants::TenantStore {
+        crate::tenants::TenantStore::new(table, std::time::Duration::from_secs(self.tenant_cache_secs))
+    }
     /// The platform admin's key, which only the auth function (and the
     /// local stack, which is every function) is given.
     pub fn require_admin_key(&self) -> Result<&str, KeelError> {

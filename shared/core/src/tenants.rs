@@ -7,8 +7,8 @@ use crate::models::{Budgets, RoutingPolicy};
 use crate::ports::{Condition, Table, Write};
 use crate::warm_cache::WarmCache;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,86 +80,88 @@ impl Tenant {
     }
 }
 
-pub async fn get_tenant(table: &dyn Table, tenant: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
-    crate::ports::get_record(table, &tenant.pk(), crate::keys::TENANT).await
+/// The tenant registry: one record per tenant, read through a warm cache.
+/// The cache's TTL bounds how long a change (suspension, kill switch,
+/// autonomy) takes to reach another warm function; within one process (the
+/// local stack shares one store) an update invalidates the entry at once.
+pub struct TenantStore {
+    table: Arc<dyn Table>,
+    cache: WarmCache<TenantId, Tenant>,
 }
 
-/// Writes the tenant record under `condition` (create: `NotExists`; update: `Version`).
-pub async fn put_tenant(table: &dyn Table, tenant: &Tenant, condition: Condition) -> Result<(), KeelError> {
-    table
-        .put(Write {
-            pk: tenant.id.pk(),
-            sk: crate::keys::TENANT.into(),
-            data: serde_json::to_value(tenant)?,
-            expires_at: None,
-            condition,
-        })
-        .await?;
-    Ok(())
-}
-
-
-pub async fn put_api_key(table: &dyn Table, tenant: &TenantId, key: &str, record: &ApiKeyRecord) -> Result<(), KeelError> {
-    table
-        .put(Write {
-            pk: tenant.pk(),
-            sk: crate::keys::api_key(&hash_api_key(key)),
-            data: serde_json::to_value(record)?,
-            expires_at: None,
-            condition: Condition::NotExists,
-        })
-        .await?;
-    Ok(())
-}
-
-pub async fn get_api_key(table: &dyn Table, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
-    let record = crate::ports::get_record(table, &tenant.pk(), &crate::keys::api_key(&hash_api_key(key))).await?;
-    Ok(record.map(|(record, _)| record))
-}
-
-/// Loads the tenant and fails unless it exists and is active.
-pub async fn require_active(table: &dyn Table, tenant: &TenantId) -> Result<Tenant, KeelError> {
-    active(get_tenant(table, tenant).await?.map(|(t, _)| t), tenant)
-}
-
-fn active(found: Option<Tenant>, tenant: &TenantId) -> Result<Tenant, KeelError> {
-    match found {
-        Some(t) if t.status == TenantStatus::Active => Ok(t),
-        Some(_) => Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
-        None => Err(KeelError::NotFound(format!("tenant {tenant} does not exist"))),
-    }
-}
-
-/// A warm function's cache of tenant records. The TTL bounds how long a
-/// change (suspension, kill switch) takes to reach another function; within
-/// one process, the writer invalidates the entry at once.
-pub struct TenantCache {
-    entries: WarmCache<TenantId, Tenant>,
-}
-
-impl TenantCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self { entries: WarmCache::new(Some(ttl), usize::MAX) }
+impl TenantStore {
+    pub fn new(table: Arc<dyn Table>, cache_ttl: Duration) -> Self {
+        Self { table, cache: WarmCache::new(Some(cache_ttl), usize::MAX) }
     }
 
-    pub async fn get(&self, table: &dyn Table, id: &TenantId) -> Result<Option<Tenant>, KeelError> {
-        if let Some(t) = self.entries.get(id) {
+    /// The stored record and its version, read fresh (for an update).
+    pub async fn get(&self, id: &TenantId) -> Result<Option<(Tenant, u64)>, KeelError> {
+        crate::ports::get_record(self.table.as_ref(), &id.pk(), crate::keys::TENANT).await
+    }
+
+    /// The record through the warm cache.
+    pub async fn cached(&self, id: &TenantId) -> Result<Option<Tenant>, KeelError> {
+        if let Some(t) = self.cache.get(id) {
             return Ok(Some(t));
         }
-        let fresh = get_tenant(table, id).await?.map(|(t, _)| t);
+        let fresh = self.get(id).await?.map(|(t, _)| t);
         if let Some(t) = &fresh {
-            self.entries.insert(id.clone(), t.clone());
+            self.cache.insert(id.clone(), t.clone());
         }
         Ok(fresh)
     }
 
-    /// `require_active` through the cache.
-    pub async fn require_active(&self, table: &dyn Table, id: &TenantId) -> Result<Tenant, KeelError> {
-        active(self.get(table, id).await?, id)
+    /// The tenant through the cache; fails unless it exists and is active.
+    pub async fn require_active(&self, id: &TenantId) -> Result<Tenant, KeelError> {
+        match self.cached(id).await? {
+            Some(t) if t.status == TenantStatus::Active => Ok(t),
+            Some(_) => Err(KeelError::Forbidden(format!("tenant {id} is suspended"))),
+            None => Err(KeelError::NotFound(format!("tenant {id} does not exist"))),
+        }
     }
 
-    pub fn invalidate(&self, id: &TenantId) {
-        self.entries.remove(id);
+    /// Writes a new tenant; `Conflict` when the id is taken.
+    pub async fn create(&self, tenant: &Tenant) -> Result<(), KeelError> {
+        self.put(tenant, Condition::NotExists).await.map_err(|e| match e {
+            KeelError::Conflict(_) => KeelError::Conflict(format!("tenant {} already exists", tenant.id)),
+            other => other,
+        })
+    }
+
+    /// Replaces the record if it is still at `version`; `Conflict` when it moved.
+    pub async fn update(&self, tenant: &Tenant, version: u64) -> Result<(), KeelError> {
+        self.put(tenant, Condition::Version(version)).await?;
+        self.cache.remove(&tenant.id);
+        Ok(())
+    }
+
+    async fn put(&self, tenant: &Tenant, condition: Condition) -> Result<(), KeelError> {
+        let data = serde_json::to_value(tenant)?;
+        self.table.put(Write { pk: tenant.id.pk(), sk: crate::keys::TENANT.into(), data, expires_at: None, condition }).await?;
+        Ok(())
+    }
+}
+
+/// A tenant's API keys, stored by the hash of the secret.
+pub struct ApiKeyStore {
+    table: Arc<dyn Table>,
+}
+
+impl ApiKeyStore {
+    pub fn new(table: Arc<dyn Table>) -> Self {
+        Self { table }
+    }
+
+    pub async fn create(&self, tenant: &TenantId, key: &str, record: &ApiKeyRecord) -> Result<(), KeelError> {
+        let (pk, sk) = (tenant.pk(), crate::keys::api_key(&hash_api_key(key)));
+        let data = serde_json::to_value(record)?;
+        self.table.put(Write { pk, sk, data, expires_at: None, condition: Condition::NotExists }).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
+        let record = crate::ports::get_record(self.table.as_ref(), &tenant.pk(), &crate::keys::api_key(&hash_api_key(key))).await?;
+        Ok(record.map(|(record, _)| record))
     }
 }
 
