@@ -1,6 +1,8 @@
 //! Helpers for Keel's end-to-end and contract tests (test-only code).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod aws;
+pub mod gateway;
 pub mod stub;
 
 use keel_core::config::Config;

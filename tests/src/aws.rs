@@ -1,0 +1,26 @@
+//! Reaching moto server, the AWS stand-in scripts/test.sh starts (test-only code).
+#![allow(clippy::panic)]
+
+/// The moto endpoint, or `None` (and the AWS tests are skipped) when it is not
+/// set; scripts/test.sh sets it and `KEEL_REQUIRE_MOTO=1`, which turns a
+/// missing endpoint into a failure.
+pub fn moto() -> Option<String> {
+    match std::env::var("KEEL_MOTO_ENDPOINT") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("KEEL_REQUIRE_MOTO").is_ok() => panic!("KEEL_REQUIRE_MOTO is set but KEEL_MOTO_ENDPOINT is not"),
+        Err(_) => {
+            eprintln!("KEEL_MOTO_ENDPOINT not set: skipping the AWS adapter contract tests (scripts/test.sh runs them)");
+            None
+        }
+    }
+}
+
+pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await
+}
+
