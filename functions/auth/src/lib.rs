@@ -2,13 +2,11 @@
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
 pub mod edge;
+mod keys;
 mod rate;
 pub mod routes;
 
-use keel_core::auth::{
-    api_key_tenant, check_principal, groups_of, hash_api_key, is_context_name, new_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN,
-    TENANT_ROLES,
-};
+use keel_core::auth::{api_key_tenant, groups_of, hash_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN};
 use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
@@ -20,8 +18,6 @@ use keel_core::warm_cache::WarmCache;
 use keel_core::KeelError;
 use rate::RateCounters;
 use serde::Deserialize;
-use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,11 +47,10 @@ impl Auth {
         if let Some(record) = self.warm_keys.get(&hash) {
             return Ok(Some(record));
         }
-        let fresh = self.keys.get(tenant, key).await?;
-        if let Some(record) = &fresh {
-            self.warm_keys.insert(hash, record.clone());
-        }
-        Ok(fresh)
+        let Some(mut fresh) = self.keys.get(tenant, key).await? else { return Ok(None) };
+        self.note_use(tenant, &mut fresh).await;
+        self.warm_keys.insert(hash, fresh.record.clone());
+        Ok(Some(fresh.record))
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
@@ -87,6 +82,9 @@ impl Auth {
         let invalid = || KeelError::Unauthorized("invalid credentials".into());
         let tenant = api_key_tenant(key).ok_or_else(invalid)?;
         let record = self.api_key_record(&tenant, key).await?.ok_or_else(invalid)?;
+        if record.expired(chrono::Utc::now()) {
+            return Err(KeelError::Unauthorized("this key has expired".into()));
+        }
         Ok(Caller {
             tenant: Some(tenant),
             principal: record.principal,
@@ -198,36 +196,6 @@ impl Auth {
         self.tenants.update(&t, version).await?;
         Ok(ApiResponse::ok(&t))
     }
-
-    pub(crate) async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
-        require_tenant_admin(caller, &id)?;
-        self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
-        check_principal(&body.principal)?;
-        if body.roles.is_empty() {
-            return Err(KeelError::BadRequest("roles must name at least one role".into()));
-        }
-        if let Some(bad) = body.roles.iter().find(|r| !TENANT_ROLES.contains(&r.as_str())) {
-            return Err(KeelError::BadRequest(format!("unknown role {bad:?}: use one of {}", TENANT_ROLES.join(", "))));
-        }
-        let attributes = body.attributes.unwrap_or_default();
-        if let Some(Value::Array(groups)) = attributes.get("groups") {
-            if !groups.iter().all(|g| g.as_str().is_some_and(is_context_name)) {
-                return Err(KeelError::BadRequest("groups must be non-empty names without commas".into()));
-            }
-        }
-        let key = new_api_key(&id);
-        let record = ApiKeyRecord {
-            principal: body.principal,
-            roles: body.roles,
-            attributes,
-            created_at: now_rfc3339(),
-        };
-        self.keys.create(&id, &key, &record).await?;
-        Ok(ApiResponse::json(
-            201,
-            &json!({"key": key, "tenant": id, "principal": record.principal, "roles": record.roles, "attributes": record.attributes}),
-        ))
-    }
 }
 
 fn require_platform_admin(caller: &Caller) -> Result<(), KeelError> {
@@ -239,7 +207,7 @@ fn require_platform_admin(caller: &Caller) -> Result<(), KeelError> {
 }
 
 /// The platform admin, or an admin of this very tenant.
-fn require_tenant_admin(caller: &Caller, id: &TenantId) -> Result<(), KeelError> {
+pub(crate) fn require_tenant_admin(caller: &Caller, id: &TenantId) -> Result<(), KeelError> {
     if caller.is_platform_admin() || (caller.tenant.as_ref() == Some(id) && caller.has_role(ROLE_ADMIN)) {
         Ok(())
     } else {
@@ -247,7 +215,7 @@ fn require_tenant_admin(caller: &Caller, id: &TenantId) -> Result<(), KeelError>
     }
 }
 
-fn tenant_not_found(id: &TenantId) -> KeelError {
+pub(crate) fn tenant_not_found(id: &TenantId) -> KeelError {
     KeelError::NotFound(format!("tenant {id} does not exist"))
 }
 
@@ -278,12 +246,4 @@ pub(crate) struct TenantPatch {
     budgets: Option<Budgets>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewKey {
-    principal: String,
-    roles: Vec<String>,
-    attributes: Option<HashMap<String, Value>>,
 }

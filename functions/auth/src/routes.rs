@@ -18,6 +18,9 @@ pub fn routes() -> Routes<Arc<Auth>> {
         .route(Method::GET, "/v1/tenants/{id}", tenant)
         .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
         .route(Method::POST, "/v1/tenants/{id}/keys", create_key)
+        .route(Method::GET, "/v1/tenants/{id}/keys", keys)
+        .route(Method::DELETE, "/v1/tenants/{id}/keys/{key_id}", revoke_key)
+        .route(Method::POST, "/v1/tenants/{id}/keys/{key_id}/rotate", rotate_key)
 }
 
 async fn create_tenant(State(auth): State<Arc<Auth>>, caller: Caller, body: Bytes) -> Reply {
@@ -36,4 +39,17 @@ async fn update_tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): 
 async fn create_key(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
     let id = TenantId::parse(&id)?;
     auth.create_key(&caller, id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn keys(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    auth.keys(&caller, TenantId::parse(&id)?).await
+}
+
+async fn revoke_key(State(auth): State<Arc<Auth>>, caller: Caller, Path((id, key_id)): Path<(String, String)>) -> Reply {
+    auth.revoke_key(&caller, TenantId::parse(&id)?, &key_id).await
+}
+
+async fn rotate_key(State(auth): State<Arc<Auth>>, caller: Caller, Path((id, key_id)): Path<(String, String)>, body: Bytes) -> Reply {
+    let id = TenantId::parse(&id)?;
+    auth.rotate_key(&caller, id, &key_id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
 }

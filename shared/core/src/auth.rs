@@ -151,7 +151,41 @@ pub struct ApiKeyRecord {
     #[serde(default)]
     pub attributes: HashMap<String, Value>,
     pub created_at: String,
+    /// The key's first characters, to tell keys apart in a list (never the secret).
+    #[serde(default)]
+    pub prefix: String,
+    /// RFC 3339; the key is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// RFC 3339, recorded at most once a minute per warm function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
 }
+
+impl ApiKeyRecord {
+    /// Whether the key has expired at `now`.
+    pub fn expired(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.expires_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t <= now)
+    }
+}
+
+/// Characters of a key shown in lists: `keel_<tenant>_` and four of the secret.
+pub fn api_key_prefix(key: &str) -> String {
+    // Tenant ids never contain '_'; the secret may.
+    let tenant_end = key.strip_prefix("keel_").and_then(|rest| rest.find('_')).map_or(0, |i| "keel_".len() + i + 1);
+    key.chars().take(tenant_end + 4).collect()
+}
+
+/// A key's public id: the start of its hash, enough to name it in a tenant.
+pub fn api_key_id(key_hash: &str) -> String {
+    key_hash.chars().take(API_KEY_ID_CHARS).collect()
+}
+
+/// Hex characters of a key id.
+pub const API_KEY_ID_CHARS: usize = 16;
 
 /// Longest principal name (a key's, or a token's `sub`).
 pub const MAX_PRINCIPAL_CHARS: usize = 128;
@@ -268,6 +302,24 @@ pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtCl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_prefix_shows_the_tenant_and_four_secret_characters_even_when_the_secret_has_underscores() {
+        assert_eq!(api_key_prefix("keel_acme_a_b_cdefghijklmnopqrstuvwx"), "keel_acme_a_b_");
+        assert_eq!(api_key_prefix("keel_acme-eu_WXYZ0123456789abcdef"), "keel_acme-eu_WXYZ");
+        let key = new_api_key(&TenantId::parse("acme").unwrap());
+        assert_eq!(api_key_prefix(&key).len(), "keel_acme_".len() + 4);
+    }
+
+    #[test]
+    fn a_key_expires_at_its_time_and_a_key_without_one_never_does() {
+        let mut record = ApiKeyRecord { principal: "ann".into(), roles: vec![], attributes: HashMap::new(), created_at: String::new(),
+            prefix: String::new(), expires_at: None, last_used_at: None };
+        let now = chrono::Utc::now();
+        assert!(!record.expired(now));
+        record.expires_at = Some((now + chrono::Duration::seconds(1)).to_rfc3339());
+        assert!(!record.expired(now) && record.expired(now + chrono::Duration::seconds(1)));
+    }
 
     fn settings() -> JwtSettings {
         JwtSettings { secret: "s3cret".into(), issuer: "https://idp".into(), audience: "keel".into() }

@@ -16,8 +16,11 @@ pub const TENANT: &str = "TENANT";
 
 /// An API key's record, by the key's SHA-256.
 pub fn api_key(key_hash: &str) -> String {
-    format!("KEY#{key_hash}")
+    format!("{API_KEYS}{key_hash}")
 }
+
+/// Every API key record of the tenant begins so.
+pub const API_KEYS: &str = "KEY#";
 
 /// The rate-limit counter of one minute (epoch minutes).
 pub fn rate(minute: i64) -> String {
