@@ -4,7 +4,7 @@
 
 use crate::store::{backend, run, Db};
 use async_trait::async_trait;
-use keel_core::ports::{QueueMessage, QueueName, WorkQueue};
+use keel_core::ports::{rejected_attributes, QueueMessage, QueueName, WorkQueue, REJECTED_ATTRIBUTE};
 use keel_core::StoreError;
 use rusqlite::params;
 use std::collections::HashMap;
@@ -52,6 +52,23 @@ impl SqliteQueue {
             let mut stmt = c.prepare("SELECT body FROM messages WHERE queue = ?1 AND dead = 1 ORDER BY id").map_err(backend)?;
             let rows = stmt.query_map(params![queue.as_str()], |r| r.get(0)).map_err(backend)?;
             rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+    }
+
+    /// The dead letters a consumer rejected, each body with its reason.
+    pub fn rejections(&self, queue: QueueName) -> Result<Vec<(String, String)>, StoreError> {
+        self.db.with(move |c| {
+            let mut stmt = c.prepare("SELECT body, attributes FROM messages WHERE queue = ?1 AND dead = 1 ORDER BY id").map_err(backend)?;
+            let rows = stmt.query_map(params![queue.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (body, attributes) = row.map_err(backend)?;
+                let attributes: HashMap<String, String> = serde_json::from_str(&attributes).map_err(backend)?;
+                if let Some(reason) = attributes.get(REJECTED_ATTRIBUTE) {
+                    out.push((body, reason.clone()));
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -140,6 +157,19 @@ impl WorkQueue for SqliteQueue {
 
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
         self.ack_all(queue, vec![receipt.to_string()]).await
+    }
+
+    /// A copy in the dead-letter state, as SQS's own dead-letter queue holds one.
+    async fn dead_letter(&self, queue: QueueName, message: &QueueMessage, reason: &str) -> Result<(), StoreError> {
+        let attrs = serde_json::to_string(&rejected_attributes(message, reason)).map_err(backend)?;
+        let (id, body) = (uuid::Uuid::new_v4().to_string(), message.body.clone());
+        self.db
+            .call(move |c| {
+                let sql = "INSERT INTO messages (queue, message_id, body, attributes, visible_at, dead) VALUES (?1, ?2, ?3, ?4, ?5, 1)";
+                run(c, sql, params![queue.as_str(), id, body, attrs, now_ms()])
+            })
+            .await
+            .map(drop)
     }
 }
 

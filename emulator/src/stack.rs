@@ -12,7 +12,7 @@ use keel_auth::Auth;
 use keel_core::config::Config;
 use keel_core::ports::{QueueName, WorkQueue};
 use keel_core::KeelError;
-use keel_retrieval::{Retrieval, Stores};
+use keel_retrieval::{Backends, Retrieval};
 use keel_routing::providers::hosted_models;
 use keel_routing::{Routing, RoutingOptions};
 use keel_tools::{StepInput, Tools, ToolsOptions};
@@ -87,19 +87,21 @@ impl Stack {
         let config = Arc::new(options.config);
         let admin_key = config.require_admin_key()?.to_string();
 
-        // One tenant registry for the whole process: a kill switch or
-        // suspension set through the admin API reaches every function at once.
+        // One tenant registry and one key authenticator for the whole process:
+        // a kill switch, suspension or revocation reaches every function at once.
         let tenants = Arc::new(config.tenant_store(table.clone()));
-        let stores = Stores { table: table.clone(), blobs: blobs.clone(), tenants: tenants.clone() };
-        let retrieval = Arc::new(Retrieval::from_config(stores, &config)?);
-        let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
+        let keys = Arc::new(config.key_authenticator(table.clone(), tenants.clone()));
+        let backends =
+            Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
+        let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
+        let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), keys.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
         saga.connect(Arc::new(ToolsTask(Arc::downgrade(&tools))));
         let resumed = saga.resume()?;
         if resumed > 0 {
             tracing::info!(resumed, "resumed saga executions");
         }
         let functions = Arc::new(Functions {
-            auth: Arc::new(Auth::new(table.clone(), config.clone(), tenants.clone())),
+            auth: Arc::new(Auth::new(table.clone(), config.clone(), tenants.clone(), keys)),
             routing: Arc::new(Routing::new(
                 retrieval.clone(),
                 table.clone(),

@@ -220,10 +220,9 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
 
     // Message i is delivered i+1 times; the deliveries are shuffled (a fixed permutation).
     let message = |i: usize| {
-        json!({"tenant": "queue", "principal": "ann", "tool": "credit", "args": {"order_id": format!("O-{i}"), "amount": i},
-            "idempotency_key": format!("q-{i}")})
-        .to_string()
+        json!({"tool": "credit", "args": {"order_id": format!("O-{i}"), "amount": i}, "idempotency_key": format!("q-{i}")}).to_string()
     };
+    let signed = HashMap::from([("authorization".to_string(), format!("Bearer {}", t.member))]);
     let mut deliveries: Vec<usize> = (0..5).flat_map(|i| std::iter::repeat_n(i, i + 1)).collect();
     let mut seed = 7u64;
     for i in (1..deliveries.len()).rev() {
@@ -231,14 +230,18 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
         deliveries.swap(i, (seed >> 33) as usize % (i + 1));
     }
     for i in &deliveries {
-        stack.queue.send(QueueName::Actions, message(*i), HashMap::new()).await.unwrap();
+        stack.queue.send(QueueName::Actions, message(*i), signed.clone()).await.unwrap();
     }
-    // Bad messages: not JSON, a forged tenant, a tool not registered yet. They end in the DLQ, nothing applied.
-    stack.queue.send(QueueName::Actions, "{not json".into(), HashMap::new()).await.unwrap();
-    let forged = json!({"tenant": "nobody", "principal": "ann", "tool": "credit", "args": {"order_id": "X", "amount": 1}, "idempotency_key": "x"});
-    stack.queue.send(QueueName::Actions, forged.to_string(), HashMap::new()).await.unwrap();
-    let early = json!({"tenant": "queue", "principal": "ann", "tool": "debit", "args": {"order_id": "E", "amount": 1}, "idempotency_key": "e-1"});
-    stack.queue.send(QueueName::Actions, early.to_string(), HashMap::new()).await.unwrap();
+    // Bad messages: not JSON, unsigned, naming its own principal, a tool not
+    // registered yet. They end in the DLQ, nothing applied; the unsigned and
+    // self-naming ones at once, with their reasons.
+    stack.queue.send(QueueName::Actions, "{not json".into(), signed.clone()).await.unwrap();
+    let unsigned = json!({"tool": "credit", "args": {"order_id": "X", "amount": 1}, "idempotency_key": "x"});
+    stack.queue.send(QueueName::Actions, unsigned.to_string(), HashMap::from([("tenant".into(), "queue".into())])).await.unwrap();
+    let forged = json!({"principal": "bob", "tool": "credit", "args": {"order_id": "Y", "amount": 1}, "idempotency_key": "y"});
+    stack.queue.send(QueueName::Actions, forged.to_string(), signed.clone()).await.unwrap();
+    let early = json!({"tool": "debit", "args": {"order_id": "E", "amount": 1}, "idempotency_key": "e-1"});
+    stack.queue.send(QueueName::Actions, early.to_string(), signed.clone()).await.unwrap();
     assert!(stack.settle(Duration::from_secs(20)).await, "queue never drained");
 
     for i in 0..5 {
@@ -252,16 +255,19 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
     let mut keys = svc.keys();
     keys.sort();
     assert_eq!(keys, (0..5).map(|i| format!("queue:q-{i}:credit")).collect::<Vec<_>>(), "one connector call per action");
-    assert_eq!(stack.queue.dead_letters(QueueName::Actions).unwrap().len(), 3);
+    assert_eq!(stack.queue.dead_letters(QueueName::Actions).unwrap().len(), 4);
+    let reasons: Vec<String> = stack.queue.rejections(QueueName::Actions).unwrap().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("without an 'authorization' attribute") && reasons[1].contains("may not name its own principal"), "{reasons:?}");
 
-    // Once the tool exists, replaying the DLQ runs the early message; the two bad ones go dead again.
+    // Once the tool exists, replaying the DLQ runs the early message; the three bad ones go dead again.
     put(&c, &t.admin, "/v1/tools/debit", tool("low", json!([step("debit", &svc.url, "debit")]), json!({}))).await;
-    assert_eq!(stack.queue.redrive(QueueName::Actions).unwrap(), 3);
+    assert_eq!(stack.queue.redrive(QueueName::Actions).unwrap(), 4);
     assert!(stack.settle(Duration::from_secs(20)).await);
     let (s, a) = c.call("GET", "/v1/actions?idempotency_key=e-1", &t.member, None).await.unwrap();
     assert_eq!(s, 200, "{a}");
     wait_for(&c, &t.member, a["action_id"].as_str().unwrap(), "executed").await;
-    assert_eq!(stack.queue.dead_letters(QueueName::Actions).unwrap().len(), 2);
+    assert_eq!(stack.queue.dead_letters(QueueName::Actions).unwrap().len(), 3);
     stack.stop().await;
 }
 

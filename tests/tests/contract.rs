@@ -146,6 +146,25 @@ async fn queue_contract(q: &dyn WorkQueue) {
     assert!(q.receive(QueueName::Audit, 10).await.unwrap().is_empty(), "acked messages are gone");
 }
 
+/// A rejected message: a copy goes to the dead-letter queue with its reason
+/// (the caller reads it back from its own adapter's DLQ), and the original
+/// is acked as done.
+async fn dead_letter_contract(q: &dyn WorkQueue) {
+    let attrs = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    q.send(QueueName::Audit, "three".into(), attrs).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.extend(q.receive(QueueName::Audit, 10).await.unwrap());
+        if !got.is_empty() {
+            break;
+        }
+    }
+    let m = got.pop().expect("the message arrives");
+    q.dead_letter(QueueName::Audit, &m, "a bad key").await.unwrap();
+    q.ack(QueueName::Audit, &m.receipt).await.unwrap();
+    assert!(q.receive(QueueName::Audit, 10).await.unwrap().is_empty(), "the original is gone");
+}
+
 /// The DLQ replay moves every dead letter back, attributes kept, and leaves the DLQ empty.
 async fn redrive_contract(queue: &SqsQueue, sqs: &aws_sdk_sqs::Client, dlq: &str, to: &str) {
     for i in 0..13 {
@@ -196,7 +215,10 @@ async fn embedded_adapters_meet_the_contract() {
     table_contract(table.as_ref()).await;
     concurrent_increments(table).await;
     blob_contract(&DirBlobs::new(dir.path().join("blobs"))).await;
-    queue_contract(&SqliteQueue::new(db.clone(), Duration::from_secs(30), 3)).await;
+    let queue = SqliteQueue::new(db.clone(), Duration::from_secs(30), 3);
+    queue_contract(&queue).await;
+    dead_letter_contract(&queue).await;
+    assert_eq!(queue.rejections(QueueName::Audit).unwrap(), [("three".to_string(), "a bad key".to_string())]);
     let saga = keel_emulator::asl::LocalSaga::new(db, serde_json::from_str(PASS_MACHINE).unwrap(), 0.0);
     saga_contract(&saga).await;
 }
@@ -239,8 +261,14 @@ async fn aws_adapters_meet_the_contract_against_moto() {
         urls.insert(q, out.queue_url().unwrap().to_string());
     }
     let dlq = sqs.create_queue().queue_name(format!("keel-dlq-{suffix}")).send().await.unwrap().queue_url().unwrap().to_string();
-    let queue = SqsQueue::new(sqs.clone(), urls.clone());
+    let audit_dlq = sqs.create_queue().queue_name(format!("keel-audit-dlq-{suffix}")).send().await.unwrap().queue_url().unwrap().to_string();
+    let queue = SqsQueue::new(sqs.clone(), urls.clone(), HashMap::from([(QueueName::Audit, audit_dlq.clone())]));
     queue_contract(&queue).await;
+    dead_letter_contract(&queue).await;
+    let dead = sqs.receive_message().queue_url(&audit_dlq).message_attribute_names("All").send().await.unwrap();
+    let dead = &dead.messages()[0];
+    let attribute = |name: &str| dead.message_attributes().and_then(|a| a.get(name)).and_then(|v| v.string_value()).map(str::to_string);
+    assert_eq!((dead.body(), attribute("keel_rejected"), attribute("tenant")), (Some("three"), Some("a bad key".into()), Some("acme".into())));
     redrive_contract(&queue, &sqs, &dlq, &urls[&QueueName::Actions]).await;
 
     let sfn = aws_sdk_sfn::Client::new(&sdk);

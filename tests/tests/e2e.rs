@@ -176,17 +176,57 @@ async fn a_poison_message_goes_dead_and_the_rest_of_the_batch_is_processed() {
     let stack = start_stack(dir.path(), config(&[])).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "acme", json!({})).await;
-    let attrs = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    let signed = |key: &str| HashMap::from([("authorization".to_string(), format!("Bearer {key}"))]);
     let good = json!({"op": "put", "doc_id": "queued", "document": {"text": "Quokkas live on Rottnest island."}});
-    stack.queue.send(QueueName::Ingest, "{poison".into(), attrs.clone()).await.unwrap();
-    stack.queue.send(QueueName::Ingest, good.to_string(), attrs.clone()).await.unwrap();
-    // A message naming no tenant, or a forged one, is not applied anywhere.
-    stack.queue.send(QueueName::Ingest, good.to_string(), HashMap::new()).await.unwrap();
-    stack.queue.send(QueueName::Ingest, good.to_string(), HashMap::from([("tenant".into(), "nobody".into())])).await.unwrap();
+    stack.queue.send(QueueName::Ingest, "{poison".into(), signed(&t.member)).await.unwrap();
+    stack.queue.send(QueueName::Ingest, good.to_string(), signed(&t.member)).await.unwrap();
     assert!(stack.settle(Duration::from_secs(10)).await, "queue never drained");
-    assert_eq!(stack.queue.dead_letters(QueueName::Ingest).unwrap().len(), 3);
+    assert_eq!(stack.queue.dead_letters(QueueName::Ingest).unwrap().len(), 1);
+    assert_eq!(stack.queue.rejections(QueueName::Ingest).unwrap().len(), 0, "a poison message is retried, then dead");
     let (_, r) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "quokkas"}))).await.unwrap();
     assert_eq!(r["results"][0]["doc_id"], "queued");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_producer_without_a_valid_key_of_the_tenant_is_dead_lettered_at_once_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let acme = tenant(&c, "acme", json!({})).await;
+    let beta = tenant(&c, "beta", json!({})).await;
+    let (s, _) = c.call("PUT", "/v1/documents/ledger", &acme.admin,
+        Some(json!({"text": "The finance ledger.", "acl": {"groups": ["finance"]}}))).await.unwrap();
+    assert_eq!(s, 200);
+    let put = |doc: &str| json!({"op": "put", "doc_id": doc, "document": {"text": "Wombats dig burrows."}}).to_string();
+    let with = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+    let attempts = [
+        (put("a"), with(&[("tenant", "acme")]), "without an 'authorization' attribute"),
+        (put("b"), with(&[("authorization", &acme.member)]), "must be 'Bearer <tenant key>'"),
+        (put("c"), with(&[("authorization", "Bearer keel_acme_forgedforgedforgedforged")]), "invalid credentials"),
+        (put("d"), with(&[("authorization", &format!("Bearer {}", beta.member)), ("tenant", "acme")]), "its key is beta's"),
+        (put("e"), with(&[("authorization", &format!("Bearer {ADMIN_KEY}"))]), "invalid credentials"),
+        (json!({"op": "delete", "doc_id": "ledger"}).to_string(), with(&[("authorization", &format!("Bearer {}", acme.member))]), "may not write document \"ledger\""),
+    ];
+    for (body, attributes, _) in &attempts {
+        stack.queue.send(QueueName::Ingest, body.clone(), attributes.clone()).await.unwrap();
+    }
+    assert!(stack.settle(Duration::from_secs(10)).await, "queue never drained");
+    let rejected = stack.queue.rejections(QueueName::Ingest).unwrap();
+    assert_eq!(rejected.len(), attempts.len(), "{rejected:?}");
+    for ((body, _, reason), (dead_body, dead_reason)) in attempts.iter().zip(&rejected) {
+        assert_eq!(body, dead_body);
+        assert!(dead_reason.contains(reason), "{dead_reason:?} should say {reason:?}");
+    }
+    let (_, finance) = c.call("POST", "/v1/tenants/acme/keys", &acme.admin,
+        Some(json!({"principal": "fay", "roles": ["member"], "attributes": {"groups": ["finance"]}}))).await.unwrap();
+    let (s, _) = c.call("GET", "/v1/documents/ledger", finance["key"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(s, 200, "the ledger is still there");
+    for doc in ["a", "b", "c", "d", "e"] {
+        for key in [&acme.admin, &beta.admin] {
+            assert_eq!(c.call("GET", &format!("/v1/documents/{doc}"), key, None).await.unwrap().0, 404, "{doc} was not written");
+        }
+    }
     stack.stop().await;
 }
 

@@ -5,7 +5,7 @@
 //! accepts; here each is recognized as its trigger, and the queue batches
 //! are run through their real consumers over the embedded backends.
 
-use keel_core::ports::BlobStore;
+use keel_core::ports::{BlobStore, QueueName};
 use keel_core::tenants::{Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
 use keel_core::auth::Caller;
@@ -15,6 +15,7 @@ use keel_emulator::store::Db;
 use keel_emulator::table::SqliteTable;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn json(src: &str) -> Value {
     serde_json::from_str::<Value>(src).unwrap()
@@ -64,10 +65,15 @@ fn every_sample_http_event_is_a_declared_route_with_its_caller() {
     assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Event::Queue(_)));
 }
 
+/// The key in the sample batches' `authorization` attribute.
+const SAMPLE_PRODUCER_KEY: &str = "keel_acme_SampleProducerKeyFromTheEvents0";
+
 #[tokio::test]
 async fn sample_queue_batches_run_through_their_consumers() {
     let dir = tempfile::tempdir().unwrap();
-    let table = Arc::new(SqliteTable::new(Db::open(&dir.path().join("t.sqlite3")).unwrap()));
+    let db = Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let table = Arc::new(SqliteTable::new(db.clone()));
+    let queue = Arc::new(keel_emulator::queue::SqliteQueue::new(db, Duration::from_secs(30), 3));
     let blobs = Arc::new(DirBlobs::new(dir.path().join("blobs")));
     let acme = TenantId::parse("acme").unwrap();
     let tenant = Tenant {
@@ -78,15 +84,23 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let config = keel_tests::config(&[]);
     let tenants = Arc::new(config.tenant_store(table.clone()));
     tenants.create(&tenant).await.unwrap();
+    // The producer key the sample batches are signed with.
+    let keys = Arc::new(config.key_authenticator(table.clone(), tenants.clone()));
+    let producer = keel_core::auth::ApiKeyRecord {
+        principal: "billing-service".into(), roles: vec!["member".into()], attributes: Default::default(),
+        created_at: "now".into(), prefix: String::new(), expires_at: None, last_used_at: None,
+    };
+    keys.store().create(&acme, SAMPLE_PRODUCER_KEY, &producer).await.unwrap();
     blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();
 
-    let retrieval = keel_retrieval::Retrieval::from_config(keel_retrieval::Stores { table: table.clone(), blobs: blobs.clone(), tenants: tenants.clone() }, &config).unwrap();
+    let retrieval = keel_retrieval::Retrieval::from_config(keel_retrieval::Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys }, &config).unwrap();
     let Event::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
     let caller = keel_tests::member("acme", "ann");
     assert_eq!(retrieval.search(&caller, "ship orders", 3).await.unwrap()[0].doc_id, "shipping");
     assert_eq!(retrieval.search(&caller, "gift cards", 3).await.unwrap()[0].doc_id, "faq");
 
+    assert_eq!(queue.rejections(QueueName::Ingest).unwrap(), Vec::<(String, String)>::new());
     let audit = keel_audit::Audit::new(table, blobs, tenants);
     let Event::Queue(batch) = event(include_str!("../../events/audit/audit-batch.json")) else { panic!() };
     assert_eq!(audit.consume(&queue_messages(batch)).await, Vec::<String>::new());

@@ -89,8 +89,10 @@ async fn segments_compact_and_a_cold_instance_sees_every_write() {
     // A second function instance with a cold cache, over the same table and bucket.
     let blobs = Arc::new(DirBlobs::new(dir.path().join("blobs")));
     let config = config(&[]);
-    let stores = keel_retrieval::Stores { table: stack.table.clone(), blobs, tenants: Arc::new(config.tenant_store(stack.table.clone())) };
-    let cold = Retrieval::from_config(stores, &config).unwrap();
+    let tenants = Arc::new(config.tenant_store(stack.table.clone()));
+    let keys = Arc::new(config.key_authenticator(stack.table.clone(), tenants.clone()));
+    let backends = keel_retrieval::Backends { table: stack.table.clone(), blobs, queue: stack.queue.clone(), tenants, keys };
+    let cold = Retrieval::from_config(backends, &config).unwrap();
     let caller = keel_tests::member("segments", "ann");
     for i in [0, 7, 19] {
         let hits = cold.search(&caller, &format!("topic{i}"), 3).await.unwrap();
@@ -188,7 +190,7 @@ async fn queue_ingest_batches_fails_per_message_and_ignores_redelivery() {
     let c = Client::new(stack.url());
     let t = tenant(&c, "batch", json!({})).await;
     let other = tenant(&c, "batch-other", json!({})).await;
-    let attrs: HashMap<String, String> = [("tenant".to_string(), "batch".to_string())].into();
+    let attrs: HashMap<String, String> = [("authorization".to_string(), format!("Bearer {}", t.member))].into();
     let put_msg = |i: usize| json!({"op": "put", "doc_id": format!("faq-{i}"), "document": {"text": format!("Answer {i}: widgets need model{i} batteries.")}}).to_string();
     for i in 0..6 {
         stack.queue.send(QueueName::Ingest, put_msg(i), attrs.clone()).await.unwrap();
@@ -210,7 +212,7 @@ async fn queue_ingest_batches_fails_per_message_and_ignores_redelivery() {
     assert_eq!(version(d), first);
     let hits = search(&c, &t.member, "model2 batteries", 10).await;
     assert_eq!(hits.iter().filter(|h| h["doc_id"] == "faq-2").count(), 1);
-    // The tenant comes from the message attribute only: the other tenant sees nothing.
+    // The tenant comes from the producer's key only: the other tenant sees nothing.
     assert!(search(&c, &other.member, "model2 batteries", 10).await.is_empty());
     let (s, _) = c.call("GET", "/v1/documents/faq-2", &other.member, None).await.unwrap();
     assert_eq!(s, 404);

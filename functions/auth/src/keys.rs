@@ -8,7 +8,7 @@ use crate::{require_tenant_admin, tenant_not_found, Auth};
 use keel_core::auth::{api_key_id, api_key_prefix, check_principal, is_context_name, new_api_key, ApiKeyRecord, Caller, TENANT_ROLES};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
-use keel_core::tenants::StoredKey;
+use keel_core::api_keys::StoredKey;
 use keel_core::time::now_rfc3339;
 use keel_core::KeelError;
 use serde::Deserialize;
@@ -17,8 +17,6 @@ use std::collections::HashMap;
 
 /// Longest grace period a rotated key may keep working.
 pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
-/// How often a key's last use is written, at most, per warm function.
-const LAST_USED_EVERY_SECS: i64 = 60;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +58,7 @@ impl Auth {
     pub(crate) async fn keys(&self, caller: &Caller, id: TenantId) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
         self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
-        let mut keys = self.keys.list(&id).await?;
+        let mut keys = self.keys.store().list(&id).await?;
         keys.sort_by(|a, b| a.record.created_at.cmp(&b.record.created_at));
         Ok(ApiResponse::ok(&json!({"keys": keys.iter().map(listed).collect::<Vec<_>>()})))
     }
@@ -68,9 +66,9 @@ impl Auth {
     /// `DELETE /v1/tenants/{id}/keys/{key_id}`.
     pub(crate) async fn revoke_key(&self, caller: &Caller, id: TenantId, key_id: &str) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
-        let key = self.keys.find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
-        self.keys.delete(&id, &key.hash).await?;
-        self.warm_keys.remove(&key.hash);
+        let key = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
+        self.keys.store().delete(&id, &key.hash).await?;
+        self.keys.forget(&key.hash);
         Ok(ApiResponse::ok(&json!({"revoked": key_id})))
     }
 
@@ -82,7 +80,7 @@ impl Auth {
             return Err(KeelError::BadRequest(format!("grace_seconds must be at most {MAX_ROTATION_GRACE_SECS}")));
         }
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
-        let mut old = self.keys.find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
+        let mut old = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
         let now = chrono::Utc::now();
         if old.record.expired(now) {
             return Err(KeelError::Conflict(format!("key {key_id} has expired; create a new key instead")));
@@ -94,8 +92,8 @@ impl Auth {
         }
         let (principal, roles, attributes) = (old.record.principal.clone(), old.record.roles.clone(), old.record.attributes.clone());
         let (key, record) = self.issue(&id, ApiKeyRecord { principal, roles, attributes, expires_at, ..blank() }).await?;
-        self.keys.update(&id, &old).await.map_err(|_| KeelError::Conflict(format!("key {key_id} changed or was revoked meanwhile")))?;
-        self.warm_keys.remove(&old.hash);
+        self.keys.store().update(&id, &old).await.map_err(|_| KeelError::Conflict(format!("key {key_id} changed or was revoked meanwhile")))?;
+        self.keys.forget(&old.hash);
         let mut out = issued(&id, &key, &record);
         out["replaces"] = json!({"id": key_id, "expires_at": old.record.expires_at});
         Ok(ApiResponse::json(201, &out))
@@ -104,22 +102,8 @@ impl Auth {
     async fn issue(&self, id: &TenantId, record: ApiKeyRecord) -> Result<(String, ApiKeyRecord), KeelError> {
         let key = new_api_key(id);
         let record = ApiKeyRecord { prefix: api_key_prefix(&key), created_at: now_rfc3339(), ..record };
-        self.keys.create(id, &key, &record).await?;
+        self.keys.store().create(id, &key, &record).await?;
         Ok((key, record))
-    }
-
-    /// Notes the key's use, at most once a minute (a lost race or a revoked
-    /// key writes nothing).
-    pub(crate) async fn note_use(&self, tenant: &TenantId, key: &mut StoredKey) {
-        let now = chrono::Utc::now();
-        let recent = key.record.last_used_at.as_deref().and_then(parse_time).is_some_and(|t| (now - t).num_seconds() < LAST_USED_EVERY_SECS);
-        if recent {
-            return;
-        }
-        key.record.last_used_at = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        if let Err(e) = self.keys.update(tenant, key).await {
-            tracing::debug!(error = %e, "last use of a key not recorded");
-        }
     }
 }
 

@@ -6,51 +6,32 @@ mod keys;
 mod rate;
 pub mod routes;
 
-use keel_core::auth::{api_key_tenant, groups_of, hash_api_key, secrets_equal, verify_jwt, ApiKeyRecord, Caller, ROLE_ADMIN};
+use keel_core::api_keys::KeyAuthenticator;
+use keel_core::auth::{secrets_equal, verify_jwt, Caller, ROLE_ADMIN};
 use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::ports::Table;
-use keel_core::tenants::{ApiKeyStore, Autonomy, Tenant, TenantStatus, TenantStore};
+use keel_core::tenants::{Autonomy, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
-use keel_core::warm_cache::WarmCache;
 use keel_core::KeelError;
 use rate::RateCounters;
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most API key records held by one warm container.
-const KEY_CACHE_ENTRIES: usize = 10_000;
 
 pub struct Auth {
     config: Arc<Config>,
     tenants: Arc<TenantStore>,
-    keys: ApiKeyStore,
+    keys: Arc<KeyAuthenticator>,
     rates: RateCounters,
-    /// Warm-container cache of valid API keys' records by key hash, for the
-    /// tenant cache's TTL: a store read less per request. Unknown keys are
-    /// not cached, so guessing fills nothing.
-    warm_keys: WarmCache<String, ApiKeyRecord>,
 }
 
 impl Auth {
-    /// `tenants` may be shared with other functions of the same process (the local stack).
-    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantStore>) -> Self {
-        let warm_keys = WarmCache::new(Some(Duration::from_secs(config.tenant_cache_secs)), KEY_CACHE_ENTRIES);
-        Self { config, tenants, keys: ApiKeyStore::new(table.clone()), rates: RateCounters::new(table), warm_keys }
-    }
-
-    async fn api_key_record(&self, tenant: &TenantId, key: &str) -> Result<Option<ApiKeyRecord>, KeelError> {
-        let hash = hash_api_key(key);
-        if let Some(record) = self.warm_keys.get(&hash) {
-            return Ok(Some(record));
-        }
-        let Some(mut fresh) = self.keys.get(tenant, key).await? else { return Ok(None) };
-        self.note_use(tenant, &mut fresh).await;
-        self.warm_keys.insert(hash, fresh.record.clone());
-        Ok(Some(fresh.record))
+    /// `tenants` and `keys` may be shared with other functions of the same
+    /// process (the local stack), so that a change reaches them at once.
+    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Self {
+        Self { config, tenants, keys, rates: RateCounters::new(table) }
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
@@ -67,7 +48,7 @@ impl Auth {
             return Ok(Caller::platform_admin());
         }
         let mut caller = if token.starts_with("keel_") {
-            self.authenticate_key(token).await?
+            self.keys.caller(token).await?
         } else if token.contains('.') {
             self.authenticate_jwt(token)?
         } else {
@@ -76,22 +57,6 @@ impl Auth {
         let tenant = self.active_tenant(caller.tenant()?).await?;
         caller.throttled = !self.within_rate_limit(&tenant).await?;
         Ok(caller)
-    }
-
-    async fn authenticate_key(&self, key: &str) -> Result<Caller, KeelError> {
-        let invalid = || KeelError::Unauthorized("invalid credentials".into());
-        let tenant = api_key_tenant(key).ok_or_else(invalid)?;
-        let record = self.api_key_record(&tenant, key).await?.ok_or_else(invalid)?;
-        if record.expired(chrono::Utc::now()) {
-            return Err(KeelError::Unauthorized("this key has expired".into()));
-        }
-        Ok(Caller {
-            tenant: Some(tenant),
-            principal: record.principal,
-            groups: groups_of(&record.attributes),
-            roles: record.roles,
-            throttled: false,
-        })
     }
 
     fn authenticate_jwt(&self, token: &str) -> Result<Caller, KeelError> {

@@ -50,7 +50,7 @@ impl Retrieval {
 
     /// Writing a document takes what reading it takes (or the tenant admin):
     /// one the caller may not see answers 404, as a read does.
-    async fn require_writable(&self, caller: &Caller, doc_id: &str) -> Result<(), KeelError> {
+    pub(crate) async fn require_writable(&self, caller: &Caller, doc_id: &str) -> Result<(), KeelError> {
         if caller.has_role(ROLE_ADMIN) {
             return Ok(());
         }

@@ -1,18 +1,22 @@
 //! The ingest-queue consumer. Two kinds of message arrive:
 //! - producers' document changes: `{"op":"put","doc_id","document":{…}}` or
-//!   `{"op":"delete","doc_id"}`, with the tenant in the `tenant` message attribute;
+//!   `{"op":"delete","doc_id"}`, signed with a key of the tenant in the
+//!   `authorization` message attribute (`Bearer keel_…`); the change is made
+//!   as that key's principal, with its roles and groups, as over HTTP;
 //! - S3 event notifications for `tenants/<tenant>/inbox/<doc_id>.json|.txt`
 //!   (the tenant comes from the key, never from the object).
 //!
 //! Each message succeeds or fails alone; failed ones are retried by the queue
-//! and land in its DLQ past the redrive limit. Re-delivery is harmless: a put
+//! and land in its DLQ past the redrive limit. A producer without a valid
+//! key, or without the right to the document, goes to the DLQ at once, with
+//! the reason in its `keel_rejected` attribute. Re-delivery is harmless: a put
 //! of unchanged content is recognized by its hash and not rewritten, and a
 //! delete of a missing document is a no-op.
 
 use crate::{DocumentInput, Retrieval};
 use keel_core::ids::{parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
-use keel_core::ports::QueueMessage;
+use keel_core::ports::{is_rejection, reject, QueueMessage, QueueName};
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -40,8 +44,9 @@ impl Retrieval {
                         by_tenant.entry(tenant).or_default().push((m.message_id.clone(), change));
                     }
                 }
+                Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Ingest, m, &e.to_string()).await => {}
                 Err(e) => {
-                    tracing::warn!(message_id = %m.message_id, error = %e, "ingest message rejected");
+                    tracing::warn!(message_id = %m.message_id, error = %e, "ingest message failed");
                     failed.push(m.message_id.clone());
                 }
             }
@@ -68,8 +73,8 @@ impl Retrieval {
         failed
     }
 
-    /// The changes one message carries: a producer's change (tenant from the
-    /// message attribute) or S3 records (tenant from each object key).
+    /// The changes one message carries: a producer's change (tenant from its
+    /// key) or S3 records (tenant from each object key).
     async fn read_message(&self, m: &QueueMessage) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
         let body: Value = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "message body")?;
         if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
@@ -82,14 +87,17 @@ impl Retrieval {
             }
             return Ok(out);
         }
-        let tenant = TenantId::parse(
-            m.attributes
-                .get("tenant")
-                .ok_or_else(|| KeelError::BadRequest("producer message without a 'tenant' attribute".into()))?,
-        )?;
+        let producer = self.keys.producer(&m.attributes).await?;
         let change: DocumentChange = serde_json::from_value(body)
             .map_err(|e| KeelError::BadRequest(format!("not a document change: {e}")))?;
-        Ok(vec![(tenant, change)])
+        let doc_id = match &change {
+            DocumentChange::Put { doc_id, .. } | DocumentChange::Delete { doc_id } => doc_id,
+        };
+        self.require_writable(&producer, doc_id).await.map_err(|e| match e {
+            KeelError::NotFound(_) => KeelError::Forbidden(format!("{} may not write document {doc_id:?}", producer.principal)),
+            other => other,
+        })?;
+        Ok(vec![(producer.tenant()?.clone(), change)])
     }
 
     /// None for keys outside an inbox: the bucket notification also fires

@@ -32,7 +32,8 @@ use keel_core::auth::Caller;
 use keel_core::chunking::{chunk_document, Anchor};
 use keel_core::http::ApiResponse;
 use keel_core::ids::{parse_path_id, TenantId};
-use keel_core::ports::{BlobStore, Table};
+use keel_core::api_keys::KeyAuthenticator;
+use keel_core::ports::{BlobStore, Table, WorkQueue};
 use keel_core::tenants::TenantStore;
 use keel_core::KeelError;
 use keel_ml::Embedder;
@@ -148,17 +149,22 @@ pub struct RetrievalSettings {
     pub tuning: Tuning,
 }
 
-/// Where retrieval keeps its state: the table (through its stores), the
-/// blob store, and the tenant registry (shared with the other functions of
-/// a process).
-pub struct Stores {
+/// What retrieval works on: the table (through its stores), the blob
+/// store, the ingest queue (to dead-letter what producers may not do), and
+/// the tenant registry and key authenticator (shared with the other
+/// functions of a process).
+pub struct Backends {
     pub table: Arc<dyn Table>,
     pub blobs: Arc<dyn BlobStore>,
+    pub queue: Arc<dyn WorkQueue>,
     pub tenants: Arc<TenantStore>,
+    pub keys: Arc<KeyAuthenticator>,
 }
 
 pub struct Retrieval {
     tenants: Arc<TenantStore>,
+    keys: Arc<KeyAuthenticator>,
+    queue: Arc<dyn WorkQueue>,
     documents: DocumentStore,
     changes: ChangeFeed,
     manifests: ManifestStore,
@@ -169,11 +175,13 @@ pub struct Retrieval {
 }
 
 impl Retrieval {
-    pub fn new(stores: Stores, embedder: Option<Arc<Embedder>>, settings: RetrievalSettings) -> Self {
-        let Stores { table, blobs, tenants } = stores;
+    pub fn new(backends: Backends, embedder: Option<Arc<Embedder>>, settings: RetrievalSettings) -> Self {
+        let Backends { table, blobs, queue, tenants, keys } = backends;
         let cache = Mutex::new(IndexCache::new(settings.cache_chunks));
         Self {
             tenants,
+            keys,
+            queue,
             documents: DocumentStore::new(table.clone()),
             changes: ChangeFeed::new(table.clone()),
             manifests: ManifestStore::new(table),
@@ -185,7 +193,7 @@ impl Retrieval {
     }
 
     /// The service as configured: loads the embedding model when one is set.
-    pub fn from_config(stores: Stores, config: &keel_core::config::Config) -> Result<Self, KeelError> {
+    pub fn from_config(backends: Backends, config: &keel_core::config::Config) -> Result<Self, KeelError> {
         let embedder = match &config.embedding {
             Some(files) => Some(Arc::new(
                 Embedder::load(&keel_ml::EmbedderConfig {
@@ -203,7 +211,7 @@ impl Retrieval {
             max_segments: config.index_max_segments,
             tuning: Tuning::default(),
         };
-        Ok(Self::new(stores, embedder, settings))
+        Ok(Self::new(backends, embedder, settings))
     }
 
     /// Whether an embedding model is loaded (`embed` returns nothing without one).

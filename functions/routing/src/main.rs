@@ -9,7 +9,7 @@ use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_core::config::Config;
 use keel_core::http::api;
-use keel_retrieval::{Retrieval, Stores};
+use keel_retrieval::{Backends, Retrieval};
 use keel_routing::providers::hosted_models;
 use keel_routing::{routes::routes, Routing, RoutingOptions};
 use std::sync::Arc;
@@ -20,11 +20,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Arc::new(Config::from_env()?);
     let aws = keel_aws::Adapters::from_env().await?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
-    let retrieval = Arc::new(Retrieval::from_config(Stores { table: aws.table.clone(), blobs: aws.blobs, tenants: tenants.clone() }, &config)?);
+    let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
+    let backends = Backends { table: aws.table.clone(), blobs: aws.blobs, queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
+    let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
     let models = hosted_models(&config.models).await;
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue, tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
-    let auth = Arc::new(Auth::new(aws.table, config, tenants));
+    let auth = Arc::new(Auth::new(aws.table, config, tenants, keys));
     let app = api(routes().with_state(Arc::new(routing))).layer(from_fn_with_state(auth, authenticate));
     keel_lambda::run(Some(app), |event| async move { Err(event.unsupported()) }).await
 }

@@ -29,6 +29,7 @@ use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{QueueMessage, Saga, Table, WorkQueue};
 use keel_core::resilience::{BreakerSettings, RetryPolicy};
+use keel_core::api_keys::KeyAuthenticator;
 use keel_core::tenants::{Autonomy, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::warm_cache::WarmCache;
@@ -202,19 +203,6 @@ struct ProposeRequest {
     idempotency_key: String,
 }
 
-/// A proposal dropped on the actions queue by a trusted producer. It proposes
-/// as `principal` with the member role only: approvals go through the API.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueuedProposal {
-    tenant: String,
-    principal: String,
-    #[serde(default)]
-    groups: Vec<String>,
-    tool: String,
-    args: Value,
-    idempotency_key: String,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +232,8 @@ impl ToolsOptions {
 
 pub struct Tools {
     tenants: Arc<TenantStore>,
+    /// Producers' keys, for proposals dropped on the actions queue.
+    keys: Arc<KeyAuthenticator>,
     tools: store::ToolStore,
     policy_sets: store::PolicyStore,
     actions: store::ActionStore,
@@ -259,7 +249,7 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn new(table: Arc<dyn Table>, tenants: Arc<TenantStore>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
+    pub fn new(table: Arc<dyn Table>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
         let connectors = Connectors::new(options.connector_timeout, options.connector_retry, options.connector_breakers)?;
         Ok(Self {
             tools: store::ToolStore::new(table.clone()),
@@ -267,6 +257,7 @@ impl Tools {
             actions: store::ActionStore::new(table.clone()),
             daily: store::DailyCounters::new(table),
             tenants,
+            keys,
             queue,
             saga,
             gate: Arc::new(PolicyGate::default_policies()?),

@@ -11,7 +11,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
-    let tools = Arc::new(Tools::new(aws.table.clone(), Arc::new(config.tenant_store(aws.table.clone())), aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
+    let tenants = Arc::new(config.tenant_store(aws.table.clone()));
+    let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
+    let tools = Arc::new(Tools::new(aws.table.clone(), tenants, keys, aws.queue, aws.saga, ToolsOptions::from_config(&config))?);
     let app = api(routes().with_state(tools.clone()));
     keel_lambda::run(Some(app), |event| {
         let tools = tools.clone();

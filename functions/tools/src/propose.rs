@@ -3,6 +3,7 @@
 //! exactly once per idempotency key.
 
 use keel_core::chain::DecisionKind;
+use keel_core::ports::{is_rejection, reject, QueueName};
 use super::*;
 
 /// What a proposal decided, before it becomes an action.
@@ -168,24 +169,29 @@ impl Tools {
     /// Consumes the actions queue: each message proposes an action, exactly
     /// once per idempotency key however often it is delivered. Returns the ids
     /// of the messages that failed (they come back, then go to the DLQ).
+    /// A proposal a producer dropped on the actions queue, signed with a key
+    /// of the tenant (`authorization` attribute): it proposes as that key's
+    /// principal, with its roles and groups, exactly as over HTTP.
+    async fn propose_queued(&self, m: &QueueMessage) -> Result<(u16, Action), KeelError> {
+        let caller = self.keys.producer(&m.attributes).await?;
+        let body: Value = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "action proposal")?;
+        if let Some(field) = ["tenant", "principal", "groups", "roles"].into_iter().find(|f| body.get(f).is_some()) {
+            return Err(KeelError::Forbidden(format!("a message may not name its own {field}: it comes from the key in the authorization attribute")));
+        }
+        let request: ProposeRequest = serde_json::from_value(body).map_err(|e| KeelError::BadRequest(format!("not an action proposal: {e}")))?;
+        self.propose(&caller, request).await
+    }
+
     pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {
         let mut failed = Vec::new();
         for m in messages {
-            let result = async {
-                let p: QueuedProposal = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "action proposal")?;
-                let caller = Caller {
-                    tenant: Some(TenantId::parse(&p.tenant)?),
-                    principal: p.principal,
-                    roles: vec![keel_core::auth::ROLE_MEMBER.into()],
-                    groups: p.groups,
-                    throttled: false,
-                };
-                self.propose(&caller, ProposeRequest { tool: p.tool, args: p.args, idempotency_key: p.idempotency_key }).await
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(message_id = %m.message_id, error = %e, "action message failed");
-                failed.push(m.message_id.clone());
+            match self.propose_queued(m).await {
+                Ok(_) => {}
+                Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Actions, m, &e.to_string()).await => {}
+                Err(e) => {
+                    tracing::warn!(message_id = %m.message_id, error = %e, "action message failed");
+                    failed.push(m.message_id.clone());
+                }
             }
         }
         failed

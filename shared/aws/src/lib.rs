@@ -26,6 +26,7 @@ pub struct AwsResources {
     pub table: String,
     pub bucket: String,
     pub queue_urls: HashMap<QueueName, String>,
+    pub dead_letter_urls: HashMap<QueueName, String>,
     pub saga_arn: String,
 }
 
@@ -36,7 +37,12 @@ impl AwsResources {
         queue_urls.insert(QueueName::Ingest, var("KEEL_INGEST_QUEUE_URL")?);
         queue_urls.insert(QueueName::Audit, var("KEEL_AUDIT_QUEUE_URL")?);
         queue_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_QUEUE_URL")?);
-        Ok(Self { table: var("KEEL_TABLE")?, bucket: var("KEEL_BUCKET")?, queue_urls, saga_arn: var("KEEL_SAGA_ARN")? })
+        let mut dead_letter_urls = HashMap::new();
+        dead_letter_urls.insert(QueueName::Ingest, var("KEEL_INGEST_DLQ_URL")?);
+        dead_letter_urls.insert(QueueName::Audit, var("KEEL_AUDIT_DLQ_URL")?);
+        dead_letter_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_DLQ_URL")?);
+        let (table, bucket, saga_arn) = (var("KEEL_TABLE")?, var("KEEL_BUCKET")?, var("KEEL_SAGA_ARN")?);
+        Ok(Self { table, bucket, queue_urls, dead_letter_urls, saga_arn })
     }
 }
 
@@ -75,7 +81,7 @@ impl Adapters {
         Ok(Self {
             table: std::sync::Arc::new(DynamoTable::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
             blobs: std::sync::Arc::new(S3Blobs::new(s3_client(&sdk), resources.bucket)),
-            queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls)),
+            queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls, resources.dead_letter_urls)),
             saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
             sdk,
         })

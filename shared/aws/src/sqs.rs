@@ -5,7 +5,7 @@ use crate::sdk_message;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
-use keel_core::ports::{QueueMessage, QueueName, WorkQueue};
+use keel_core::ports::{rejected_attributes, QueueMessage, QueueName, WorkQueue};
 use keel_core::StoreError;
 use std::collections::HashMap;
 
@@ -13,11 +13,12 @@ use std::collections::HashMap;
 pub struct SqsQueue {
     client: Client,
     urls: HashMap<QueueName, String>,
+    dead_letter_urls: HashMap<QueueName, String>,
 }
 
 impl SqsQueue {
-    pub fn new(client: Client, urls: HashMap<QueueName, String>) -> Self {
-        Self { client, urls }
+    pub fn new(client: Client, urls: HashMap<QueueName, String>, dead_letter_urls: HashMap<QueueName, String>) -> Self {
+        Self { client, urls, dead_letter_urls }
     }
 
     fn url(&self, queue: QueueName) -> Result<&str, StoreError> {
@@ -120,5 +121,13 @@ impl WorkQueue for SqsQueue {
 
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError> {
         self.delete_from(self.url(queue)?, receipt).await
+    }
+
+    async fn dead_letter(&self, queue: QueueName, message: &QueueMessage, reason: &str) -> Result<(), StoreError> {
+        let url = self
+            .dead_letter_urls
+            .get(&queue)
+            .ok_or_else(|| StoreError::Backend(format!("no dead-letter URL configured for the {} queue", queue.as_str())))?;
+        self.send_to(url, message.body.clone(), rejected_attributes(message, reason)).await.map(drop)
     }
 }

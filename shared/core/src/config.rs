@@ -55,6 +55,15 @@ impl Config {
     pub fn tenant_store(&self, table: std::sync::Arc<dyn crate::ports::Table>) -> crate::tenants::TenantStore {
         crate::tenants::TenantStore::new(table, std::time::Duration::from_secs(self.tenant_cache_secs))
     }
+
+    /// The API key authenticator as every function uses it, with the same TTL.
+    pub fn key_authenticator(
+        &self,
+        table: std::sync::Arc<dyn crate::ports::Table>,
+        tenants: std::sync::Arc<crate::tenants::TenantStore>,
+    ) -> crate::api_keys::KeyAuthenticator {
+        crate::api_keys::KeyAuthenticator::new(table, tenants, std::time::Duration::from_secs(self.tenant_cache_secs))
+    }
     /// The platform admin's key, which only the auth function (and the
     /// local stack, which is every function) is given.
     pub fn require_admin_key(&self) -> Result<&str, KeelError> {

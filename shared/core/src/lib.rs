@@ -1,7 +1,8 @@
 //! keel-core: domain types, ports, policies, errors and config shared by every
 //! Keel function. No AWS SDK and no ONNX Runtime in here: adapters live in
-//! keel-aws (production) and keel-local (embedded).
+//! keel-aws (production) and keel-emulator (the local stack).
 
+pub mod api_keys;
 pub mod auth;
 pub mod chain;
 pub mod chunking;

@@ -162,6 +162,42 @@ pub trait WorkQueue: Send + Sync {
     /// Up to `max` visible messages; they stay hidden until acked or their visibility times out.
     async fn receive(&self, queue: QueueName, max: usize) -> Result<Vec<QueueMessage>, StoreError>;
     async fn ack(&self, queue: QueueName, receipt: &str) -> Result<(), StoreError>;
+    /// Sends a copy of `message` to the queue's dead-letter queue at once,
+    /// with `reason` in its `REJECTED_ATTRIBUTE`: for a message no retry can
+    /// mend (a producer without a valid key). The consumer then reports the
+    /// original done, and it is deleted.
+    async fn dead_letter(&self, queue: QueueName, message: &QueueMessage, reason: &str) -> Result<(), StoreError>;
+}
+
+/// Dead-letters a message no retry can mend, logging why; `false` when
+/// that failed too, and the message should be retried instead.
+pub async fn reject(queue: &dyn WorkQueue, name: QueueName, message: &QueueMessage, reason: &str) -> bool {
+    tracing::warn!(queue = name.as_str(), message_id = %message.message_id, reason, "message rejected to the dead-letter queue");
+    match queue.dead_letter(name, message, reason).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "could not dead-letter a rejected message; it will be retried");
+            false
+        }
+    }
+}
+
+/// Whether a consumer's error is one no retry can mend: the producer's
+/// credentials or rights. Such messages go to the dead-letter queue at once.
+pub fn is_rejection(error: &crate::KeelError) -> bool {
+    matches!(error, crate::KeelError::Unauthorized(_) | crate::KeelError::Forbidden(_))
+}
+
+/// The attribute a dead-lettered message carries its rejection reason in.
+pub const REJECTED_ATTRIBUTE: &str = "keel_rejected";
+
+/// A message's attributes with the rejection reason added (SQS allows ten
+/// attributes; a producer's eleventh is dropped for the reason).
+pub fn rejected_attributes(message: &QueueMessage, reason: &str) -> HashMap<String, String> {
+    let mut attributes: HashMap<String, String> =
+        message.attributes.iter().filter(|(k, _)| k.as_str() != REJECTED_ATTRIBUTE).take(9).map(|(k, v)| (k.clone(), v.clone())).collect();
+    attributes.insert(REJECTED_ATTRIBUTE.into(), reason.chars().take(256).collect());
+    attributes
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,5 @@
 //! The tenant registry and API keys, stored in the single table.
 
-use crate::auth::{hash_api_key, ApiKeyRecord};
 use crate::error::KeelError;
 use crate::ids::TenantId;
 use crate::models::{Budgets, RoutingPolicy};
@@ -139,76 +138,6 @@ impl TenantStore {
         let data = serde_json::to_value(tenant)?;
         self.table.put(Write { pk: tenant.id.pk(), sk: crate::keys::TENANT.into(), data, expires_at: None, condition }).await?;
         Ok(())
-    }
-}
-
-/// A tenant's API keys, stored by the hash of the secret.
-pub struct ApiKeyStore {
-    table: Arc<dyn Table>,
-}
-
-/// A stored key: the hash of its secret, its record, and the record's version.
-pub struct StoredKey {
-    pub hash: String,
-    pub record: ApiKeyRecord,
-    pub version: u64,
-}
-
-impl ApiKeyStore {
-    pub fn new(table: Arc<dyn Table>) -> Self {
-        Self { table }
-    }
-
-    pub async fn create(&self, tenant: &TenantId, key: &str, record: &ApiKeyRecord) -> Result<(), KeelError> {
-        let (pk, sk) = (tenant.pk(), crate::keys::api_key(&hash_api_key(key)));
-        let data = serde_json::to_value(record)?;
-        self.table.put(Write { pk, sk, data, expires_at: None, condition: Condition::NotExists }).await?;
-        Ok(())
-    }
-
-    /// The key's record, by the key itself.
-    pub async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<StoredKey>, KeelError> {
-        let hash = hash_api_key(key);
-        let record = crate::ports::get_record(self.table.as_ref(), &tenant.pk(), &crate::keys::api_key(&hash)).await?;
-        Ok(record.map(|(record, version)| StoredKey { hash, record, version }))
-    }
-
-    /// Every key of the tenant.
-    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<StoredKey>, KeelError> {
-        self.query(tenant, crate::keys::API_KEYS.to_string()).await
-    }
-
-    /// The key whose id (`api_key_id`) is `key_id`.
-    pub async fn find(&self, tenant: &TenantId, key_id: &str) -> Result<Option<StoredKey>, KeelError> {
-        let valid = key_id.len() == crate::auth::API_KEY_ID_CHARS && key_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
-            return Ok(None);
-        }
-        Ok(self.query(tenant, crate::keys::api_key(key_id)).await?.pop())
-    }
-
-    async fn query(&self, tenant: &TenantId, prefix: String) -> Result<Vec<StoredKey>, KeelError> {
-        let items = self.table.query(&tenant.pk(), &prefix, Default::default()).await?;
-        items
-            .into_iter()
-            .map(|item| {
-                let hash = item.sk.trim_start_matches(crate::keys::API_KEYS).to_string();
-                Ok(StoredKey { hash, record: serde_json::from_value(item.data)?, version: item.version })
-            })
-            .collect()
-    }
-
-    /// Replaces the record if it is still at `key.version`; `Conflict` when it
-    /// moved or the key was revoked meanwhile.
-    pub async fn update(&self, tenant: &TenantId, key: &StoredKey) -> Result<(), KeelError> {
-        let (pk, sk) = (tenant.pk(), crate::keys::api_key(&key.hash));
-        let data = serde_json::to_value(&key.record)?;
-        self.table.put(Write { pk, sk, data, expires_at: None, condition: Condition::Version(key.version) }).await?;
-        Ok(())
-    }
-
-    pub async fn delete(&self, tenant: &TenantId, hash: &str) -> Result<(), KeelError> {
-        Ok(self.table.delete(&tenant.pk(), &crate::keys::api_key(hash)).await?)
     }
 }
 

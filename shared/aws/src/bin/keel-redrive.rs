@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     };
     let sdk = keel_aws::load_sdk_config().await;
-    let queue = keel_aws::SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), HashMap::new());
+    let queue = keel_aws::SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), HashMap::new(), HashMap::new());
     match queue.redrive(&from, &to).await {
         Ok(moved) => {
             println!("moved {moved} message(s) from {from} to {to}");

@@ -41,7 +41,7 @@ impl Env {
     pub(crate) async fn tenant_with(&self, id: &str, docs: &[Doc]) -> String {
         let (key, new) = self.tenant(id).await;
         if new {
-            let (seconds, chunks) = self.ingest(id, docs).await;
+            let (seconds, chunks) = self.ingest(id, &key, docs).await;
             println!("Ingest of {id} (queue → chunk → PII → embed in batches → segment), one ONNX Runtime thread:");
             println!("  {} documents, {chunks} chunks in {seconds:.1} s = {:.1} chunks/s, {:.1} documents/s; peak memory so far {:.0} MiB",
                 docs.len(), chunks as f64 / seconds, docs.len() as f64 / seconds, peak_memory_mib());
@@ -53,9 +53,9 @@ impl Env {
 
     /// Sends every document through the ingest queue as producers do and
     /// waits for it to drain. Returns (seconds, chunks indexed).
-    pub(crate) async fn ingest(&self, tenant: &str, docs: &[Doc]) -> (f64, usize) {
+    pub(crate) async fn ingest(&self, tenant: &str, key: &str, docs: &[Doc]) -> (f64, usize) {
         let started = Instant::now();
-        let attrs: HashMap<String, String> = [("tenant".to_string(), tenant.to_string())].into();
+        let attrs: HashMap<String, String> = [("authorization".to_string(), format!("Bearer {key}"))].into();
         for d in docs {
             let body = json!({"op": "put", "doc_id": d.id, "document": {"title": d.title, "text": d.text, "source": "eval"}});
             self.stack.queue.send(QueueName::Ingest, body.to_string(), attrs.clone()).await.unwrap();
