@@ -10,6 +10,7 @@ use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::api_keys::StoredKey;
 use keel_core::time::now_rfc3339;
+use keel_core::chain::AdminChange;
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -51,7 +52,10 @@ impl Auth {
         }
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
         let (key, record) = self.issue(&id, ApiKeyRecord { principal: body.principal, roles: body.roles, attributes, expires_at, ..blank() }).await?;
-        Ok(ApiResponse::json(201, &issued(&id, &key, &record)))
+        let out = issued(&id, &key, &record);
+        let key_id = out["id"].as_str().unwrap_or_default().to_string();
+        self.record(caller, &id, AdminChange::KeyCreated, &format!("key {key_id}"), Value::Null, public(&out)).await?;
+        Ok(ApiResponse::json(201, &out))
     }
 
     /// `GET /v1/tenants/{id}/keys`: every key, oldest first, without secrets.
@@ -69,6 +73,7 @@ impl Auth {
         let key = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
         self.keys.store().delete(&id, &key.hash).await?;
         self.keys.forget(&key.hash);
+        self.record(caller, &id, AdminChange::KeyRevoked, &format!("key {key_id}"), listed(&key), Value::Null).await?;
         Ok(ApiResponse::ok(&json!({"revoked": key_id})))
     }
 
@@ -81,6 +86,7 @@ impl Auth {
         }
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
         let mut old = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
+        let before = listed(&old);
         let now = chrono::Utc::now();
         if old.record.expired(now) {
             return Err(KeelError::Conflict(format!("key {key_id} has expired; create a new key instead")));
@@ -96,6 +102,8 @@ impl Auth {
         self.keys.forget(&old.hash);
         let mut out = issued(&id, &key, &record);
         out["replaces"] = json!({"id": key_id, "expires_at": old.record.expires_at});
+        let after = json!({"old": listed(&old), "new": public(&out)});
+        self.record(caller, &id, AdminChange::KeyRotated, &format!("key {key_id}"), before, after).await?;
         Ok(ApiResponse::json(201, &out))
     }
 
@@ -146,6 +154,15 @@ fn future_time(t: &str) -> Result<String, KeelError> {
 fn issued(id: &TenantId, key: &str, record: &ApiKeyRecord) -> Value {
     json!({"key": key, "id": api_key_id(&keel_core::auth::hash_api_key(key)), "tenant": id, "principal": record.principal,
         "roles": record.roles, "attributes": record.attributes, "prefix": record.prefix, "expires_at": record.expires_at})
+}
+
+/// An issued key as the chain records it: everything but the secret.
+fn public(issued: &Value) -> Value {
+    let mut out = issued.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove("key");
+    }
+    out
 }
 
 fn listed(key: &StoredKey) -> Value {

@@ -12,7 +12,9 @@ use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
-use keel_core::ports::Table;
+use keel_core::chain::{admin_change_event, send_decision, AdminChange};
+use keel_core::ports::{Table, WorkQueue};
+use serde_json::Value;
 use keel_core::tenants::{Autonomy, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::KeelError;
@@ -25,13 +27,21 @@ pub struct Auth {
     tenants: Arc<TenantStore>,
     keys: Arc<KeyAuthenticator>,
     rates: RateCounters,
+    /// The audit queue: admin changes land in the tenant's decision chain.
+    queue: Arc<dyn WorkQueue>,
 }
 
 impl Auth {
     /// `tenants` and `keys` may be shared with other functions of the same
     /// process (the local stack), so that a change reaches them at once.
-    pub fn new(table: Arc<dyn Table>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Self {
-        Self { config, tenants, keys, rates: RateCounters::new(table) }
+    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Self {
+        Self { config, tenants, keys, rates: RateCounters::new(table), queue }
+    }
+
+    /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
+    pub(crate) async fn record(&self, caller: &Caller, tenant: &TenantId, change: AdminChange, target: &str, before: Value, after: Value) -> Result<(), KeelError> {
+        let event = admin_change_event(&caller.principal, change, target, before, after);
+        send_decision(self.queue.as_ref(), tenant, &event).await
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
@@ -111,6 +121,7 @@ impl Auth {
         };
         tenant.validate_settings(&self.config.models)?;
         self.tenants.create(&tenant).await?;
+        self.record(caller, &tenant.id, AdminChange::TenantCreated, "tenant", Value::Null, serde_json::to_value(&tenant)?).await?;
         Ok(ApiResponse::json(201, &tenant))
     }
 
@@ -123,6 +134,7 @@ impl Auth {
     pub(crate) async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
         let (mut t, version) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        let before = serde_json::to_value(&t)?;
         if let Some(v) = patch.name {
             t.name = v;
         }
@@ -159,6 +171,7 @@ impl Auth {
         }
         t.validate_settings(&self.config.models)?;
         self.tenants.update(&t, version).await?;
+        self.record(caller, &id, AdminChange::TenantUpdated, "tenant", before, serde_json::to_value(&t)?).await?;
         Ok(ApiResponse::ok(&t))
     }
 }

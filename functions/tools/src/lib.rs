@@ -23,7 +23,7 @@ mod store;
 
 use connector::Connectors;
 use keel_core::auth::Caller;
-use keel_core::chain::{send_decision, DecisionEvent, DecisionKind};
+use keel_core::chain::{admin_change_event, send_decision, AdminChange, DecisionEvent, DecisionKind};
 use keel_core::config::Config;
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};

@@ -3,7 +3,9 @@
 use super::*;
 
 impl Tools {
-    pub(crate) async fn put_tool(&self, tenant: &TenantId, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
+    /// Registers a new version of a tool (recorded in the tenant's chain).
+    pub(crate) async fn put_tool(&self, caller: &Caller, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
+        let tenant = caller.tenant()?;
         schema::check_schema(&input.input_schema)?;
         let steps = match (input.steps, input.connector) {
             (Some(steps), None) if input.compensation.is_none() => steps,
@@ -40,8 +42,11 @@ impl Tools {
             updated_at: now_rfc3339(),
         };
         // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
+        let before = existing.as_ref().map(|(t, _)| serde_json::to_value(t)).transpose()?.unwrap_or_default();
         let replacing = existing.map(|(_, v)| v);
         self.tools.put(tenant, &tool, replacing).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
+        let event = admin_change_event(&caller.principal, AdminChange::ToolRegistered, &format!("tool {name}"), before, serde_json::to_value(&tool)?);
+        send_decision(self.queue.as_ref(), tenant, &event).await?;
         Ok(tool)
     }
 
@@ -64,7 +69,9 @@ impl Tools {
         Ok(out)
     }
 
-    pub(crate) async fn put_policies(&self, tenant: &TenantId, mode: &str, text: String) -> Result<(), KeelError> {
+    /// Replaces a policy set (recorded in the tenant's chain).
+    pub(crate) async fn put_policies(&self, caller: &Caller, mode: &str, text: String) -> Result<(), KeelError> {
+        let tenant = caller.tenant()?;
         let current = self.policy_texts(tenant).await?;
         // Parsed (and checked) as the sets will be evaluated: together, so they must combine.
         let other = if mode == "enforced" { "shadow" } else { "enforced" };
@@ -72,9 +79,11 @@ impl Tools {
         let (enforced, shadow) = if mode == "enforced" { (text.as_str(), other_text) } else { (other_text, text.as_str()) };
         TenantPolicies::compile(enforced.to_string(), shadow.to_string()).await?;
         let version = current[mode]["version"].as_u64().unwrap_or(0);
-        let put = self.policy_sets.put(tenant, mode, text, version, now_rfc3339()).await;
+        let before = current[mode]["policies"].clone();
+        let put = self.policy_sets.put(tenant, mode, text.clone(), version, now_rfc3339()).await;
         put.map_err(lost_race("the policies changed meanwhile; retry"))?;
-        Ok(())
+        let event = admin_change_event(&caller.principal, AdminChange::PoliciesReplaced, &format!("policies {mode}"), before, json!(text));
+        send_decision(self.queue.as_ref(), tenant, &event).await
     }
 
     /// The tenant's compiled policies: one read, compiled once per version.

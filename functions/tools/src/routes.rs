@@ -27,10 +27,10 @@ pub fn routes() -> Routes<Arc<Tools>> {
 }
 
 async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
-    let tenant = caller.tenant()?;
+    caller.tenant()?;
     caller.require_role(ROLE_ADMIN)?;
     let name = parse_path_id("tool", &name)?;
-    let tool = tools.put_tool(tenant, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
+    let tool = tools.put_tool(&caller, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
     Ok(Json(serde_json::to_value(tool)?))
 }
 
@@ -50,7 +50,7 @@ async fn put_policies(State(tools): State<Arc<Tools>>, caller: Caller, Path(mode
     }
     caller.require_role(ROLE_ADMIN)?;
     let input: PolicyInput = parse_body(&body, policy::MAX_POLICY_BYTES + 1024)?;
-    tools.put_policies(tenant, &mode, input.policies).await?;
+    tools.put_policies(&caller, &mode, input.policies).await?;
     tools.policy_texts(tenant).await.map(Json)
 }
 

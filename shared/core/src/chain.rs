@@ -60,6 +60,9 @@ pub enum DecisionKind {
     ActionUndone,
     #[serde(rename = "action.undo_failed")]
     ActionUndoFailed,
+    /// An admin changed the tenant's controls (settings, keys, tools, policies).
+    #[serde(rename = "admin.change")]
+    AdminChange,
 }
 
 impl DecisionKind {
@@ -79,6 +82,7 @@ impl DecisionKind {
             Self::ActionUndoRequested => "action.undo_requested",
             Self::ActionUndone => "action.undone",
             Self::ActionUndoFailed => "action.undo_failed",
+            Self::AdminChange => "admin.change",
         }
     }
 
@@ -171,6 +175,38 @@ pub fn verify_chain(entries: &[ChainEntry]) -> Vec<ChainProblem> {
 }
 
 /// Sends a decision event to the audit queue, the tenant in a message attribute.
+/// What an admin changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminChange {
+    TenantCreated,
+    /// Settings, status, autonomy and the kill switch.
+    TenantUpdated,
+    KeyCreated,
+    KeyRevoked,
+    KeyRotated,
+    ToolRegistered,
+    PoliciesReplaced,
+}
+
+/// An admin's change as the tenant's chain records it: who, what, on which
+/// target, the state before and after. Callers leave secrets out of both.
+pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, before: Value, after: Value) -> DecisionEvent {
+    let id = crate::ids::new_id("adm");
+    DecisionEvent {
+        event_id: id.clone(),
+        decision_id: id,
+        kind: DecisionKind::AdminChange,
+        principal: principal.into(),
+        at: crate::time::now_rfc3339(),
+        input: serde_json::json!({"change": change, "target": target}),
+        evidence: Value::Null,
+        action: Value::Null,
+        outcome: serde_json::json!({"before": before, "after": after}),
+        usage: None,
+    }
+}
+
 pub async fn send_decision(
     queue: &dyn crate::ports::WorkQueue,
     tenant: &crate::TenantId,
