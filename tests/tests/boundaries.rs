@@ -42,6 +42,7 @@ impl Targets {
             .replace("/v1/actions/{id}", &format!("/v1/actions/{}", self.action))
             .replace("/v1/decisions/{id}", &format!("/v1/decisions/{}", self.decision))
             .replace("{key_id}", &self.key_id)
+            .replace("{request_id}", "chg_none")
             .replace("{doc_id}", &self.doc)
             .replace("/v1/tools/{name}", &format!("/v1/tools/{}", self.tool))
             .replace("/v1/sources/{name}", "/v1/sources/wiki")
@@ -192,7 +193,7 @@ async fn no_credential_of_another_party_reaches_acme_on_any_route() {
 }
 
 /// Routes a member of the tenant may not call: 403, whatever it sends.
-const ADMIN_ONLY: [(&str, &str); 12] = [
+const ADMIN_ONLY: [(&str, &str); 14] = [
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants/{id}"),
     ("PATCH", "/v1/tenants/{id}"),
@@ -200,6 +201,8 @@ const ADMIN_ONLY: [(&str, &str); 12] = [
     ("GET", "/v1/tenants/{id}/keys"),
     ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),
     ("POST", "/v1/tenants/{id}/keys/{key_id}/rotate"),
+    ("GET", "/v1/tenants/{id}/change-requests"),
+    ("POST", "/v1/tenants/{id}/change-requests/{request_id}/{verb}"),
     ("PUT", "/v1/sources/{name}"),
     ("PUT", "/v1/tools/{name}"),
     ("PUT", "/v1/policies/{mode}"),

@@ -304,7 +304,7 @@ fn body_routes() -> Vec<(String, String)> {
 }
 
 /// Routes that read no body: the path and the caller decide.
-const BODILESS: [&str; 2] = ["/v1/actions/acme/approve", "/v1/audit/verify"];
+const BODILESS: [&str; 3] = ["/v1/actions/acme/approve", "/v1/audit/verify", "/v1/tenants/acme/change-requests/request_id/approve"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_that_reads_a_body_refuses_one_too_deep_or_too_large() {

@@ -1,6 +1,7 @@
 //! auth: the HTTP API Lambda authorizer (API keys and HS256 JWTs, tenant
 //! status, per-tenant rate limit) and the admin routes (tenants and keys).
 
+mod changes;
 pub mod edge;
 mod keys;
 mod rate;
@@ -13,9 +14,10 @@ use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::chain::{admin_change_event, send_decision, AdminChange};
+use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
 use keel_core::ports::{Table, WorkQueue};
 use serde_json::Value;
-use keel_core::tenants::{Autonomy, Tenant, TenantStatus, TenantStore};
+use keel_core::tenants::{Autonomy, Governance, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::KeelError;
 use rate::RateCounters;
@@ -29,13 +31,15 @@ pub struct Auth {
     rates: RateCounters,
     /// The audit queue: admin changes land in the tenant's decision chain.
     queue: Arc<dyn WorkQueue>,
+    change_requests: ChangeRequestStore,
 }
 
 impl Auth {
     /// `tenants` and `keys` may be shared with other functions of the same
     /// process (the local stack), so that a change reaches them at once.
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Self {
-        Self { config, tenants, keys, rates: RateCounters::new(table), queue }
+        let change_requests = ChangeRequestStore::new(table.clone());
+        Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests }
     }
 
     /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
@@ -117,6 +121,7 @@ impl Auth {
             routing: body.routing.unwrap_or_default(),
             budgets: body.budgets.unwrap_or_default(),
             kill_switch: false,
+            governance: body.governance.unwrap_or_default(),
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
@@ -133,8 +138,8 @@ impl Auth {
 
     pub(crate) async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
         require_platform_admin(caller)?;
-        let (mut t, version) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
-        let before = serde_json::to_value(&t)?;
+        let (current, version) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        let mut t = current.clone();
         if let Some(v) = patch.name {
             t.name = v;
         }
@@ -159,6 +164,9 @@ impl Auth {
         if let Some(v) = patch.budgets {
             t.budgets = v;
         }
+        if let Some(v) = patch.governance {
+            t.governance = v;
+        }
         // On: actions drop to suggest-only and hosted models stop at once.
         // Off: models resume; autonomy is raised again only explicitly.
         match patch.kill_switch {
@@ -170,8 +178,15 @@ impl Auth {
             None => {}
         }
         t.validate_settings(&self.config.models)?;
+        let (before, after) = (serde_json::to_value(&current)?, serde_json::to_value(&t)?);
+        if let Some(reason) = current.weakened_by(&t).filter(|_| current.governance.two_person_changes) {
+            let write = self.tenants.pending_update(&t, version)?;
+            let reason = format!("{reason}, and tenant {id} asks for two-person changes");
+            let request = ChangeRequest::new(AdminChange::TenantUpdated, "tenant".into(), reason, Requester::of(caller), before, after, write);
+            return submit(&self.change_requests, self.queue.as_ref(), &id, request).await;
+        }
         self.tenants.update(&t, version).await?;
-        self.record(caller, &id, AdminChange::TenantUpdated, "tenant", before, serde_json::to_value(&t)?).await?;
+        self.record(caller, &id, AdminChange::TenantUpdated, "tenant", before, after).await?;
         Ok(ApiResponse::ok(&t))
     }
 }
@@ -209,6 +224,7 @@ pub(crate) struct NewTenant {
     redact_pii: Option<bool>,
     routing: Option<RoutingPolicy>,
     budgets: Option<Budgets>,
+    governance: Option<Governance>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +238,7 @@ pub(crate) struct TenantPatch {
     redact_pii: Option<bool>,
     routing: Option<RoutingPolicy>,
     budgets: Option<Budgets>,
+    governance: Option<Governance>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
 }

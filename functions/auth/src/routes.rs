@@ -21,6 +21,8 @@ pub fn routes() -> Routes<Arc<Auth>> {
         .route(Method::GET, "/v1/tenants/{id}/keys", keys)
         .route(Method::DELETE, "/v1/tenants/{id}/keys/{key_id}", revoke_key)
         .route(Method::POST, "/v1/tenants/{id}/keys/{key_id}/rotate", rotate_key)
+        .route(Method::GET, "/v1/tenants/{id}/change-requests", change_requests)
+        .route(Method::POST, "/v1/tenants/{id}/change-requests/{request_id}/{verb}", decide_change)
 }
 
 async fn create_tenant(State(auth): State<Arc<Auth>>, caller: Caller, body: Bytes) -> Reply {
@@ -52,4 +54,17 @@ async fn revoke_key(State(auth): State<Arc<Auth>>, caller: Caller, Path((id, key
 async fn rotate_key(State(auth): State<Arc<Auth>>, caller: Caller, Path((id, key_id)): Path<(String, String)>, body: Bytes) -> Reply {
     let id = TenantId::parse(&id)?;
     auth.rotate_key(&caller, id, &key_id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn change_requests(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    auth.change_requests(&caller, TenantId::parse(&id)?).await
+}
+
+async fn decide_change(State(auth): State<Arc<Auth>>, caller: Caller, Path((id, request_id, verb)): Path<(String, String, String)>) -> Reply {
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(KeelError::NotFound(format!("no route for POST /v1/tenants/{id}/change-requests/{request_id}/{verb}"))),
+    };
+    auth.decide_change(&caller, TenantId::parse(&id)?, &request_id, approve).await
 }

@@ -30,6 +30,7 @@ use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{QueueMessage, Saga, Table, WorkQueue};
 use keel_core::resilience::{BreakerSettings, RetryPolicy};
 use keel_core::api_keys::KeyAuthenticator;
+use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
 use keel_core::tenants::{Autonomy, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::warm_cache::WarmCache;
@@ -232,6 +233,7 @@ impl ToolsOptions {
 
 pub struct Tools {
     tenants: Arc<TenantStore>,
+    change_requests: ChangeRequestStore,
     /// Producers' keys, for proposals dropped on the actions queue.
     keys: Arc<KeyAuthenticator>,
     tools: store::ToolStore,
@@ -255,6 +257,7 @@ impl Tools {
             tools: store::ToolStore::new(table.clone()),
             policy_sets: store::PolicyStore::new(table.clone()),
             actions: store::ActionStore::new(table.clone()),
+            change_requests: ChangeRequestStore::new(table.clone()),
             daily: store::DailyCounters::new(table),
             tenants,
             keys,

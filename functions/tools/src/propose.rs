@@ -200,13 +200,8 @@ impl Tools {
 
 /// The tenant's autonomy, capped by the tool's (suggest-only < one-click < unattended).
 pub(crate) fn effective_autonomy(tenant: Autonomy, tool: Option<Autonomy>) -> Autonomy {
-    let rank = |a: Autonomy| match a {
-        Autonomy::SuggestOnly => 0,
-        Autonomy::OneClick => 1,
-        Autonomy::Unattended => 2,
-    };
     match tool {
-        Some(t) if rank(t) < rank(tenant) => t,
+        Some(t) if t.rank() < tenant.rank() => t,
         _ => tenant,
     }
 }

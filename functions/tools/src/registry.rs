@@ -1,6 +1,7 @@
 //! The tenant's tools (versioned registrations) and its Cedar policy sets.
 
 use super::*;
+use keel_core::http::ApiResponse;
 
 impl Tools {
     /// Registers a new version of a tool (recorded in the tenant's chain).
@@ -69,8 +70,10 @@ impl Tools {
         Ok(out)
     }
 
-    /// Replaces a policy set (recorded in the tenant's chain).
-    pub(crate) async fn put_policies(&self, caller: &Caller, mode: &str, text: String) -> Result<(), KeelError> {
+    /// Replaces a policy set (recorded in the tenant's chain). Replacing the
+    /// enforced set of a tenant with two-person changes only files a change
+    /// request: returned, for a 202.
+    pub(crate) async fn put_policies(&self, caller: &Caller, mode: &str, text: String) -> Result<Option<ApiResponse>, KeelError> {
         let tenant = caller.tenant()?;
         let current = self.policy_texts(tenant).await?;
         // Parsed (and checked) as the sets will be evaluated: together, so they must combine.
@@ -79,11 +82,18 @@ impl Tools {
         let (enforced, shadow) = if mode == "enforced" { (text.as_str(), other_text) } else { (other_text, text.as_str()) };
         TenantPolicies::compile(enforced.to_string(), shadow.to_string()).await?;
         let version = current[mode]["version"].as_u64().unwrap_or(0);
-        let before = current[mode]["policies"].clone();
+        let (before, target) = (current[mode]["policies"].clone(), format!("policies {mode}"));
+        if mode == "enforced" && self.tenants.require_active(tenant).await?.governance.two_person_changes {
+            let write = self.policy_sets.pending_put(mode, &text, version, now_rfc3339());
+            let reason = format!("it replaces the enforced policy set, and tenant {tenant} asks for two-person changes");
+            let request = ChangeRequest::new(AdminChange::PoliciesReplaced, target, reason, Requester::of(caller), before, json!(text), write);
+            return submit(&self.change_requests, self.queue.as_ref(), tenant, request).await.map(Some);
+        }
         let put = self.policy_sets.put(tenant, mode, text.clone(), version, now_rfc3339()).await;
         put.map_err(lost_race("the policies changed meanwhile; retry"))?;
-        let event = admin_change_event(&caller.principal, AdminChange::PoliciesReplaced, &format!("policies {mode}"), before, json!(text));
-        send_decision(self.queue.as_ref(), tenant, &event).await
+        let event = admin_change_event(&caller.principal, AdminChange::PoliciesReplaced, &target, before, json!(text));
+        send_decision(self.queue.as_ref(), tenant, &event).await?;
+        Ok(None)
     }
 
     /// The tenant's compiled policies: one read, compiled once per version.

@@ -43,15 +43,17 @@ async fn policies(State(tools): State<Arc<Tools>>, caller: Caller) -> Reply {
     tools.policy_texts(caller.tenant()?).await.map(Json)
 }
 
-async fn put_policies(State(tools): State<Arc<Tools>>, caller: Caller, Path(mode): Path<String>, body: Bytes) -> Reply {
+async fn put_policies(State(tools): State<Arc<Tools>>, caller: Caller, Path(mode): Path<String>, body: Bytes) -> Result<ApiResponse, KeelError> {
     let tenant = caller.tenant()?;
     if !matches!(mode.as_str(), "enforced" | "shadow") {
         return Err(KeelError::NotFound(format!("no route for PUT /v1/policies/{mode}")));
     }
     caller.require_role(ROLE_ADMIN)?;
     let input: PolicyInput = parse_body(&body, policy::MAX_POLICY_BYTES + 1024)?;
-    tools.put_policies(&caller, &mode, input.policies).await?;
-    tools.policy_texts(tenant).await.map(Json)
+    match tools.put_policies(&caller, &mode, input.policies).await? {
+        Some(requested) => Ok(requested),
+        None => Ok(ApiResponse::ok(&tools.policy_texts(tenant).await?)),
+    }
 }
 
 async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, body: Bytes) -> Result<ApiResponse, KeelError> {

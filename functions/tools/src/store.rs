@@ -6,6 +6,7 @@
 use crate::{Action, Tool};
 use keel_core::ids::TenantId;
 use keel_core::keys;
+use keel_core::change_requests::PendingWrite;
 use keel_core::ports::{Condition, Item, Table, Write};
 use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
@@ -78,6 +79,12 @@ impl PolicyStore {
                 updated_at: item.data["updated_at"].clone(),
             })
             .collect())
+    }
+
+    /// The write `put` would make, for a change that waits for a second admin.
+    pub(crate) fn pending_put(&self, mode: &str, text: &str, version: u64, at: String) -> PendingWrite {
+        let base_version = (version != 0).then_some(version);
+        PendingWrite { sk: keys::policy_set(mode), data: json!({"policies": text, "updated_at": at}), base_version }
     }
 
     /// Replaces a set if it is still at `version` (0: it did not exist).

@@ -187,6 +187,10 @@ pub enum AdminChange {
     KeyRotated,
     ToolRegistered,
     PoliciesReplaced,
+    /// A change that waits for a second admin (two-person changes).
+    ChangeRequested,
+    ChangeApproved,
+    ChangeRejected,
 }
 
 /// An admin's change as the tenant's chain records it: who, what, on which

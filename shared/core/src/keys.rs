@@ -22,6 +22,14 @@ pub fn api_key(key_hash: &str) -> String {
 /// Every API key record of the tenant begins so.
 pub const API_KEYS: &str = "KEY#";
 
+/// A change to the tenant's controls waiting for a second admin.
+pub fn change_request(id: &str) -> String {
+    format!("{CHANGE_REQUESTS}{id}")
+}
+
+/// Every change request of the tenant begins so.
+pub const CHANGE_REQUESTS: &str = "CHANGEREQ#";
+
 /// The rate-limit counter of one minute (epoch minutes).
 pub fn rate(minute: i64) -> String {
     format!("RATE#{minute}")

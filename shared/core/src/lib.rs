@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod chain;
+pub mod change_requests;
 pub mod chunking;
 pub mod config;
 pub mod error;

@@ -26,6 +26,15 @@ pub enum Autonomy {
 }
 
 impl Autonomy {
+    /// How much an action may do without a click: higher is weaker control.
+    pub fn rank(self) -> u8 {
+        match self {
+            Autonomy::SuggestOnly => 0,
+            Autonomy::OneClick => 1,
+            Autonomy::Unattended => 2,
+        }
+    }
+
     /// The name policies and records use (as serialized).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,13 +68,37 @@ pub struct Tenant {
     /// in-function); turning it on also drops autonomy to suggest-only.
     #[serde(default, alias = "models_off")]
     pub kill_switch: bool,
+    #[serde(default)]
+    pub governance: Governance,
     pub created_at: String,
+}
+
+/// How the tenant's own controls may be changed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Governance {
+    /// A change that weakens a control waits for a second admin's approval.
+    #[serde(default)]
+    pub two_person_changes: bool,
 }
 
 /// Most requests per minute a tenant may be given.
 pub const MAX_RATE_LIMIT_PER_MINUTE: i64 = 1_000_000;
 
 impl Tenant {
+    /// Why `after` weakens a control this tenant (as it stands) has, if it does.
+    pub fn weakened_by(&self, after: &Tenant) -> Option<&'static str> {
+        if self.kill_switch && !after.kill_switch {
+            Some("it turns the kill switch off")
+        } else if after.autonomy.rank() > self.autonomy.rank() {
+            Some("it raises autonomy")
+        } else if self.governance.two_person_changes && !after.governance.two_person_changes {
+            Some("it turns two-person changes off")
+        } else {
+            None
+        }
+    }
+
     /// Checks every setting a create or an update can set, in one place.
     pub fn validate_settings(&self, catalog: &[crate::models::ModelSpec]) -> Result<(), KeelError> {
         if self.name.trim().is_empty() {
@@ -132,6 +165,16 @@ impl TenantStore {
         self.put(tenant, Condition::Version(version)).await?;
         self.cache.remove(&tenant.id);
         Ok(())
+    }
+
+    /// The write `update` would make, for a change that waits for a second admin.
+    pub fn pending_update(&self, tenant: &Tenant, version: u64) -> Result<crate::change_requests::PendingWrite, KeelError> {
+        Ok(crate::change_requests::PendingWrite { sk: crate::keys::TENANT.into(), data: serde_json::to_value(tenant)?, base_version: Some(version) })
+    }
+
+    /// Drops the tenant from this process's cache (changed by another path).
+    pub fn forget(&self, id: &TenantId) {
+        self.cache.remove(id);
     }
 
     async fn put(&self, tenant: &Tenant, condition: Condition) -> Result<(), KeelError> {
