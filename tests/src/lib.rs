@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod gateway;
+pub mod idp;
 pub mod stub;
 
 use keel_core::config::Config;

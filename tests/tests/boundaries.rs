@@ -150,6 +150,12 @@ async fn no_credential_of_another_party_reaches_acme_on_any_route() {
     let c = Client::new(stack.url());
     let t = tenant(&c, "acme", json!({})).await;
     let beta = tenant(&c, "beta", json!({})).await;
+    let beta_idp = keel_tests::idp::TestIdp::start().await;
+    let beta_signer = keel_tests::idp::SigningKey::ed25519("beta-1");
+    beta_idp.publish(&[&beta_signer]);
+    let (s, b) = c.call("PATCH", "/v1/tenants/beta", ADMIN_KEY, Some(json!({"identity": beta_idp.identity("keel-beta")}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let beta_provider_token = beta_signer.sign(&beta_idp.claims("mallory", "keel-beta", &["admin", "auditor", "approver"]));
     let targets = acme(&c, &t).await;
     let revoked = create_key(&c, &t.admin, json!({"principal": "gone", "roles": ["admin"]})).await;
     let (s, _) = c.call("DELETE", &format!("/v1/tenants/acme/keys/{}", revoked["id"].as_str().unwrap()), &t.admin, None).await.unwrap();
@@ -161,13 +167,14 @@ async fn no_credential_of_another_party_reaches_acme_on_any_route() {
     let before = acme_state(&c, &t.admin, &targets).await;
     let secrets: Vec<String> = [&t.member, &t.approver, &t.admin].iter().map(|k| k[k.len() - 16..].to_string()).collect();
 
-    let strangers: [(&str, String, &[u16]); 6] = [
+    let strangers: [(&str, String, &[u16]); 7] = [
         ("no credentials", String::new(), &[401]),
         ("a forged key", "keel_acme_ForgedForgedForgedForged0".into(), &[401]),
         ("a revoked key", revoked["key"].as_str().unwrap().into(), &[401]),
         ("an expired key", expired["key"].as_str().unwrap().into(), &[401]),
         ("another tenant's admin key", beta.admin.clone(), &[]),
         ("another tenant's JWT", beta_jwt(), &[]),
+        ("a token of another tenant's identity provider", beta_provider_token, &[]),
     ];
     let routes = keel_emulator::declared_routes();
     assert!(routes.len() > 25, "{routes:?}");

@@ -1,14 +1,19 @@
-//! auth: the HTTP API Lambda authorizer (API keys and HS256 JWTs, tenant
-//! status, per-tenant rate limit) and the admin routes (tenants and keys).
+//! auth: the HTTP API Lambda authorizer (API keys, tenants' identity
+//! providers' tokens and the platform's HS256 tokens, tenant status,
+//! per-tenant rate limit) and the admin routes (tenants and keys).
 
 mod changes;
 pub mod edge;
+pub mod identity;
+pub mod jwks;
 mod keys;
+pub mod oidc;
 mod rate;
 pub mod routes;
 
 use keel_core::api_keys::KeyAuthenticator;
-use keel_core::auth::{secrets_equal, verify_jwt, Caller, ROLE_ADMIN};
+use keel_core::auth::{secrets_equal, Caller, ROLE_ADMIN};
+use keel_core::identity::{IdentityProvider, IssuerIndex};
 use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
@@ -32,14 +37,19 @@ pub struct Auth {
     /// The audit queue: admin changes land in the tenant's decision chain.
     queue: Arc<dyn WorkQueue>,
     change_requests: ChangeRequestStore,
+    issuers: Arc<IssuerIndex>,
+    provider_tokens: oidc::ProviderTokens,
 }
 
 impl Auth {
     /// `tenants` and `keys` may be shared with other functions of the same
     /// process (the local stack), so that a change reaches them at once.
-    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Self {
+    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Result<Self, KeelError> {
         let change_requests = ChangeRequestStore::new(table.clone());
-        Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests }
+        let issuers = Arc::new(IssuerIndex::new(table.clone(), std::time::Duration::from_secs(config.tenant_cache_secs)));
+        let jwks = jwks::JwksCache::new(keel_egress::Egress::new(jwks::FETCH_TIMEOUT)?);
+        let provider_tokens = oidc::ProviderTokens::new(issuers.clone(), tenants.clone(), jwks);
+        Ok(Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests, issuers, provider_tokens })
     }
 
     /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
@@ -64,29 +74,13 @@ impl Auth {
         let mut caller = if token.starts_with("keel_") {
             self.keys.caller(token).await?
         } else if token.contains('.') {
-            self.authenticate_jwt(token)?
+            self.authenticate_jwt(token).await?
         } else {
             return Err(KeelError::Unauthorized("invalid credentials".into()));
         };
         let tenant = self.active_tenant(caller.tenant()?).await?;
         caller.throttled = !self.within_rate_limit(&tenant).await?;
         Ok(caller)
-    }
-
-    fn authenticate_jwt(&self, token: &str) -> Result<Caller, KeelError> {
-        let settings = self
-            .config
-            .jwt
-            .as_ref()
-            .ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
-        let claims = verify_jwt(token, settings, now_secs())?;
-        Ok(Caller {
-            tenant: Some(TenantId::parse(&claims.tenant).map_err(|_| KeelError::Unauthorized("invalid token: bad tenant".into()))?),
-            principal: claims.sub,
-            roles: claims.roles,
-            groups: claims.groups,
-            throttled: false,
-        })
     }
 
     async fn active_tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
@@ -122,10 +116,15 @@ impl Auth {
             budgets: body.budgets.unwrap_or_default(),
             kill_switch: false,
             governance: body.governance.unwrap_or_default(),
+            identity: body.identity,
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
-        self.tenants.create(&tenant).await?;
+        let claimed = self.claim_issuer(&tenant.id, None, tenant.identity.as_ref()).await?;
+        if let Err(e) = self.tenants.create(&tenant).await {
+            self.unclaim_issuer(&tenant.id, claimed).await;
+            return Err(e);
+        }
         self.record(caller, &tenant.id, AdminChange::TenantCreated, "tenant", Value::Null, serde_json::to_value(&tenant)?).await?;
         Ok(ApiResponse::json(201, &tenant))
     }
@@ -167,6 +166,9 @@ impl Auth {
         if let Some(v) = patch.governance {
             t.governance = v;
         }
+        if let Some(v) = patch.identity {
+            t.identity = v;
+        }
         // On: actions drop to suggest-only and hosted models stop at once.
         // Off: models resume; autonomy is raised again only explicitly.
         match patch.kill_switch {
@@ -179,13 +181,18 @@ impl Auth {
         }
         t.validate_settings(&self.config.models)?;
         let (before, after) = (serde_json::to_value(&current)?, serde_json::to_value(&t)?);
+        let claimed = self.claim_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
         if let Some(reason) = current.weakened_by(&t).filter(|_| current.governance.two_person_changes) {
             let write = self.tenants.pending_update(&t, version)?;
             let reason = format!("{reason}, and tenant {id} asks for two-person changes");
             let request = ChangeRequest::new(AdminChange::TenantUpdated, "tenant".into(), reason, Requester::of(caller), before, after, write);
             return submit(&self.change_requests, self.queue.as_ref(), &id, request).await;
         }
-        self.tenants.update(&t, version).await?;
+        if let Err(e) = self.tenants.update(&t, version).await {
+            self.unclaim_issuer(&id, claimed).await;
+            return Err(e);
+        }
+        self.release_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
         self.record(caller, &id, AdminChange::TenantUpdated, "tenant", before, after).await?;
         Ok(ApiResponse::ok(&t))
     }
@@ -225,6 +232,7 @@ pub(crate) struct NewTenant {
     routing: Option<RoutingPolicy>,
     budgets: Option<Budgets>,
     governance: Option<Governance>,
+    identity: Option<IdentityProvider>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +247,14 @@ pub(crate) struct TenantPatch {
     routing: Option<RoutingPolicy>,
     budgets: Option<Budgets>,
     governance: Option<Governance>,
+    /// The tenant's identity provider; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    identity: Option<Option<IdentityProvider>>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }

@@ -26,7 +26,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let models = hosted_models(&config.models).await;
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue.clone(), tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
-    let auth = Arc::new(Auth::new(aws.table, aws.queue, config, tenants, keys));
+    let auth = Arc::new(Auth::new(aws.table, aws.queue, config, tenants, keys)?);
     let app = api(routes().with_state(Arc::new(routing))).layer(from_fn_with_state(auth, authenticate));
     keel_lambda::run(Some(app), |event| async move { Err(event.unsupported()) }).await
 }

@@ -9,6 +9,7 @@
 
 use crate::ConnectorSpec;
 use keel_core::ids::TenantId;
+use keel_egress::{read_bounded, Egress};
 use keel_core::limits::{text_depth, MAX_JSON_DEPTH};
 use keel_core::resilience::{BreakerSettings, Breakers, RetryPolicy};
 use keel_core::KeelError;
@@ -30,7 +31,7 @@ pub fn check_spec(spec: &ConnectorSpec) -> Result<(), KeelError> {
 }
 
 pub struct Connectors {
-    http: reqwest::Client,
+    http: Egress,
     retry: RetryPolicy,
     breakers: Breakers,
 }
@@ -57,12 +58,7 @@ enum Failure {
 
 impl Connectors {
     pub fn new(timeout: Duration, retry: RetryPolicy, breakers: BreakerSettings) -> Result<Self, KeelError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| KeelError::Internal(format!("http client: {e}")))?;
-        Ok(Self { http, retry, breakers: Breakers::new(breakers) })
+        Ok(Self { http: Egress::new(timeout)?, retry, breakers: Breakers::new(breakers) })
     }
 
     /// Calls the connector, retrying transient failures (timeouts, connection
@@ -118,7 +114,7 @@ impl Connectors {
             .await
             .map_err(|e| Failure::Remote(KeelError::Unavailable(format!("connector unreachable: {e}"))))?;
         let status = response.status();
-        let (bytes, truncated) = read_bounded(&mut response).await.map_err(Failure::Remote)?;
+        let (bytes, truncated) = read_bounded(&mut response, MAX_RESPONSE_BYTES).await.map_err(Failure::Remote)?;
         let answer = kept_answer(&bytes, truncated);
         if status.is_success() {
             let mut out = json!({"status": status.as_u16(), "body": answer});
@@ -132,20 +128,6 @@ impl Connectors {
             Err(Failure::Refused(KeelError::BadRequest(format!("connector refused the action: {status} {answer}"))))
         }
     }
-}
-
-/// Reads at most `MAX_RESPONSE_BYTES` of the answer; says whether more was dropped.
-async fn read_bounded(response: &mut reqwest::Response) -> Result<(Vec<u8>, bool), KeelError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| KeelError::Unavailable(format!("connector answer broke off: {e}")))? {
-        let room = MAX_RESPONSE_BYTES - bytes.len();
-        if chunk.len() > room {
-            bytes.extend_from_slice(&chunk[..room]);
-            return Ok((bytes, true));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok((bytes, false))
 }
 
 /// What is kept of an answer: its JSON when it is whole and nests within

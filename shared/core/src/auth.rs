@@ -5,7 +5,6 @@ use crate::error::KeelError;
 use crate::ids::TenantId;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -237,55 +236,29 @@ pub struct JwtClaims {
     pub groups: Vec<String>,
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Signs claims as an HS256 JWT (for tests, the demo and operators' tooling).
+/// Signs claims as an HS256 JWT with the platform secret (for tests, the demo
+/// and operators' tooling).
 pub fn sign_jwt(claims: &JwtClaims, secret: &str) -> Result<String, KeelError> {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
-        .map_err(|_| KeelError::Internal("bad JWT secret".into()))?;
-    mac.update(signing_input.as_bytes());
-    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())))
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), claims, &key)
+        .map_err(|e| KeelError::Internal(format!("cannot sign a JWT: {e}")))
 }
 
-/// Verifies an HS256 JWT: algorithm, signature, issuer, audience, expiry, not-before.
+/// Verifies a platform HS256 JWT: algorithm, signature, issuer, audience,
+/// expiry and not-before (no leeway: the platform signs its own tokens).
 pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtClaims, KeelError> {
     let bad = |why: &str| KeelError::Unauthorized(format!("invalid token: {why}"));
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(bad("not a JWT"));
-    };
-    let header: Value = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad("unreadable header"))?;
-    if header.get("alg").and_then(Value::as_str) != Some("HS256") {
-        return Err(bad("only HS256 is accepted"));
-    }
-    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad("unreadable signature"))?;
-    let mut mac = HmacSha256::new_from_slice(settings.secret.as_bytes())
-        .map_err(|_| KeelError::Internal("bad JWT secret".into()))?;
-    mac.update(format!("{h}.{p}").as_bytes());
-    mac.verify_slice(&signature).map_err(|_| bad("signature mismatch"))?;
-    let claims: JwtClaims = URL_SAFE_NO_PAD
-        .decode(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad("unreadable claims"))?;
-    if claims.iss != settings.issuer {
-        return Err(bad("wrong issuer"));
-    }
-    let audience_ok = match &claims.aud {
-        Value::String(a) => *a == settings.audience,
-        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(settings.audience.as_str())),
-        _ => false,
-    };
-    if !audience_ok {
-        return Err(bad("wrong audience"));
-    }
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_issuer(&[&settings.issuer]);
+    validation.set_audience(&[&settings.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    // Time is checked below against `now`, the caller's clock, not the library's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    let key = jsonwebtoken::DecodingKey::from_secret(settings.secret.as_bytes());
+    let claims = jsonwebtoken::decode::<JwtClaims>(token, &key, &validation)
+        .map_err(|e| bad(&token_error(&e)))?
+        .claims;
     if claims.exp <= now {
         return Err(bad("expired"));
     }
@@ -297,6 +270,22 @@ pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtCl
         return Err(bad("roles and groups must be non-empty names without commas"));
     }
     Ok(claims)
+}
+
+/// What a JWT check's failure says to the caller: which check, never key material.
+pub fn token_error(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "expired".into(),
+        ErrorKind::ImmatureSignature => "not yet valid".into(),
+        ErrorKind::InvalidIssuer => "wrong issuer".into(),
+        ErrorKind::InvalidAudience => "wrong audience".into(),
+        ErrorKind::InvalidSignature => "signature mismatch".into(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted for this key".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("missing claim {claim}"),
+        ErrorKind::InvalidKeyFormat => "the key does not fit the algorithm".into(),
+        _ => "malformed token".into(),
+    }
 }
 
 #[cfg(test)]

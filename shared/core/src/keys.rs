@@ -14,6 +14,17 @@ pub fn partition(tenant: &TenantId) -> String {
 /// The tenant's own record.
 pub const TENANT: &str = "TENANT";
 
+/// The one partition that belongs to no tenant: platform-wide indexes the
+/// authorizer reads before it knows the tenant (which tenant an issuer signs in).
+pub const PLATFORM: &str = "PLATFORM";
+
+/// The platform's record of which tenant an OIDC issuer signs in, by the
+/// issuer's SHA-256 (an issuer is a URL of any length and characters).
+pub fn issuer(issuer: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("ISSUER#{}", hex::encode(Sha256::digest(issuer.as_bytes())))
+}
+
 /// An API key's record, by the key's SHA-256.
 pub fn api_key(key_hash: &str) -> String {
     format!("{API_KEYS}{key_hash}")

@@ -10,6 +10,7 @@ pub mod chunking;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod limits;

@@ -75,7 +75,8 @@ pub struct QueryOptions {
 }
 
 /// The single table (DynamoDB in AWS, a SQLite file locally). Every `pk`
-/// begins with `T#<tenant>`; expired items are never returned.
+/// begins with `T#<tenant>` but the platform's own (`keys::PLATFORM`);
+/// expired items are never returned.
 #[async_trait]
 pub trait Table: Send + Sync {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError>;

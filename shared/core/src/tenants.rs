@@ -70,6 +70,9 @@ pub struct Tenant {
     pub kill_switch: bool,
     #[serde(default)]
     pub governance: Governance,
+    /// The tenant's own OIDC identity provider, whose tokens sign its people in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::IdentityProvider>,
     pub created_at: String,
 }
 
@@ -106,6 +109,9 @@ impl Tenant {
         }
         if !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&self.rate_limit_per_minute) {
             return Err(KeelError::BadRequest(format!("rate_limit_per_minute must be from 1 to {MAX_RATE_LIMIT_PER_MINUTE}")));
+        }
+        if let Some(identity) = &self.identity {
+            identity.validate()?;
         }
         self.routing.validate(catalog)?;
         self.budgets.validate()
