@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the contract suite against the embedded
 # adapters and against moto server (started here on 127.0.0.1, stopped on
-# exit), end-to-end tests against the local stack, clippy, cfn-lint and
-# `sam validate --lint`. Set-up (a venv in .tools/) is done on first run.
+# exit), end-to-end tests against the local stack, clippy, a bounded fuzzing
+# run, cfn-lint and `sam validate --lint`. Set-up (a venv in .tools/) is done on first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -31,6 +31,10 @@ export KEEL_MOTO_ENDPOINT="http://127.0.0.1:$PORT" KEEL_REQUIRE_MOTO=1
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked 2>&1 | tee .tools/cargo-test.log
+
+# Fuzzing of what a stranger reaches, 90 s in all (fuzz/README.md); a crash
+# fails the run and its input is kept under fuzz/regressions/.
+cargo run --quiet --locked -p keel-fuzz -- --seconds 90
 
 "$VENV/bin/cfn-lint" template.yaml
 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 "$VENV/bin/sam" validate --lint

@@ -91,7 +91,7 @@ pub fn http_request(payload: Value) -> Result<(Request<Body>, bool), KeelError> 
         None => None,
     };
     let stage = event.request_context.stage.clone().filter(|s| s != "$default");
-    let (mut parts, body) = lambda_http::Request::from(LambdaRequest::ApiGatewayV2(event)).into_parts();
+    let (mut parts, body) = to_http_request(event)?.into_parts();
     // A named stage prefixes the path (lambda_http adds it where the event
     // lacks it); routes are declared without it.
     if let Some(stage) = stage {
@@ -107,6 +107,29 @@ pub fn http_request(payload: Value) -> Result<(Request<Body>, bool), KeelError> 
         parts.extensions.insert(caller);
     }
     Ok((Request::from_parts(parts, Body::from(body.to_vec())), from_url))
+}
+
+/// lambda_http's conversion, which panics on what it cannot turn into a URI
+/// (a host that is no host name, a path or query no URI may hold): such an
+/// event is refused here instead.
+fn to_http_request(mut event: ApiGatewayV2httpRequest) -> Result<lambda_http::Request, KeelError> {
+    let unreadable = |what: &str| KeelError::BadRequest(format!("unreadable request {what}"));
+    let host = event.headers.get(header::HOST).map(|h| h.to_str().map(str::to_string));
+    match host {
+        Some(Ok(h)) if h.parse::<axum::http::uri::Authority>().is_err() => return Err(unreadable("host")),
+        Some(Err(_)) => return Err(unreadable("host")),
+        Some(Ok(_)) => {}
+        None => {
+            if event.request_context.domain_name.as_deref().is_some_and(|d| d.parse::<axum::http::uri::Authority>().is_err()) {
+                return Err(unreadable("domain name"));
+            }
+        }
+    }
+    if event.headers.get("x-forwarded-proto").is_some_and(|p| p != "https" && p != "http") {
+        event.headers.remove("x-forwarded-proto");
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lambda_http::Request::from(LambdaRequest::ApiGatewayV2(event))))
+        .map_err(|_| unreadable("path or query"))
 }
 
 /// Serves an HTTP event with `api`, answering as the event's origin expects.
@@ -234,6 +257,20 @@ mod tests {
         let FunctionResponse::BufferedResponse(out) = serve_http(api, event).await.unwrap() else { panic!("streamed") };
         assert_eq!(out["statusCode"], 200);
         assert_eq!(out["body"], r#"ann r1 {"query":"a"}"#);
+    }
+
+    /// Found by `keel-fuzz` (lambda_events): lambda_http panicked on these.
+    #[test]
+    fn an_event_lambda_http_cannot_turn_into_a_uri_is_refused_not_a_crash() {
+        let event = |host: &str, domain: &str, query: &str| json!({
+            "version": "2.0", "routeKey": "GET /v1/search", "rawPath": "/v1/search", "rawQueryString": query,
+            "headers": if host.is_empty() { json!({}) } else { json!({"host": host}) },
+            "requestContext": {"http": {"method": "GET", "path": "/v1/search"}, "domainName": domain, "requestId": "r"}, "isBase64Encoded": false
+        });
+        for (host, domain, query) in [("", "api.exam\u{200d}ple.com", ""), ("", "api.example.com2:00:00 +", ""), ("api.exam ple.com", "a", ""), ("", "api.example.com", "a=\"{}|")] {
+            assert!(matches!(http_request(event(host, domain, query)), Err(KeelError::BadRequest(_))), "{host:?} {domain:?} {query:?}");
+        }
+        assert!(http_request(event("api.example.com", "api.example.com", "a=1")).is_ok());
     }
 
     #[test]
