@@ -83,9 +83,7 @@ impl TestIdp {
         let published = Arc::new(Published::default());
         *published.cache_control.lock().unwrap() = "max-age=300".into();
         let app = axum::Router::new().route("/jwks", axum::routing::get(jwks)).with_state(published.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::serve_on_loopback(app).await;
         Self { addr, published }
     }
 

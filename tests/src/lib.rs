@@ -108,6 +108,18 @@ pub async fn tenant(c: &Client, id: &str, extra: Value) -> Tenant {
 
 pub use keel_core::stats::percentile;
 
+/// Serves `app` on a free loopback port for the rest of the test; its address.
+pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("test server on {addr} stopped: {e}");
+        }
+    });
+    addr
+}
+
 /// A member of `tenant` without groups, as the authorizer would pass it in.
 pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
     keel_core::auth::Caller {

@@ -41,9 +41,7 @@ impl StubModels {
     pub async fn start() -> Self {
         let state = Arc::new(StubState::default());
         let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(complete)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::serve_on_loopback(app).await;
         Self { addr, state }
     }
 

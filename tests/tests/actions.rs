@@ -44,9 +44,7 @@ impl Service {
                 (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(answer))
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{}", keel_tests::serve_on_loopback(app).await);
         Self { url, calls }
     }
 

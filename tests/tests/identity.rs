@@ -179,7 +179,7 @@ async fn the_key_cache_follows_rotation_cache_headers_and_outages() {
     let (a, b) = (SigningKey::ed25519("a"), SigningKey::p256("b"));
     idp.publish(&[&a]);
     idp.set_cache_control("public, max-age=120");
-    let cache = JwksCache::new(keel_egress::Egress::new(std::time::Duration::from_secs(5)).unwrap());
+    let cache = JwksCache::new().unwrap();
     let uri = idp.jwks_uri();
     let t0 = 1_000_000;
     assert!(cache.key(&uri, "a", t0).await.is_ok());
@@ -200,7 +200,7 @@ async fn the_key_cache_follows_rotation_cache_headers_and_outages() {
     idp.set_down(true);
     assert!(cache.key(&uri, "a", stale + 500).await.is_ok());
     assert_eq!(idp.fetches(), 4);
-    let other = JwksCache::new(keel_egress::Egress::new(std::time::Duration::from_secs(5)).unwrap());
+    let other = JwksCache::new().unwrap();
     let err = other.key(&uri, "a", t0).await.unwrap_err();
     assert_eq!(err.status(), 503, "{err}");
 }

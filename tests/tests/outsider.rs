@@ -25,9 +25,7 @@ async fn service() -> String {
         .route("/down", axum::routing::post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "maintenance") }))
         .route("/big", axum::routing::post(|| async { axum::Json(json!({"data": "x".repeat(5 << 20)})) }))
         .fallback(|| async { axum::Json(json!({"ok": true})) });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", keel_tests::serve_on_loopback(app).await);
     url
 }
 

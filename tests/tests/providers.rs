@@ -29,9 +29,7 @@ async fn bedrock_converse_against_a_stub_server() {
             }))
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = keel_tests::serve_on_loopback(app).await;
 
     let sdk = sdk_config(&format!("http://{addr}")).await;
     let provider = BedrockProvider::new(aws_sdk_bedrockruntime::Client::new(&sdk));
@@ -86,9 +84,7 @@ async fn event_stream_stub(path_suffix: &'static str, events: Vec<Vec<u8>>) -> S
                 .unwrap()
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let addr = keel_tests::serve_on_loopback(app).await;
     format!("http://{addr}")
 }
 

@@ -37,8 +37,8 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(egress: Egress) -> Self {
-        Self { egress, entries: Mutex::new(HashMap::new()) }
+    pub fn new() -> Result<Self, KeelError> {
+        Ok(Self { egress: Egress::new(FETCH_TIMEOUT)?, entries: Mutex::new(HashMap::new()) })
     }
 
     /// The key `kid` published at `uri`, fetching the set when the cache is
@@ -86,8 +86,7 @@ impl JwksCache {
 
     async fn fetch(&self, uri: &str) -> Result<(HashMap<String, Jwk>, i64), KeelError> {
         let unavailable = |why: String| KeelError::Unavailable(format!("identity provider's keys at {uri}: {why}"));
-        let request = self.egress.request(reqwest::Method::GET, uri).timeout(FETCH_TIMEOUT).build().map_err(|e| unavailable(e.to_string()))?;
-        let mut response = self.egress.execute(request).await.map_err(|e| unavailable(e.to_string()))?;
+        let mut response = self.egress.request(reqwest::Method::GET, uri).send().await.map_err(|e| unavailable(e.to_string()))?;
         if !response.status().is_success() {
             return Err(unavailable(format!("answered {}", response.status())));
         }

@@ -47,7 +47,7 @@ impl Auth {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Result<Self, KeelError> {
         let change_requests = ChangeRequestStore::new(table.clone());
         let issuers = Arc::new(IssuerIndex::new(table.clone(), std::time::Duration::from_secs(config.tenant_cache_secs)));
-        let jwks = jwks::JwksCache::new(keel_egress::Egress::new(jwks::FETCH_TIMEOUT)?);
+        let jwks = jwks::JwksCache::new()?;
         let provider_tokens = oidc::ProviderTokens::new(issuers.clone(), tenants.clone(), jwks);
         Ok(Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests, issuers, provider_tokens })
     }

@@ -110,26 +110,11 @@ pub fn http_request(payload: Value) -> Result<(Request<Body>, bool), KeelError> 
 }
 
 /// lambda_http's conversion, which panics on what it cannot turn into a URI
-/// (a host that is no host name, a path or query no URI may hold): such an
-/// event is refused here instead.
-fn to_http_request(mut event: ApiGatewayV2httpRequest) -> Result<lambda_http::Request, KeelError> {
-    let unreadable = |what: &str| KeelError::BadRequest(format!("unreadable request {what}"));
-    let host = event.headers.get(header::HOST).map(|h| h.to_str().map(str::to_string));
-    match host {
-        Some(Ok(h)) if h.parse::<axum::http::uri::Authority>().is_err() => return Err(unreadable("host")),
-        Some(Err(_)) => return Err(unreadable("host")),
-        Some(Ok(_)) => {}
-        None => {
-            if event.request_context.domain_name.as_deref().is_some_and(|d| d.parse::<axum::http::uri::Authority>().is_err()) {
-                return Err(unreadable("domain name"));
-            }
-        }
-    }
-    if event.headers.get("x-forwarded-proto").is_some_and(|p| p != "https" && p != "http") {
-        event.headers.remove("x-forwarded-proto");
-    }
+/// (a host or domain name that is no host name, a path or query no URI may
+/// hold): such an event is refused here instead, whatever part is at fault.
+fn to_http_request(event: ApiGatewayV2httpRequest) -> Result<lambda_http::Request, KeelError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lambda_http::Request::from(LambdaRequest::ApiGatewayV2(event))))
-        .map_err(|_| unreadable("path or query"))
+        .map_err(|_| KeelError::BadRequest("unreadable request: its host, path or query is no URI".into()))
 }
 
 /// Serves an HTTP event with `api`, answering as the event's origin expects.

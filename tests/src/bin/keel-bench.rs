@@ -225,9 +225,7 @@ async fn arrival_connector() -> (String, Arc<Mutex<HashMap<String, Instant>>>) {
             axum::Json(json!({"ok": true}))
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{}", keel_tests::serve_on_loopback(app).await);
     (url, arrivals)
 }
 
