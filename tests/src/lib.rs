@@ -24,6 +24,8 @@ pub fn config(extra: &[(&str, &str)]) -> Config {
     let default = |k: &str| match k {
         "KEEL_ADMIN_KEY" => Some(ADMIN_KEY.into()),
         "KEEL_TENANT_CACHE_SECS" => Some("0".into()),
+        // Stub connectors and identity providers listen on loopback.
+        "KEEL_EGRESS_ALLOW" => Some("127.0.0.0/8".into()),
         "KEEL_MODEL_DIR" => Some(model.model_dir.display().to_string()),
         "ORT_DYLIB_PATH" => Some(model.runtime_library.display().to_string()),
         _ => None,

@@ -8,6 +8,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keel_auth::jwks::{JwksCache, MIN_REFETCH_SECS};
+use keel_core::egress::EgressPolicy;
 use keel_emulator::Stack;
 use keel_tests::idp::{SigningKey, TestIdp};
 use keel_tests::{config, start_stack, tenant, Client, Tenant, ADMIN_KEY};
@@ -179,7 +180,7 @@ async fn the_key_cache_follows_rotation_cache_headers_and_outages() {
     let (a, b) = (SigningKey::ed25519("a"), SigningKey::p256("b"));
     idp.publish(&[&a]);
     idp.set_cache_control("public, max-age=120");
-    let cache = JwksCache::new().unwrap();
+    let cache = JwksCache::new(EgressPolicy::parse("127.0.0.0/8").unwrap()).unwrap();
     let uri = idp.jwks_uri();
     let t0 = 1_000_000;
     assert!(cache.key(&uri, "a", t0).await.is_ok());
@@ -200,7 +201,7 @@ async fn the_key_cache_follows_rotation_cache_headers_and_outages() {
     idp.set_down(true);
     assert!(cache.key(&uri, "a", stale + 500).await.is_ok());
     assert_eq!(idp.fetches(), 4);
-    let other = JwksCache::new().unwrap();
+    let other = JwksCache::new(EgressPolicy::parse("127.0.0.0/8").unwrap()).unwrap();
     let err = other.key(&uri, "a", t0).await.unwrap_err();
     assert_eq!(err.status(), 503, "{err}");
 }

@@ -6,7 +6,8 @@
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use keel_core::KeelError;
-use keel_egress::{read_bounded, Egress};
+use keel_core::egress::EgressPolicy;
+use keel_egress::{read_bounded, Egress, EgressError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,8 +38,14 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new() -> Result<Self, KeelError> {
-        Ok(Self { egress: Egress::new(FETCH_TIMEOUT)?, entries: Mutex::new(HashMap::new()) })
+    /// Fetches through the egress guard: `egress` is the platform's policy.
+    pub fn new(egress: EgressPolicy) -> Result<Self, KeelError> {
+        Ok(Self { egress: Egress::new(FETCH_TIMEOUT, egress)?, entries: Mutex::new(HashMap::new()) })
+    }
+
+    /// Refuses, when a provider is set, a key-set address Keel may not call (422 naming the rule).
+    pub async fn vet(&self, uri: &str) -> Result<(), KeelError> {
+        self.egress.vet(uri, None).await.map_err(|r| KeelError::Unprocessable { path: "/identity/jwks_uri".into(), message: r.to_string() })
     }
 
     /// The key `kid` published at `uri`, fetching the set when the cache is
@@ -86,7 +93,11 @@ impl JwksCache {
 
     async fn fetch(&self, uri: &str) -> Result<(HashMap<String, Jwk>, i64), KeelError> {
         let unavailable = |why: String| KeelError::Unavailable(format!("identity provider's keys at {uri}: {why}"));
-        let mut response = self.egress.request(reqwest::Method::GET, uri).send().await.map_err(|e| unavailable(e.to_string()))?;
+        let request = self.egress.request(reqwest::Method::GET, uri).build().map_err(|e| unavailable(e.to_string()))?;
+        let mut response = self.egress.execute(request, None).await.map_err(|e| match e {
+            EgressError::Refused(r) => KeelError::Unauthorized(format!("identity provider's keys at {uri}: {r}")),
+            EgressError::Failed(e) => unavailable(e.to_string()),
+        })?;
         if !response.status().is_success() {
             return Err(unavailable(format!("answered {}", response.status())));
         }

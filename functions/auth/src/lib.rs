@@ -13,6 +13,7 @@ pub mod routes;
 
 use keel_core::api_keys::KeyAuthenticator;
 use keel_core::auth::{secrets_equal, Caller, ROLE_ADMIN};
+use keel_core::egress::EgressPins;
 use keel_core::identity::{IdentityProvider, IssuerIndex};
 use keel_core::config::Config;
 use keel_core::http::ApiResponse;
@@ -47,7 +48,7 @@ impl Auth {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Result<Self, KeelError> {
         let change_requests = ChangeRequestStore::new(table.clone());
         let issuers = Arc::new(IssuerIndex::new(table.clone(), std::time::Duration::from_secs(config.tenant_cache_secs)));
-        let jwks = jwks::JwksCache::new()?;
+        let jwks = jwks::JwksCache::new(config.egress.clone())?;
         let provider_tokens = oidc::ProviderTokens::new(issuers.clone(), tenants.clone(), jwks);
         Ok(Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests, issuers, provider_tokens })
     }
@@ -117,9 +118,13 @@ impl Auth {
             kill_switch: false,
             governance: body.governance.unwrap_or_default(),
             identity: body.identity,
+            egress: body.egress,
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
+        if let Some(identity) = &tenant.identity {
+            self.provider_tokens.jwks().vet(&identity.jwks_uri).await?;
+        }
         let claimed = self.claim_issuer(&tenant.id, None, tenant.identity.as_ref()).await?;
         if let Err(e) = self.tenants.create(&tenant).await {
             self.unclaim_issuer(&tenant.id, claimed).await;
@@ -169,6 +174,9 @@ impl Auth {
         if let Some(v) = patch.identity {
             t.identity = v;
         }
+        if let Some(v) = patch.egress {
+            t.egress = v;
+        }
         // On: actions drop to suggest-only and hosted models stop at once.
         // Off: models resume; autonomy is raised again only explicitly.
         match patch.kill_switch {
@@ -180,6 +188,9 @@ impl Auth {
             None => {}
         }
         t.validate_settings(&self.config.models)?;
+        if let Some(identity) = t.identity.as_ref().filter(|i| current.identity.as_ref().is_none_or(|c| c.jwks_uri != i.jwks_uri)) {
+            self.provider_tokens.jwks().vet(&identity.jwks_uri).await?;
+        }
         let (before, after) = (serde_json::to_value(&current)?, serde_json::to_value(&t)?);
         let claimed = self.claim_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
         if let Some(reason) = current.weakened_by(&t).filter(|_| current.governance.two_person_changes) {
@@ -233,6 +244,7 @@ pub(crate) struct NewTenant {
     budgets: Option<Budgets>,
     governance: Option<Governance>,
     identity: Option<IdentityProvider>,
+    egress: Option<EgressPins>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +262,9 @@ pub(crate) struct TenantPatch {
     /// The tenant's identity provider; `null` removes it.
     #[serde(default, deserialize_with = "present")]
     identity: Option<Option<IdentityProvider>>,
+    /// The hosts the tenant's connectors may call; `null` unpins it.
+    #[serde(default, deserialize_with = "present")]
+    egress: Option<Option<EgressPins>>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
 }

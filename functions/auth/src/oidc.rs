@@ -40,6 +40,11 @@ impl ProviderTokens {
         Self { issuers, tenants, jwks }
     }
 
+    /// The key sets' cache (and its egress guard).
+    pub fn jwks(&self) -> &JwksCache {
+        &self.jwks
+    }
+
     /// The caller a provider's token names, after every check.
     pub async fn caller(&self, token: &str, header: &Header, now: i64) -> Result<Caller, KeelError> {
         if !is_provider_algorithm(header.alg) {

@@ -9,7 +9,8 @@
 
 use crate::ConnectorSpec;
 use keel_core::ids::TenantId;
-use keel_egress::{read_bounded, Egress};
+use keel_core::egress::{EgressPins, EgressPolicy};
+use keel_egress::{read_bounded, Egress, EgressError};
 use keel_core::limits::{text_depth, MAX_JSON_DEPTH};
 use keel_core::resilience::{BreakerSettings, Breakers, RetryPolicy};
 use keel_core::KeelError;
@@ -52,19 +53,28 @@ fn breaker_name(tenant: &TenantId, url: &str) -> String {
 enum Failure {
     /// Unreachable, timed out, 429 or 5xx: retried, and counted.
     Remote(KeelError),
-    /// The connector refused it (4xx, 3xx): final, and the host is healthy.
+    /// The connector refused it (4xx, 3xx), or the egress rules did: final,
+    /// and nothing says the host is failing.
     Refused(KeelError),
 }
 
 impl Connectors {
-    pub fn new(timeout: Duration, retry: RetryPolicy, breakers: BreakerSettings) -> Result<Self, KeelError> {
-        Ok(Self { http: Egress::new(timeout)?, retry, breakers: Breakers::new(breakers) })
+    pub fn new(timeout: Duration, egress: EgressPolicy, retry: RetryPolicy, breakers: BreakerSettings) -> Result<Self, KeelError> {
+        Ok(Self { http: Egress::new(timeout, egress)?, retry, breakers: Breakers::new(breakers) })
+    }
+
+    /// Refuses, at registration, a connector Keel may not call: 422 naming
+    /// the rule, at `path` (the field that holds the URL).
+    pub async fn vet(&self, spec: &ConnectorSpec, pins: Option<&EgressPins>, path: String) -> Result<(), KeelError> {
+        self.http.vet(&spec.url, pins).await.map_err(|r| KeelError::Unprocessable { path, message: r.to_string() })
     }
 
     /// Calls the connector, retrying transient failures (timeouts, connection
     /// errors, 429, 5xx) with backoff; other answers are final. An open
     /// breaker fails fast with a retryable error: the saga tries again later.
-    pub async fn call(&self, tenant: &TenantId, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
+    /// A target the egress rules refuse (`pins`: the tenant's allowed hosts)
+    /// fails at once, never retried.
+    pub async fn call(&self, tenant: &TenantId, pins: Option<&EgressPins>, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
         let breaker = breaker_name(tenant, &spec.url);
         let mut last = KeelError::Unavailable("no attempt was made".into());
         for attempt in 0..self.retry.attempts.max(1) {
@@ -76,7 +86,7 @@ impl Connectors {
             if !self.breakers.try_acquire(&breaker) {
                 return Err(KeelError::Unavailable(format!("connector {} is failing; its circuit breaker is open", host_of(&spec.url))));
             }
-            match self.call_once(request).await {
+            match self.call_once(request, pins).await {
                 Ok(answer) => {
                     self.breakers.record(&breaker, true);
                     return Ok(answer);
@@ -107,12 +117,11 @@ impl Connectors {
             .map_err(|e| KeelError::BadRequest(format!("connector request cannot be built: {e}")))
     }
 
-    async fn call_once(&self, request: reqwest::Request) -> Result<Value, Failure> {
-        let mut response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| Failure::Remote(KeelError::Unavailable(format!("connector unreachable: {e}"))))?;
+    async fn call_once(&self, request: reqwest::Request, pins: Option<&EgressPins>) -> Result<Value, Failure> {
+        let mut response = self.http.execute(request, pins).await.map_err(|e| match e {
+            EgressError::Refused(r) => Failure::Refused(r.into()),
+            EgressError::Failed(e) => Failure::Remote(KeelError::Unavailable(format!("connector unreachable: {e}"))),
+        })?;
         let status = response.status();
         let (bytes, truncated) = read_bounded(&mut response, MAX_RESPONSE_BYTES).await.map_err(Failure::Remote)?;
         let answer = kept_answer(&bytes, truncated);

@@ -218,6 +218,7 @@ pub struct ToolsOptions {
     pub connector_retry: RetryPolicy,
     pub connector_breakers: BreakerSettings,
     pub approval_timeout_secs: u64,
+    pub egress: keel_core::egress::EgressPolicy,
 }
 
 impl ToolsOptions {
@@ -227,6 +228,7 @@ impl ToolsOptions {
             connector_retry: RetryPolicy::default(),
             connector_breakers: BreakerSettings::default(),
             approval_timeout_secs: config.approval_timeout_secs,
+            egress: config.egress.clone(),
         }
     }
 }
@@ -252,7 +254,7 @@ pub struct Tools {
 
 impl Tools {
     pub fn new(table: Arc<dyn Table>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>, queue: Arc<dyn WorkQueue>, saga: Arc<dyn Saga>, options: ToolsOptions) -> Result<Self, KeelError> {
-        let connectors = Connectors::new(options.connector_timeout, options.connector_retry, options.connector_breakers)?;
+        let connectors = Connectors::new(options.connector_timeout, options.egress, options.connector_retry, options.connector_breakers)?;
         Ok(Self {
             tools: store::ToolStore::new(table.clone()),
             policy_sets: store::PolicyStore::new(table.clone()),
@@ -269,6 +271,11 @@ impl Tools {
             policies: WarmCache::new(None, 1_000),
             approval_timeout_secs: options.approval_timeout_secs,
         })
+    }
+
+    /// The hosts the tenant's connectors are pinned to, if the platform pinned it.
+    pub(crate) async fn egress_pins(&self, tenant: &TenantId) -> Result<Option<keel_core::egress::EgressPins>, KeelError> {
+        Ok(self.tenants.get(tenant).await?.and_then(|(t, _)| t.egress))
     }
 
     pub(crate) async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {

@@ -16,17 +16,20 @@ impl Tools {
         if steps.is_empty() || steps.len() > MAX_STEPS {
             return Err(KeelError::BadRequest(format!("a tool has 1 to {MAX_STEPS} steps")));
         }
+        let pins = self.egress_pins(tenant).await?;
         for (i, step) in steps.iter().enumerate() {
             parse_path_id("step", &step.name)?;
             if steps[..i].iter().any(|s| s.name == step.name) {
                 return Err(KeelError::BadRequest(format!("step name {:?} is used twice", step.name)));
             }
-            for c in std::iter::once(&step.connector).chain(&step.compensation) {
+            for (field, c) in std::iter::once(("connector", &step.connector)).chain(step.compensation.iter().map(|c| ("compensation", c))) {
                 connector::check_spec(c)?;
+                self.connectors.vet(c, pins.as_ref(), format!("/steps/{i}/{field}/url")).await?;
             }
         }
         if let Some(c) = &input.dry_run {
             connector::check_spec(c)?;
+            self.connectors.vet(c, pins.as_ref(), "/dry_run/url".into()).await?;
         }
         let existing = self.tool(tenant, name).await.ok();
         let tool = Tool {

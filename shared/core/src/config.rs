@@ -47,6 +47,8 @@ pub struct Config {
     pub index_cache_chunks: usize,
     /// Segments a tenant index may have before compaction merges some.
     pub index_max_segments: usize,
+    /// Where calls a tenant steers may go (`KEEL_EGRESS_ALLOW` opens ranges and hosts).
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Config {
@@ -115,6 +117,7 @@ impl Config {
             embedding,
             index_cache_chunks: number(&get, "KEEL_INDEX_CACHE_CHUNKS", 500_000)?,
             index_max_segments: number(&get, "KEEL_INDEX_MAX_SEGMENTS", 8)?,
+            egress: crate::egress::EgressPolicy::parse(&get("KEEL_EGRESS_ALLOW").unwrap_or_default())?,
         })
     }
 }

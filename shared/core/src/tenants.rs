@@ -73,6 +73,9 @@ pub struct Tenant {
     /// The tenant's own OIDC identity provider, whose tokens sign its people in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<crate::identity::IdentityProvider>,
+    /// The hosts its connectors may call, when the platform pins it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressPins>,
     pub created_at: String,
 }
 
@@ -112,6 +115,9 @@ impl Tenant {
         }
         if let Some(identity) = &self.identity {
             identity.validate()?;
+        }
+        if let Some(pins) = &self.egress {
+            pins.validate()?;
         }
         self.routing.validate(catalog)?;
         self.budgets.validate()
