@@ -79,7 +79,7 @@ impl EgressPolicy {
     /// Whether the platform opened this host name by name (its addresses are then not checked).
     pub fn allows_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.allowed_hosts.iter().any(|h| *h == host)
+        self.allowed_hosts.contains(&host)
     }
 
     /// Checks one address: refused ranges stay shut unless an allowed range holds it.
