@@ -21,7 +21,7 @@ use std::time::Duration;
 /// preview and the audit log); the rest is dropped and the answer says so.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 
-pub fn check_spec(spec: &ConnectorSpec) -> Result<(), KeelError> {
+fn check_spec(spec: &ConnectorSpec) -> Result<(), KeelError> {
     if !(spec.url.starts_with("https://") || spec.url.starts_with("http://")) {
         return Err(KeelError::BadRequest(format!("connector url {:?} must be http(s)", spec.url)));
     }
@@ -63,9 +63,11 @@ impl Connectors {
         Ok(Self { http: Egress::new(timeout, egress)?, retry, breakers: Breakers::new(breakers) })
     }
 
-    /// Refuses, at registration, a connector Keel may not call: 422 naming
-    /// the rule, at `path` (the field that holds the URL).
-    pub async fn vet(&self, spec: &ConnectorSpec, pins: Option<&EgressPins>, path: String) -> Result<(), KeelError> {
+    /// Checks a connector at registration: its method and scheme (400), then
+    /// where it points (422 naming the egress rule, at `path`, the field that
+    /// holds the URL).
+    pub async fn check(&self, spec: &ConnectorSpec, pins: Option<&EgressPins>, path: String) -> Result<(), KeelError> {
+        check_spec(spec)?;
         self.http.vet(&spec.url, pins).await.map_err(|r| KeelError::Unprocessable { path, message: r.to_string() })
     }
 

@@ -273,9 +273,16 @@ impl Tools {
         })
     }
 
-    /// The hosts the tenant's connectors are pinned to, if the platform pinned it.
+    /// The hosts the tenant's connectors are pinned to, if the platform pinned
+    /// it (through the warm cache, like every other tenant setting).
     pub(crate) async fn egress_pins(&self, tenant: &TenantId) -> Result<Option<keel_core::egress::EgressPins>, KeelError> {
-        Ok(self.tenants.get(tenant).await?.and_then(|(t, _)| t.egress))
+        Ok(self.tenants.cached(tenant).await?.and_then(|t| t.egress))
+    }
+
+    /// Calls a connector of the tenant's, held to its pinned hosts.
+    pub(crate) async fn call_connector(&self, tenant: &TenantId, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<Value, KeelError> {
+        let pins = self.egress_pins(tenant).await?;
+        self.connectors.call(tenant, pins.as_ref(), spec, idempotency_key, body).await
     }
 
     pub(crate) async fn action(&self, tenant: &TenantId, id: &str) -> Result<(Action, u64), KeelError> {

@@ -12,12 +12,7 @@ impl Tools {
             None => json!(null),
             Some(spec) => {
                 let body = json!({"tool": tool.name, "args": args, "dry_run": true});
-                let pins = self.egress_pins(tenant).await;
-                let result = match pins {
-                    Ok(pins) => self.connectors.call(tenant, pins.as_ref(), spec, &format!("{key}:dry-run"), &body).await,
-                    Err(e) => Err(e),
-                };
-                match result {
+                match self.call_connector(tenant, spec, &format!("{key}:dry-run"), &body).await {
                     Ok(result) => result,
                     Err(e) => json!({"error": e.to_string()}),
                 }

@@ -23,13 +23,11 @@ impl Tools {
                 return Err(KeelError::BadRequest(format!("step name {:?} is used twice", step.name)));
             }
             for (field, c) in std::iter::once(("connector", &step.connector)).chain(step.compensation.iter().map(|c| ("compensation", c))) {
-                connector::check_spec(c)?;
-                self.connectors.vet(c, pins.as_ref(), format!("/steps/{i}/{field}/url")).await?;
+                self.connectors.check(c, pins.as_ref(), format!("/steps/{i}/{field}/url")).await?;
             }
         }
         if let Some(c) = &input.dry_run {
-            connector::check_spec(c)?;
-            self.connectors.vet(c, pins.as_ref(), "/dry_run/url".into()).await?;
+            self.connectors.check(c, pins.as_ref(), "/dry_run/url".into()).await?;
         }
         let existing = self.tool(tenant, name).await.ok();
         let tool = Tool {

@@ -109,8 +109,7 @@ impl Tools {
             .ok_or_else(|| KeelError::Internal(format!("tool {} has no step {}", tool.name, action.steps[i].name)))?;
         let key = step_key(tenant, &action, &action.steps[i]);
         let body = json!({"action_id": action.action_id, "tool": action.tool, "step": spec.name, "args": action.args});
-        let pins = self.egress_pins(tenant).await?;
-        let outcome = self.connectors.call(tenant, pins.as_ref(), &spec.connector, &key, &body).await?;
+        let outcome = self.call_connector(tenant, &spec.connector, &key, &body).await?;
         action.steps[i].outcome = Some(outcome);
         if i + 1 < action.steps.len() {
             self.save(tenant, &mut action, version).await?;
@@ -157,8 +156,7 @@ impl Tools {
                 let key = format!("{}:undo", step_key(tenant, &action, &action.steps[i]));
                 let body = json!({"action_id": action.action_id, "tool": action.tool, "step": action.steps[i].name,
                     "args": action.args, "outcome": action.steps[i].outcome});
-                let pins = self.egress_pins(tenant).await?;
-                self.connectors.call(tenant, pins.as_ref(), compensation, &key, &body).await?
+                self.call_connector(tenant, compensation, &key, &body).await?
             }
         });
         self.save(tenant, &mut action, version).await?;
