@@ -82,4 +82,13 @@ impl BlobStore for DirBlobs {
         keys.sort();
         Ok(keys)
     }
+
+    /// One version per key here: deleting the files is deleting everything.
+    async fn purge_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let keys = self.list(prefix).await?;
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        Ok(keys.len())
+    }
 }

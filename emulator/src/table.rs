@@ -178,6 +178,11 @@ impl Table for SqliteTable {
         .await
     }
 
+    async fn purge_partition(&self, pk: &str) -> Result<usize, StoreError> {
+        let pk = pk.to_owned();
+        self.db.call(move |c| c.execute("DELETE FROM items WHERE pk = ?1", params![pk]).map_err(backend)).await
+    }
+
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
         let (pk, sk_prefix) = (pk.to_owned(), sk_prefix.to_owned());
         self.db.call(move |c| {

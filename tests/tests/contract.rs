@@ -97,6 +97,17 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!(t.get(&pk, "DEEP").await.unwrap(), None);
     t.delete(&pk, "A").await.unwrap();
     assert_eq!(t.get(&pk, "A").await.unwrap(), None);
+    // Purging a partition takes every item, an expired one included, and nothing of a neighbour's.
+    let neighbour = format!("{pk}2");
+    t.put(write(&neighbour, "A", json!(1), Condition::Always)).await.unwrap();
+    let mut expired = write(&pk, "GONE", json!(1), Condition::Always);
+    expired.expires_at = Some(keel_core::time::now_secs() - 10);
+    t.put(expired).await.unwrap();
+    let live = t.query(&pk, "", QueryOptions::default()).await.unwrap().len();
+    assert_eq!(t.purge_partition(&pk).await.unwrap(), live + 1);
+    assert!(t.query(&pk, "", QueryOptions::default()).await.unwrap().is_empty());
+    assert_eq!(t.purge_partition(&pk).await.unwrap(), 0);
+    assert!(t.get(&neighbour, "A").await.unwrap().is_some());
 }
 
 async fn concurrent_increments(t: std::sync::Arc<dyn Table>) {
@@ -124,6 +135,14 @@ async fn blob_contract(b: &dyn BlobStore) {
     b.delete(&format!("{prefix}docs/a.json")).await.unwrap();
     b.delete(&format!("{prefix}docs/a.json")).await.unwrap();
     assert_eq!(b.get(&format!("{prefix}docs/a.json")).await.unwrap(), None);
+    // Purging a prefix takes every object under it and nothing beside it.
+    let neighbour = format!("{}2/x.json", prefix.trim_end_matches('/'));
+    b.put(&neighbour, b"N".to_vec()).await.unwrap();
+    b.put(&format!("{prefix}docs/b.json"), b"B2".to_vec()).await.unwrap();
+    assert!(b.purge_prefix(&prefix).await.unwrap() >= 2);
+    assert!(b.list(&prefix).await.unwrap().is_empty());
+    assert_eq!(b.get(&neighbour).await.unwrap(), Some(b"N".to_vec()));
+    b.purge_prefix(&neighbour).await.unwrap();
 }
 
 async fn queue_contract(q: &dyn WorkQueue) {
@@ -223,20 +242,13 @@ async fn embedded_adapters_meet_the_contract() {
     saga_contract(&saga).await;
 }
 
-#[tokio::test]
-async fn aws_adapters_meet_the_contract_against_moto() {
-    let Some(endpoint) = moto() else { return };
-    let sdk = sdk_config(&endpoint).await;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-
-    // The table as template.yaml defines it.
+/// The table as template.yaml defines it.
+async fn create_table(ddb: &aws_sdk_dynamodb::Client, table_name: &str) {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let table_name = format!("keel-{suffix}");
     let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap();
     let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
     ddb.create_table()
-        .table_name(&table_name)
+        .table_name(table_name)
         .attribute_definitions(attr("pk"))
         .attribute_definitions(attr("sk"))
         .key_schema(key("pk", KeyType::Hash))
@@ -245,6 +257,17 @@ async fn aws_adapters_meet_the_contract_against_moto() {
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn aws_adapters_meet_the_contract_against_moto() {
+    let Some(endpoint) = moto() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table_name = format!("keel-{suffix}");
+    create_table(&ddb, &table_name).await;
     let table = std::sync::Arc::new(DynamoTable::new(ddb, table_name));
     table_contract(table.as_ref()).await;
     concurrent_increments(table).await;
@@ -282,6 +305,57 @@ async fn aws_adapters_meet_the_contract_against_moto() {
         .unwrap();
     saga_contract(&StepFunctionsSaga::new(sfn.clone(), machine.state_machine_arn())).await;
     action_saga_in_moto(&endpoint, &sfn, &suffix).await;
+}
+
+/// The per-tenant path as AWS runs it: every call on a tenant's partition or
+/// prefix goes through a session of the tenant-access role named for the
+/// tenant (moto's STS issues it; moto does not evaluate the role's policy,
+/// which `least_privilege.rs` checks).
+#[tokio::test]
+async fn tenant_sessions_meet_the_contract_against_moto() {
+    let Some(endpoint) = moto() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let role = "arn:aws:iam::123456789012:role/keel-tenant-access";
+    let sessions = std::sync::Arc::new(keel_aws::TenantSessions::new(sdk.clone(), Some(role.into())));
+
+    let acme = keel_core::ids::TenantId::parse("acme").unwrap();
+    let scoped = sessions.config_for(&acme).await;
+    let who = aws_sdk_sts::Client::new(&scoped).get_caller_identity().send().await.unwrap();
+    assert_eq!(who.arn(), Some("arn:aws:sts::123456789012:assumed-role/keel-tenant-access/acme"));
+
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table_name = format!("keel-scoped-{suffix}");
+    create_table(&ddb, &table_name).await;
+    let table = std::sync::Arc::new(DynamoTable::with_sessions(sessions.clone(), table_name));
+    table_contract(table.as_ref()).await;
+    concurrent_increments(table).await;
+
+    // Versioned, as template.yaml's bucket: a purge removes old versions and delete markers too.
+    let bucket = format!("keel-scoped-{suffix}");
+    let s3 = keel_aws::s3_client(&sdk);
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let enabled = aws_sdk_s3::types::VersioningConfiguration::builder().status(aws_sdk_s3::types::BucketVersioningStatus::Enabled).build();
+    s3.put_bucket_versioning().bucket(&bucket).versioning_configuration(enabled).send().await.unwrap();
+    blob_contract(&S3Blobs::with_sessions(sessions, bucket.clone())).await;
+    let left = s3.list_object_versions().bucket(&bucket).send().await.unwrap();
+    assert!(left.versions().is_empty() && left.delete_markers().is_empty(), "versions left after purges: {left:?}");
+}
+
+#[tokio::test]
+async fn secrets_are_read_from_secrets_manager_against_moto() {
+    let Some(endpoint) = moto() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    let name = format!("keel-admin-{}", uuid::Uuid::new_v4().simple());
+    let arn = client.create_secret().name(&name).secret_string("0123456789abcdef-admin").send().await.unwrap().arn().unwrap().to_string();
+    let lookup = |k: &str| (k == "KEEL_ADMIN_KEY_SECRET_ARN").then(|| arn.clone());
+    let secrets = keel_aws::read_secrets(&client, lookup).await.unwrap();
+    assert_eq!(secrets.get("KEEL_ADMIN_KEY").map(String::as_str), Some("0123456789abcdef-admin"));
+    assert!(!secrets.contains_key("KEEL_JWT_SECRET"), "no ARN, no secret");
+    let missing = |k: &str| (k == "KEEL_JWT_SECRET_ARN").then(|| "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope".to_string());
+    let error = keel_aws::read_secrets(&client, missing).await.unwrap_err().to_string();
+    assert!(error.contains("KEEL_JWT_SECRET_ARN"), "{error}");
 }
 
 /// Calls a moto API that the test has no SDK client for (IAM, Lambda, moto's own).

@@ -3,8 +3,7 @@
 
 //! Each function declares its routes once (`routes.rs`); the Lambda binary
 //! and the local stack serve that declaration, and `template.yaml` must
-//! route exactly those requests to exactly that function; only the auth
-//! function gets the platform admin key.
+//! route exactly those requests to exactly that function.
 
 use std::collections::BTreeSet;
 
@@ -36,18 +35,4 @@ fn the_routes_the_functions_serve_are_the_routes_the_template_declares() {
     let only_in_template: Vec<_> = declared.difference(&served).collect();
     assert!(only_served.is_empty() && only_in_template.is_empty(),
         "served but not in template.yaml: {only_served:?}; in template.yaml but not served: {only_in_template:?}");
-}
-
-#[test]
-fn only_the_auth_function_is_given_the_platform_admin_key() {
-    let (mut resource, mut holders) = (String::new(), BTreeSet::new());
-    for line in include_str!("../../template.yaml").lines() {
-        let indent = line.len() - line.trim_start().len();
-        if indent == 2 && line.trim().ends_with(':') {
-            resource = line.trim().trim_end_matches(':').to_string();
-        } else if line.trim_start().starts_with("KEEL_ADMIN_KEY:") {
-            holders.insert(resource.clone());
-        }
-    }
-    assert_eq!(holders.into_iter().collect::<Vec<_>>(), ["AuthFunction"]);
 }

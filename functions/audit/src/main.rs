@@ -8,8 +8,8 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
-    let config = keel_core::config::Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
+    let config = aws.config().await?;
     let audit = Arc::new(Audit::new(aws.table.clone(), aws.blobs, Arc::new(config.tenant_store(aws.table.clone()))));
     let app = api(routes().with_state(audit.clone()));
     keel_lambda::run(Some(app), |event| {

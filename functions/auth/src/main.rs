@@ -1,7 +1,6 @@
 //! `keel-auth`: the authorizer and the admin routes, in one Lambda.
 
 use keel_auth::{routes::routes, Auth};
-use keel_core::config::Config;
 use keel_core::http::api;
 use keel_lambda::{authorizer_response, Event};
 use std::sync::Arc;
@@ -9,9 +8,9 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
-    let config = Arc::new(Config::from_env()?);
-    config.require_admin_key()?;
     let aws = keel_aws::Adapters::from_env().await?;
+    let config = Arc::new(aws.config().await?);
+    config.require_admin_key()?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
     let auth = Arc::new(Auth::new(aws.table, aws.queue, config, tenants, keys)?);

@@ -1,6 +1,5 @@
 //! `keel-retrieval`: document and search routes, and the ingest-queue consumer.
 
-use keel_core::config::Config;
 use keel_core::http::api;
 use keel_lambda::{batch_response, queue_messages, to_json, Event};
 use keel_retrieval::{routes::routes, Retrieval, Backends};
@@ -9,8 +8,8 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
-    let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
+    let config = aws.config().await?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
     let backends = Backends { table: aws.table, blobs: aws.blobs, queue: aws.queue, tenants, keys };

@@ -7,7 +7,6 @@
 use axum::middleware::from_fn_with_state;
 use keel_auth::edge::authenticate;
 use keel_auth::Auth;
-use keel_core::config::Config;
 use keel_core::http::api;
 use keel_retrieval::{Backends, Retrieval};
 use keel_routing::providers::hosted_models;
@@ -17,8 +16,8 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
-    let config = Arc::new(Config::from_env()?);
     let aws = keel_aws::Adapters::from_env().await?;
+    let config = Arc::new(aws.config().await?);
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
     let backends = Backends { table: aws.table.clone(), blobs: aws.blobs, queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };

@@ -1,6 +1,5 @@
 //! `keel-tools`: tool and action routes, the actions-queue consumer and the saga's task steps.
 
-use keel_core::config::Config;
 use keel_core::http::api;
 use keel_lambda::{batch_response, queue_messages, task_error, to_json, Event};
 use keel_tools::{routes::routes, StepInput, Tools, ToolsOptions};
@@ -9,8 +8,8 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
-    let config = Config::from_env()?;
     let aws = keel_aws::Adapters::from_env().await?;
+    let config = aws.config().await?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
     let tools = Arc::new(Tools::new(aws.table.clone(), tenants, keys, aws.queue, aws.saga, ToolsOptions::from_config(&config))?);

@@ -2,6 +2,7 @@
 //! (JSON string), a write counter `ver`, an atomic counter `n`, TTL in `ttl`.
 
 use crate::sdk_message;
+use crate::sessions::{tenant_of_partition, ScopedClients, TenantSessions};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
@@ -9,10 +10,11 @@ use keel_core::ports::{Add, Condition, Item, QueryOptions, Table, Write};
 use keel_core::time::now_secs;
 use keel_core::StoreError;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct DynamoTable {
-    client: Client,
+    clients: Arc<ScopedClients<Client>>,
     table: String,
 }
 
@@ -121,8 +123,29 @@ fn to_item(attrs: &Attrs) -> Result<Option<Item>, StoreError> {
 }
 
 impl DynamoTable {
+    /// Every call with `client`'s credentials.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self { clients: Arc::new(ScopedClients::fixed(client, Client::new)), table: table.into() }
+    }
+
+    /// Each tenant partition's calls through that tenant's session.
+    pub fn with_sessions(sessions: Arc<TenantSessions>, table: impl Into<String>) -> Self {
+        Self { clients: Arc::new(ScopedClients::new(sessions, Client::new)), table: table.into() }
+    }
+
+    async fn client(&self, pk: &str) -> Client {
+        self.clients.client(tenant_of_partition(pk).as_ref()).await
+    }
+
+    /// A transaction runs in a tenant's session only when every item is that tenant's.
+    async fn client_for_all<'a>(&self, mut pks: impl Iterator<Item = &'a str>) -> Client {
+        let first = pks.next().and_then(tenant_of_partition);
+        let same = first.is_some() && pks.all(|pk| tenant_of_partition(pk) == first);
+        self.clients.client(if same { first.as_ref() } else { None }).await
+    }
+
+    pub fn forget(&self, tenant: &keel_core::ids::TenantId) {
+        self.clients.forget(tenant);
     }
 }
 
@@ -130,7 +153,8 @@ impl DynamoTable {
 impl Table for DynamoTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
-            .client
+            .client(pk)
+            .await
             .get_item()
             .table_name(&self.table)
             .key("pk", s(pk))
@@ -148,7 +172,8 @@ impl Table for DynamoTable {
     async fn put(&self, write: Write) -> Result<u64, StoreError> {
         let p = update_parts(&write)?;
         let out = self
-            .client
+            .client(&write.pk)
+            .await
             .update_item()
             .table_name(&self.table)
             .set_key(Some(p.key))
@@ -196,7 +221,9 @@ impl Table for DynamoTable {
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             items.push(TransactWriteItem::builder().update(update).build());
         }
-        self.client
+        let pks = writes.iter().map(|w| w.pk.as_str()).chain(adds.iter().map(|a| a.pk.as_str()));
+        self.client_for_all(pks)
+            .await
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
@@ -209,7 +236,8 @@ impl Table for DynamoTable {
     }
 
     async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError> {
-        self.client
+        self.client(pk)
+            .await
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
@@ -220,12 +248,43 @@ impl Table for DynamoTable {
         Ok(())
     }
 
+    async fn purge_partition(&self, pk: &str) -> Result<usize, StoreError> {
+        let client = self.client(pk).await;
+        let mut deleted = 0;
+        // Expired items too (TTL deletes lazily), so keys only, no expiry filter.
+        loop {
+            let page = client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .projection_expression("pk, sk")
+                .send()
+                .await
+                .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+            if page.items().is_empty() {
+                return Ok(deleted);
+            }
+            for key in page.items() {
+                client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+                deleted += 1;
+            }
+        }
+    }
+
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Attrs> = None;
+        let client = self.client(pk).await;
         loop {
-            let mut q = self
-                .client
+            let mut q = client
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
@@ -273,7 +332,8 @@ impl Table for DynamoTable {
         expires_at: Option<i64>,
     ) -> Result<i64, StoreError> {
         let mut req = self
-            .client
+            .client(pk)
+            .await
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))

@@ -6,6 +6,8 @@ mod bedrock;
 mod dynamodb;
 mod s3;
 mod sagemaker;
+mod secrets;
+pub mod sessions;
 mod sfn;
 mod sqs;
 
@@ -13,6 +15,8 @@ pub use bedrock::BedrockProvider;
 pub use dynamodb::DynamoTable;
 pub use s3::S3Blobs;
 pub use sagemaker::SageMakerProvider;
+pub use secrets::{config_from_env, read_secrets};
+pub use sessions::TenantSessions;
 pub use sfn::StepFunctionsSaga;
 pub use sqs::SqsQueue;
 
@@ -28,6 +32,9 @@ pub struct AwsResources {
     pub queue_urls: HashMap<QueueName, String>,
     pub dead_letter_urls: HashMap<QueueName, String>,
     pub saga_arn: String,
+    /// The tenant-access role assumed per tenant (`KEEL_TENANT_ROLE_ARN`);
+    /// unset, tenant data is reached with the function's own credentials.
+    pub tenant_role_arn: Option<String>,
 }
 
 impl AwsResources {
@@ -42,7 +49,8 @@ impl AwsResources {
         dead_letter_urls.insert(QueueName::Audit, var("KEEL_AUDIT_DLQ_URL")?);
         dead_letter_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_DLQ_URL")?);
         let (table, bucket, saga_arn) = (var("KEEL_TABLE")?, var("KEEL_BUCKET")?, var("KEEL_SAGA_ARN")?);
-        Ok(Self { table, bucket, queue_urls, dead_letter_urls, saga_arn })
+        let tenant_role_arn = std::env::var("KEEL_TENANT_ROLE_ARN").ok().filter(|r| !r.is_empty());
+        Ok(Self { table, bucket, queue_urls, dead_letter_urls, saga_arn, tenant_role_arn })
     }
 }
 
@@ -78,12 +86,18 @@ impl Adapters {
     pub async fn from_env() -> Result<Self, KeelError> {
         let resources = AwsResources::from_env()?;
         let sdk = load_sdk_config().await;
+        let sessions = std::sync::Arc::new(TenantSessions::new(sdk.clone(), resources.tenant_role_arn));
         Ok(Self {
-            table: std::sync::Arc::new(DynamoTable::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table)),
-            blobs: std::sync::Arc::new(S3Blobs::new(s3_client(&sdk), resources.bucket)),
+            table: std::sync::Arc::new(DynamoTable::with_sessions(sessions.clone(), resources.table)),
+            blobs: std::sync::Arc::new(S3Blobs::with_sessions(sessions, resources.bucket)),
             queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls, resources.dead_letter_urls)),
             saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
             sdk,
         })
+    }
+
+    /// The function's config, with its secrets read from Secrets Manager.
+    pub async fn config(&self) -> Result<keel_core::config::Config, KeelError> {
+        config_from_env(&self.sdk).await
     }
 }

@@ -90,6 +90,8 @@ pub trait Table: Send + Sync {
     /// counter moves exactly when the writes land (a missing counter counts as 0).
     async fn put_all_adding(&self, writes: Vec<Write>, adds: Vec<Add>) -> Result<(), StoreError>;
     async fn delete(&self, pk: &str, sk: &str) -> Result<(), StoreError>;
+    /// Deletes every item of `pk`, expired ones included; returns how many.
+    async fn purge_partition(&self, pk: &str) -> Result<usize, StoreError>;
     /// Items of `pk` whose sort key begins with `sk_prefix`, in sort-key order.
     async fn query(&self, pk: &str, sk_prefix: &str, options: QueryOptions) -> Result<Vec<Item>, StoreError>;
     /// Atomically adds `by` to the item's counter and returns the new value.
@@ -120,6 +122,10 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Deletes every object under `prefix` with every stored version of it
+    /// (a versioned bucket keeps old versions of an overwritten or deleted
+    /// object); returns how many objects and versions were removed.
+    async fn purge_prefix(&self, prefix: &str) -> Result<usize, StoreError>;
 }
 
 /// The queues Keel's functions are chained by: a closed set.
