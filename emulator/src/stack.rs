@@ -101,7 +101,7 @@ impl Stack {
             tracing::info!(resumed, "resumed saga executions");
         }
         let functions = Arc::new(Functions {
-            auth: Arc::new(Auth::new(table.clone(), queue.clone(), config.clone(), tenants.clone(), keys)?),
+            auth: Arc::new(Auth::new(table.clone(), blobs.clone(), queue.clone(), config.clone(), tenants.clone(), keys)?),
             routing: Arc::new(Routing::new(
                 retrieval.clone(),
                 table.clone(),

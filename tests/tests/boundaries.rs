@@ -200,10 +200,11 @@ async fn no_credential_of_another_party_reaches_acme_on_any_route() {
 }
 
 /// Routes a member of the tenant may not call: 403, whatever it sends.
-const ADMIN_ONLY: [(&str, &str); 14] = [
+const ADMIN_ONLY: [(&str, &str); 15] = [
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants/{id}"),
     ("PATCH", "/v1/tenants/{id}"),
+    ("DELETE", "/v1/tenants/{id}"),
     ("POST", "/v1/tenants/{id}/keys"),
     ("GET", "/v1/tenants/{id}/keys"),
     ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),

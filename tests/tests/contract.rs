@@ -15,7 +15,7 @@ use keel_emulator::store::Db;
 use keel_emulator::table::SqliteTable;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use keel_tests::aws::{moto, sdk_config};
+use keel_tests::aws::{create_table, create_versioned_bucket, moto, sdk_config};
 use std::time::Duration;
 
 fn write(pk: &str, sk: &str, data: Value, condition: Condition) -> Write {
@@ -242,23 +242,6 @@ async fn embedded_adapters_meet_the_contract() {
     saga_contract(&saga).await;
 }
 
-/// The table as template.yaml defines it.
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, table_name: &str) {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap();
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
-    ddb.create_table()
-        .table_name(table_name)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn aws_adapters_meet_the_contract_against_moto() {
     let Some(endpoint) = moto() else { return };
@@ -334,9 +317,7 @@ async fn tenant_sessions_meet_the_contract_against_moto() {
     // Versioned, as template.yaml's bucket: a purge removes old versions and delete markers too.
     let bucket = format!("keel-scoped-{suffix}");
     let s3 = keel_aws::s3_client(&sdk);
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let enabled = aws_sdk_s3::types::VersioningConfiguration::builder().status(aws_sdk_s3::types::BucketVersioningStatus::Enabled).build();
-    s3.put_bucket_versioning().bucket(&bucket).versioning_configuration(enabled).send().await.unwrap();
+    create_versioned_bucket(&s3, &bucket).await;
     blob_contract(&S3Blobs::with_sessions(sessions, bucket.clone())).await;
     let left = s3.list_object_versions().bucket(&bucket).send().await.unwrap();
     assert!(left.versions().is_empty() && left.delete_markers().is_empty(), "versions left after purges: {left:?}");

@@ -134,6 +134,8 @@ const FUNCTION_ROLES: &[(&str, &[(&str, &str)])] = &[
         ("sts:AssumeRole", "TenantAccessRole"),
         ("sts:TagSession", "TenantAccessRole"),
         ("sqs:SendMessage", "IngestDeadLetterQueue"),
+        // Deletion receipts: a deleted tenant's messages are dropped.
+        ("dynamodb:GetItem", "Table[PLATFORM]"),
     ]),
     ("RoutingFunction", &[
         ("sts:AssumeRole", "TenantAccessRole"),
@@ -156,8 +158,13 @@ const FUNCTION_ROLES: &[(&str, &[(&str, &str)])] = &[
         ("states:DescribeExecution", "ActionSaga executions"),
         ("states:SendTaskSuccess", "ActionSaga"),
         ("states:SendTaskFailure", "ActionSaga"),
+        ("dynamodb:GetItem", "Table[PLATFORM]"),
     ]),
-    ("AuditFunction", &[("sts:AssumeRole", "TenantAccessRole"), ("sts:TagSession", "TenantAccessRole")]),
+    ("AuditFunction", &[
+        ("sts:AssumeRole", "TenantAccessRole"),
+        ("sts:TagSession", "TenantAccessRole"),
+        ("dynamodb:GetItem", "Table[PLATFORM]"),
+    ]),
 ];
 
 fn adapters_source() -> String {

@@ -11,7 +11,7 @@ use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
-use keel_core::ports::{Add, BlobStore, QueueMessage, Table};
+use keel_core::ports::{dropped, Add, BlobStore, QueueMessage, QueueName, Table};
 use keel_core::keys;
 use keel_core::tenants::TenantStore;
 use keel_core::time::{current_month, now_rfc3339};
@@ -37,9 +37,13 @@ pub struct Audit {
     blobs: Arc<dyn BlobStore>,
 }
 
+fn message_tenant(m: &QueueMessage) -> Result<TenantId, KeelError> {
+    TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))
+}
+
 /// An audit-queue message: the tenant it belongs to and its decision event.
 fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelError> {
-    let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
+    let tenant = message_tenant(m)?;
     let event = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "decision event")?;
     Ok((tenant, event))
 }
@@ -58,6 +62,12 @@ impl Audit {
         let mut failed = Vec::new();
         let mut groups: Vec<(TenantId, Vec<(&str, DecisionEvent)>)> = Vec::new();
         for m in messages {
+            if let Ok(tenant) = message_tenant(m) {
+                if self.is_gone(&tenant).await {
+                    dropped(QueueName::Audit, m, tenant.as_str());
+                    continue;
+                }
+            }
             match parse_message(m) {
                 Ok((tenant, event)) => match groups.iter_mut().find(|(t, g)| *t == tenant && g.len() < GROUP_EVENTS) {
                     Some((_, group)) => group.push((&m.message_id, event)),
@@ -82,6 +92,11 @@ impl Audit {
             }
         }
         failed
+    }
+
+    /// A deleted tenant's events still in flight are dropped (a store error is not "gone": the message is retried).
+    async fn is_gone(&self, tenant: &TenantId) -> bool {
+        matches!(self.tenants.is_deleted(tenant).await, Ok(true))
     }
 
     /// Appends one event, and adds a gateway decision's usage to the month's

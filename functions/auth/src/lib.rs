@@ -7,6 +7,7 @@ pub mod edge;
 pub mod identity;
 pub mod jwks;
 mod keys;
+mod offboard;
 pub mod oidc;
 mod rate;
 pub mod routes;
@@ -21,7 +22,7 @@ use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
 use keel_core::chain::{admin_change_event, send_decision, AdminChange};
 use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
-use keel_core::ports::{Table, WorkQueue};
+use keel_core::ports::{BlobStore, Table, WorkQueue};
 use serde_json::Value;
 use keel_core::tenants::{Autonomy, Governance, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
@@ -32,6 +33,8 @@ use std::sync::Arc;
 
 pub struct Auth {
     config: Arc<Config>,
+    table: Arc<dyn Table>,
+    blobs: Arc<dyn BlobStore>,
     tenants: Arc<TenantStore>,
     keys: Arc<KeyAuthenticator>,
     rates: RateCounters,
@@ -45,12 +48,13 @@ pub struct Auth {
 impl Auth {
     /// `tenants` and `keys` may be shared with other functions of the same
     /// process (the local stack), so that a change reaches them at once.
-    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Result<Self, KeelError> {
+    pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, queue: Arc<dyn WorkQueue>, config: Arc<Config>, tenants: Arc<TenantStore>, keys: Arc<KeyAuthenticator>) -> Result<Self, KeelError> {
         let change_requests = ChangeRequestStore::new(table.clone());
         let issuers = Arc::new(IssuerIndex::new(table.clone(), std::time::Duration::from_secs(config.tenant_cache_secs)));
         let jwks = jwks::JwksCache::new(config.egress.clone())?;
         let provider_tokens = oidc::ProviderTokens::new(issuers.clone(), tenants.clone(), jwks);
-        Ok(Self { config, tenants, keys, rates: RateCounters::new(table), queue, change_requests, issuers, provider_tokens })
+        let rates = RateCounters::new(table.clone());
+        Ok(Self { config, table, blobs, tenants, keys, rates, queue, change_requests, issuers, provider_tokens })
     }
 
     /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
@@ -209,7 +213,7 @@ impl Auth {
     }
 }
 
-fn require_platform_admin(caller: &Caller) -> Result<(), KeelError> {
+pub(crate) fn require_platform_admin(caller: &Caller) -> Result<(), KeelError> {
     if caller.is_platform_admin() {
         Ok(())
     } else {

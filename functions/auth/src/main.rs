@@ -13,7 +13,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     config.require_admin_key()?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
-    let auth = Arc::new(Auth::new(aws.table, aws.queue, config, tenants, keys)?);
+    let auth = Arc::new(Auth::new(aws.table, aws.blobs, aws.queue, config, tenants, keys)?);
     let app = api(routes().with_state(auth.clone()));
     keel_lambda::run(Some(app), |event| {
         let auth = auth.clone();

@@ -17,6 +17,7 @@ pub fn routes() -> Routes<Arc<Auth>> {
         .route(Method::POST, "/v1/tenants", create_tenant)
         .route(Method::GET, "/v1/tenants/{id}", tenant)
         .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
+        .route(Method::DELETE, "/v1/tenants/{id}", delete_tenant)
         .route(Method::POST, "/v1/tenants/{id}/keys", create_key)
         .route(Method::GET, "/v1/tenants/{id}/keys", keys)
         .route(Method::DELETE, "/v1/tenants/{id}/keys/{key_id}", revoke_key)
@@ -36,6 +37,10 @@ async fn tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<St
 async fn update_tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
     let id = TenantId::parse(&id)?;
     auth.update_tenant(&caller, id, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn delete_tenant(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>) -> Reply {
+    auth.delete_tenant(&caller, TenantId::parse(&id)?).await
 }
 
 async fn create_key(State(auth): State<Arc<Auth>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {

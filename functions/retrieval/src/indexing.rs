@@ -48,6 +48,9 @@ impl Retrieval {
         if let Err(e) = self.compact(tenant, self.settings.max_segments).await {
             tracing::warn!(tenant = %tenant, error = %e, "compaction failed; the next write retries it");
         }
+        if let Err(e) = self.scrub(tenant).await {
+            tracing::warn!(tenant = %tenant, error = %e, "erasing overridden chunks failed; the next write retries it");
+        }
         Ok(results)
     }
 

@@ -16,7 +16,7 @@
 use crate::{DocumentInput, Retrieval};
 use keel_core::ids::{parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
-use keel_core::ports::{is_rejection, reject, QueueMessage, QueueName};
+use keel_core::ports::{dropped, is_rejection, reject, QueueMessage, QueueName};
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::Value;
@@ -44,6 +44,7 @@ impl Retrieval {
                         by_tenant.entry(tenant).or_default().push((m.message_id.clone(), change));
                     }
                 }
+                Err(KeelError::TenantGone(tenant)) => dropped(QueueName::Ingest, m, &tenant),
                 Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Ingest, m, &e.to_string()).await => {}
                 Err(e) => {
                     tracing::warn!(message_id = %m.message_id, error = %e, "ingest message failed");
@@ -113,6 +114,10 @@ impl Retrieval {
             return Ok(None);
         }
         let (tenant, doc_id, ext) = parse_inbox_key(&key)?;
+        // Deleting a tenant removes its objects, and S3 reports each removal here.
+        if self.tenants.is_deleted(&tenant).await? {
+            return Err(KeelError::TenantGone(tenant.to_string()));
+        }
         let event = record.get("eventName").and_then(Value::as_str).unwrap_or("");
         if event.starts_with("ObjectRemoved") {
             return Ok(Some((tenant, DocumentChange::Delete { doc_id })));

@@ -13,6 +13,7 @@ pub mod analyzer;
 pub mod index;
 mod changes;
 mod documents;
+mod erasure;
 mod indexing;
 mod search;
 mod ingest;

@@ -20,12 +20,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Arc::new(aws.config().await?);
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
-    let backends = Backends { table: aws.table.clone(), blobs: aws.blobs, queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
+    let backends = Backends { table: aws.table.clone(), blobs: aws.blobs.clone(), queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
     let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
     let models = hosted_models(&config.models).await;
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue.clone(), tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
-    let auth = Arc::new(Auth::new(aws.table, aws.queue, config, tenants, keys)?);
+    let auth = Arc::new(Auth::new(aws.table, aws.blobs.clone(), aws.queue, config, tenants, keys)?);
     let app = api(routes().with_state(Arc::new(routing))).layer(from_fn_with_state(auth, authenticate));
     keel_lambda::run(Some(app), |event| async move { Err(event.unsupported()) }).await
 }

@@ -3,7 +3,7 @@
 //! exactly once per idempotency key.
 
 use keel_core::chain::DecisionKind;
-use keel_core::ports::{is_rejection, reject, QueueName};
+use keel_core::ports::{dropped, is_rejection, reject, QueueName};
 use super::*;
 
 /// What a proposal decided, before it becomes an action.
@@ -187,6 +187,7 @@ impl Tools {
         for m in messages {
             match self.propose_queued(m).await {
                 Ok(_) => {}
+                Err(KeelError::TenantGone(tenant)) => dropped(QueueName::Actions, m, &tenant),
                 Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Actions, m, &e.to_string()).await => {}
                 Err(e) => {
                     tracing::warn!(message_id = %m.message_id, error = %e, "action message failed");

@@ -140,6 +140,12 @@ impl KeyAuthenticator {
             .map(str::trim)
             .filter(|k| k.starts_with("keel_"))
             .ok_or_else(|| KeelError::Unauthorized(format!("the '{PRODUCER_ATTRIBUTE}' attribute must be 'Bearer <tenant key>'")))?;
+        // A deleted tenant's messages still in flight are dropped, not dead-lettered.
+        if let Some(tenant) = crate::auth::api_key_tenant(key) {
+            if self.tenants.is_deleted(&tenant).await? {
+                return Err(KeelError::TenantGone(tenant.to_string()));
+            }
+        }
         let caller = self.caller(key).await?;
         if let (Some(named), Some(tenant)) = (attributes.get("tenant"), &caller.tenant) {
             if named != tenant.as_str() {

@@ -12,6 +12,10 @@ pub enum KeelError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The tenant a queue message is for was deleted: its consumer drops the
+    /// message instead of retrying or dead-lettering it.
+    #[error("tenant {0} does not exist")]
+    TenantGone(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -36,7 +40,7 @@ impl KeelError {
             Self::BadRequest(_) => 400,
             Self::Unauthorized(_) => 401,
             Self::Forbidden(_) => 403,
-            Self::NotFound(_) => 404,
+            Self::NotFound(_) | Self::TenantGone(_) => 404,
             Self::Conflict(_) => 409,
             Self::PayloadTooLarge(_) => 413,
             Self::Unprocessable { .. } => 422,
@@ -51,7 +55,7 @@ impl KeelError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::TenantGone(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unprocessable { .. } => "invalid_arguments",

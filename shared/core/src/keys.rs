@@ -25,6 +25,11 @@ pub fn issuer(issuer: &str) -> String {
     format!("ISSUER#{}", hex::encode(Sha256::digest(issuer.as_bytes())))
 }
 
+/// The platform's receipt of a tenant's deletion (in `PLATFORM`).
+pub fn deletion_receipt(tenant: &TenantId) -> String {
+    format!("DELETION#{}", tenant.as_str())
+}
+
 /// An API key's record, by the key's SHA-256.
 pub fn api_key(key_hash: &str) -> String {
     format!("{API_KEYS}{key_hash}")

@@ -189,6 +189,12 @@ pub async fn reject(queue: &dyn WorkQueue, name: QueueName, message: &QueueMessa
     }
 }
 
+/// A message for a tenant that no longer exists: acknowledged and dropped,
+/// so nothing of a deleted tenant waits in a queue or a dead-letter queue.
+pub fn dropped(name: QueueName, message: &QueueMessage, tenant: &str) {
+    tracing::info!(queue = name.as_str(), message_id = %message.message_id, tenant, "message for a deleted tenant dropped");
+}
+
 /// Whether a consumer's error is one no retry can mend: the producer's
 /// credentials or rights. Such messages go to the dead-letter queue at once.
 pub fn is_rejection(error: &crate::KeelError) -> bool {

@@ -155,6 +155,15 @@ impl TenantStore {
         Ok(fresh)
     }
 
+    /// Whether the tenant was deleted: its record is gone and the platform
+    /// keeps a deletion receipt (an id that never existed is not "deleted").
+    pub async fn is_deleted(&self, id: &TenantId) -> Result<bool, KeelError> {
+        if self.cached(id).await?.is_some() {
+            return Ok(false);
+        }
+        Ok(self.table.get(crate::keys::PLATFORM, &crate::keys::deletion_receipt(id)).await?.is_some())
+    }
+
     /// The tenant through the cache; fails unless it exists and is active.
     pub async fn require_active(&self, id: &TenantId) -> Result<Tenant, KeelError> {
         match self.cached(id).await? {
