@@ -127,6 +127,8 @@ const FUNCTION_ROLES: &[(&str, &[(&str, &str)])] = &[
         ("dynamodb:UpdateItem", "Table[PLATFORM]"),
         ("dynamodb:DeleteItem", "Table[PLATFORM]"),
         ("sqs:SendMessage", "AuditQueue"),
+        // Turning redact_pii on hands the re-redaction to the retrieval function.
+        ("sqs:SendMessage", "IngestQueue"),
         ("secretsmanager:GetSecretValue", "AdminKeySecret"),
         ("secretsmanager:GetSecretValue", "JwtSecretArn"),
     ]),

@@ -7,14 +7,14 @@ pub mod routes;
 mod store;
 
 use keel_core::auth::Caller;
-use keel_core::chain::{next_entry, verify_chain, ChainEntry, DecisionEvent};
+use keel_core::chain::{next_entry, verify_chain, with_prompts_hashed, ChainEntry, DecisionEvent};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
 use keel_core::ports::{dropped, Add, BlobStore, QueueMessage, QueueName, Table};
 use keel_core::keys;
 use keel_core::tenants::TenantStore;
-use keel_core::time::{current_month, now_rfc3339};
+use keel_core::time::{current_month, now_rfc3339, now_secs};
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -123,10 +123,13 @@ impl Audit {
     /// condition failed: the head moved or an event was already recorded.
     async fn append_after_head(&self, tenant: &TenantId, events: &[&DecisionEvent]) -> Result<Option<u64>, KeelError> {
         let mut prev = self.chain.head(tenant).await?;
+        let retention = self.tenants.cached(tenant).await?.map(|t| t.retention).unwrap_or_default();
+        let retain_until = retention.expiry(now_secs());
         let mut entries = Vec::with_capacity(events.len());
         let mut adds: Vec<Add> = Vec::new();
         for &event in events {
-            let entry = next_entry(prev.as_ref(), now_rfc3339(), event.clone());
+            let logged = if retention.store_prompts { event.clone() } else { with_prompts_hashed(event.clone()) };
+            let entry = next_entry(prev.as_ref(), now_rfc3339(), logged, retain_until);
             // One addition per counter: a transaction may touch an item once.
             for add in UsageCounters::additions(tenant, event) {
                 match adds.iter_mut().find(|a| a.sk == add.sk) {
@@ -170,9 +173,12 @@ impl Audit {
                 problems.push(keel_core::chain::ChainProblem { seq: p.seq, problem });
             }
         }
+        // Entries before the first kept one were pruned by the tenant's retention.
+        let pruned = entries.first().map_or(0, |e| e.seq - 1);
         Ok(ApiResponse::ok(&json!({
             "ok": problems.is_empty(),
             "entries": entries.len(),
+            "pruned": pruned,
             "head": entries.last().map(|e| &e.hash),
             "problems": problems,
         })))
@@ -198,13 +204,21 @@ impl Audit {
     }
 
     /// Archives each full block of `ARCHIVE_BLOCK` entries to the blob store
-    /// once (`tenants/<t>/audit/archive/<first seq>.jsonl`): the archive grows
-    /// with the chain, however often it is exported.
+    /// once (`tenants/<t>/audit/archive/<first seq>.jsonl`, or
+    /// `<first seq>-until-<epoch>.jsonl` when its entries expire): the archive
+    /// grows with the chain, however often it is exported, and a block
+    /// whose entries have all expired is deleted with them.
     async fn archive(&self, tenant: &TenantId, entries: &[ChainEntry]) -> Result<(), KeelError> {
         let prefix = keys::audit_archive(tenant);
         let archived: std::collections::HashSet<String> = self.blobs.list(&prefix).await?.into_iter().collect();
+        for key in archived.iter().filter(|k| archive_expiry(k).is_some_and(|t| t <= now_secs())) {
+            self.blobs.delete(key).await?;
+        }
         for block in entries.chunks_exact(ARCHIVE_BLOCK) {
-            let key = format!("{prefix}{:012}.jsonl", block[0].seq);
+            let key = match block.iter().filter_map(|e| e.retain_until).max() {
+                Some(until) => format!("{prefix}{:012}-until-{until}.jsonl", block[0].seq),
+                None => format!("{prefix}{:012}.jsonl", block[0].seq),
+            };
             if archived.contains(&key) {
                 continue;
             }
@@ -242,4 +256,9 @@ impl Audit {
         Ok(json!({"monthly_usd": budgets.monthly_usd, "spent_usd": total,
             "left_usd": budgets.monthly_usd.map(|l| (l - total).max(0.0)), "workflows": workflows}))
     }
+}
+
+/// When an archived block's entries have all expired (from its key), if they do.
+fn archive_expiry(key: &str) -> Option<i64> {
+    key.strip_suffix(".jsonl")?.rsplit_once("-until-")?.1.parse().ok()
 }

@@ -65,11 +65,13 @@ impl DecisionChain {
     /// Writes `entries` and their pointers, and adds `usage`, all or nothing;
     /// `false` when an entry's sequence number or an event was taken meanwhile.
     pub(crate) async fn append(&self, tenant: &TenantId, entries: &[ChainEntry], usage: Vec<Add>) -> Result<bool, KeelError> {
-        let new = |sk: String, data: Value| Write { pk: tenant.pk(), sk, data, expires_at: None, condition: Condition::NotExists };
+        // An entry and its pointer expire together, when the tenant's retention says.
+        let new = |sk: String, data: Value, expires_at| Write { pk: tenant.pk(), sk, data, expires_at, condition: Condition::NotExists };
         let mut writes = Vec::with_capacity(entries.len() * 2);
         for entry in entries {
-            writes.push(new(keys::audit_entry(entry.seq), serde_json::to_value(entry)?));
-            writes.push(new(keys::decision_pointer(&entry.event.decision_id, &entry.event.event_id), json!({"seq": entry.seq})));
+            let pointer = keys::decision_pointer(&entry.event.decision_id, &entry.event.event_id);
+            writes.push(new(keys::audit_entry(entry.seq), serde_json::to_value(entry)?, entry.retain_until));
+            writes.push(new(pointer, json!({"seq": entry.seq}), entry.retain_until));
         }
         match self.table.put_all_adding(writes, usage).await {
             Ok(()) => Ok(true),

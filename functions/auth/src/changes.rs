@@ -37,6 +37,9 @@ impl Auth {
         self.record(caller, &id, kind, &format!("change {request_id}"), serde_json::Value::Null, outcome).await?;
         if approve {
             self.tenants.forget(&id);
+            if decided.change == AdminChange::TenantUpdated {
+                self.redact_stored_if_turned_on(&id, &decided.before, &decided.after).await?;
+            }
             self.record(caller, &id, decided.change, &decided.target, decided.before.clone(), decided.after.clone()).await?;
         }
         Ok(ApiResponse::ok(&json!({"change_request": decided.view()})))

@@ -24,7 +24,7 @@ use keel_core::chain::{admin_change_event, send_decision, AdminChange};
 use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
 use keel_core::ports::{BlobStore, Table, WorkQueue};
 use serde_json::Value;
-use keel_core::tenants::{Autonomy, Governance, Tenant, TenantStatus, TenantStore};
+use keel_core::tenants::{Autonomy, Governance, Retention, Tenant, TenantStatus, TenantStore};
 use keel_core::time::{now_rfc3339, now_secs};
 use keel_core::KeelError;
 use rate::RateCounters;
@@ -123,6 +123,7 @@ impl Auth {
             governance: body.governance.unwrap_or_default(),
             identity: body.identity,
             egress: body.egress,
+            retention: body.retention.unwrap_or_default(),
             created_at: now_rfc3339(),
         };
         tenant.validate_settings(&self.config.models)?;
@@ -181,6 +182,9 @@ impl Auth {
         if let Some(v) = patch.egress {
             t.egress = v;
         }
+        if let Some(v) = patch.retention {
+            t.retention = v;
+        }
         // On: actions drop to suggest-only and hosted models stop at once.
         // Off: models resume; autonomy is raised again only explicitly.
         match patch.kill_switch {
@@ -208,8 +212,17 @@ impl Auth {
             return Err(e);
         }
         self.release_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
+        self.redact_stored_if_turned_on(&id, &before, &after).await?;
         self.record(caller, &id, AdminChange::TenantUpdated, "tenant", before, after).await?;
         Ok(ApiResponse::ok(&t))
+    }
+
+    /// Turning `redact_pii` on redacts what the tenant already stored, too.
+    pub(crate) async fn redact_stored_if_turned_on(&self, id: &TenantId, before: &Value, after: &Value) -> Result<(), KeelError> {
+        if before["redact_pii"] != Value::Bool(true) && after["redact_pii"] == Value::Bool(true) {
+            keel_core::tasks::request_redaction(self.queue.as_ref(), id, None).await?;
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +262,7 @@ pub(crate) struct NewTenant {
     governance: Option<Governance>,
     identity: Option<IdentityProvider>,
     egress: Option<EgressPins>,
+    retention: Option<Retention>,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +283,7 @@ pub(crate) struct TenantPatch {
     /// The hosts the tenant's connectors may call; `null` unpins it.
     #[serde(default, deserialize_with = "present")]
     egress: Option<Option<EgressPins>>,
+    retention: Option<Retention>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
 }

@@ -81,6 +81,9 @@ impl Retrieval {
         if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
             return Ok(vec![]);
         }
+        if body.get("task").and_then(Value::as_str) == Some(keel_core::tasks::REDACT_STORED) {
+            return self.redaction_page(m, &body).await;
+        }
         if let Some(records) = body.get("Records").and_then(Value::as_array) {
             let mut out = Vec::with_capacity(records.len());
             for r in records {

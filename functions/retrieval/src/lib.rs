@@ -18,6 +18,7 @@ mod indexing;
 mod search;
 mod ingest;
 mod manifest;
+mod redaction;
 pub mod pii;
 pub mod routes;
 pub mod segment;

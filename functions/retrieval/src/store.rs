@@ -48,6 +48,13 @@ impl DocumentStore {
     pub(crate) async fn delete(&self, tenant: &TenantId, doc_id: &str) -> Result<(), KeelError> {
         Ok(self.table.delete(&tenant.pk(), &keys::document(doc_id)).await?)
     }
+
+    /// Up to `limit` records in document id order, after `after` when given.
+    pub(crate) async fn page(&self, tenant: &TenantId, after: Option<&str>, limit: usize) -> Result<Vec<DocumentRecord>, KeelError> {
+        let options = QueryOptions { limit: Some(limit), after: after.map(keys::document), ..Default::default() };
+        let items = self.table.query(&tenant.pk(), keys::DOCUMENTS, options).await?;
+        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
+    }
 }
 
 /// The changed-documents feed, ordered by time, and the cursors its pages hand out.

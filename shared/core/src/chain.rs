@@ -122,27 +122,59 @@ pub struct ChainEntry {
     pub hash: String,
     pub recorded_at: String,
     pub event: DecisionEvent,
+    /// When the tenant's retention lets this entry expire (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<i64>,
+    /// The previous entry's `retain_until`: where expired entries were
+    /// pruned before this one, it shows they were due to go (under the hash,
+    /// so a deletion cannot pass for pruning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_retain_until: Option<i64>,
 }
 
-/// The hash of an entry. `serde_json::Value` keeps object keys sorted, so the
-/// serialization is canonical.
-pub fn entry_hash(seq: u64, prev_hash: &str, recorded_at: &str, event: &DecisionEvent) -> String {
-    let content = serde_json::to_value(event).map(|v| v.to_string()).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(seq.to_be_bytes());
-    h.update(prev_hash.as_bytes());
-    h.update(recorded_at.as_bytes());
-    h.update(content.as_bytes());
-    hex::encode(h.finalize())
+impl ChainEntry {
+    /// The hash of the entry's content. `serde_json::Value` keeps object keys
+    /// sorted, so the serialization is canonical; the retention fields count
+    /// only when set, so entries written before them keep their hashes.
+    pub fn content_hash(&self) -> String {
+        let content = serde_json::to_value(&self.event).map(|v| v.to_string()).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.seq.to_be_bytes());
+        h.update(self.prev_hash.as_bytes());
+        h.update(self.recorded_at.as_bytes());
+        h.update(content.as_bytes());
+        for (name, value) in [("retain_until", self.retain_until), ("prev_retain_until", self.prev_retain_until)] {
+            if let Some(v) = value {
+                h.update(name.as_bytes());
+                h.update(v.to_be_bytes());
+            }
+        }
+        hex::encode(h.finalize())
+    }
 }
 
-pub fn next_entry(prev: Option<&ChainEntry>, recorded_at: String, event: DecisionEvent) -> ChainEntry {
-    let (seq, prev_hash) = match prev {
-        Some(p) => (p.seq + 1, p.hash.clone()),
-        None => (1, GENESIS_HASH.to_string()),
+/// The entry after `prev`, expiring at `retain_until` when the tenant's retention says so.
+pub fn next_entry(prev: Option<&ChainEntry>, recorded_at: String, event: DecisionEvent, retain_until: Option<i64>) -> ChainEntry {
+    let (seq, prev_hash, prev_retain_until) = match prev {
+        Some(p) => (p.seq + 1, p.hash.clone(), p.retain_until),
+        None => (1, GENESIS_HASH.to_string(), None),
     };
-    let hash = entry_hash(seq, &prev_hash, &recorded_at, &event);
-    ChainEntry { seq, prev_hash, hash, recorded_at, event }
+    let mut entry = ChainEntry { seq, prev_hash, hash: String::new(), recorded_at, event, retain_until, prev_retain_until };
+    entry.hash = entry.content_hash();
+    entry
+}
+
+/// The event as a tenant that keeps no prompts logs it: each question,
+/// prompt, query or text of its input replaced by its SHA-256.
+pub fn with_prompts_hashed(mut event: DecisionEvent) -> DecisionEvent {
+    if let Some(input) = event.input.as_object_mut() {
+        for name in ["question", "prompt", "query", "text"] {
+            if let Some(Value::String(text)) = input.remove(name) {
+                input.insert(format!("{name}_sha256"), Value::from(hex::encode(Sha256::digest(text.as_bytes()))));
+            }
+        }
+    }
+    event
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,25 +183,34 @@ pub struct ChainProblem {
     pub problem: String,
 }
 
-/// Checks entries given in stored (sequence) order. Returns every problem found.
+/// Checks entries given in stored (sequence) order. Returns every problem
+/// found. Entries missing before one whose `prev_retain_until` has passed
+/// were pruned by the tenant's retention, not lost.
 pub fn verify_chain(entries: &[ChainEntry]) -> Vec<ChainProblem> {
+    verify_chain_at(entries, crate::time::now_secs())
+}
+
+/// `verify_chain` as of `now` (epoch seconds).
+pub fn verify_chain_at(entries: &[ChainEntry], now: i64) -> Vec<ChainProblem> {
     let mut problems = Vec::new();
-    let mut prev_hash = GENESIS_HASH.to_string();
-    for (i, e) in entries.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
-        if e.seq != expected_seq {
+    let mut prev: Option<&ChainEntry> = None;
+    for e in entries {
+        let expected_seq = prev.map_or(1, |p| p.seq + 1);
+        let pruned_before = e.seq > expected_seq && e.prev_retain_until.is_some_and(|t| t <= now);
+        if e.seq == expected_seq {
+            if e.prev_hash != prev.map_or(GENESIS_HASH, |p| p.hash.as_str()) {
+                problems.push(ChainProblem { seq: e.seq, problem: "previous-hash link broken".into() });
+            }
+        } else if !pruned_before {
             problems.push(ChainProblem {
                 seq: e.seq,
                 problem: format!("expected sequence {expected_seq}: an entry is missing or out of order"),
             });
         }
-        if e.prev_hash != prev_hash {
-            problems.push(ChainProblem { seq: e.seq, problem: "previous-hash link broken".into() });
-        }
-        if entry_hash(e.seq, &e.prev_hash, &e.recorded_at, &e.event) != e.hash {
+        if e.content_hash() != e.hash {
             problems.push(ChainProblem { seq: e.seq, problem: "content does not match its hash (modified)".into() });
         }
-        prev_hash = e.hash.clone();
+        prev = Some(e);
     }
     problems
 }
@@ -243,7 +284,7 @@ mod tests {
     fn chain(n: u32) -> Vec<ChainEntry> {
         let mut out: Vec<ChainEntry> = Vec::new();
         for i in 0..n {
-            let e = next_entry(out.last(), "now".into(), event(i));
+            let e = next_entry(out.last(), "now".into(), event(i), None);
             out.push(e);
         }
         out
@@ -261,6 +302,46 @@ mod tests {
         let mut reordered = chain(5);
         reordered.swap(1, 3);
         assert!(!verify_chain(&reordered).is_empty());
+    }
+
+    /// A chain whose entries expire at 100, 200, 300 …
+    fn expiring(n: u32) -> Vec<ChainEntry> {
+        let mut out: Vec<ChainEntry> = Vec::new();
+        for i in 0..n {
+            let e = next_entry(out.last(), "now".into(), event(i), Some(i64::from(i + 1) * 100));
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn entries_pruned_when_due_verify_and_entries_removed_early_do_not() {
+        let mut pruned = expiring(5);
+        pruned.drain(0..2);
+        assert!(verify_chain_at(&pruned, 250).is_empty(), "entries 1 and 2 were due at 100 and 200");
+        assert!(!verify_chain_at(&pruned, 150).is_empty(), "entry 2 was not due yet");
+        let mut gap = expiring(5);
+        gap.remove(3);
+        assert!(!verify_chain_at(&gap, 250).is_empty(), "entry 4 is not due: its removal is a deletion");
+        // The retention fields are under the hash: moving a due date forward is a modification.
+        let mut forged = expiring(5);
+        forged.remove(0);
+        forged[0].prev_retain_until = Some(0);
+        assert!(!verify_chain_at(&forged, 50).is_empty());
+        // Entries written before retention existed keep their hashes.
+        let legacy = chain(3);
+        assert!(legacy.iter().all(|e| !serde_json::to_string(e).unwrap().contains("retain")));
+        assert!(verify_chain(&legacy).is_empty());
+    }
+
+    #[test]
+    fn a_tenant_that_keeps_no_prompts_logs_their_hashes() {
+        let mut e = event(1);
+        e.input = serde_json::json!({"question": "What is my salary?", "model": "auto"});
+        let hashed = with_prompts_hashed(e);
+        assert_eq!(hashed.input["model"], "auto");
+        assert!(hashed.input.get("question").is_none() && !hashed.input.to_string().contains("salary"));
+        assert_eq!(hashed.input["question_sha256"].as_str().map(str::len), Some(64));
     }
 
     #[test]

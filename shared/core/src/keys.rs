@@ -97,8 +97,11 @@ pub fn decision_pointers(decision_id: &str) -> String {
 
 /// A document's record.
 pub fn document(doc_id: &str) -> String {
-    format!("DOC#{doc_id}")
+    format!("{DOCUMENTS}{doc_id}")
 }
+
+/// Every document record of the tenant begins so.
+pub const DOCUMENTS: &str = "DOC#";
 
 /// The changed-documents feed, in time order.
 pub const CHANGES: &str = "CHANGE#";

@@ -21,6 +21,7 @@ pub mod ports;
 pub mod resilience;
 pub mod tenants;
 pub mod stats;
+pub mod tasks;
 pub mod text;
 pub mod time;
 pub mod warm_cache;

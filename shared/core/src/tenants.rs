@@ -76,7 +76,51 @@ pub struct Tenant {
     /// The hosts its connectors may call, when the platform pins it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressPins>,
+    /// How long its decision log is kept, and whether it keeps questions' text.
+    #[serde(default)]
+    pub retention: Retention,
     pub created_at: String,
+}
+
+/// What the decision log keeps, and for how long.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Entries expire this many days after they are recorded; `None` keeps them.
+    #[serde(default)]
+    pub decision_days: Option<u32>,
+    /// `false`: a question or prompt is logged as its SHA-256, not its text.
+    #[serde(default = "keep")]
+    pub store_prompts: bool,
+}
+
+fn keep() -> bool {
+    true
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { decision_days: None, store_prompts: true }
+    }
+}
+
+/// The longest decision log retention a tenant may set (ten years).
+pub const MAX_DECISION_DAYS: u32 = 3650;
+
+impl Retention {
+    pub fn validate(&self) -> Result<(), KeelError> {
+        match self.decision_days {
+            Some(d) if !(1..=MAX_DECISION_DAYS).contains(&d) => {
+                Err(KeelError::BadRequest(format!("retention.decision_days must be from 1 to {MAX_DECISION_DAYS}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// When an entry recorded at `recorded_at` (epoch seconds) expires, if it does.
+    pub fn expiry(&self, recorded_at: i64) -> Option<i64> {
+        self.decision_days.map(|d| recorded_at + i64::from(d) * 86_400)
+    }
 }
 
 /// How the tenant's own controls may be changed.
@@ -119,6 +163,7 @@ impl Tenant {
         if let Some(pins) = &self.egress {
             pins.validate()?;
         }
+        self.retention.validate()?;
         self.routing.validate(catalog)?;
         self.budgets.validate()
     }

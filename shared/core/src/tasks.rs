@@ -1,0 +1,19 @@
+//! Work one function hands another over a queue, beside producers' messages.
+
+use crate::ids::TenantId;
+use crate::ports::{QueueName, WorkQueue};
+use crate::KeelError;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// The ingest-queue task that redacts what a tenant already stored
+/// (`{"task": "redact_stored", "after": <doc id>?}`, the tenant in an attribute).
+pub const REDACT_STORED: &str = "redact_stored";
+
+/// Asks the retrieval function to redact `tenant`'s stored documents, after `after`.
+pub async fn request_redaction(queue: &dyn WorkQueue, tenant: &TenantId, after: Option<&str>) -> Result<(), KeelError> {
+    let body = json!({"task": REDACT_STORED, "after": after});
+    let attributes = HashMap::from([("tenant".to_string(), tenant.to_string())]);
+    queue.send(QueueName::Ingest, body.to_string(), attributes).await?;
+    Ok(())
+}
