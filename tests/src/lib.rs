@@ -145,3 +145,17 @@ pub fn evaldata(name: &str) -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// Every file under `dir` whose bytes contain `needle` (what a store kept, read from disk).
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut found = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -339,6 +339,36 @@ async fn secrets_are_read_from_secrets_manager_against_moto() {
     assert!(error.contains("KEEL_JWT_SECRET_ARN"), "{error}");
 }
 
+/// S3 answers a read of a missing object with 403 to a principal that may
+/// not list the whole bucket, as a tenant session may not: the adapter asks
+/// the listing of the key itself before calling the read denied. (moto does
+/// not evaluate IAM, so a stub answers as S3 does.)
+#[tokio::test]
+async fn a_denied_read_is_a_missing_object_when_the_listing_shows_none_and_an_error_otherwise() {
+    const STORED: &str = "tenants/acme/documents/kept.json";
+    let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+        let url = reqwest::Url::parse(&format!("http://stub{}", req.uri())).unwrap();
+        let prefix = url.query_pairs().find(|(k, _)| k == "prefix").map(|(_, v)| v.to_string());
+        let xml = |status: u16, body: String| {
+            axum::response::Response::builder().status(status).header("content-type", "application/xml").body(axum::body::Body::from(body)).unwrap()
+        };
+        match prefix {
+            Some(prefix) => {
+                let contents = if STORED.starts_with(&prefix) { format!("<Contents><Key>{STORED}</Key><Size>1</Size></Contents>") } else { String::new() };
+                let count = usize::from(!contents.is_empty());
+                xml(200, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bucket</Name><Prefix>{prefix}</Prefix><KeyCount>{count}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"))
+            }
+            None => xml(403, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>r1</RequestId></Error>".into()),
+        }
+    });
+    let addr = keel_tests::serve_on_loopback(app).await;
+    let sdk = sdk_config(&format!("http://{addr}")).await;
+    let blobs = S3Blobs::new(keel_aws::s3_client(&sdk), "bucket");
+    assert_eq!(blobs.get("tenants/acme/documents/missing.json").await.unwrap(), None);
+    let denied = blobs.get(STORED).await.unwrap_err().to_string();
+    assert!(denied.contains("AccessDenied"), "{denied}");
+}
+
 /// Calls a moto API that the test has no SDK client for (IAM, Lambda, moto's own).
 async fn moto_call(endpoint: &str, service: &str, method: reqwest::Method, path: &str, content_type: &str, body: String) -> Value {
     let auth = format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0");

@@ -8,7 +8,7 @@
 //! stack's SQLite file and directory, and moto's DynamoDB and versioned S3.
 
 use keel_core::ports::{BlobStore, QueueName, Table, WorkQueue};
-use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
+use keel_tests::{config, files_containing, start_stack, tenant, Client, ADMIN_KEY};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -170,20 +170,6 @@ async fn deleting_a_tenant_in_aws_leaves_nothing_in_dynamodb_or_s3() {
     };
     assert_eq!(versions("tenants/acme/").await, 0);
     assert_eq!(versions("tenants/acme2/").await, 4);
-}
-
-/// Every stored file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    let mut found = Vec::new();
-    for path in entries.map(|e| e.unwrap().path()) {
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[tokio::test]

@@ -7,9 +7,8 @@
 //! `redact_pii` turned on redacting what is already stored.
 
 use keel_core::ports::Table;
-use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
+use keel_tests::{config, files_containing, start_stack, tenant, Client, ADMIN_KEY};
 use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
 
 const QUESTION: &str = "What does the platypus handbook say about salaries?";
@@ -74,14 +73,6 @@ async fn decision_entries_expire_after_the_tenants_days_and_an_early_deletion_is
     stack.stop().await;
 }
 
-fn files_containing(dir: &Path, needle: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { files_containing(&p, needle) } else { usize::from(std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes())) })
-        .sum()
-}
-
 #[tokio::test]
 async fn turning_redact_pii_on_redacts_the_documents_already_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,12 +85,12 @@ async fn turning_redact_pii_on_redacts_the_documents_already_stored() {
         assert_eq!(s, 200, "{b}");
     }
     let blobs = dir.path().join("blobs/tenants/later");
-    assert!(files_containing(&blobs, email) > 0, "stored unredacted first");
+    assert!(!files_containing(&blobs, email).is_empty(), "stored unredacted first");
 
     let (s, b) = c.call("PATCH", "/v1/tenants/later", ADMIN_KEY, Some(json!({"redact_pii": true}))).await.unwrap();
     assert_eq!(s, 200, "{b}");
     assert!(stack.settle(Duration::from_secs(20)).await);
-    assert_eq!(files_containing(&blobs, email), 0, "the address is gone from sources and index");
+    assert_eq!(files_containing(&blobs, email), Vec::<std::path::PathBuf>::new(), "the address is gone from sources and index");
     let (_, doc) = c.call("GET", "/v1/documents/contact", &t.admin, None).await.unwrap();
     assert_eq!(doc["redacted"], true, "{doc}");
     let (_, found) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "write about refunds"}))).await.unwrap();

@@ -61,7 +61,7 @@ impl Auth {
                 finished_at: None,
                 items: 0,
                 objects: 0,
-                earlier: previous.map(|p| remembered(p)).unwrap_or_default(),
+                earlier: previous.map(remembered).unwrap_or_default(),
             },
             // Run again: sweep what is left, add to the same receipt.
             (None, Some(previous)) => DeletionReceipt { state: DeletionState::Deleting, finished_at: None, ..previous },

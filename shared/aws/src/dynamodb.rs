@@ -143,10 +143,6 @@ impl DynamoTable {
         let same = first.is_some() && pks.all(|pk| tenant_of_partition(pk) == first);
         self.clients.client(if same { first.as_ref() } else { None }).await
     }
-
-    pub fn forget(&self, tenant: &keel_core::ids::TenantId) {
-        self.clients.forget(tenant);
-    }
 }
 
 #[async_trait]

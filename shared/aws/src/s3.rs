@@ -30,8 +30,19 @@ impl S3Blobs {
         self.clients.client(tenant_of_object(key).as_ref()).await
     }
 
-    pub fn forget(&self, tenant: &keel_core::ids::TenantId) {
-        self.clients.forget(tenant);
+    /// Whether `key` is stored: the first key listed under it is itself when it is.
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let page = self
+            .client(key)
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| StoreError::Backend(sdk_message(&e)))?;
+        Ok(page.contents().first().and_then(|o| o.key()) == Some(key))
     }
 }
 
@@ -57,6 +68,13 @@ impl BlobStore for S3Blobs {
                 Ok(Some(bytes.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => Ok(None),
+            // A tenant session may list only its own prefix, and S3 answers a
+            // missing object with 403 to whoever may not list the bucket: ask
+            // the listing whether the object is there before calling it denied.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => match self.exists(key).await? {
+                false => Ok(None),
+                true => Err(StoreError::Backend(sdk_message(&e))),
+            },
             Err(e) => Err(StoreError::Backend(sdk_message(&e))),
         }
     }

@@ -117,11 +117,6 @@ impl<C: Clone> ScopedClients<C> {
     fn cached(&self, tenant: &TenantId) -> Option<C> {
         self.by_tenant.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned()
     }
-
-    /// Drops a tenant's session (after the tenant is deleted).
-    pub fn forget(&self, tenant: &TenantId) {
-        self.by_tenant.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
-    }
 }
 
 #[cfg(test)]
