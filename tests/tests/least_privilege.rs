@@ -331,3 +331,15 @@ fn old_object_versions_expire() {
     assert_eq!(rule["Status"].as_str(), Some("Enabled"));
     assert!(rule.get("Prefix").is_none() && rule.get("Filter").is_none(), "every object's old versions, not some");
 }
+
+#[test]
+fn the_api_throttles_and_logs_each_request_as_json_with_its_id_and_tenant() {
+    let template = template();
+    let api = &template["Resources"]["Api"]["Properties"];
+    let throttle = &api["DefaultRouteSettings"];
+    assert!(throttle.get("ThrottlingRateLimit").is_some() && throttle.get("ThrottlingBurstLimit").is_some());
+    let format: serde_json::Value = serde_json::from_str(api["AccessLogSettings"]["Format"].as_str().unwrap()).expect("the access log format is JSON");
+    assert_eq!(format["requestId"], "$context.requestId");
+    assert_eq!(format["tenant"], "$context.authorizer.tenant", "the authorizer's context names the tenant");
+    assert_eq!(render(&api["AccessLogSettings"]["DestinationArn"]), ["ApiAccessLogs"]);
+}
