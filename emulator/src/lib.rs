@@ -9,6 +9,7 @@ pub mod api;
 pub mod asl;
 pub mod blobs;
 pub mod demo;
+pub mod metrics;
 pub mod queue;
 mod stack;
 pub mod store;

@@ -59,15 +59,18 @@ impl BudgetCounters {
         let month = current_month();
         let mut limits = Vec::new();
         if let Some(l) = budgets.monthly_usd {
-            limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), l));
+            limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), "monthly".to_string(), l));
         }
         if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
-            limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), *l));
+            limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), format!("workflow:{w}"), *l));
         }
         let mut held = Reservation { tenant: tenant.clone(), counters: vec![], micro_usd };
-        for (sk, scope, limit_usd) in limits {
+        for (sk, scope, budget, limit_usd) in limits {
             match self.table.increment(&tenant.pk(), &sk, micro_usd, Some(micro(limit_usd)), None).await {
-                Ok(_) => held.counters.push(sk),
+                Ok(spent) => {
+                    keel_core::telemetry::budget_used(tenant.as_str(), &budget, spent as f64 / micro(limit_usd).max(1) as f64);
+                    held.counters.push(sk)
+                }
                 Err(e) => {
                     self.release(&held).await;
                     return Err(match e {

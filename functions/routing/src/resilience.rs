@@ -55,10 +55,18 @@ pub async fn call_model(
                 None => provider.generate(request.clone()).await,
             }
         };
+        let started = Instant::now();
         let result = match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
             Err(_) => Err(ModelError::Timeout(limit.as_millis() as u64)),
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ModelError::Timeout(_)) => "timeout",
+            Err(e) if e.is_retryable() => "error",
+            Err(_) => "rejected",
+        };
+        keel_core::telemetry::model_call(&spec.name, outcome, started.elapsed().as_secs_f64());
         // A rejected request says nothing about the provider's health.
         breakers.record(&spec.name, !matches!(result, Err(ref e) if e.is_retryable()));
         match result {

@@ -27,7 +27,9 @@ impl Tools {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
-        schema::validate_off_workers(validator, req.args.clone()).await?;
+        let checked = schema::validate_off_workers(validator, req.args.clone()).await;
+        keel_core::telemetry::tool_arguments(checked.is_ok());
+        checked?;
         let autonomy = self.autonomy(tenant, &tool).await?;
         let units = metered_units(&tool, &req.args)?;
         let (today, counted) = self.count_today(tenant, &tool, units).await?;

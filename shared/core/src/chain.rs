@@ -259,6 +259,7 @@ pub async fn send_decision(
 ) -> Result<(), crate::KeelError> {
     let attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
     queue.send(crate::ports::QueueName::Audit, serde_json::to_string(event)?, attributes).await?;
+    crate::telemetry::record_decision(tenant.as_str(), event);
     Ok(())
 }
 

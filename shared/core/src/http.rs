@@ -206,7 +206,18 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> KeelError {
     KeelError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
-async fn envelope(mut request: Request, next: Next) -> Response {
+async fn envelope(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(path) => format!("{} {}", request.method(), path.as_str()),
+        None => "unmatched".to_string(),
+    };
+    let response = answer(request, next).await;
+    crate::telemetry::http_request(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(mut request: Request, next: Next) -> Response {
     let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
     request.extensions_mut().insert(request_id.clone());
     let throttled = request.extensions().get::<Caller>().is_some_and(|c| c.throttled);

@@ -22,6 +22,7 @@ pub mod resilience;
 pub mod tenants;
 pub mod stats;
 pub mod tasks;
+pub mod telemetry;
 pub mod text;
 pub mod time;
 pub mod warm_cache;

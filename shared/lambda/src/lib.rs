@@ -19,6 +19,8 @@ use tower::ServiceExt;
 
 pub use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
+pub mod emf;
+
 /// Logs as JSON lines at `RUST_LOG` (default info). Never log secrets, prompts
 /// or document text at info.
 pub fn init_tracing() {
@@ -49,19 +51,47 @@ where
     F: Fn(Event) -> Fut,
     Fut: Future<Output = Result<Value, Diagnostic>>,
 {
-    let (api, handle) = (&api, &handle);
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into());
+    let emf = emf::Emf::install(&function);
+    let (api, handle, emf) = (&api, &handle, &emf);
     lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| async move {
-        let payload = event.payload;
-        if payload.pointer("/requestContext/http").is_some() && payload.get("routeArn").is_none() {
-            return match api {
-                Some(api) => serve_http(api.clone(), payload).await,
-                None => Err(unsupported("HTTP request")),
-            };
-        }
-        let event = recognize(payload).map_err(|e| bad_event(&e))?;
-        handle(event).await.map(FunctionResponse::BufferedResponse)
+        invoke(api, handle, emf.as_ref(), event.payload, &event.context.request_id, std::io::stdout()).await
     }))
     .await
+}
+
+/// One invocation: the event served, then what it recorded written as EMF to `metrics_out`.
+pub async fn invoke<F, Fut>(
+    api: &Option<Router>,
+    handle: &F,
+    emf: Option<&emf::Emf>,
+    payload: Value,
+    request_id: &str,
+    metrics_out: impl std::io::Write,
+) -> Result<Answer, Diagnostic>
+where
+    F: Fn(Event) -> Fut,
+    Fut: Future<Output = Result<Value, Diagnostic>>,
+{
+    if let Some(emf) = emf {
+        emf.invocation_started();
+    }
+    let tenant = emf::event_tenant(&payload).map(str::to_string);
+    let answer = if payload.pointer("/requestContext/http").is_some() && payload.get("routeArn").is_none() {
+        match api {
+            Some(api) => serve_http(api.clone(), payload).await,
+            None => Err(unsupported("HTTP request")),
+        }
+    } else {
+        match recognize(payload) {
+            Ok(event) => handle(event).await.map(FunctionResponse::BufferedResponse),
+            Err(e) => Err(bad_event(&e)),
+        }
+    };
+    if let Some(emf) = emf {
+        emf.flush(request_id, tenant.as_deref(), metrics_out);
+    }
+    answer
 }
 
 /// Recognizes a non-HTTP event by its shape.

@@ -217,6 +217,10 @@ impl PolicyGate {
             let (allowed, policies) = self.evaluate(request, set, entities);
             ShadowDecision { allowed, policies }
         });
+        keel_core::telemetry::policy_decision(allowed, "enforced");
+        if let Some(sh) = &shadow {
+            keel_core::telemetry::policy_decision(sh.allowed, "shadow");
+        }
         if let Some(sh) = shadow.as_ref().filter(|sh| sh.allowed != allowed) {
             tracing::info!(verb = verb.name(), enforced = allowed, shadow = sh.allowed, "shadow policies would decide otherwise");
         }
