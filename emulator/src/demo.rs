@@ -19,21 +19,37 @@ impl Client {
 
     /// Sends a request; returns (status, the JSON body, or any other body as a JSON string).
     pub async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Result<(u16, Value), KeelError> {
+        let (status, _, body) = self.call_with_headers(method, path, key, body, &[]).await?;
+        Ok((status, body))
+    }
+
+    /// `call` with extra request headers; the response's headers come back too.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, reqwest::header::HeaderMap, Value), KeelError> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| KeelError::BadRequest(e.to_string()))?;
         let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
         let status = resp.status().as_u16();
-        let is_json = resp
-            .headers()
+        let response_headers = resp.headers().clone();
+        let is_json = response_headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         let text = resp.text().await.map_err(|e| KeelError::Unavailable(e.to_string()))?;
         let body = if is_json { serde_json::from_str(&text).unwrap_or(Value::String(text)) } else { Value::String(text) };
-        Ok((status, body))
+        Ok((status, response_headers, body))
     }
 }
 

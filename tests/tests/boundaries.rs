@@ -31,6 +31,8 @@ struct Targets {
     decision: String,
     key_id: String,
     idempotency_key: String,
+    /// The request id acme's ask was sent with.
+    request_id: String,
 }
 
 impl Targets {
@@ -52,6 +54,7 @@ impl Targets {
         let query = match path {
             "/v1/actions" if method == "GET" => format!("?idempotency_key={}", self.idempotency_key),
             "/v1/changes" => "?since=2000-01-01T00:00:00Z".into(),
+            "/v1/decisions" => format!("?request_id={}", self.request_id),
             _ => String::new(),
         };
         (format!("{concrete}{query}"), body(method, path, &self.tool))
@@ -122,7 +125,8 @@ async fn acme(c: &Client, t: &keel_tests::Tenant) -> Targets {
     let proposal = json!({"tool": "refund", "args": {"order_id": "A-1", "amount": 5}, "idempotency_key": "acme-1"});
     let (s, action) = c.call("POST", "/v1/actions", &t.member, Some(proposal)).await.unwrap();
     assert!(s == 200 || s == 201 || s == 202, "{s} {action}");
-    let (_, ask) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": format!("What does a {ACME_MARKER} do?")}))).await.unwrap();
+    let question = json!({"question": format!("What does a {ACME_MARKER} do?")});
+    let (_, _, ask) = c.call_with_headers("POST", "/v1/ask", &t.member, Some(question), &[("x-request-id", "acme-ask-1")]).await.unwrap();
     let (_, keys) = c.call("GET", "/v1/tenants/acme/keys", &t.admin, None).await.unwrap();
     Targets {
         doc: "herd".into(),
@@ -131,6 +135,7 @@ async fn acme(c: &Client, t: &keel_tests::Tenant) -> Targets {
         decision: ask["decision_id"].as_str().unwrap().to_string(),
         key_id: keys["keys"][0]["id"].as_str().unwrap().to_string(),
         idempotency_key: "acme-1".into(),
+        request_id: "acme-ask-1".into(),
     }
 }
 

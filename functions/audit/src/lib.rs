@@ -144,9 +144,30 @@ impl Audit {
         Ok(if appended { prev.map(|e| e.seq) } else { None })
     }
 
+    /// The decisions one request made, each with its events, as `decision` shows them.
+    pub(crate) async fn decisions_of_request(&self, caller: &Caller, request_id: &str) -> Result<ApiResponse, KeelError> {
+        if !keel_core::trace::well_formed_request_id(request_id) {
+            return Err(KeelError::BadRequest("request_id must be 1 to 128 letters, digits, '-', '_', '.' or ':'".into()));
+        }
+        let tenant = caller.tenant()?;
+        let mut decisions = Vec::new();
+        for id in self.chain.decisions_of_request(tenant, request_id).await? {
+            if let Some(events) = self.readable_events(caller, &id).await? {
+                decisions.push(json!({"decision_id": id, "events": events}));
+            }
+        }
+        Ok(ApiResponse::ok(&json!({"request_id": request_id, "decisions": decisions})))
+    }
+
     /// One decision's events. Admins and auditors read any; other principals
     /// only their own (they made its first event), and 404 for the rest.
     pub(crate) async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
+        let events = self.readable_events(caller, id).await?.ok_or_else(|| KeelError::NotFound(format!("decision {id} not found")))?;
+        Ok(ApiResponse::ok(&json!({"decision_id": id, "events": events})))
+    }
+
+    /// A decision's entries, if the caller may read them.
+    async fn readable_events(&self, caller: &Caller, id: &str) -> Result<Option<Vec<ChainEntry>>, KeelError> {
         let tenant = caller.tenant()?;
         let mut seqs: Vec<u64> = self.chain.pointers(tenant, Some(id)).await?.iter().map(|p| p.seq).collect();
         seqs.sort_unstable();
@@ -155,10 +176,7 @@ impl Audit {
             events.extend(self.chain.entry(tenant, seq).await?);
         }
         let own = events.first().is_some_and(|e| e.event.principal == caller.principal);
-        if events.is_empty() || !(own || caller.reads_all_decisions()) {
-            return Err(KeelError::NotFound(format!("decision {id} not found")));
-        }
-        Ok(ApiResponse::ok(&json!({"decision_id": id, "events": events})))
+        Ok((!events.is_empty() && (own || caller.reads_all_decisions())).then_some(events))
     }
 
     /// Verifies the chain and that every recorded decision still has its entry

@@ -13,6 +13,7 @@ type Reply = Result<ApiResponse, KeelError>;
 
 pub fn routes() -> Routes<Arc<Audit>> {
     Routes::new()
+        .route(Method::GET, "/v1/decisions", decisions)
         .route(Method::GET, "/v1/decisions/{id}", decision)
         .route(Method::POST, "/v1/audit/verify", verify)
         .route(Method::GET, "/v1/audit/export", export)
@@ -22,6 +23,12 @@ pub fn routes() -> Routes<Arc<Audit>> {
 async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Path<String>) -> Reply {
     caller.tenant()?;
     audit.decision(&caller, &parse_path_id("decision", &id)?).await
+}
+
+/// `GET /v1/decisions?request_id=`: what one request decided.
+async fn decisions(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
+    let request_id = query.get("request_id").ok_or_else(|| KeelError::BadRequest("GET /v1/decisions needs ?request_id=…".into()))?;
+    audit.decisions_of_request(&caller, request_id).await
 }
 
 async fn verify(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {

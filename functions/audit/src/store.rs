@@ -62,16 +62,32 @@ impl DecisionChain {
             .collect())
     }
 
+    /// The decisions a request made events of.
+    pub(crate) async fn decisions_of_request(&self, tenant: &TenantId, request_id: &str) -> Result<Vec<String>, KeelError> {
+        let items = self.table.query(&tenant.pk(), &keys::request_pointers(request_id), QueryOptions::default()).await?;
+        Ok(items.into_iter().filter_map(|i| i.data["decision_id"].as_str().map(str::to_string)).collect())
+    }
+
     /// Writes `entries` and their pointers, and adds `usage`, all or nothing;
     /// `false` when an entry's sequence number or an event was taken meanwhile.
     pub(crate) async fn append(&self, tenant: &TenantId, entries: &[ChainEntry], usage: Vec<Add>) -> Result<bool, KeelError> {
         // An entry and its pointer expire together, when the tenant's retention says.
         let new = |sk: String, data: Value, expires_at| Write { pk: tenant.pk(), sk, data, expires_at, condition: Condition::NotExists };
-        let mut writes = Vec::with_capacity(entries.len() * 2);
+        let mut writes = Vec::with_capacity(entries.len() * 3);
+        let mut requests = Vec::new();
         for entry in entries {
             let pointer = keys::decision_pointer(&entry.event.decision_id, &entry.event.event_id);
             writes.push(new(keys::audit_entry(entry.seq), serde_json::to_value(entry)?, entry.retain_until));
             writes.push(new(pointer, json!({"seq": entry.seq}), entry.retain_until));
+            if let Some(request_id) = &entry.event.request_id {
+                let sk = keys::request_pointer(request_id, &entry.event.decision_id);
+                // One write per item in a transaction; a later event of the same pair rewrites it.
+                if !requests.contains(&sk) {
+                    requests.push(sk.clone());
+                    let data = json!({"decision_id": entry.event.decision_id});
+                    writes.push(Write { pk: tenant.pk(), sk, data, expires_at: entry.retain_until, condition: Condition::Always });
+                }
+            }
         }
         match self.table.put_all_adding(writes, usage).await {
             Ok(()) => Ok(true),

@@ -314,6 +314,8 @@ impl Routing {
             action: json!(null),
             outcome,
             usage: Some(usage.clone()),
+            request_id: None,
+            trace_id: None,
         };
         send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
     }

@@ -56,6 +56,9 @@ impl OpenAiProvider {
 
     async fn send(&self, request: &ModelRequest, stream: bool) -> Result<reqwest::Response, ModelError> {
         let mut call = self.http.post(&self.url).json(&request_body(request, stream));
+        if let Some(context) = keel_core::trace::current() {
+            call = call.header("traceparent", context.child());
+        }
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }

@@ -35,7 +35,11 @@ impl IntoResponse for Reply {
         match self {
             Reply::Whole(whole) => whole.into_response(),
             Reply::Stream { frames, produce } => {
-                tokio::spawn(produce);
+                // The work outlives the handler: it keeps the request's ids.
+                match keel_core::trace::current() {
+                    Some(context) => tokio::spawn(keel_core::trace::scope(context, produce)),
+                    None => tokio::spawn(produce),
+                };
                 let frames = UnboundedReceiverStream::new(frames).map(Ok::<String, std::convert::Infallible>);
                 let mut out = Response::new(Body::from_stream(frames));
                 let headers = out.headers_mut();

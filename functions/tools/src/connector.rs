@@ -111,9 +111,11 @@ impl Connectors {
     /// value HTTP forbids) is the caller's error, final.
     fn request(&self, spec: &ConnectorSpec, idempotency_key: &str, body: &Value) -> Result<reqwest::Request, KeelError> {
         let method = reqwest::Method::from_bytes(spec.method.as_bytes()).map_err(|_| KeelError::BadRequest("bad connector method".into()))?;
-        self.http
-            .request(method, &spec.url)
-            .header("Idempotency-Key", idempotency_key)
+        let mut request = self.http.request(method, &spec.url).header("Idempotency-Key", idempotency_key);
+        if let Some(context) = keel_core::trace::current() {
+            request = request.header("traceparent", context.child()).header("x-request-id", context.request_id);
+        }
+        request
             .json(body)
             .build()
             .map_err(|e| KeelError::BadRequest(format!("connector request cannot be built: {e}")))

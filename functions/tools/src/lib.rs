@@ -23,7 +23,7 @@ mod store;
 
 use connector::Connectors;
 use keel_core::auth::Caller;
-use keel_core::chain::{admin_change_event, send_decision, AdminChange, DecisionEvent, DecisionKind};
+use keel_core::chain::{admin_change_event, send_decision, send_decision_in, AdminChange, DecisionEvent, DecisionKind};
 use keel_core::config::Config;
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};
@@ -194,6 +194,10 @@ pub struct Action {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The request that last moved the action: its saga steps, events and
+    /// connector calls continue that request's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<keel_core::trace::RequestContext>,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +302,9 @@ impl Tools {
     /// Writes an action's new state, only if nobody changed it meanwhile.
     async fn save(&self, tenant: &TenantId, action: &mut Action, version: u64) -> Result<(), KeelError> {
         action.updated_at = now_rfc3339();
+        if let Some(context) = keel_core::trace::current() {
+            action.trace = Some(context);
+        }
         self.actions.save(tenant, action, version).await.map_err(lost_race("the action changed meanwhile; reload it"))
     }
 
@@ -314,8 +321,11 @@ impl Tools {
             action: action.preview.clone(),
             outcome,
             usage: None,
+            request_id: None,
+            trace_id: None,
         };
-        send_decision(self.queue.as_ref(), tenant, &event).await
+        let context = keel_core::trace::current().or_else(|| action.trace.clone());
+        send_decision_in(self.queue.as_ref(), tenant, &event, context.as_ref()).await
     }
 
 }

@@ -109,6 +109,7 @@ impl Tools {
             error: None,
             created_at: now.clone(),
             updated_at: now,
+            trace: keel_core::trace::current(),
         }
     }
 
@@ -187,7 +188,10 @@ impl Tools {
     pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {
         let mut failed = Vec::new();
         for m in messages {
-            match self.propose_queued(m).await {
+            // A producer's message continues the producer's trace when it names one.
+            let attribute = |name: &str| m.attributes.get(name).map(String::as_str);
+            let context = keel_core::trace::RequestContext::from_headers(attribute("request_id"), attribute("traceparent"), &m.message_id);
+            match keel_core::trace::scope(context, self.propose_queued(m)).await {
                 Ok(_) => {}
                 Err(KeelError::TenantGone(tenant)) => dropped(QueueName::Actions, m, &tenant),
                 Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Actions, m, &e.to_string()).await => {}

@@ -40,7 +40,17 @@ impl Tools {
         let tenant = TenantId::parse(&input.tenant)?;
         let (action, version) = self.action(&tenant, &input.action_id).await?;
         let undo = input.operation.as_deref() == Some("compensate");
-        let result = match input.step.as_str() {
+        // A step continues the trace of the request that last moved the action.
+        let result = match action.trace.clone() {
+            Some(context) => keel_core::trace::scope(context, self.step(&tenant, input, action, version, undo)).await,
+            None => self.step(&tenant, input, action, version, undo).await,
+        };
+        result.map_err(retry_on_conflict)
+    }
+
+    async fn step(&self, tenant: &TenantId, input: StepInput, action: Action, version: u64, undo: bool) -> Result<Value, KeelError> {
+        let tenant = tenant.clone();
+        match input.step.as_str() {
             "await_approval" => {
                 let token = input.task_token.ok_or_else(|| KeelError::BadRequest("await_approval needs task_token".into()))?;
                 self.await_approval(&tenant, action, version, token).await
@@ -50,8 +60,7 @@ impl Tools {
             "compensate" => self.compensate_last(&tenant, action, version, undo).await,
             "fail" => self.fail(&tenant, action, version, undo, input.execution_input.unwrap_or(Value::Null)).await,
             other => Err(KeelError::BadRequest(format!("unknown saga step {other:?}"))),
-        };
-        result.map_err(retry_on_conflict)
+        }
     }
 
     /// Stores the saga's task token on a pending action; completes the task

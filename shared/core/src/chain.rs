@@ -29,6 +29,12 @@ pub struct DecisionEvent {
     /// A gateway decision's usage; `None` (null) for actions.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The request that made the event (absent from events logged before ids were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The W3C trace the request belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What a decision event records: a gateway request, or a step in an action's life.
@@ -249,6 +255,8 @@ pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, be
         action: Value::Null,
         outcome: serde_json::json!({"before": before, "after": after}),
         usage: None,
+        request_id: None,
+        trace_id: None,
     }
 }
 
@@ -257,9 +265,27 @@ pub async fn send_decision(
     tenant: &crate::TenantId,
     event: &DecisionEvent,
 ) -> Result<(), crate::KeelError> {
-    let attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
-    queue.send(crate::ports::QueueName::Audit, serde_json::to_string(event)?, attributes).await?;
-    crate::telemetry::record_decision(tenant.as_str(), event);
+    send_decision_in(queue, tenant, event, crate::trace::current().as_ref()).await
+}
+
+/// `send_decision` for work outside a request's scope (a saga step): the
+/// event carries the ids of the request `context` names.
+pub async fn send_decision_in(
+    queue: &dyn crate::ports::WorkQueue,
+    tenant: &crate::TenantId,
+    event: &DecisionEvent,
+    context: Option<&crate::trace::RequestContext>,
+) -> Result<(), crate::KeelError> {
+    let mut event = event.clone();
+    let mut attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
+    if let Some(c) = context {
+        event.request_id.get_or_insert_with(|| c.request_id.clone());
+        event.trace_id.get_or_insert_with(|| c.trace_id().to_string());
+        attributes.insert("request_id".into(), c.request_id.clone());
+        attributes.insert("traceparent".into(), c.child());
+    }
+    queue.send(crate::ports::QueueName::Audit, serde_json::to_string(&event)?, attributes).await?;
+    crate::telemetry::record_decision(tenant.as_str(), &event);
     Ok(())
 }
 
@@ -279,6 +305,8 @@ mod tests {
             action: Value::Null,
             outcome: Value::Null,
             usage: None,
+            request_id: None,
+            trace_id: None,
         }
     }
 

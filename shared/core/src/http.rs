@@ -218,19 +218,29 @@ async fn envelope(request: Request, next: Next) -> Response {
 }
 
 async fn answer(mut request: Request, next: Next) -> Response {
-    let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
+    let gateway_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
+    let context = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::trace::RequestContext::from_headers(header("x-request-id"), header("traceparent"), &gateway_id.0)
+    };
+    let request_id = RequestId(context.request_id.clone());
     request.extensions_mut().insert(request_id.clone());
+    request.extensions_mut().insert(context.clone());
     let throttled = request.extensions().get::<Caller>().is_some_and(|c| c.throttled);
     let mut response = if throttled {
         KeelError::TooManyRequests("rate limit exceeded for this tenant; retry in a minute".into()).into_response()
     } else {
-        next.run(request).await
+        crate::trace::scope(context.clone(), next.run(request)).await
     };
-    match response.extensions_mut().remove::<Failed>() {
+    let mut response = match response.extensions_mut().remove::<Failed>() {
         Some(Failed(error)) => error_response(&error, &request_id.0),
         None => {
             set_request_id(&mut response, &request_id.0);
             response
         }
+    };
+    if let Ok(v) = HeaderValue::try_from(context.traceparent.as_str()) {
+        response.headers_mut().insert("traceparent", v);
     }
+    response
 }

@@ -103,6 +103,16 @@ pub fn document(doc_id: &str) -> String {
 /// Every document record of the tenant begins so.
 pub const DOCUMENTS: &str = "DOC#";
 
+/// A pointer from a request to a decision it made an event of.
+pub fn request_pointer(request_id: &str, decision_id: &str) -> String {
+    format!("{}{decision_id}", request_pointers(request_id))
+}
+
+/// Every pointer of one request begins so.
+pub fn request_pointers(request_id: &str) -> String {
+    format!("REQ#{request_id}#")
+}
+
 /// The changed-documents feed, in time order.
 pub const CHANGES: &str = "CHANGE#";
 

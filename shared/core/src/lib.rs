@@ -25,6 +25,7 @@ pub mod tasks;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod trace;
 pub mod warm_cache;
 
 pub use error::{KeelError, StoreError};
