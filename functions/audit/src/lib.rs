@@ -4,6 +4,7 @@
 //! and reports usage.
 
 pub mod routes;
+mod report;
 mod store;
 
 use keel_core::auth::Caller;
@@ -250,7 +251,9 @@ impl Audit {
         Ok(())
     }
 
-    pub(crate) async fn usage(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+    pub(crate) async fn usage(&self, tenant: &TenantId, from: Option<&str>, to: Option<&str>) -> Result<ApiResponse, KeelError> {
+        let period = report::Period::parse(from, to)?;
+        let rows = self.usage.days(tenant, &period.from, &period.to).await?;
         let month = current_month();
         let usage = self.usage.month(tenant, &month).await?;
         let count = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -258,7 +261,7 @@ impl Audit {
         let lookups = count("cache_hits") + count("cache_misses");
         let hit_rate = (lookups > 0).then(|| count("cache_hits") as f64 / lookups as f64);
         Ok(ApiResponse::ok(&json!({"period": month, "counters": usage, "cost_usd": cost, "cache_hit_rate": hit_rate,
-            "budget": self.budget(tenant, &month).await?})))
+            "budget": self.budget(tenant, &month).await?, "report": report::report(&period, &rows)})))
     }
 
     /// Budgets and what is spent against them this month (reserved spend included).

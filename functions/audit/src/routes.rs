@@ -43,6 +43,6 @@ async fn export(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query)
     audit.export(tenant, query.get("from").map(String::as_str), query.get("to").map(String::as_str)).await
 }
 
-async fn usage(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
-    audit.usage(caller.tenant()?).await
+async fn usage(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
+    audit.usage(caller.tenant()?, query.get("from").map(String::as_str), query.get("to").map(String::as_str)).await
 }

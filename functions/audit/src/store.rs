@@ -6,6 +6,7 @@ use keel_core::chain::{CacheOutcome, ChainEntry, DecisionEvent};
 use keel_core::ids::TenantId;
 use keel_core::keys;
 use keel_core::ports::{Add, Condition, QueryOptions, Table, Write};
+use keel_core::models::Budgets;
 use keel_core::time::current_month;
 use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
@@ -107,26 +108,79 @@ impl UsageCounters {
         Self { table }
     }
 
-    /// What a gateway decision adds to its tenant's counters this month
-    /// (nothing for other events).
+    /// What a decision adds to its tenant's counters: a gateway decision to
+    /// this month's; every decision to its day's (see `daily`).
     pub(crate) fn additions(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
+        let month = current_month();
+        let monthly = Self::monthly(event).into_iter().map(|(name, by)| Add { pk: tenant.pk(), sk: keys::usage(&month, &name), by });
+        let day = event_day(event);
+        let daily = Self::daily(event).into_iter().map(|(name, by)| Add { pk: tenant.pk(), sk: keys::daily_usage(&day, &name), by });
+        monthly.chain(daily).filter(|a| a.by != 0).collect()
+    }
+
+    fn monthly(event: &DecisionEvent) -> Vec<(String, i64)> {
         let (Some(usage), true) = (&event.usage, event.kind.is_gateway()) else {
             return vec![];
         };
-        let month = current_month();
-        let counters = [
+        vec![
             (format!("{}_requests", event.kind.as_str()), 1),
             ("input_tokens".into(), usage.input_tokens as i64),
             ("output_tokens".into(), usage.output_tokens as i64),
             ("cost_micro_usd".into(), usage.cost_micro_usd),
             ("cache_hits".into(), i64::from(usage.cache == CacheOutcome::Hit)),
             ("cache_misses".into(), i64::from(usage.cache == CacheOutcome::Miss)),
-        ];
-        counters
-            .into_iter()
-            .filter(|(_, by)| *by != 0)
-            .map(|(name, by)| Add { pk: tenant.pk(), sk: keys::usage(&month, &name), by })
-            .collect()
+        ]
+    }
+
+    /// A day's counters: the monthly ones, the router tier, cost and tokens by
+    /// model, action statuses and executed actions' own cost; requests and
+    /// actions of a workflow also under `wf:<workflow>:`.
+    fn daily(event: &DecisionEvent) -> Vec<(String, i64)> {
+        let mut out = Self::monthly(event);
+        let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
+        if let Some(usage) = event.usage.as_ref().filter(|_| event.kind.is_gateway()) {
+            out.push((format!("tier:{}", text(&event.outcome, "tier").unwrap_or_else(|| "none".into())), 1));
+            if let Some(model) = text(&event.outcome, "model").filter(|m| Budgets::is_workflow_name(m)) {
+                out.push((format!("model_cost:{model}"), usage.cost_micro_usd));
+                out.push((format!("model_tokens:{model}"), (usage.input_tokens + usage.output_tokens) as i64));
+            }
+        }
+        if let Some(status) = event.kind.as_str().strip_prefix("action.") {
+            out.push((format!("actions:{status}"), 1));
+            if status == "executed" {
+                let cost = event.input.get("cost_usd").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+                out.push(("action_cost_micro_usd".into(), (cost * 1e6).round() as i64));
+            }
+        }
+        // Names a tenant chose count per workflow only when they fit a key.
+        let workflow = text(&event.input, "workflow").map(|w| if Budgets::is_workflow_name(&w) { w } else { "other".into() });
+        if let Some(w) = workflow {
+            let own: Vec<(String, i64)> = out
+                .iter()
+                .filter(|(n, _)| n == "cost_micro_usd" || n == "action_cost_micro_usd" || n.starts_with("actions:") || n.ends_with("_requests"))
+                .map(|(n, by)| (format!("wf:{w}:{n}"), *by))
+                .collect();
+            out.extend(own);
+        }
+        out
+    }
+
+    /// Every daily counter of the days from `from` to `to` (inclusive, `YYYY-MM-DD`), by day.
+    pub(crate) async fn days(&self, tenant: &TenantId, from: &str, to: &str) -> Result<Vec<(String, String, i64)>, KeelError> {
+        let after = keys::daily_usage(from, "").trim_end_matches('#').to_string();
+        let options = QueryOptions { after: Some(after), ..Default::default() };
+        let items = self.table.query(&tenant.pk(), keys::DAILY_USAGE, options).await?;
+        let mut out = Vec::new();
+        for item in items {
+            let Some((day, name)) = item.sk.strip_prefix(keys::DAILY_USAGE).and_then(|rest| rest.split_once('#')) else { continue };
+            if day > to {
+                break;
+            }
+            if day >= from {
+                out.push((day.to_string(), name.to_string(), item.counter));
+            }
+        }
+        Ok(out)
     }
 
     /// A month's counters by name.
@@ -139,5 +193,13 @@ impl UsageCounters {
     pub(crate) async fn spent(&self, tenant: &TenantId, month: &str, workflow: Option<&str>) -> Result<f64, KeelError> {
         let item = self.table.get(&tenant.pk(), &keys::spend(month, workflow)).await?;
         Ok(item.map(|i| i.counter).unwrap_or(0) as f64 / 1e6)
+    }
+}
+
+/// The day an event happened (`YYYY-MM-DD`), today when its time is unreadable.
+fn event_day(event: &DecisionEvent) -> String {
+    match chrono::DateTime::parse_from_rfc3339(&event.at) {
+        Ok(t) => t.with_timezone(&chrono::Utc).format("%Y-%m-%d").to_string(),
+        Err(_) => chrono::Utc::now().format("%Y-%m-%d").to_string(),
     }
 }

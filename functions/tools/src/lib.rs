@@ -112,6 +112,9 @@ struct ToolInput {
     /// The numeric argument whose daily total policies see as `context.today.total`.
     #[serde(default)]
     metered_arg: Option<String>,
+    /// What one execution costs (the connector's own price), for cost per successful action.
+    #[serde(default)]
+    cost_usd: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,6 +129,8 @@ pub struct Tool {
     pub reversible: bool,
     pub autonomy: Option<Autonomy>,
     pub metered_arg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub version: u64,
     pub updated_at: String,
 }
@@ -198,6 +203,11 @@ pub struct Action {
     /// connector calls continue that request's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<keel_core::trace::RequestContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// What executing it costs, from its tool's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +216,9 @@ struct ProposeRequest {
     tool: String,
     args: Value,
     idempotency_key: String,
+    /// The workflow the action belongs to, for cost per successful action.
+    #[serde(default)]
+    workflow: Option<String>,
 }
 
 
@@ -316,7 +329,7 @@ impl Tools {
             principal: principal.into(),
             at: now_rfc3339(),
             input: json!({"tool": action.tool, "tool_version": action.tool_version, "args": action.args,
-                "idempotency_key": action.idempotency_key}),
+                "idempotency_key": action.idempotency_key, "workflow": action.workflow, "cost_usd": action.cost_usd}),
             evidence: json!({"policy": action.policy}),
             action: action.preview.clone(),
             outcome,
@@ -343,5 +356,5 @@ pub(crate) fn action_view(action: &Action) -> Value {
     json!({"action_id": action.action_id, "tool": action.tool, "tool_version": action.tool_version, "args": action.args,
         "idempotency_key": action.idempotency_key, "proposer": action.proposer, "status": action.status,
         "preview": action.preview, "approvals": action.approvals, "steps": action.steps, "error": action.error,
-        "policy": action.policy, "created_at": action.created_at, "updated_at": action.updated_at})
+        "policy": action.policy, "workflow": action.workflow, "created_at": action.created_at, "updated_at": action.updated_at})
 }

@@ -20,6 +20,9 @@ impl Tools {
     pub(crate) async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
         let tenant = caller.tenant()?;
         check_idempotency_key(&req.idempotency_key)?;
+        if req.workflow.as_deref().is_some_and(|w| !keel_core::models::Budgets::is_workflow_name(w)) {
+            return Err(KeelError::BadRequest("workflow must be 1 to 64 letters, digits, '-', '_' or '.'".into()));
+        }
         let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
         let fingerprint = args_fingerprint(&tool.name, &req.args);
         // A replay is answered before anything is counted or decided again.
@@ -110,6 +113,8 @@ impl Tools {
             created_at: now.clone(),
             updated_at: now,
             trace: keel_core::trace::current(),
+            workflow: req.workflow,
+            cost_usd: tool.cost_usd,
         }
     }
 

@@ -3,6 +3,9 @@
 use super::*;
 use keel_core::http::ApiResponse;
 
+/// The most one execution of a tool may be declared to cost.
+const MAX_EXECUTION_COST_USD: f64 = 1_000_000.0;
+
 impl Tools {
     /// Registers a new version of a tool (recorded in the tenant's chain).
     pub(crate) async fn put_tool(&self, caller: &Caller, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
@@ -29,6 +32,9 @@ impl Tools {
         if let Some(c) = &input.dry_run {
             self.connectors.check(c, pins.as_ref(), "/dry_run/url".into()).await?;
         }
+        if input.cost_usd.is_some_and(|c| !(0.0..=MAX_EXECUTION_COST_USD).contains(&c)) {
+            return Err(KeelError::BadRequest(format!("cost_usd must be a number from 0 to {MAX_EXECUTION_COST_USD}")));
+        }
         let existing = self.tool(tenant, name).await.ok();
         let tool = Tool {
             name: name.to_string(),
@@ -40,6 +46,7 @@ impl Tools {
             risk: input.risk,
             autonomy: input.autonomy,
             metered_arg: input.metered_arg,
+            cost_usd: input.cost_usd,
             version: existing.as_ref().map_or(1, |(t, _)| t.version + 1),
             updated_at: now_rfc3339(),
         };

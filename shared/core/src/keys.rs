@@ -69,6 +69,15 @@ pub fn usage_prefix(month: &str) -> String {
     format!("USAGE#{month}#")
 }
 
+/// A day's usage counter (`YYYY-MM-DD`): requests, tokens and cost by
+/// model, router tiers, action statuses, each also per workflow.
+pub fn daily_usage(day: &str, name: &str) -> String {
+    format!("{DAILY_USAGE}{day}#{name}")
+}
+
+/// Every daily usage counter begins so (then the day, so days sort in order).
+pub const DAILY_USAGE: &str = "DAYUSE#";
+
 /// An answer-cache entry, by its address (a hash).
 pub fn answer_cache(address: &str) -> String {
     format!("CACHE#{address}")

@@ -203,6 +203,12 @@ impl Budgets {
     /// The workflow a paid request is charged to. Where workflows have
     /// budgets, it must be one of them (a request naming none gets the
     /// default): otherwise leaving it out or misspelling it would skip them.
+    /// Whether `name` can name a workflow in counters and reports: 1 to 64
+    /// letters, digits, `-`, `_` or `.`.
+    pub fn is_workflow_name(name: &str) -> bool {
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
+
     pub fn workflow_for<'a>(&'a self, requested: Option<&'a str>) -> Result<Option<&'a str>, KeelError> {
         if self.workflows.is_empty() {
             return Ok(requested);
