@@ -112,7 +112,7 @@ impl Stack {
             )),
             retrieval: retrieval.clone(),
             tools,
-            audit: Arc::new(Audit::new(table.clone(), blobs, tenants)),
+            audit: Arc::new(Audit::new(table.clone(), blobs, tenants).with_webhooks(&config)?),
         });
 
         let (shutdown, stopped) = watch::channel(false);

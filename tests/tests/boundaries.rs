@@ -76,6 +76,7 @@ fn body(method: &str, path: &str, tool: &str) -> Option<Value> {
         (_, "/v1/classify") => json!({"text": QUESTION, "labels": ["animal", "plant"]}),
         (_, "/v1/rank") => json!({"query": QUESTION, "documents": ["a", "b"]}),
         (_, "/v1/tools/{name}") => json!({"description": "hijacked", "risk": "low", "input_schema": {}, "connector": {"url": "http://127.0.0.1:9/x"}}),
+        (_, "/v1/alerts/webhook") => json!({"url": "http://127.0.0.1:9/hook"}),
         (_, "/v1/policies/{mode}") => json!({"policies": "@id(\"all\") permit(principal, action, resource);"}),
         (_, "/v1/actions") => json!({"tool": tool, "args": {"order_id": "M-1", "amount": 1}, "idempotency_key": "mallory-1"}),
         _ => json!({}),
@@ -205,7 +206,8 @@ async fn no_credential_of_another_party_reaches_acme_on_any_route() {
 }
 
 /// Routes a member of the tenant may not call: 403, whatever it sends.
-const ADMIN_ONLY: [(&str, &str); 15] = [
+const ADMIN_ONLY: [(&str, &str); 16] = [
+    ("PUT", "/v1/alerts/webhook"),
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants/{id}"),
     ("PATCH", "/v1/tenants/{id}"),

@@ -4,6 +4,7 @@
 //! and reports usage.
 
 pub mod routes;
+mod alerts;
 mod report;
 mod store;
 
@@ -36,6 +37,9 @@ pub struct Audit {
     chain: DecisionChain,
     usage: UsageCounters,
     blobs: Arc<dyn BlobStore>,
+    table: Arc<dyn Table>,
+    /// The guarded client alert webhooks are called through; none, none are called.
+    egress: Option<keel_egress::Egress>,
 }
 
 fn message_tenant(m: &QueueMessage) -> Result<TenantId, KeelError> {
@@ -51,7 +55,14 @@ fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelErro
 
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, tenants: Arc<TenantStore>) -> Self {
-        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table), tenants, blobs }
+        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), tenants, blobs, table, egress: None }
+    }
+
+    /// Delivers budget alerts to tenants' webhooks through the egress guard `config` opens.
+    pub fn with_webhooks(mut self, config: &keel_core::config::Config) -> Result<Self, KeelError> {
+        let timeout = std::time::Duration::from_millis(config.connector_timeout_ms);
+        self.egress = Some(keel_egress::Egress::new(timeout, config.egress.clone())?);
+        Ok(self)
     }
 
     /// Consumes audit-queue messages; returns the ids of those to retry.
@@ -83,12 +94,17 @@ impl Audit {
         for (tenant, group) in groups {
             let events: Vec<&DecisionEvent> = group.iter().map(|(_, e)| e).collect();
             if let Ok(Some(_)) = self.append_after_head(&tenant, &events).await {
+                self.deliver_alerts(&tenant, &events).await;
                 continue;
             }
             for (message_id, event) in group {
-                if let Err(e) = self.append(&tenant, event).await {
-                    tracing::warn!(message_id = %message_id, error = %e, "audit message failed");
-                    failed.push(message_id.to_string());
+                match self.append(&tenant, event.clone()).await {
+                    Ok(Some(_)) => self.deliver_alerts(&tenant, &[&event]).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(message_id = %message_id, error = %e, "audit message failed");
+                        failed.push(message_id.to_string());
+                    }
                 }
             }
         }

@@ -4,7 +4,8 @@ use crate::Audit;
 use axum::extract::{Path, State};
 use axum::http::Method;
 use keel_core::auth::Caller;
-use keel_core::http::{ApiResponse, QueryMap, Routes};
+use axum::body::Bytes;
+use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
 use keel_core::KeelError;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub fn routes() -> Routes<Arc<Audit>> {
         .route(Method::POST, "/v1/audit/verify", verify)
         .route(Method::GET, "/v1/audit/export", export)
         .route(Method::GET, "/v1/usage", usage)
+        .route(Method::GET, "/v1/alerts", alerts)
+        .route(Method::PUT, "/v1/alerts/webhook", put_webhook)
 }
 
 async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Path<String>) -> Reply {
@@ -45,4 +48,12 @@ async fn export(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query)
 
 async fn usage(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
     audit.usage(caller.tenant()?, query.get("from").map(String::as_str), query.get("to").map(String::as_str)).await
+}
+
+async fn alerts(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
+    audit.alerts(caller.tenant()?).await
+}
+
+async fn put_webhook(State(audit): State<Arc<Audit>>, caller: Caller, body: Bytes) -> Reply {
+    audit.put_webhook(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
 }

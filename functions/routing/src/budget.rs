@@ -4,11 +4,14 @@
 //! can never overspend together; after the call the reservation is settled
 //! to the real cost.
 
-use keel_core::ids::TenantId;
+use keel_core::chain::{send_decision, DecisionEvent, DecisionKind};
+use keel_core::ids::{new_id, TenantId};
+use keel_core::keys;
 use keel_core::models::Budgets;
-use keel_core::ports::Table;
-use keel_core::time::current_month;
+use keel_core::ports::{Condition, Table, WorkQueue, Write};
+use keel_core::time::{current_month, now_rfc3339};
 use keel_core::{KeelError, StoreError};
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Held budget: the counters charged and the amount on each.
@@ -40,11 +43,22 @@ fn micro(usd: f64) -> i64 {
 /// The monthly spend counters, the tenant's and each workflow's.
 pub struct BudgetCounters {
     table: Arc<dyn Table>,
+    /// Where alerts go: the decision log (whose consumer calls the tenant's webhook).
+    queue: Arc<dyn WorkQueue>,
+}
+
+/// A budget's spend, before and after a reservation, against its limit.
+struct Spend<'a> {
+    month: &'a str,
+    budget: &'a str,
+    limit: i64,
+    before: i64,
+    after: i64,
 }
 
 impl BudgetCounters {
-    pub fn new(table: Arc<dyn Table>) -> Self {
-        Self { table }
+    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>) -> Self {
+        Self { table, queue }
     }
 
     /// Reserves `micro_usd` on every budget that applies; all or none.
@@ -69,6 +83,8 @@ impl BudgetCounters {
             match self.table.increment(&tenant.pk(), &sk, micro_usd, Some(micro(limit_usd)), None).await {
                 Ok(spent) => {
                     keel_core::telemetry::budget_used(tenant.as_str(), &budget, spent as f64 / micro(limit_usd).max(1) as f64);
+                    let spend = Spend { month: &month, budget: &budget, limit: micro(limit_usd), before: spent - micro_usd, after: spent };
+                    self.alert_crossings(tenant, &budgets.thresholds(), &spend).await;
                     held.counters.push(sk)
                 }
                 Err(e) => {
@@ -92,6 +108,49 @@ impl BudgetCounters {
             }
         }
         Ok(())
+    }
+
+    /// Raises an alert for each threshold this reservation crossed, once per
+    /// budget, threshold and month however many requests cross it together:
+    /// the first to write the month's marker raises it. An alert that cannot
+    /// be raised is logged; the request goes on.
+    async fn alert_crossings(&self, tenant: &TenantId, thresholds: &[f64], spend: &Spend<'_>) {
+        for &share in thresholds {
+            let line = (share * spend.limit as f64).ceil() as i64;
+            if !(spend.before < line && spend.after >= line) {
+                continue;
+            }
+            let percent = (share * 100.0).round() as u32;
+            let alert = json!({"budget": spend.budget, "threshold": share, "month": spend.month,
+                "limit_usd": spend.limit as f64 / 1e6, "spent_usd": spend.after as f64 / 1e6, "raised_at": now_rfc3339()});
+            let marker = Write { pk: tenant.pk(), sk: keys::budget_alert(spend.month, spend.budget, percent), data: alert.clone(), expires_at: None, condition: Condition::NotExists };
+            match self.table.put(marker).await {
+                Ok(_) => {}
+                Err(StoreError::ConditionFailed) => continue,
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "budget alert not raised");
+                    continue;
+                }
+            }
+            let id = new_id("alert");
+            let event = DecisionEvent {
+                event_id: id.clone(),
+                decision_id: id,
+                kind: DecisionKind::BudgetAlert,
+                principal: "budget".into(),
+                at: now_rfc3339(),
+                input: json!({"budget": spend.budget, "threshold": share}),
+                evidence: Value::Null,
+                action: Value::Null,
+                outcome: alert,
+                usage: None,
+                request_id: None,
+                trace_id: None,
+            };
+            if let Err(e) = send_decision(self.queue.as_ref(), tenant, &event).await {
+                tracing::warn!(tenant = %tenant, error = %e, "budget alert not sent to the decision log");
+            }
+        }
     }
 
     async fn release(&self, held: &Reservation) {

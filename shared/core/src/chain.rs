@@ -69,6 +69,9 @@ pub enum DecisionKind {
     /// An admin changed the tenant's controls (settings, keys, tools, policies).
     #[serde(rename = "admin.change")]
     AdminChange,
+    /// A budget's spend crossed one of its alert thresholds for the first time this month.
+    #[serde(rename = "budget.alert")]
+    BudgetAlert,
 }
 
 impl DecisionKind {
@@ -89,6 +92,7 @@ impl DecisionKind {
             Self::ActionUndone => "action.undone",
             Self::ActionUndoFailed => "action.undo_failed",
             Self::AdminChange => "admin.change",
+            Self::BudgetAlert => "budget.alert",
         }
     }
 

@@ -69,6 +69,17 @@ pub fn usage_prefix(month: &str) -> String {
     format!("USAGE#{month}#")
 }
 
+/// The once-per-month marker of a budget alert: which budget, which share (in percent).
+pub fn budget_alert(month: &str, budget: &str, percent: u32) -> String {
+    format!("{BUDGET_ALERTS}{month}#{budget}#{percent:03}")
+}
+
+/// Every budget alert of the tenant begins so.
+pub const BUDGET_ALERTS: &str = "ALERT#";
+
+/// Where the tenant's alert webhook (its URL and signing secret) is kept.
+pub const ALERT_WEBHOOK: &str = "ALERTHOOK";
+
 /// A day's usage counter (`YYYY-MM-DD`): requests, tokens and cost by
 /// model, router tiers, action statuses, each also per workflow.
 pub fn daily_usage(day: &str, name: &str) -> String {

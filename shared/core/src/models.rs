@@ -186,13 +186,22 @@ pub struct Budgets {
     /// The workflow a request that names none is charged to; without one, a
     /// tenant with workflow budgets requires every paid request to name one.
     pub default_workflow: Option<String>,
+    /// Shares of each budget whose first crossing in a month raises an alert
+    /// (default 50%, 80% and 100%).
+    pub alert_thresholds: Option<Vec<f64>>,
 }
+
+/// The alert thresholds of a budget that sets none.
+pub const DEFAULT_ALERT_THRESHOLDS: [f64; 3] = [0.5, 0.8, 1.0];
 
 impl Budgets {
     pub fn validate(&self) -> Result<(), KeelError> {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
         if self.monthly_usd.is_some_and(|v| !ok(v)) || self.workflows.values().any(|v| !ok(*v)) {
             return Err(KeelError::BadRequest("budgets must be finite and not negative".into()));
+        }
+        if self.alert_thresholds.as_ref().is_some_and(|t| t.len() > 10 || t.iter().any(|x| !(x.is_finite() && *x > 0.0 && *x <= 1.0))) {
+            return Err(KeelError::BadRequest("budgets: alert_thresholds are at most 10 shares, each above 0 and at most 1".into()));
         }
         if let Some(w) = self.default_workflow.as_ref().filter(|w| !self.workflows.contains_key(*w)) {
             return Err(KeelError::BadRequest(format!("budgets: default_workflow {w:?} has no budget in workflows")));
@@ -219,6 +228,11 @@ impl Budgets {
             Some(w) => Err(KeelError::BadRequest(format!("workflow {w:?} has no budget; this tenant budgets workflows {}", known()))),
             None => Err(KeelError::BadRequest(format!("workflow is required: this tenant budgets workflows {}", known()))),
         }
+    }
+
+    /// The shares whose crossing raises an alert.
+    pub fn thresholds(&self) -> Vec<f64> {
+        self.alert_thresholds.clone().unwrap_or_else(|| DEFAULT_ALERT_THRESHOLDS.to_vec())
     }
 
     pub fn is_empty(&self) -> bool {
