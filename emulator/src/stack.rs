@@ -112,7 +112,7 @@ impl Stack {
             )),
             retrieval: retrieval.clone(),
             tools,
-            audit: Arc::new(Audit::new(table.clone(), blobs, tenants).with_webhooks(&config)?),
+            audit: Arc::new(Audit::new(table.clone(), blobs, tenants).with_config(&config)?),
         });
 
         let (shutdown, stopped) = watch::channel(false);

@@ -40,6 +40,7 @@ pub struct Audit {
     table: Arc<dyn Table>,
     /// The guarded client alert webhooks are called through; none, none are called.
     egress: Option<keel_egress::Egress>,
+    slos: Vec<keel_core::slo::SloSpec>,
 }
 
 fn message_tenant(m: &QueueMessage) -> Result<TenantId, KeelError> {
@@ -55,13 +56,15 @@ fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelErro
 
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, tenants: Arc<TenantStore>) -> Self {
-        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), tenants, blobs, table, egress: None }
+        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), tenants, blobs, table, egress: None, slos: keel_core::slo::default_slos() }
     }
 
-    /// Delivers budget alerts to tenants' webhooks through the egress guard `config` opens.
-    pub fn with_webhooks(mut self, config: &keel_core::config::Config) -> Result<Self, KeelError> {
+    /// Delivers budget alerts to tenants' webhooks through the egress guard
+    /// `config` opens, and measures its objectives (`KEEL_SLOS`).
+    pub fn with_config(mut self, config: &keel_core::config::Config) -> Result<Self, KeelError> {
         let timeout = std::time::Duration::from_millis(config.connector_timeout_ms);
         self.egress = Some(keel_egress::Egress::new(timeout, config.egress.clone())?);
+        self.slos = config.slos.clone();
         Ok(self)
     }
 
@@ -148,7 +151,7 @@ impl Audit {
             let logged = if retention.store_prompts { event.clone() } else { with_prompts_hashed(event.clone()) };
             let entry = next_entry(prev.as_ref(), now_rfc3339(), logged, retain_until);
             // One addition per counter: a transaction may touch an item once.
-            for add in UsageCounters::additions(tenant, event) {
+            for add in UsageCounters::additions(tenant, event, &self.slos) {
                 match adds.iter_mut().find(|a| a.sk == add.sk) {
                     Some(a) => a.by += add.by,
                     None => adds.push(add),
@@ -298,4 +301,27 @@ impl Audit {
 /// When an archived block's entries have all expired (from its key), if they do.
 fn archive_expiry(key: &str) -> Option<i64> {
     key.strip_suffix(".jsonl")?.rsplit_once("-until-")?.1.parse().ok()
+}
+
+/// The windows `GET /v1/slo` reports, by whole hours back from the current one.
+const SLO_WINDOWS: [(&str, i64); 3] = [("1h", 1), ("24h", 24), ("30d", 720)];
+
+impl Audit {
+    /// Each surface's objectives and how the tenant's requests met them, per window.
+    pub(crate) async fn slo(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
+        let now = chrono::Utc::now();
+        let hour = |back: i64| (now - chrono::Duration::hours(back)).format("%Y-%m-%dT%H").to_string();
+        let mut surfaces = Vec::new();
+        for spec in &self.slos {
+            let rows = self.usage.service_levels_since(tenant, spec.surface, &hour(SLO_WINDOWS[2].1)).await?;
+            let mut windows = serde_json::Map::new();
+            for (name, back) in SLO_WINDOWS {
+                let since = hour(back);
+                let (t, s, f) = rows.iter().filter(|r| r.0 >= since).fold((0, 0, 0), |acc, r| (acc.0 + r.1, acc.1 + r.2, acc.2 + r.3));
+                windows.insert(name.to_string(), keel_core::slo::report(spec, t, s, f));
+            }
+            surfaces.push(json!({"surface": spec.surface, "objectives": {"p95_ms": spec.p95_ms, "success": spec.success}, "windows": windows}));
+        }
+        Ok(ApiResponse::ok(&json!({"slos": surfaces})))
+    }
 }

@@ -20,6 +20,7 @@ pub fn routes() -> Routes<Arc<Audit>> {
         .route(Method::GET, "/v1/audit/export", export)
         .route(Method::GET, "/v1/usage", usage)
         .route(Method::GET, "/v1/alerts", alerts)
+        .route(Method::GET, "/v1/slo", slo)
         .route(Method::PUT, "/v1/alerts/webhook", put_webhook)
 }
 
@@ -56,4 +57,8 @@ async fn alerts(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
 
 async fn put_webhook(State(audit): State<Arc<Audit>>, caller: Caller, body: Bytes) -> Reply {
     audit.put_webhook(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
+}
+
+async fn slo(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
+    audit.slo(caller.tenant()?).await
 }

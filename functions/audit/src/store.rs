@@ -7,6 +7,7 @@ use keel_core::ids::TenantId;
 use keel_core::keys;
 use keel_core::ports::{Add, Condition, QueryOptions, Table, Write};
 use keel_core::models::Budgets;
+use keel_core::slo::{self, SloSpec, Surface};
 use keel_core::time::current_month;
 use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
@@ -110,12 +111,40 @@ impl UsageCounters {
 
     /// What a decision adds to its tenant's counters: a gateway decision to
     /// this month's; every decision to its day's (see `daily`).
-    pub(crate) fn additions(tenant: &TenantId, event: &DecisionEvent) -> Vec<Add> {
+    pub(crate) fn additions(tenant: &TenantId, event: &DecisionEvent, slos: &[SloSpec]) -> Vec<Add> {
         let month = current_month();
         let monthly = Self::monthly(event).into_iter().map(|(name, by)| Add { pk: tenant.pk(), sk: keys::usage(&month, &name), by });
         let day = event_day(event);
         let daily = Self::daily(event).into_iter().map(|(name, by)| Add { pk: tenant.pk(), sk: keys::daily_usage(&day, &name), by });
-        monthly.chain(daily).filter(|a| a.by != 0).collect()
+        let slo = Self::service_levels(event, slos).into_iter().map(|(sk, by)| Add { pk: tenant.pk(), sk, by });
+        monthly.chain(daily).chain(slo).filter(|a| a.by != 0).collect()
+    }
+
+    /// A request's decision against its surface's objectives, in its hour.
+    fn service_levels(event: &DecisionEvent, slos: &[SloSpec]) -> Vec<(String, i64)> {
+        let (Some(surface), Some(latency)) = (Surface::of(event), event.latency_ms) else { return vec![] };
+        let Some(spec) = slos.iter().find(|s| s.surface == surface) else { return vec![] };
+        let hour = event.at.get(..13).filter(|h| h.len() == 13).map(str::to_string).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%dT%H").to_string());
+        let counter = |name: &str| keys::slo_counter(surface.as_str(), &hour, name);
+        vec![(counter("total"), 1), (counter("slow"), i64::from(latency > spec.p95_ms)), (counter("failed"), i64::from(slo::failed(event)))]
+    }
+
+    /// A surface's counters from `since_hour` on: `(total, slow, failed)` per hour.
+    pub(crate) async fn service_levels_since(&self, tenant: &TenantId, surface: Surface, since_hour: &str) -> Result<Vec<(String, i64, i64, i64)>, KeelError> {
+        let prefix = keys::slo_counters(surface.as_str());
+        let options = QueryOptions { after: Some(format!("{prefix}{since_hour}")), ..Default::default() };
+        let mut hours: std::collections::BTreeMap<String, (i64, i64, i64)> = std::collections::BTreeMap::new();
+        for item in self.table.query(&tenant.pk(), &prefix, options).await? {
+            let Some((hour, name)) = item.sk.strip_prefix(&prefix).and_then(|r| r.split_once('#')) else { continue };
+            let entry = hours.entry(hour.to_string()).or_default();
+            match name {
+                "total" => entry.0 += item.counter,
+                "slow" => entry.1 += item.counter,
+                "failed" => entry.2 += item.counter,
+                _ => {}
+            }
+        }
+        Ok(hours.into_iter().map(|(h, (t, s, f))| (h, t, s, f)).collect())
     }
 
     fn monthly(event: &DecisionEvent) -> Vec<(String, i64)> {

@@ -316,6 +316,7 @@ impl Routing {
             usage: Some(usage.clone()),
             request_id: None,
             trace_id: None,
+            latency_ms: None,
         };
         send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
     }

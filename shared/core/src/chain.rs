@@ -35,6 +35,9 @@ pub struct DecisionEvent {
     /// The W3C trace the request belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// From the request's arrival to this event, for a request's own decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
 }
 
 /// What a decision event records: a gateway request, or a step in an action's life.
@@ -261,6 +264,7 @@ pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, be
         usage: None,
         request_id: None,
         trace_id: None,
+        latency_ms: None,
     }
 }
 
@@ -283,6 +287,11 @@ pub async fn send_decision_in(
     let mut event = event.clone();
     let mut attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
     if let Some(c) = context {
+        // Latency is the running request's own, not that of the request an action step continues.
+        let running = crate::trace::current().is_some_and(|now| now.request_id == c.request_id && now.traceparent == c.traceparent);
+        if running && c.started_ms > 0 && crate::slo::Surface::of(&event).is_some() {
+            event.latency_ms.get_or_insert((chrono::Utc::now().timestamp_millis() - c.started_ms).max(0) as u64);
+        }
         event.request_id.get_or_insert_with(|| c.request_id.clone());
         event.trace_id.get_or_insert_with(|| c.trace_id().to_string());
         attributes.insert("request_id".into(), c.request_id.clone());
@@ -311,6 +320,7 @@ mod tests {
             usage: None,
             request_id: None,
             trace_id: None,
+            latency_ms: None,
         }
     }
 

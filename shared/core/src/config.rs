@@ -49,6 +49,8 @@ pub struct Config {
     pub index_max_segments: usize,
     /// Where calls a tenant steers may go (`KEEL_EGRESS_ALLOW` opens ranges and hosts).
     pub egress: crate::egress::EgressPolicy,
+    /// Objectives per surface (`KEEL_SLOS`; the seeds' by default).
+    pub slos: Vec<crate::slo::SloSpec>,
 }
 
 impl Config {
@@ -118,6 +120,10 @@ impl Config {
             index_cache_chunks: number(&get, "KEEL_INDEX_CACHE_CHUNKS", 500_000)?,
             index_max_segments: number(&get, "KEEL_INDEX_MAX_SEGMENTS", 8)?,
             egress: crate::egress::EgressPolicy::parse(&get("KEEL_EGRESS_ALLOW").unwrap_or_default())?,
+            slos: match get("KEEL_SLOS").filter(|s| !s.trim().is_empty()) {
+                Some(json) => crate::slo::parse_slos(&json)?,
+                None => crate::slo::default_slos(),
+            },
         })
     }
 }

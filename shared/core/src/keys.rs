@@ -86,6 +86,16 @@ pub fn daily_usage(day: &str, name: &str) -> String {
     format!("{DAILY_USAGE}{day}#{name}")
 }
 
+/// An hour's service-level counter of a surface (`total`, `slow`, `failed`).
+pub fn slo_counter(surface: &str, hour: &str, name: &str) -> String {
+    format!("{}{hour}#{name}", slo_counters(surface))
+}
+
+/// Every service-level counter of a surface begins so (then the hour, `YYYY-MM-DDTHH`).
+pub fn slo_counters(surface: &str) -> String {
+    format!("SLO#{surface}#")
+}
+
 /// Every daily usage counter begins so (then the day, so days sort in order).
 pub const DAILY_USAGE: &str = "DAYUSE#";
 

@@ -20,6 +20,7 @@ pub mod openai;
 pub mod ports;
 pub mod resilience;
 pub mod tenants;
+pub mod slo;
 pub mod stats;
 pub mod tasks;
 pub mod telemetry;

@@ -21,6 +21,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// `00-<trace id>-<span id>-<flags>`: this request's own span in the trace.
     pub traceparent: String,
+    /// When the request arrived (epoch milliseconds): its decisions' latency.
+    #[serde(default)]
+    pub started_ms: i64,
 }
 
 impl RequestContext {
@@ -30,7 +33,8 @@ impl RequestContext {
         let request_id = request_id.filter(|id| well_formed_request_id(id)).unwrap_or(fallback_id).to_string();
         let trace_id = traceparent.and_then(parse_traceparent).map(|(t, _, _)| t).unwrap_or_else(new_trace_id);
         let flags = traceparent.and_then(parse_traceparent).map_or("01".to_string(), |(_, _, f)| f);
-        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()) }
+        let started_ms = chrono::Utc::now().timestamp_millis();
+        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms }
     }
 
     /// The 32 hex digits of the trace.
