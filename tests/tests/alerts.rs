@@ -92,3 +92,39 @@ async fn each_threshold_alerts_once_under_concurrent_spend() {
     }
     stack.stop().await;
 }
+
+/// Records what the audit consumer publishes (a stand-in for the SNS topic, whose adapter
+/// `contract.rs` runs against moto).
+#[derive(Default)]
+struct Published(Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl keel_core::ports::Notifier for Published {
+    async fn notify(&self, subject: &str, message: &str, _: std::collections::HashMap<String, String>) -> Result<(), keel_core::StoreError> {
+        self.0.lock().unwrap().push((subject.to_string(), message.to_string()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_chained_alert_is_published_to_the_operators_topic_once_however_often_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = keel_emulator::store::Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let table = Arc::new(keel_emulator::table::SqliteTable::new(db));
+    let blobs = Arc::new(keel_emulator::blobs::DirBlobs::new(dir.path().join("blobs")));
+    let tenants = Arc::new(keel_tests::config(&[]).tenant_store(table.clone()));
+    let published = Arc::new(Published::default());
+    let audit = keel_audit::Audit::new(table, blobs, tenants).with_notifier(Some(published.clone()));
+    let alert = json!({"event_id": "alert_1", "decision_id": "alert_1", "kind": "budget.alert", "principal": "budget", "at": "2026-12-06T00:00:00Z",
+        "outcome": {"budget": "monthly", "threshold": 0.8, "limit_usd": 10.0, "spent_usd": 8.1}});
+    let message = keel_core::ports::QueueMessage {
+        message_id: "m1".into(), receipt: "r1".into(), body: alert.to_string(),
+        attributes: std::collections::HashMap::from([("tenant".to_string(), "acme".to_string())]), receive_count: 1,
+    };
+    assert!(audit.consume(std::slice::from_ref(&message)).await.is_empty());
+    assert!(audit.consume(&[message]).await.is_empty(), "delivered again (a lost ack)");
+    let got = published.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].0.contains("acme") && got[0].0.contains("monthly"));
+    assert_eq!(serde_json::from_str::<Value>(&got[0].1).unwrap()["data"]["threshold"], 0.8);
+}

@@ -369,6 +369,31 @@ async fn a_denied_read_is_a_missing_object_when_the_listing_shows_none_and_an_er
     assert!(denied.contains("AccessDenied"), "{denied}");
 }
 
+/// The operators' topic: a published alert reaches a queue subscribed to it.
+#[tokio::test]
+async fn the_sns_notifier_publishes_to_the_topic_against_moto() {
+    use keel_core::ports::Notifier;
+    let Some(endpoint) = moto() else { return };
+    let sdk = sdk_config(&endpoint).await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let topic = sns.create_topic().name(format!("keel-alarms-{suffix}")).send().await.unwrap().topic_arn().unwrap().to_string();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = sqs.create_queue().queue_name(format!("keel-ops-{suffix}")).send().await.unwrap().queue_url().unwrap().to_string();
+    let queue_arn = format!("arn:aws:sqs:us-east-1:123456789012:keel-ops-{suffix}");
+    sns.subscribe().topic_arn(&topic).protocol("sqs").endpoint(&queue_arn).send().await.unwrap();
+
+    let notifier = keel_aws::SnsNotifier::new(sns, &topic);
+    let subject = format!("Keel budget alert: {}", "x".repeat(200));
+    let attributes = HashMap::from([("tenant".to_string(), "acme".to_string())]);
+    notifier.notify(&subject, r#"{"type":"budget.alert","tenant":"acme"}"#, attributes).await.unwrap();
+    let got = sqs.receive_message().queue_url(&queue).wait_time_seconds(1).send().await.unwrap();
+    let envelope: Value = serde_json::from_str(got.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(envelope["Message"], r#"{"type":"budget.alert","tenant":"acme"}"#);
+    assert_eq!(envelope["Subject"].as_str().map(str::len), Some(100), "a subject is cut to SNS's limit");
+    assert_eq!(envelope["MessageAttributes"]["tenant"]["Value"], "acme");
+}
+
 /// Calls a moto API that the test has no SDK client for (IAM, Lambda, moto's own).
 async fn moto_call(endpoint: &str, service: &str, method: reqwest::Method, path: &str, content_type: &str, body: String) -> Value {
     let auth = format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0");

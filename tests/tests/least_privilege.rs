@@ -108,6 +108,7 @@ const SDK_OPERATIONS: &[(&str, &str)] = &[
     (".invoke_endpoint()", "sagemaker:InvokeEndpoint"),
     (".invoke_endpoint_with_response_stream()", "sagemaker:InvokeEndpointWithResponseStream"),
     (".get_secret_value()", "secretsmanager:GetSecretValue"),
+    (".publish()", "sns:Publish"),
     ("AssumeRoleProvider::builder(", "sts:AssumeRole"),
     (".tags([(TENANT_TAG", "sts:TagSession"),
 ];
@@ -166,6 +167,8 @@ const FUNCTION_ROLES: &[(&str, &[(&str, &str)])] = &[
         ("sts:AssumeRole", "TenantAccessRole"),
         ("sts:TagSession", "TenantAccessRole"),
         ("dynamodb:GetItem", "Table[PLATFORM]"),
+        // Budget alerts to the operators' topic.
+        ("sns:Publish", "AlarmTopic"),
     ]),
 ];
 
@@ -179,6 +182,7 @@ fn adapters_source() -> String {
         include_str!("../../shared/aws/src/sagemaker.rs"),
         include_str!("../../shared/aws/src/secrets.rs"),
         include_str!("../../shared/aws/src/sessions.rs"),
+        include_str!("../../shared/aws/src/sns.rs"),
     ]
     .concat()
 }

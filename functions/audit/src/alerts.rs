@@ -78,6 +78,16 @@ impl Audit {
         if alerts.is_empty() {
             return;
         }
+        if let Some(notifier) = &self.notifier {
+            for alert in &alerts {
+                let subject = format!("Keel budget alert: tenant {tenant}, {} at {}", alert.outcome["budget"].as_str().unwrap_or("?"), alert.outcome["threshold"]);
+                let message = json!({"type": "budget.alert", "id": alert.event_id, "tenant": tenant, "data": alert.outcome}).to_string();
+                let attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string()), ("type".to_string(), "budget.alert".to_string())]);
+                if let Err(e) = notifier.notify(&subject, &message, attributes).await {
+                    tracing::warn!(tenant = %tenant, error = %e, "budget alert not published to the operators' topic");
+                }
+            }
+        }
         let (Some(egress), Ok(Some(hook))) = (&self.egress, self.webhook(tenant).await) else { return };
         let pins = self.tenants.cached(tenant).await.ok().flatten().and_then(|t| t.egress);
         for alert in alerts {

@@ -40,6 +40,8 @@ pub struct Audit {
     table: Arc<dyn Table>,
     /// The guarded client alert webhooks are called through; none, none are called.
     egress: Option<keel_egress::Egress>,
+    /// The operators' topic budget alerts are also published to.
+    notifier: Option<Arc<dyn keel_core::ports::Notifier>>,
     slos: Vec<keel_core::slo::SloSpec>,
 }
 
@@ -56,7 +58,7 @@ fn parse_message(m: &QueueMessage) -> Result<(TenantId, DecisionEvent), KeelErro
 
 impl Audit {
     pub fn new(table: Arc<dyn Table>, blobs: Arc<dyn BlobStore>, tenants: Arc<TenantStore>) -> Self {
-        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), tenants, blobs, table, egress: None, slos: keel_core::slo::default_slos() }
+        Self { chain: DecisionChain::new(table.clone()), usage: UsageCounters::new(table.clone()), tenants, blobs, table, egress: None, notifier: None, slos: keel_core::slo::default_slos() }
     }
 
     /// Delivers budget alerts to tenants' webhooks through the egress guard
@@ -66,6 +68,12 @@ impl Audit {
         self.egress = Some(keel_egress::Egress::new(timeout, config.egress.clone())?);
         self.slos = config.slos.clone();
         Ok(self)
+    }
+
+    /// Publishes budget alerts to the operators' topic as well.
+    pub fn with_notifier(mut self, notifier: Option<Arc<dyn keel_core::ports::Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Consumes audit-queue messages; returns the ids of those to retry.

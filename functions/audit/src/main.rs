@@ -10,7 +10,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     keel_lambda::init_tracing();
     let aws = keel_aws::Adapters::from_env().await?;
     let config = aws.config().await?;
-    let audit = Arc::new(Audit::new(aws.table.clone(), aws.blobs, Arc::new(config.tenant_store(aws.table.clone()))).with_config(&config)?);
+    let notifier = aws.notifier().map(|n| n as Arc<dyn keel_core::ports::Notifier>);
+    let audit = Arc::new(Audit::new(aws.table.clone(), aws.blobs, Arc::new(config.tenant_store(aws.table.clone()))).with_config(&config)?.with_notifier(notifier));
     let app = api(routes().with_state(audit.clone()));
     keel_lambda::run(Some(app), |event| {
         let audit = audit.clone();

@@ -9,6 +9,7 @@ mod sagemaker;
 mod secrets;
 pub mod sessions;
 mod sfn;
+mod sns;
 mod sqs;
 
 pub use bedrock::BedrockProvider;
@@ -18,6 +19,7 @@ pub use sagemaker::SageMakerProvider;
 pub use secrets::{config_from_env, read_secrets};
 pub use sessions::TenantSessions;
 pub use sfn::StepFunctionsSaga;
+pub use sns::SnsNotifier;
 pub use sqs::SqsQueue;
 
 use keel_core::ports::QueueName;
@@ -94,6 +96,12 @@ impl Adapters {
             saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
             sdk,
         })
+    }
+
+    /// The operators' topic (`KEEL_ALERT_TOPIC_ARN`), when the function is given one.
+    pub fn notifier(&self) -> Option<std::sync::Arc<SnsNotifier>> {
+        let topic = std::env::var("KEEL_ALERT_TOPIC_ARN").ok().filter(|t| !t.is_empty())?;
+        Some(std::sync::Arc::new(SnsNotifier::new(aws_sdk_sns::Client::new(&self.sdk), topic)))
     }
 
     /// The function's config, with its secrets read from Secrets Manager.

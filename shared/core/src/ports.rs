@@ -221,6 +221,13 @@ pub enum ExecutionStatus {
 }
 
 /// The action saga (Step Functions in AWS, an in-process ASL executor locally).
+/// Where the platform's operators hear of events (an SNS topic in AWS).
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Publishes `message` (JSON) with a one-line `subject` and string attributes.
+    async fn notify(&self, subject: &str, message: &str, attributes: HashMap<String, String>) -> Result<(), StoreError>;
+}
+
 #[async_trait]
 pub trait Saga: Send + Sync {
     /// Starts an execution named `name`. Starting the same name again with the
