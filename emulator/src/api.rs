@@ -9,7 +9,7 @@ use axum::Router;
 use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_audit::Audit;
-use keel_core::http::{api, error_response, RequestId};
+use keel_core::http::{api_counting_failures, error_response, RequestId};
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
 use keel_routing::Routing;
@@ -30,14 +30,14 @@ pub struct Functions {
 }
 
 /// The local API, ready to serve: each request runs as a task of its own.
-pub fn router(functions: &Functions) -> Router {
+pub fn router(functions: &Functions, queue: Arc<dyn keel_core::ports::WorkQueue>) -> Router {
     let routes = Router::new()
         .merge(keel_auth::routes::routes().with_state(functions.auth.clone()))
         .merge(keel_retrieval::routes::routes().with_state(functions.retrieval.clone()))
         .merge(keel_routing::routes::routes().with_state(functions.routing.clone()))
         .merge(keel_tools::routes::routes().with_state(functions.tools.clone()))
         .merge(keel_audit::routes::routes().with_state(functions.audit.clone()));
-    let api = api(routes).layer(from_fn_with_state(functions.auth.clone(), authenticate));
+    let api = api_counting_failures(routes, queue).layer(from_fn_with_state(functions.auth.clone(), authenticate));
     Router::new().fallback(serve).with_state(api)
 }
 

@@ -123,7 +123,7 @@ impl Stack {
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        let app = crate::metrics::routes(queue.clone()).merge(crate::api::router(&functions));
+        let app = crate::metrics::routes(queue.clone()).merge(crate::api::router(&functions, queue.clone()));
         let mut stop = stopped.clone();
         let server = tokio::spawn(async move {
             let graceful = async move {

@@ -47,3 +47,36 @@ async fn requests_count_against_their_surfaces_objectives() {
     assert_eq!((actions["requests"].clone(), actions["latency"].clone()), (json!(0), Value::Null), "nothing measured, nothing claimed");
     stack.stop().await;
 }
+
+/// A handler that fails (5xx) makes no decision; the API counts it against its surface anyway.
+#[tokio::test]
+async fn a_failed_request_counts_against_its_surfaces_success() {
+    use keel_core::ports::{QueueName, WorkQueue};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = keel_emulator::store::Db::open(&dir.path().join("t.sqlite3")).unwrap();
+    let queue = Arc::new(keel_emulator::queue::SqliteQueue::new(db.clone(), Duration::from_secs(30), 3));
+    let table = Arc::new(keel_emulator::table::SqliteTable::new(db));
+    let caller = keel_tests::member("acme", "ann");
+    let broken = axum::Router::new()
+        .route("/v1/ask", axum::routing::post(|| async { keel_core::KeelError::Internal("the store is down".into()) }))
+        .route("/v1/search", axum::routing::post(|| async { keel_core::KeelError::Internal("not a measured route".into()) }));
+    let app = keel_core::http::api_counting_failures(broken, queue.clone()).layer(axum::Extension(caller.clone()));
+    let c = Client::new(format!("http://{}", keel_tests::serve_on_loopback(app).await));
+    for path in ["/v1/ask", "/v1/ask", "/v1/search"] {
+        assert_eq!(c.call("POST", path, "k", Some(json!({}))).await.unwrap().0, 500);
+    }
+
+    let messages = queue.receive(QueueName::Audit, 10).await.unwrap();
+    assert_eq!(messages.len(), 2, "only the measured route's failures");
+    let blobs = Arc::new(keel_emulator::blobs::DirBlobs::new(dir.path().join("blobs")));
+    let tenants = Arc::new(keel_tests::config(&[]).tenant_store(table.clone()));
+    let audit = Arc::new(keel_audit::Audit::new(table, blobs, tenants));
+    assert!(audit.consume(&messages).await.is_empty());
+    let slo_api = keel_core::http::api(keel_audit::routes::routes().with_state(audit)).layer(axum::Extension(caller));
+    let c = Client::new(format!("http://{}", keel_tests::serve_on_loopback(slo_api).await));
+    let (_, slo) = c.call("GET", "/v1/slo", "k", None).await.unwrap();
+    let asks = &surface(&slo, "asks")["windows"]["1h"];
+    assert_eq!(asks["requests"], 2, "{slo}");
+    assert_eq!(asks["success"]["attainment"], 0.0);
+}

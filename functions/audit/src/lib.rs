@@ -85,6 +85,13 @@ impl Audit {
         let mut failed = Vec::new();
         let mut groups: Vec<(TenantId, Vec<(&str, DecisionEvent)>)> = Vec::new();
         for m in messages {
+            if m.attributes.get("keel_kind").map(String::as_str) == Some(keel_core::slo::FAILURE_MESSAGE) {
+                if let Err(e) = self.count_failure(m).await {
+                    tracing::warn!(message_id = %m.message_id, error = %e, "failure sample not counted");
+                    failed.push(m.message_id.clone());
+                }
+                continue;
+            }
             if let Ok(tenant) = message_tenant(m) {
                 if self.is_gone(&tenant).await {
                     dropped(QueueName::Audit, m, tenant.as_str());
@@ -120,6 +127,17 @@ impl Audit {
             }
         }
         failed
+    }
+
+    /// A request that failed before it made a decision, against its surface's
+    /// objective (a redelivered sample counts again: failures are rare, and
+    /// the count errs towards alarming).
+    async fn count_failure(&self, m: &QueueMessage) -> Result<(), KeelError> {
+        let tenant = message_tenant(m)?;
+        let body: Value = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "failure sample")?;
+        let surface: keel_core::slo::Surface = serde_json::from_value(body["surface"].clone())
+            .map_err(|e| KeelError::BadRequest(format!("failure sample without a surface: {e}")))?;
+        self.usage.count_failure(&tenant, surface).await
     }
 
     /// A deleted tenant's events still in flight are dropped (a store error is not "gone": the message is retried).

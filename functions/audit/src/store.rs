@@ -129,6 +129,15 @@ impl UsageCounters {
         vec![(counter("total"), 1), (counter("slow"), i64::from(latency > spec.p95_ms)), (counter("failed"), i64::from(slo::failed(event)))]
     }
 
+    /// One failed request of `surface` in the current hour.
+    pub(crate) async fn count_failure(&self, tenant: &TenantId, surface: Surface) -> Result<(), KeelError> {
+        let hour = chrono::Utc::now().format("%Y-%m-%dT%H").to_string();
+        for name in ["total", "failed"] {
+            self.table.increment(&tenant.pk(), &keys::slo_counter(surface.as_str(), &hour, name), 1, None, None).await?;
+        }
+        Ok(())
+    }
+
     /// A surface's counters from `since_hour` on: `(total, slow, failed)` per hour.
     pub(crate) async fn service_levels_since(&self, tenant: &TenantId, surface: Surface, since_hour: &str) -> Result<Vec<(String, i64, i64, i64)>, KeelError> {
         let prefix = keys::slo_counters(surface.as_str());

@@ -7,7 +7,7 @@
 use axum::middleware::from_fn_with_state;
 use keel_auth::edge::authenticate;
 use keel_auth::Auth;
-use keel_core::http::api;
+use keel_core::http::api_counting_failures;
 use keel_retrieval::{Backends, Retrieval};
 use keel_routing::providers::hosted_models;
 use keel_routing::{routes::routes, Routing, RoutingOptions};
@@ -25,7 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let models = hosted_models(&config.models).await;
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue.clone(), tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
-    let auth = Arc::new(Auth::new(aws.table, aws.blobs.clone(), aws.queue, config, tenants, keys)?);
-    let app = api(routes().with_state(Arc::new(routing))).layer(from_fn_with_state(auth, authenticate));
+    let auth = Arc::new(Auth::new(aws.table, aws.blobs.clone(), aws.queue.clone(), config, tenants, keys)?);
+    let app = api_counting_failures(routes().with_state(Arc::new(routing)), aws.queue).layer(from_fn_with_state(auth, authenticate));
     keel_lambda::run(Some(app), |event| async move { Err(event.unsupported()) }).await
 }

@@ -194,6 +194,28 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 /// authorizer marked as over its rate limit 429, and every response its
 /// request id (errors in their body too). The edge in front puts the
 /// `RequestId` and the `Caller` into the request's extensions.
+/// `api(routes)` that also counts each handler failure (5xx) of a measured
+/// route against its surface's objective, through the audit queue.
+pub fn api_counting_failures(routes: Router, queue: std::sync::Arc<dyn crate::ports::WorkQueue>) -> Router {
+    api(routes).layer(axum::middleware::from_fn_with_state(queue, count_failures))
+}
+
+async fn count_failures(
+    axum::extract::State(queue): axum::extract::State<std::sync::Arc<dyn crate::ports::WorkQueue>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| format!("{} {}", request.method(), p.as_str()));
+    let tenant = request.extensions().get::<Caller>().and_then(|c| c.tenant.clone());
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        if let (Some(surface), Some(tenant)) = (route.as_deref().and_then(crate::slo::Surface::of_route), tenant) {
+            crate::slo::report_failure(queue.as_ref(), &tenant, surface).await;
+        }
+    }
+    response
+}
+
 pub fn api(routes: Router) -> Router {
     routes
         .fallback(no_route)

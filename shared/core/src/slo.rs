@@ -31,6 +31,16 @@ impl Surface {
         }
     }
 
+    /// The surface a declared route serves, if it is one that is measured.
+    pub fn of_route(route: &str) -> Option<Self> {
+        match route {
+            "POST /v1/classify" | "POST /v1/rank" => Some(Surface::Hints),
+            "POST /v1/ask" | "POST /v1/chat/completions" => Some(Surface::Asks),
+            "POST /v1/actions" => Some(Surface::Actions),
+            _ => None,
+        }
+    }
+
     /// The surface a decision event measures, if it is a request's own.
     pub fn of(event: &DecisionEvent) -> Option<Self> {
         match event.kind {
@@ -90,6 +100,22 @@ pub fn failed(event: &DecisionEvent) -> bool {
         DecisionKind::Chat => degraded || out.get("answered") == Some(&Value::Bool(false)),
         DecisionKind::Classify => degraded || out.get("label").is_none_or(Value::is_null),
         _ => false,
+    }
+}
+
+/// The audit-queue message kind (`keel_kind` attribute) of a request that
+/// failed before making a decision: it counts against its surface's success.
+pub const FAILURE_MESSAGE: &str = "slo_failure";
+
+/// Reports a handler failure (5xx) of a measured route to the audit queue.
+pub async fn report_failure(queue: &dyn crate::ports::WorkQueue, tenant: &crate::TenantId, surface: Surface) {
+    let body = serde_json::json!({"surface": surface, "at": crate::time::now_rfc3339()}).to_string();
+    let attributes = std::collections::HashMap::from([
+        ("tenant".to_string(), tenant.to_string()),
+        ("keel_kind".to_string(), FAILURE_MESSAGE.to_string()),
+    ]);
+    if let Err(e) = queue.send(crate::ports::QueueName::Audit, body, attributes).await {
+        tracing::warn!(error = %e, "a failed request was not counted against its objective");
     }
 }
 
