@@ -101,6 +101,7 @@ async fn the_scrape_counts_what_a_known_sequence_of_requests_did() {
     assert_eq!(m.sum("keel_model_call_duration_seconds_count", &[("model", "small")]), 1.0);
     assert!(m.sum("keel_model_tokens_total", &[("model", "small"), ("direction", "input")]) > 0.0);
     assert!(m.sum("keel_cost_usd_total", &[("tenant", "metered")]) > 0.0, "cost by tenant");
+    assert!((m.sum("keel_cost_micro_usd_total", &[]) / 1e6 - m.sum("keel_cost_usd_total", &[])).abs() < 1e-6, "the same cost, summable across containers");
     assert_eq!(m.sum("keel_tool_arguments_total", &[("result", "invalid")]), 1.0);
     assert_eq!(m.sum("keel_tool_arguments_total", &[("result", "valid")]), 1.0);
     assert!(m.sum("keel_policy_decisions_total", &[("mode", "enforced")]) >= 1.0);

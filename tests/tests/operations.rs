@@ -43,7 +43,7 @@ fn the_dashboard_is_json_and_charts_the_published_metrics() {
     let dashboard: serde_json::Value = serde_json::from_str(&body).expect("the dashboard body is JSON");
     let text = dashboard.to_string();
     for metric in ["keel_http_request_duration_seconds", "keel_router_decisions_total", "keel_cache_requests_total", "keel_answers_total",
-        "keel_answer_groundedness", "keel_tool_arguments_total", "keel_actions_total", "keel_budget_used_ratio", "ApproximateNumberOfMessagesVisible"] {
+        "keel_answer_groundedness", "keel_tool_arguments_total", "keel_cost_micro_usd_total", "keel_action_cost_micro_usd_total", "keel_actions_total", "keel_budget_used_ratio", "ApproximateNumberOfMessagesVisible"] {
         assert!(text.contains(metric), "no chart of {metric}");
     }
     // A dashboard's SEARCH must name the namespace and the exact dimension set the EMF documents carry.

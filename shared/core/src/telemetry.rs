@@ -77,8 +77,10 @@ pub fn record_decision(tenant: &str, event: &DecisionEvent) {
         counter!("keel_model_tokens_total", "model" => model.clone(), "direction" => "input").increment(usage.input_tokens);
         counter!("keel_model_tokens_total", "model" => model, "direction" => "output").increment(usage.output_tokens);
         if usage.cost_micro_usd > 0 {
-            // Fractional dollars: a gauge that only grows, read as a counter.
+            // Fractional dollars: a gauge that only grows, read as a counter (Prometheus, per tenant)...
             gauge!("keel_cost_usd_total", with_tenant(tenant, vec![])).increment(usage.cost_micro_usd as f64 / 1e6);
+            // ...and whole micro-dollars as a counter, which sums across Lambda containers.
+            counter!("keel_cost_micro_usd_total").increment(usage.cost_micro_usd as u64);
         }
     }
     if event.kind == DecisionKind::Ask {
@@ -96,5 +98,9 @@ pub fn record_decision(tenant: &str, event: &DecisionEvent) {
     }
     if let Some(status) = event.kind.as_str().strip_prefix("action.") {
         counter!("keel_actions_total", "status" => status).increment(1);
+        let own_cost = event.input.get("cost_usd").and_then(Value::as_f64).filter(|c| *c > 0.0 && status == "executed");
+        if let Some(cost) = own_cost {
+            counter!("keel_action_cost_micro_usd_total").increment((cost * 1e6).round() as u64);
+        }
     }
 }
