@@ -27,9 +27,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stderr; spans to stdout when `OTEL_TRACES_EXPORTER=console` (off by default).
 fn tracing_subscriber_init() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    // Spans at info, whatever the logs' level.
+    let spans = keel_lambda::otel::from_env()
+        .map(|provider| keel_lambda::otel::layer(Box::leak(Box::new(provider))).with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    let _ = tracing_subscriber::registry().with(logs).with(spans).try_init();
 }
 
 async fn run(args: Vec<String>) -> Result<(), KeelError> {

@@ -56,7 +56,8 @@ pub async fn call_model(
             }
         };
         let started = Instant::now();
-        let result = match tokio::time::timeout(limit, call).await {
+        let span = tracing::info_span!("model.call", otel.name = "model.call", model = %spec.name, attempt = report.attempts);
+        let result = match tokio::time::timeout(limit, tracing::Instrument::instrument(call, span)).await {
             Ok(r) => r,
             Err(_) => Err(ModelError::Timeout(limit.as_millis() as u64)),
         };

@@ -122,7 +122,8 @@ impl Connectors {
     }
 
     async fn call_once(&self, request: reqwest::Request, pins: Option<&EgressPins>) -> Result<Value, Failure> {
-        let mut response = self.http.execute(request, pins).await.map_err(|e| match e {
+        let span = tracing::info_span!("connector.call", otel.name = "connector.call", http.host = %request.url().host_str().unwrap_or(""));
+        let mut response = tracing::Instrument::instrument(self.http.execute(request, pins), span).await.map_err(|e| match e {
             EgressError::Refused(r) => Failure::Refused(r.into()),
             EgressError::Failed(e) => Failure::Remote(KeelError::Unavailable(format!("connector unreachable: {e}"))),
         })?;

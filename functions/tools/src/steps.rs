@@ -41,9 +41,15 @@ impl Tools {
         let (action, version) = self.action(&tenant, &input.action_id).await?;
         let undo = input.operation.as_deref() == Some("compensate");
         // A step continues the trace of the request that last moved the action.
-        let result = match action.trace.clone() {
-            Some(context) => keel_core::trace::scope(context, self.step(&tenant, input, action, version, undo)).await,
-            None => self.step(&tenant, input, action, version, undo).await,
+        let context = action.trace.clone();
+        let work = async move {
+            // Made inside the action's context: an exporter takes the trace id from it.
+            let span = tracing::info_span!("saga.step", otel.name = %format!("saga.{}", input.step), keel.action_id = %input.action_id);
+            tracing::Instrument::instrument(self.step(&tenant, input, action, version, undo), span).await
+        };
+        let result = match context {
+            Some(context) => keel_core::trace::scope(context, work).await,
+            None => work.await,
         };
         result.map_err(retry_on_conflict)
     }

@@ -234,12 +234,12 @@ async fn envelope(request: Request, next: Next) -> Response {
         Some(path) => format!("{} {}", request.method(), path.as_str()),
         None => "unmatched".to_string(),
     };
-    let response = answer(request, next).await;
+    let response = answer(request, next, &route).await;
     crate::telemetry::http_request(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
-async fn answer(mut request: Request, next: Next) -> Response {
+async fn answer(mut request: Request, next: Next, route: &str) -> Response {
     let gateway_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
     let context = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
@@ -252,7 +252,13 @@ async fn answer(mut request: Request, next: Next) -> Response {
     let mut response = if throttled {
         KeelError::TooManyRequests("rate limit exceeded for this tenant; retry in a minute".into()).into_response()
     } else {
-        crate::trace::scope(context.clone(), next.run(request)).await
+        // The request's span is made inside its context: an exporter takes the trace id from it.
+        let work = async {
+            use tracing::Instrument;
+            let span = tracing::info_span!("http.request", otel.name = %route, http.route = %route, keel.request_id = %request_id.0);
+            next.run(request).instrument(span).await
+        };
+        crate::trace::scope(context.clone(), work).await
     };
     let mut response = match response.extensions_mut().remove::<Failed>() {
         Some(Failed(error)) => error_response(&error, &request_id.0),

@@ -20,13 +20,19 @@ use tower::ServiceExt;
 pub use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 
 pub mod emf;
+pub mod otel;
 
 /// Logs as JSON lines at `RUST_LOG` (default info). Never log secrets, prompts
 /// or document text at info.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).without_time().try_init();
+    let logs = tracing_subscriber::fmt::layer().json().without_time();
+    // The provider lives as long as the process: spans are exported as they end.
+    let spans = otel::from_env().map(|provider| otel::layer(Box::leak(Box::new(provider))));
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(spans).try_init();
 }
 
 /// The events other than HTTP requests that Keel's functions receive.
