@@ -36,7 +36,7 @@ fn tracing_subscriber_init() {
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
     // Spans at info, whatever the logs' level.
     let spans = keel_lambda::otel::from_env()
-        .map(|provider| keel_lambda::otel::layer(Box::leak(Box::new(provider))).with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+        .map(|provider| keel_lambda::otel::layer(provider).with_filter(tracing_subscriber::filter::LevelFilter::INFO));
     let _ = tracing_subscriber::registry().with(logs).with(spans).try_init();
 }
 

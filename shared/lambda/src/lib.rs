@@ -31,7 +31,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().json().without_time();
     // The provider lives as long as the process: spans are exported as they end.
-    let spans = otel::from_env().map(|provider| otel::layer(Box::leak(Box::new(provider))));
+    let spans = otel::from_env().map(otel::layer);
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(spans).try_init();
 }
 
@@ -97,6 +97,7 @@ where
     if let Some(emf) = emf {
         emf.flush(request_id, tenant.as_deref(), metrics_out);
     }
+    otel::flush().await;
     answer
 }
 
