@@ -159,3 +159,19 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// Polls an action until its status is `status`; the action as it then is.
+#[allow(clippy::panic)] // test-only code: a status never reached fails the test
+pub async fn wait_for_action(c: &Client, key: &str, id: &str, status: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        let (s, a) = c.call("GET", &format!("/v1/actions/{id}"), key, None).await.expect("the local API answers");
+        assert_eq!(s, 200, "{a}");
+        if a["status"] == status {
+            return a;
+        }
+        last = a;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("action {id} never became {status}: {last}");
+}

@@ -7,7 +7,7 @@
 //! per-tool autonomy, dry-run previews and undo.
 
 use keel_core::ports::{QueueName, WorkQueue};
-use keel_tests::{config, start_stack, tenant, Client, Tenant, ADMIN_KEY};
+use keel_tests::{config, start_stack, tenant, wait_for_action, Client, Tenant, ADMIN_KEY};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,21 +74,6 @@ fn proposal(tool: &str, amount: f64, key: &str) -> Value {
     json!({"tool": tool, "args": {"order_id": "A-1", "amount": amount}, "idempotency_key": key})
 }
 
-/// Polls the action until its status is `status`.
-async fn wait_for(c: &Client, key: &str, id: &str, status: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        let (s, a) = c.call("GET", &format!("/v1/actions/{id}"), key, None).await.unwrap();
-        assert_eq!(s, 200, "{a}");
-        if a["status"] == status {
-            return a;
-        }
-        last = a;
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("action {id} never became {status}: {last}");
-}
-
 /// The decision events of one action in the tenant's audit export, by kind.
 async fn events(c: &Client, key: &str, action_id: &str) -> Vec<String> {
     let (s, export) = c.call("GET", "/v1/audit/export", key, None).await.unwrap();
@@ -122,7 +107,7 @@ async fn a_failed_step_compensates_the_completed_steps_in_reverse_order() {
     let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("fulfil", 10.0, "f-1"))).await.unwrap();
     assert_eq!((s, a["status"].as_str()), (201, Some("running")), "{a}");
     let id = a["action_id"].as_str().unwrap();
-    let failed = wait_for(&c, &t.member, id, "failed").await;
+    let failed = wait_for_action(&c, &t.member, id, "failed").await;
     // The refused step is final (a 400 is not retried); what ran is taken back newest first; the last step never ran.
     assert_eq!(svc.paths(), ["/reserve", "/charge", "/refuse-ship", "/charge/undo", "/reserve/undo"]);
     assert!(failed["error"].as_str().unwrap().contains("400"), "{failed}");
@@ -139,7 +124,7 @@ async fn a_failed_step_compensates_the_completed_steps_in_reverse_order() {
     let steps = json!([step("reserve", &svc.url, "reserve"), step("charge", &svc.url, "down-charge")]);
     put(&c, &t.admin, "/v1/tools/flaky", tool("low", steps, json!({}))).await;
     let (_, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("flaky", 10.0, "f-2"))).await.unwrap();
-    wait_for(&c, &t.member, a["action_id"].as_str().unwrap(), "failed").await;
+    wait_for_action(&c, &t.member, a["action_id"].as_str().unwrap(), "failed").await;
     let tail: Vec<String> = svc.paths().into_iter().skip(5).collect();
     assert_eq!(tail.first().map(String::as_str), Some("/reserve"));
     assert_eq!(tail.last().map(String::as_str), Some("/reserve/undo"));
@@ -165,7 +150,7 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     assert_eq!(v2["version"], 2);
     let (s, r) = c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap();
     assert_eq!(s, 200, "{r}");
-    wait_for(&c, &t.member, id, "executed").await;
+    wait_for_action(&c, &t.member, id, "executed").await;
 
     // Rejected: the saga closes and nothing runs.
     let (_, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("refund", 6.0, "w-2"))).await.unwrap();
@@ -175,7 +160,7 @@ async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     // Nobody decides: after the timeout the action expires and can no longer be approved.
     let (_, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("refund", 7.0, "w-3"))).await.unwrap();
     let id = a["action_id"].as_str().unwrap();
-    wait_for(&c, &t.member, id, "expired").await;
+    wait_for_action(&c, &t.member, id, "expired").await;
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0, 409);
     assert_eq!(svc.paths(), ["/refund"], "only the approved action ran, at its proposed version");
     assert!(stack.settle(Duration::from_secs(10)).await);
@@ -202,7 +187,7 @@ async fn an_action_waiting_for_approval_when_the_stack_stops_runs_after_a_restar
     let c = Client::new(stack.url());
     let (s, r) = c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap();
     assert_eq!(s, 200, "{r}");
-    wait_for(&c, &t.member, &id, "executed").await;
+    wait_for_action(&c, &t.member, &id, "executed").await;
     assert_eq!(svc.paths(), ["/refund"]);
     stack.stop().await;
 }
@@ -246,7 +231,7 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
         let (s, a) = c.call("GET", &format!("/v1/actions?idempotency_key=q-{i}"), &t.member, None).await.unwrap();
         assert_eq!(s, 200, "{a}");
         let id = a["action_id"].as_str().unwrap();
-        wait_for(&c, &t.member, id, "executed").await;
+        wait_for_action(&c, &t.member, id, "executed").await;
         assert!(stack.settle(Duration::from_secs(10)).await);
         assert_eq!(events(&c, &t.admin, id).await, ["action.proposed", "action.executed"], "one audit trail for q-{i}");
     }
@@ -264,7 +249,7 @@ async fn each_message_delivered_one_to_five_times_in_any_order_runs_once() {
     assert!(stack.settle(Duration::from_secs(20)).await);
     let (s, a) = c.call("GET", "/v1/actions?idempotency_key=e-1", &t.member, None).await.unwrap();
     assert_eq!(s, 200, "{a}");
-    wait_for(&c, &t.member, a["action_id"].as_str().unwrap(), "executed").await;
+    wait_for_action(&c, &t.member, a["action_id"].as_str().unwrap(), "executed").await;
     assert_eq!(stack.queue.dead_letters(QueueName::Actions).unwrap().len(), 3);
     stack.stop().await;
 }
@@ -357,14 +342,14 @@ async fn tool_autonomy_dry_run_previews_and_undo_once() {
     assert_eq!(a["preview"]["rollback"]["steps"][0]["url"], format!("{}/adjust/undo", svc.url));
     let id = a["action_id"].as_str().unwrap();
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0, 200);
-    wait_for(&c, &t.member, id, "executed").await;
+    wait_for_action(&c, &t.member, id, "executed").await;
 
     // Undo: not by another member; by the proposer, once; the undo is audited.
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/undo"), &eve, None).await.unwrap().0, 403);
     let (s, r) = c.call("POST", &format!("/v1/actions/{id}/undo"), &t.member, None).await.unwrap();
     assert_eq!((s, r["status"].as_str()), (200, Some("undoing")), "{r}");
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/undo"), &t.member, None).await.unwrap().0, 409);
-    let undone = wait_for(&c, &t.member, id, "undone").await;
+    let undone = wait_for_action(&c, &t.member, id, "undone").await;
     assert_eq!(undone["steps"][0]["compensation"]["status"], 200);
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/undo"), &t.approver, None).await.unwrap().0, 409);
     assert_eq!(svc.paths(), ["/dry-run", "/adjust", "/adjust/undo"]);
@@ -380,7 +365,7 @@ async fn tool_autonomy_dry_run_previews_and_undo_once() {
     let id = a["action_id"].as_str().unwrap();
     assert_eq!(a["status"], "pending_approval", "irreversible tools never run unattended: {a}");
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0, 200);
-    wait_for(&c, &t.member, id, "executed").await;
+    wait_for_action(&c, &t.member, id, "executed").await;
     assert_eq!(c.call("POST", &format!("/v1/actions/{id}/undo"), &t.member, None).await.unwrap().0, 403);
     stack.stop().await;
 }

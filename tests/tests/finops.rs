@@ -7,22 +7,11 @@
 
 use keel_tests::gateway::{chat, gateway};
 use keel_tests::stub::StubModels;
-use keel_tests::{tenant, Client};
+use keel_tests::{tenant, wait_for_action};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const EXECUTION_COST: f64 = 0.25;
-
-async fn wait_for(c: &Client, key: &str, id: &str, status: &str) {
-    for _ in 0..400 {
-        let (_, a) = c.call("GET", &format!("/v1/actions/{id}"), key, None).await.unwrap();
-        if a["status"] == status {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("action {id} never became {status}");
-}
 
 #[tokio::test]
 async fn cost_per_successful_action_is_model_and_action_cost_over_actions_kept() {
@@ -52,14 +41,14 @@ async fn cost_per_successful_action_is_model_and_action_cost_over_actions_kept()
         let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal)).await.unwrap();
         assert!((200..300).contains(&s), "{a}");
         let id = a["action_id"].as_str().unwrap().to_string();
-        wait_for(&c, &t.member, &id, "executed").await;
+        wait_for_action(&c, &t.member, &id, "executed").await;
         if workflow.is_some() {
             support.push(id);
         }
     }
     let (s, r) = c.call("POST", &format!("/v1/actions/{}/undo", support[0]), &t.member, None).await.unwrap();
     assert_eq!(s, 200, "{r}");
-    wait_for(&c, &t.member, &support[0], "undone").await;
+    wait_for_action(&c, &t.member, &support[0], "undone").await;
     let (s, _) = c.call("POST", "/v1/actions", &t.member, Some(json!({"tool": "refund", "args": {}, "idempotency_key": "f-x", "workflow": "no spaces"}))).await.unwrap();
     assert_eq!(s, 400, "a workflow name must fit a counter");
     assert!(stack.settle(Duration::from_secs(10)).await);

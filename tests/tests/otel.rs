@@ -33,14 +33,7 @@ async fn a_requests_work_is_exported_as_spans_of_its_callers_trace() {
     let proposal = json!({"tool": "refund", "args": {}, "idempotency_key": "o-1"});
     let (s, _, a) = c.call_with_headers("POST", "/v1/actions", &t.member, Some(proposal), &[("traceparent", &parent)]).await.unwrap();
     assert!((200..300).contains(&s), "{a}");
-    let id = a["action_id"].as_str().unwrap().to_string();
-    for _ in 0..400 {
-        let (_, a) = c.call("GET", &format!("/v1/actions/{id}"), &t.member, None).await.unwrap();
-        if a["status"] == "executed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    keel_tests::wait_for_action(&c, &t.member, a["action_id"].as_str().unwrap(), "executed").await;
     assert!(stack.settle(Duration::from_secs(10)).await);
     stack.stop().await;
 

@@ -8,7 +8,7 @@
 //! document writes past their ACL, leaking cursors and decisions, and
 //! metered totals that overflowed.
 
-use keel_tests::{config, start_stack, tenant, Client, Tenant};
+use keel_tests::{config, start_stack, tenant, wait_for_action, Client, Tenant};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -45,17 +45,6 @@ fn nested_arrays(depth: usize) -> Value {
 
 async fn put(c: &Client, key: &str, path: &str, body: Value) -> (u16, Value) {
     c.call("PUT", path, key, Some(body)).await.unwrap()
-}
-
-async fn wait_for_status(c: &Client, key: &str, id: &str, status: &str) -> Value {
-    for _ in 0..400 {
-        let (_, a) = c.call("GET", &format!("/v1/actions/{id}"), key, None).await.unwrap();
-        if a["status"] == status {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("action {id} never became {status}");
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<String> {
@@ -106,7 +95,7 @@ async fn over_deep_arguments_are_refused_and_what_is_accepted_stays_readable_in_
     // The deepest arguments the edge accepts (the body adds one level) run and are recorded.
     let (s, r) = c.call("POST", "/v1/actions", &t.member, Some(propose(nested_arrays(31), "deepest"))).await.unwrap();
     assert_eq!(s, 201, "{r}");
-    wait_for_status(&c, &t.member, r["action_id"].as_str().unwrap(), "executed").await;
+    wait_for_action(&c, &t.member, r["action_id"].as_str().unwrap(), "executed").await;
     let (_, ask) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": "anything recorded after?"}))).await.unwrap();
     assert!(stack.settle(Duration::from_secs(10)).await);
     let (s, v) = c.call("POST", "/v1/audit/verify", &t.admin, None).await.unwrap();
@@ -139,7 +128,7 @@ async fn one_tenants_failures_never_open_another_tenants_breaker() {
     let body = json!({"tool": "pay", "args": {}, "idempotency_key": "pay-1"});
     let (s, r) = c.call("POST", "/v1/actions", &beta.member, Some(body)).await.unwrap();
     assert_eq!(s, 201, "{r}");
-    let done = wait_for_status(&c, &beta.member, r["action_id"].as_str().unwrap(), "executed").await;
+    let done = wait_for_action(&c, &beta.member, r["action_id"].as_str().unwrap(), "executed").await;
     assert_eq!(done["steps"][0]["outcome"]["status"], 200, "{done}");
     stack.stop().await;
 }

@@ -7,7 +7,7 @@
 //! `traceparent` its connector receives, and its request ids lead back to
 //! the decisions they made.
 
-use keel_tests::{config, start_stack, tenant, Client};
+use keel_tests::{config, start_stack, tenant, wait_for_action, Client};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,17 +43,6 @@ async fn traced(c: &Client, method: &str, path: &str, key: &str, body: Option<Va
     (s, b)
 }
 
-async fn wait_for(c: &Client, key: &str, id: &str, status: &str) {
-    for _ in 0..400 {
-        let (_, a) = c.call("GET", &format!("/v1/actions/{id}"), key, None).await.unwrap();
-        if a["status"] == status {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("action {id} never became {status}");
-}
-
 #[tokio::test]
 async fn one_trace_runs_from_an_ask_through_an_action_and_its_undo() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,10 +64,10 @@ async fn one_trace_runs_from_an_ask_through_an_action_and_its_undo() {
     let id = a["action_id"].as_str().unwrap().to_string();
     let (s, r) = traced(&c, "POST", &format!("/v1/actions/{id}/approve"), &t.approver, None, "t-approve").await;
     assert_eq!(s, 200, "{r}");
-    wait_for(&c, &t.member, &id, "executed").await;
+    wait_for_action(&c, &t.member, &id, "executed").await;
     let (s, r) = traced(&c, "POST", &format!("/v1/actions/{id}/undo"), &t.member, None, "t-undo").await;
     assert_eq!(s, 200, "{r}");
-    wait_for(&c, &t.member, &id, "undone").await;
+    wait_for_action(&c, &t.member, &id, "undone").await;
     assert!(stack.settle(Duration::from_secs(10)).await);
 
     // Every event of the ask and of the action carries the trace.
