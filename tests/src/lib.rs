@@ -146,18 +146,26 @@ pub fn evaldata(name: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Every file under `dir` whose bytes contain `needle` (what a store kept, read from disk).
-pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+/// Every file under `dir`, at any depth (none when `dir` is missing).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     let mut found = Vec::new();
     for path in entries.filter_map(Result::ok).map(|e| e.path()) {
         if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.extend(files_under(&path));
+        } else {
             found.push(path);
         }
     }
     found
+}
+
+/// Every file under `dir` whose bytes contain `needle` (what a store kept, read from disk).
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes())))
+        .collect()
 }
 
 /// Polls an action until its status is `status`; the action as it then is.

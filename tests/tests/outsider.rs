@@ -47,19 +47,6 @@ async fn put(c: &Client, key: &str, path: &str, body: Value) -> (u16, Value) {
     c.call("PUT", path, key, Some(body)).await.unwrap()
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out
-}
-
 async fn setup() -> (tempfile::TempDir, keel_emulator::Stack, Client, Tenant) {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;
@@ -231,7 +218,7 @@ async fn decisions_and_exports_are_for_admins_and_auditors_and_each_principal_se
     for _ in 0..3 {
         assert_eq!(c.call("GET", "/v1/audit/export", &t.admin, None).await.unwrap().0, 200);
     }
-    assert_eq!(files_under(dir.path()).iter().filter(|p| p.contains("export")).count(), 0);
+    assert_eq!(keel_tests::files_under(dir.path()).iter().filter(|p| p.to_string_lossy().contains("export")).count(), 0);
     stack.stop().await;
 }
 

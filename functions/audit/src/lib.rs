@@ -336,7 +336,7 @@ impl Audit {
     /// Each surface's objectives and how the tenant's requests met them, per window.
     pub(crate) async fn slo(&self, tenant: &TenantId) -> Result<ApiResponse, KeelError> {
         let now = chrono::Utc::now();
-        let hour = |back: i64| (now - chrono::Duration::hours(back)).format("%Y-%m-%dT%H").to_string();
+        let hour = |back: i64| (now - chrono::Duration::hours(back)).format(keel_core::slo::HOUR_FORMAT).to_string();
         let mut surfaces = Vec::new();
         for spec in &self.slos {
             let rows = self.usage.service_levels_since(tenant, spec.surface, &hour(SLO_WINDOWS[2].1)).await?;

@@ -124,14 +124,14 @@ impl UsageCounters {
     fn service_levels(event: &DecisionEvent, slos: &[SloSpec]) -> Vec<(String, i64)> {
         let (Some(surface), Some(latency)) = (Surface::of(event), event.latency_ms) else { return vec![] };
         let Some(spec) = slos.iter().find(|s| s.surface == surface) else { return vec![] };
-        let hour = event.at.get(..13).filter(|h| h.len() == 13).map(str::to_string).unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%dT%H").to_string());
+        let hour = event.at.get(..13).filter(|h| h.len() == 13).map(str::to_string).unwrap_or_else(|| chrono::Utc::now().format(slo::HOUR_FORMAT).to_string());
         let counter = |name: &str| keys::slo_counter(surface.as_str(), &hour, name);
         vec![(counter("total"), 1), (counter("slow"), i64::from(latency > spec.p95_ms)), (counter("failed"), i64::from(slo::failed(event)))]
     }
 
     /// One failed request of `surface` in the current hour.
     pub(crate) async fn count_failure(&self, tenant: &TenantId, surface: Surface) -> Result<(), KeelError> {
-        let hour = chrono::Utc::now().format("%Y-%m-%dT%H").to_string();
+        let hour = chrono::Utc::now().format(slo::HOUR_FORMAT).to_string();
         for name in ["total", "failed"] {
             self.table.increment(&tenant.pk(), &keys::slo_counter(surface.as_str(), &hour, name), 1, None, None).await?;
         }

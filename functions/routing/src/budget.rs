@@ -79,12 +79,13 @@ impl BudgetCounters {
             limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), format!("workflow:{w}"), *l));
         }
         let mut held = Reservation { tenant: tenant.clone(), counters: vec![], micro_usd };
+        let thresholds = budgets.thresholds();
         for (sk, scope, budget, limit_usd) in limits {
             match self.table.increment(&tenant.pk(), &sk, micro_usd, Some(micro(limit_usd)), None).await {
                 Ok(spent) => {
                     keel_core::telemetry::budget_used(tenant.as_str(), &budget, spent as f64 / micro(limit_usd).max(1) as f64);
                     let spend = Spend { month: &month, budget: &budget, limit: micro(limit_usd), before: spent - micro_usd, after: spent };
-                    self.alert_crossings(tenant, &budgets.thresholds(), &spend).await;
+                    self.alert_crossings(tenant, &thresholds, &spend).await;
                     held.counters.push(sk)
                 }
                 Err(e) => {

@@ -125,7 +125,7 @@ fn to_item(attrs: &Attrs) -> Result<Option<Item>, StoreError> {
 impl DynamoTable {
     /// Every call with `client`'s credentials.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { clients: Arc::new(ScopedClients::fixed(client, Client::new)), table: table.into() }
+        Self { clients: Arc::new(ScopedClients::fixed(client)), table: table.into() }
     }
 
     /// Each tenant partition's calls through that tenant's session.

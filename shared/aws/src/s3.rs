@@ -18,7 +18,7 @@ pub struct S3Blobs {
 impl S3Blobs {
     /// Every call with `client`'s credentials.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
-        Self { clients: Arc::new(ScopedClients::fixed(client, crate::s3_client)), bucket: bucket.into() }
+        Self { clients: Arc::new(ScopedClients::fixed(client)), bucket: bucket.into() }
     }
 
     /// Each tenant prefix's calls through that tenant's session.

@@ -82,31 +82,31 @@ impl TenantSessions {
 /// One SDK client per tenant session, plus the function's own, built on
 /// first use and kept while the function is warm.
 pub struct ScopedClients<C> {
-    sessions: Option<std::sync::Arc<TenantSessions>>,
+    /// The sessions tenants' clients are made from, and how; `None`: the function's own for all.
+    sessions: Option<(std::sync::Arc<TenantSessions>, fn(&SdkConfig) -> C)>,
     own: C,
-    make: fn(&SdkConfig) -> C,
     by_tenant: Mutex<HashMap<TenantId, C>>,
 }
 
 impl<C: Clone> ScopedClients<C> {
     /// Every call with `client`, whatever its tenant.
-    pub fn fixed(client: C, make: fn(&SdkConfig) -> C) -> Self {
-        Self { sessions: None, own: client, make, by_tenant: Mutex::new(HashMap::new()) }
+    pub fn fixed(client: C) -> Self {
+        Self { sessions: None, own: client, by_tenant: Mutex::new(HashMap::new()) }
     }
 
     pub fn new(sessions: std::sync::Arc<TenantSessions>, make: fn(&SdkConfig) -> C) -> Self {
         let own = make(sessions.base());
-        let sessions = sessions.is_scoped().then_some(sessions);
-        Self { sessions, own, make, by_tenant: Mutex::new(HashMap::new()) }
+        let sessions = sessions.is_scoped().then_some((sessions, make));
+        Self { sessions, own, by_tenant: Mutex::new(HashMap::new()) }
     }
 
     /// The client for a call on `tenant`'s data, or the function's own for `None`.
     pub async fn client(&self, tenant: Option<&TenantId>) -> C {
-        let (Some(sessions), Some(tenant)) = (&self.sessions, tenant) else { return self.own.clone() };
+        let (Some((sessions, make)), Some(tenant)) = (&self.sessions, tenant) else { return self.own.clone() };
         if let Some(c) = self.cached(tenant) {
             return c;
         }
-        let client = (self.make)(&sessions.config_for(tenant).await);
+        let client = make(&sessions.config_for(tenant).await);
         let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_CACHED_TENANTS {
             map.clear();

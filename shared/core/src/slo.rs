@@ -62,6 +62,9 @@ pub struct SloSpec {
     pub success: f64,
 }
 
+/// How an hour is written in the service-level counters' keys (UTC).
+pub const HOUR_FORMAT: &str = "%Y-%m-%dT%H";
+
 /// The share of requests the latency objective covers (a p95).
 pub const LATENCY_TARGET: f64 = 0.95;
 

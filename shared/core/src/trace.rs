@@ -31,8 +31,10 @@ impl RequestContext {
     /// `fallback_id`), and a new span in the caller's trace (or a new trace).
     pub fn from_headers(request_id: Option<&str>, traceparent: Option<&str>, fallback_id: &str) -> Self {
         let request_id = request_id.filter(|id| well_formed_request_id(id)).unwrap_or(fallback_id).to_string();
-        let trace_id = traceparent.and_then(parse_traceparent).map(|(t, _, _)| t).unwrap_or_else(new_trace_id);
-        let flags = traceparent.and_then(parse_traceparent).map_or("01".to_string(), |(_, _, f)| f);
+        let (trace_id, flags) = match traceparent.and_then(parse_traceparent) {
+            Some((trace, _, flags)) => (trace, flags),
+            None => (new_trace_id(), "01".to_string()),
+        };
         let started_ms = chrono::Utc::now().timestamp_millis();
         Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms }
     }
