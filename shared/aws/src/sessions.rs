@@ -79,11 +79,14 @@ impl TenantSessions {
     }
 }
 
+/// Builds an SDK client from a config.
+type MakeClient<C> = fn(&SdkConfig) -> C;
+
 /// One SDK client per tenant session, plus the function's own, built on
 /// first use and kept while the function is warm.
 pub struct ScopedClients<C> {
     /// The sessions tenants' clients are made from, and how; `None`: the function's own for all.
-    sessions: Option<(std::sync::Arc<TenantSessions>, fn(&SdkConfig) -> C)>,
+    sessions: Option<(std::sync::Arc<TenantSessions>, MakeClient<C>)>,
     own: C,
     by_tenant: Mutex<HashMap<TenantId, C>>,
 }
@@ -94,7 +97,7 @@ impl<C: Clone> ScopedClients<C> {
         Self { sessions: None, own: client, by_tenant: Mutex::new(HashMap::new()) }
     }
 
-    pub fn new(sessions: std::sync::Arc<TenantSessions>, make: fn(&SdkConfig) -> C) -> Self {
+    pub fn new(sessions: std::sync::Arc<TenantSessions>, make: MakeClient<C>) -> Self {
         let own = make(sessions.base());
         let sessions = sessions.is_scoped().then_some((sessions, make));
         Self { sessions, own, by_tenant: Mutex::new(HashMap::new()) }
