@@ -28,6 +28,8 @@ body = json.dumps({"stepfunctions": {"execute_state_machine": True}, "lambda": {
 urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=5)
 PY
 export KEEL_MOTO_ENDPOINT="http://127.0.0.1:$PORT" KEEL_REQUIRE_MOTO=1
+# setup.sh installed chromium and playwright-core: the console's browser tests must run.
+export KEEL_REQUIRE_BROWSER=1
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked 2>&1 | tee .tools/cargo-test.log

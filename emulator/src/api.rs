@@ -38,7 +38,7 @@ pub fn router(functions: &Functions, queue: Arc<dyn keel_core::ports::WorkQueue>
         .merge(keel_tools::routes::routes().with_state(functions.tools.clone()))
         .merge(keel_audit::routes::routes().with_state(functions.audit.clone()));
     let api = api_counting_failures(routes, queue).layer(from_fn_with_state(functions.auth.clone(), authenticate));
-    Router::new().fallback(serve).with_state(api)
+    Router::new().fallback(serve).with_state(api).merge(keel_auth::console::routes().with_state(()))
 }
 
 /// Every function's declared routes, `(function, method, path)`: what the
@@ -50,7 +50,14 @@ pub fn declared_routes() -> Vec<(&'static str, String, String)> {
         .chain(named("RoutingFunction", keel_routing::routes::routes().declared()))
         .chain(named("ToolsFunction", keel_tools::routes::routes().declared()))
         .chain(named("AuditFunction", keel_audit::routes::routes().declared()))
+        .chain(public_routes().into_iter().map(|(m, p)| ("AuthFunction", m, p)))
         .collect()
+}
+
+/// The routes served without credentials (the console's page and scripts),
+/// `(method, path)`: the template routes these without the authorizer.
+pub fn public_routes() -> Vec<(String, String)> {
+    keel_auth::console::routes::<()>().declared()
 }
 
 /// A request runs to its end even if its caller hangs up, as a Lambda

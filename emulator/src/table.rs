@@ -118,7 +118,7 @@ fn query_sql(descending: bool) -> &'static str {
     macro_rules! ordered {
         ($order:literal) => {
             concat!(
-                select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) ORDER BY sk "),
+                select_items!("WHERE pk = ?1 AND sk >= ?2 AND sk < ?5 AND (ttl IS NULL OR ttl > ?3) AND (?4 IS NULL OR sk > ?4) AND (?6 IS NULL OR sk < ?6) ORDER BY sk "),
                 $order
             )
         };
@@ -188,7 +188,7 @@ impl Table for SqliteTable {
         self.db.call(move |c| {
             let mut stmt = c.prepare_cached(query_sql(options.descending)).map_err(backend)?;
             let rows = stmt
-                .query_map(params![pk, sk_prefix, now_secs(), options.after, prefix_upper_bound(&sk_prefix)], row_to_item)
+                .query_map(params![pk, sk_prefix, now_secs(), options.after, prefix_upper_bound(&sk_prefix), options.before], row_to_item)
                 .map_err(backend)?
                 .take(options.limit.unwrap_or(usize::MAX))
                 .collect::<Result<Vec<_>, _>>()

@@ -46,6 +46,11 @@ async fn table_contract(t: &dyn Table) {
     assert_eq!(sks(t.query(&pk, "Q#", QueryOptions { limit: Some(1), descending: true, ..Default::default() }).await.unwrap()), ["Q#3"]);
     let after = QueryOptions { after: Some("Q#1".into()), ..Default::default() };
     assert_eq!(sks(t.query(&pk, "Q#", after).await.unwrap()), ["Q#2", "Q#3"]);
+    // Newest-first pages: strictly older than the last key seen.
+    let older = QueryOptions { descending: true, before: Some("Q#3".into()), limit: Some(1), ..Default::default() };
+    assert_eq!(sks(t.query(&pk, "Q#", older).await.unwrap()), ["Q#2"]);
+    let oldest = QueryOptions { descending: true, before: Some("Q#2".into()), ..Default::default() };
+    assert_eq!(sks(t.query(&pk, "Q#", oldest).await.unwrap()), ["Q#1"]);
     // The prefix's edges: neighbours outside it, multi-byte keys inside it.
     for sk in ["Q", "Q$", "Q\"", "Q#\u{e9}", "Q#\u{1F600}"] {
         t.put(write(&pk, sk, json!(sk), Condition::Always)).await.unwrap();

@@ -36,3 +36,22 @@ fn the_routes_the_functions_serve_are_the_routes_the_template_declares() {
     assert!(only_served.is_empty() && only_in_template.is_empty(),
         "served but not in template.yaml: {only_served:?}; in template.yaml but not served: {only_in_template:?}");
 }
+
+/// Only the console's page and scripts skip the authorizer, and they do.
+#[test]
+fn only_the_console_is_routed_without_the_authorizer() {
+    let template: serde_yaml_ng::Value = serde_yaml_ng::from_str(include_str!("../../template.yaml")).unwrap();
+    let mut open = BTreeSet::new();
+    for (_, resource) in template["Resources"].as_mapping().unwrap() {
+        let Some(events) = resource["Properties"]["Events"].as_mapping() else { continue };
+        for (_, event) in events {
+            let p = &event["Properties"];
+            if p["Auth"]["Authorizer"].as_str() == Some("NONE") {
+                open.insert((p["Method"].as_str().unwrap().to_string(), p["Path"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let public: BTreeSet<(String, String)> = keel_emulator::public_routes().into_iter().collect();
+    assert!(!public.is_empty());
+    assert_eq!(open, public);
+}

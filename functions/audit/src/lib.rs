@@ -5,6 +5,7 @@
 
 pub mod routes;
 mod alerts;
+mod listing;
 mod report;
 mod store;
 

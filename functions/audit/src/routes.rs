@@ -1,5 +1,6 @@
 //! Audit's routes: decisions, the chain's verification and export, usage.
 
+use crate::listing::DecisionQuery;
 use crate::Audit;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -29,10 +30,13 @@ async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Pat
     audit.decision(&caller, &parse_path_id("decision", &id)?).await
 }
 
-/// `GET /v1/decisions?request_id=`: what one request decided.
+/// `?request_id=`: what one request decided; otherwise a page of the
+/// events the caller may read (`?kind=&principal=&since=&limit=&cursor=`).
 async fn decisions(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
-    let request_id = query.get("request_id").ok_or_else(|| KeelError::BadRequest("GET /v1/decisions needs ?request_id=…".into()))?;
-    audit.decisions_of_request(&caller, request_id).await
+    match query.get("request_id") {
+        Some(request_id) => audit.decisions_of_request(&caller, request_id).await,
+        None => audit.list_decisions(&caller, DecisionQuery::parse(&query)?).await,
+    }
 }
 
 async fn verify(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {

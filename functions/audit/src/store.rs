@@ -42,6 +42,13 @@ impl DecisionChain {
         items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
     }
 
+    /// Up to `limit` entries, newest first, before sequence number `before`.
+    pub(crate) async fn older_than(&self, tenant: &TenantId, before: Option<u64>, limit: usize) -> Result<Vec<ChainEntry>, KeelError> {
+        let options = QueryOptions { limit: Some(limit), descending: true, before: before.map(keys::audit_entry), ..Default::default() };
+        let items = self.table.query(&tenant.pk(), keys::AUDIT_ENTRIES, options).await?;
+        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
+    }
+
     pub(crate) async fn entry(&self, tenant: &TenantId, seq: u64) -> Result<Option<ChainEntry>, KeelError> {
         Ok(keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::audit_entry(seq)).await?.map(|(record, _)| record))
     }

@@ -3,6 +3,7 @@
 //! per-tenant rate limit) and the admin routes (tenants and keys).
 
 mod changes;
+pub mod console;
 pub mod edge;
 pub mod identity;
 pub mod jwks;
@@ -146,7 +147,12 @@ impl Auth {
     }
 
     pub(crate) async fn update_tenant(&self, caller: &Caller, id: TenantId, patch: TenantPatch) -> Result<ApiResponse, KeelError> {
-        require_platform_admin(caller)?;
+        require_tenant_admin(caller, &id)?;
+        if !caller.is_platform_admin() && !patch.only_controls() {
+            return Err(KeelError::Forbidden(
+                "a tenant's admins may change its autonomy and kill switch; other settings take the platform admin".into(),
+            ));
+        }
         let (current, version) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
         let mut t = current.clone();
         if let Some(v) = patch.name {
@@ -286,6 +292,24 @@ pub(crate) struct TenantPatch {
     retention: Option<Retention>,
     /// Drops the tenant to suggest-only and stops its hosted model calls at once.
     kill_switch: Option<bool>,
+}
+
+impl TenantPatch {
+    /// Whether it changes only the tenant's own controls: autonomy and the kill switch.
+    fn only_controls(&self) -> bool {
+        let Self { name, plan, status, rate_limit_per_minute, autonomy: _, redact_pii, routing, budgets, governance, identity, egress, retention, kill_switch: _ } = self;
+        name.is_none()
+            && plan.is_none()
+            && status.is_none()
+            && rate_limit_per_minute.is_none()
+            && redact_pii.is_none()
+            && routing.is_none()
+            && budgets.is_none()
+            && governance.is_none()
+            && identity.is_none()
+            && egress.is_none()
+            && retention.is_none()
+    }
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).

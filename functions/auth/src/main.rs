@@ -14,7 +14,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
     let auth = Arc::new(Auth::new(aws.table, aws.blobs, aws.queue, config, tenants, keys)?);
-    let app = api(routes().with_state(auth.clone()));
+    let app = api(routes().with_state(auth.clone()).merge(keel_auth::console::routes().with_state(())));
     keel_lambda::run(Some(app), |event| {
         let auth = auth.clone();
         async move {

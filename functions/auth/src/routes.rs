@@ -14,6 +14,7 @@ type Reply = Result<ApiResponse, KeelError>;
 
 pub fn routes() -> Routes<Arc<Auth>> {
     Routes::new()
+        .route(Method::GET, "/v1/me", me)
         .route(Method::POST, "/v1/tenants", create_tenant)
         .route(Method::GET, "/v1/tenants/{id}", tenant)
         .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
@@ -24,6 +25,14 @@ pub fn routes() -> Routes<Arc<Auth>> {
         .route(Method::POST, "/v1/tenants/{id}/keys/{key_id}/rotate", rotate_key)
         .route(Method::GET, "/v1/tenants/{id}/change-requests", change_requests)
         .route(Method::POST, "/v1/tenants/{id}/change-requests/{request_id}/{verb}", decide_change)
+}
+
+/// Who the credentials are: what a console shows and which views it offers.
+async fn me(caller: Caller) -> Reply {
+    Ok(ApiResponse::ok(&serde_json::json!({
+        "tenant": caller.tenant, "principal": caller.principal, "roles": caller.roles, "groups": caller.groups,
+        "platform_admin": caller.is_platform_admin(),
+    })))
 }
 
 async fn create_tenant(State(auth): State<Arc<Auth>>, caller: Caller, body: Bytes) -> Reply {

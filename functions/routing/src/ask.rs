@@ -177,7 +177,7 @@ impl Routing {
             .evidence
             .iter()
             .zip(grounded.flags)
-            .map(|(h, f)| json!({"chunk_id": h.chunk_id, "score": h.score, "injection_flags": f.len()}))
+            .map(|(h, f)| json!({"chunk_id": h.chunk_id, "doc_id": h.doc_id, "anchor": h.anchor, "stale": h.stale, "score": h.score, "injection_flags": f.len()}))
             .collect::<Vec<_>>();
         let outcome = json!({"refused": out.refused, "reason": out.reason, "tier": out.tier, "model": out.model,
             "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),

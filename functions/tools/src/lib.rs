@@ -10,6 +10,7 @@
 //! one fails; every connector call carries an idempotency key.
 
 mod connector;
+mod listing;
 mod preview;
 mod propose;
 mod registry;
@@ -159,7 +160,25 @@ pub struct Approval {
     pub principal: String,
     pub decision: String,
     pub at: String,
+    /// Why, in the reviewer's words (a rejection's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
+
+/// The body of `POST /v1/actions/{id}/approve|reject` (it may be empty).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewRequest {
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+    /// The action's `updated_at` as the reviewer saw it: a review of an
+    /// action that moved since is refused instead of applied to what the
+    /// reviewer never saw.
+    #[serde(default)]
+    pub(crate) seen_updated_at: Option<String>,
+}
+
+const MAX_REASON_CHARS: usize = 1000;
 
 /// What one step of an action did, and what its compensation did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -69,6 +69,11 @@ impl Tools {
         self.tools.latest(tenant, name).await?.ok_or_else(|| KeelError::NotFound(format!("tool {name} is not registered")))
     }
 
+    /// The latest version of each of the tenant's tools.
+    pub(crate) async fn tools(&self, tenant: &TenantId) -> Result<Vec<Tool>, KeelError> {
+        self.tools.all_latest(tenant).await
+    }
+
     /// The tenant's policy texts and their versions.
     pub(crate) async fn policy_texts(&self, tenant: &TenantId) -> Result<Value, KeelError> {
         let mut out = json!({"enforced": {"policies": "", "version": 0}, "shadow": {"policies": "", "version": 0}});

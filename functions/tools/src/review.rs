@@ -8,11 +8,18 @@ impl Tools {
     /// Approve or reject a pending action (maker-checker). The saga waits on
     /// a task token; the decision is saved first, then the token completed, so
     /// a saga that stores its token late still finds the decision.
-    pub(crate) async fn review(&self, caller: &Caller, id: &str, approve: bool) -> Result<Action, KeelError> {
+    pub(crate) async fn review(&self, caller: &Caller, id: &str, approve: bool, request: ReviewRequest) -> Result<Action, KeelError> {
         let tenant = caller.tenant()?;
+        if request.reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
+            return Err(KeelError::BadRequest(format!("reason is longer than {MAX_REASON_CHARS} characters")));
+        }
         let (mut action, version) = self.action(tenant, id).await?;
         if action.status != ActionStatus::PendingApproval {
-            return Err(KeelError::Conflict(format!("action {id} is not pending approval")));
+            let status = json!(action.status);
+            return Err(KeelError::Conflict(format!("action {id} is {}, no longer pending approval", status.as_str().unwrap_or("?"))));
+        }
+        if request.seen_updated_at.as_ref().is_some_and(|seen| *seen != action.updated_at) {
+            return Err(KeelError::Conflict(format!("action {id} changed since you loaded it (updated {}); reload it and review again", action.updated_at)));
         }
         let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
         let autonomy = self.autonomy(tenant, &tool).await?;
@@ -35,6 +42,7 @@ impl Tools {
             principal: caller.principal.clone(),
             decision: if approve { "approved" } else { "rejected" }.into(),
             at: now_rfc3339(),
+            reason: request.reason.clone(),
         });
         action.status = if approve { ActionStatus::Running } else { ActionStatus::Rejected };
         self.save(tenant, &mut action, version).await?;
@@ -42,12 +50,15 @@ impl Tools {
             self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
         }
         let kind = if approve { DecisionKind::ActionApproved } else { DecisionKind::ActionRejected };
-        self.record(tenant, &action, kind, &caller.principal, json!({"status": action.status})).await?;
+        self.record(tenant, &action, kind, &caller.principal, json!({"status": action.status, "reason": request.reason})).await?;
         if let Some(token) = &action.approval_token {
             let sent = if approve {
                 self.saga.send_task_success(token, json!({"approved_by": caller.principal})).await
             } else {
-                self.saga.send_task_failure(token, "Keel.Rejected", &format!("rejected by {}", caller.principal)).await
+                self.saga.send_task_failure(token, "Keel.Rejected", &match &request.reason {
+                    Some(reason) => format!("rejected by {}: {reason}", caller.principal),
+                    None => format!("rejected by {}", caller.principal),
+                }).await
             };
             match sent {
                 // The wait already ended (timed out): the saga's expire step reads the decision saved above.

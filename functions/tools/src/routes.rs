@@ -1,6 +1,7 @@
 //! The tools function's routes: tools, policies and actions.
 
-use crate::{action_view, policy, PolicyInput, Tools};
+use crate::listing::ActionQuery;
+use crate::{action_view, policy, PolicyInput, ReviewRequest, Tools};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -16,12 +17,13 @@ type Reply = Result<Json<Value>, KeelError>;
 
 pub fn routes() -> Routes<Arc<Tools>> {
     Routes::new()
+        .route(Method::GET, "/v1/tools", list_tools)
         .route(Method::PUT, "/v1/tools/{name}", put_tool)
         .route(Method::GET, "/v1/tools/{name}", tool)
         .route(Method::GET, "/v1/policies", policies)
         .route(Method::PUT, "/v1/policies/{mode}", put_policies)
         .route(Method::POST, "/v1/actions", propose)
-        .route(Method::GET, "/v1/actions", action_by_key)
+        .route(Method::GET, "/v1/actions", actions)
         .route(Method::GET, "/v1/actions/{id}", action)
         .route(Method::POST, "/v1/actions/{id}/{verb}", act)
 }
@@ -32,6 +34,11 @@ async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): P
     let name = parse_path_id("tool", &name)?;
     let tool = tools.put_tool(&caller, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
     Ok(Json(serde_json::to_value(tool)?))
+}
+
+async fn list_tools(State(tools): State<Arc<Tools>>, caller: Caller) -> Reply {
+    let listed = tools.tools(caller.tenant()?).await?;
+    Ok(Json(serde_json::json!({"tools": listed})))
 }
 
 async fn tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>) -> Reply {
@@ -62,12 +69,14 @@ async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, body: Bytes) -
     Ok(ApiResponse::json(status, &action_view(&action)))
 }
 
-async fn action_by_key(State(tools): State<Arc<Tools>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
+/// `?idempotency_key=`: the action proposed with that key; otherwise a page
+/// of the actions the caller may see (`?status=&limit=&cursor=`).
+async fn actions(State(tools): State<Arc<Tools>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
     let tenant = caller.tenant()?;
-    let key = query.get("idempotency_key").ok_or_else(|| {
-        KeelError::BadRequest("GET /v1/actions needs ?idempotency_key=… (the key the action was proposed with)".into())
-    })?;
-    Ok(Json(action_view(&tools.action_by_key(tenant, key).await?)))
+    match query.get("idempotency_key") {
+        Some(key) => Ok(Json(action_view(&tools.action_by_key(tenant, key).await?))),
+        None => tools.list_actions(&caller, ActionQuery::parse(&query)?).await.map(Json),
+    }
 }
 
 async fn action(State(tools): State<Arc<Tools>>, caller: Caller, Path(id): Path<String>) -> Reply {
@@ -76,12 +85,18 @@ async fn action(State(tools): State<Arc<Tools>>, caller: Caller, Path(id): Path<
 }
 
 /// `approve`, `reject` or `undo` an action.
-async fn act(State(tools): State<Arc<Tools>>, caller: Caller, Path((id, verb)): Path<(String, String)>) -> Reply {
+async fn act(State(tools): State<Arc<Tools>>, caller: Caller, Path((id, verb)): Path<(String, String)>, body: Bytes) -> Reply {
     caller.tenant()?;
     let id = parse_path_id("action", &id)?;
+    let review = || -> Result<ReviewRequest, KeelError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ReviewRequest::default());
+        }
+        parse_body(&body, DEFAULT_BODY_LIMIT)
+    };
     let action = match verb.as_str() {
-        "approve" => tools.review(&caller, &id, true).await?,
-        "reject" => tools.review(&caller, &id, false).await?,
+        "approve" => tools.review(&caller, &id, true, review()?).await?,
+        "reject" => tools.review(&caller, &id, false, review()?).await?,
         "undo" => tools.undo(&caller, &id).await?,
         _ => return Err(KeelError::NotFound(format!("no route for POST /v1/actions/{id}/{verb}"))),
     };

@@ -5,7 +5,7 @@
 //! answers a retryable error and the saga's Retry runs the step again.
 
 use keel_core::chain::DecisionKind;
-use crate::{Action, ActionStatus, StepRun, Tools};
+use crate::{lost_race, Action, ActionStatus, StepRun, Tools};
 use keel_core::ids::TenantId;
 use keel_core::KeelError;
 use serde::Deserialize;
@@ -75,7 +75,9 @@ impl Tools {
         let sent = match action.status {
             ActionStatus::PendingApproval => {
                 action.approval_token = Some(token);
-                self.save(tenant, &mut action, version).await?;
+                // Bookkeeping, not a change a reviewer must see: `updated_at` stays
+                // as the reviewer loaded it (a review sends it back as `seen_updated_at`).
+                self.actions.save(tenant, &action, version).await.map_err(lost_race("the action changed meanwhile; reload it"))?;
                 return Ok(json!({"waiting": true}));
             }
             ActionStatus::Rejected | ActionStatus::Expired | ActionStatus::Suggested => {

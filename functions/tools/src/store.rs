@@ -7,7 +7,7 @@ use crate::{Action, Tool};
 use keel_core::ids::TenantId;
 use keel_core::keys;
 use keel_core::change_requests::PendingWrite;
-use keel_core::ports::{Condition, Item, Table, Write};
+use keel_core::ports::{Condition, Item, QueryOptions, Table, Write};
 use keel_core::{KeelError, StoreError};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -32,6 +32,12 @@ impl ToolStore {
     /// The latest version and the record's version for a conditional write.
     pub(crate) async fn latest(&self, tenant: &TenantId, name: &str) -> Result<Option<(Tool, u64)>, KeelError> {
         keel_core::ports::get_record(self.table.as_ref(), &tenant.pk(), &keys::tool(name)).await
+    }
+
+    /// The latest version of every tool, by name.
+    pub(crate) async fn all_latest(&self, tenant: &TenantId) -> Result<Vec<Tool>, KeelError> {
+        let items = self.table.query(&tenant.pk(), &keys::tool(""), QueryOptions::default()).await?;
+        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
     }
 
     /// The tool as one of its versions was registered.
@@ -137,6 +143,13 @@ impl ActionStore {
             Err(StoreError::ConditionFailed) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Up to `limit` actions, newest first, older than the action `before`.
+    pub(crate) async fn older_than(&self, tenant: &TenantId, before: Option<&str>, limit: usize) -> Result<Vec<Action>, KeelError> {
+        let options = QueryOptions { limit: Some(limit), descending: true, before: before.map(keys::action), ..Default::default() };
+        let items = self.table.query(&tenant.pk(), &keys::action(""), options).await?;
+        items.into_iter().map(|i| serde_json::from_value(i.data).map_err(KeelError::from)).collect()
     }
 
     /// Writes an action's new state if it is still at `version`.

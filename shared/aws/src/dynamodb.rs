@@ -287,7 +287,12 @@ impl Table for DynamoTable {
                 .scan_index_forward(!options.descending)
                 .expression_attribute_values(":pk", s(pk))
                 .set_exclusive_start_key(start.take());
-            q = if let Some(after) = &options.after {
+            q = if let Some(before) = &options.before {
+                // BETWEEN includes `before` itself; it is dropped below.
+                q.key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":lo", s(options.after.as_deref().map_or(sk_prefix, |a| a)))
+                    .expression_attribute_values(":hi", s(before))
+            } else if let Some(after) = &options.after {
                 // The smallest key above `after` up to the last key with the prefix.
                 q.key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                     .expression_attribute_values(":lo", s(&format!("{after}\u{1}")))
@@ -303,7 +308,12 @@ impl Table for DynamoTable {
             }
             let page = q.send().await.map_err(|e| StoreError::Backend(sdk_message(&e)))?;
             for attrs in page.items() {
-                if let Some(item) = to_item(attrs)?.filter(|i| i.sk.starts_with(sk_prefix)) {
+                let in_range = |i: &Item| {
+                    i.sk.starts_with(sk_prefix)
+                        && options.before.as_ref().is_none_or(|b| &i.sk < b)
+                        && options.after.as_ref().is_none_or(|a| &i.sk > a)
+                };
+                if let Some(item) = to_item(attrs)?.filter(in_range) {
                     out.push(item);
                 }
             }

@@ -72,6 +72,8 @@ pub struct QueryOptions {
     pub descending: bool,
     /// Only sort keys greater than this one (ascending feeds: "what changed since").
     pub after: Option<String>,
+    /// Only sort keys less than this one (newest-first pages: "older than the last one seen").
+    pub before: Option<String>,
 }
 
 /// The single table (DynamoDB in AWS, a SQLite file locally). Every `pk`

@@ -1,0 +1,78 @@
+//! Listing a tenant's actions, newest first, for an approver's inbox or a
+//! principal's own history. Approvers, admins and auditors see every action
+//! of the tenant; other principals see the actions they proposed.
+
+use super::*;
+use keel_core::auth::{ROLE_APPROVER, ROLE_AUDITOR};
+use std::collections::HashMap;
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 200;
+/// The most actions one request reads while filtering; past it the page ends
+/// early with a cursor, so a rare status never makes a request scan the whole log.
+const MAX_SCANNED: usize = 1000;
+
+/// `GET /v1/actions?status=&limit=&cursor=`, parsed.
+pub(crate) struct ActionQuery {
+    status: Option<ActionStatus>,
+    limit: usize,
+    /// The last action id of the previous page.
+    cursor: Option<String>,
+}
+
+impl ActionQuery {
+    pub(crate) fn parse(query: &HashMap<String, String>) -> Result<Self, KeelError> {
+        let status = query
+            .get("status")
+            .map(|s| {
+                serde_json::from_value(json!(s)).map_err(|_| {
+                    KeelError::BadRequest(format!(
+                        "unknown status {s:?}: one of suggested, pending_approval, expired, running, executed, compensating, failed, rejected, undoing, undone"
+                    ))
+                })
+            })
+            .transpose()?;
+        let limit = match query.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(l) => l.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+                KeelError::BadRequest(format!("limit must be a whole number from 1 to {MAX_LIMIT}"))
+            })?,
+        };
+        let cursor = query.get("cursor").map(|c| parse_path_id("cursor", c)).transpose()?;
+        Ok(Self { status, limit, cursor })
+    }
+}
+
+impl Tools {
+    /// One page of the actions the caller may see, newest first, and the
+    /// cursor of the next page (absent on the last).
+    pub(crate) async fn list_actions(&self, caller: &Caller, query: ActionQuery) -> Result<Value, KeelError> {
+        let tenant = caller.tenant()?;
+        let sees_all = caller.has_role(ROLE_APPROVER) || caller.has_role(ROLE_AUDITOR) || caller.has_role(keel_core::auth::ROLE_ADMIN);
+        let visible = |a: &Action| (sees_all || a.proposer == caller.principal) && query.status.is_none_or(|s| a.status == s);
+        let (mut listed, mut scanned) = (Vec::new(), 0);
+        let mut cursor = query.cursor.clone();
+        loop {
+            let page = self.actions.older_than(tenant, cursor.as_deref(), query.limit.max(DEFAULT_LIMIT)).await?;
+            let exhausted = page.len() < query.limit.max(DEFAULT_LIMIT);
+            for action in page {
+                scanned += 1;
+                cursor = Some(action.action_id.clone());
+                if visible(&action) {
+                    listed.push(action_view(&action));
+                    if listed.len() == query.limit {
+                        break;
+                    }
+                }
+            }
+            if exhausted && listed.len() < query.limit {
+                cursor = None;
+                break;
+            }
+            if listed.len() == query.limit || scanned >= MAX_SCANNED {
+                break;
+            }
+        }
+        Ok(json!({"actions": listed, "next_cursor": cursor}))
+    }
+}
