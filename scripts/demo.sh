@@ -6,4 +6,5 @@ scripts/fetch-models.sh
 cargo build --locked -p keel-emulator
 # The demo's connector listens on loopback, which Keel refuses to call unless opened.
 export KEEL_EGRESS_ALLOW="${KEEL_EGRESS_ALLOW:-127.0.0.0/8}"
-exec target/debug/keel-local demo --data-dir "${KEEL_DATA_DIR:-.keel}"
+# Ends by printing the console's URL with keys to sign in, and serves until Ctrl-C (--exit: stop).
+exec target/debug/keel-local demo --data-dir "${KEEL_DATA_DIR:-.keel}" "$@"

@@ -121,8 +121,16 @@ async fn wait_for(client: &Client, key: &str, action_id: &str, status: &str) -> 
     Err(KeelError::Internal(format!("action {action_id} never reached {status}")))
 }
 
+/// The demo tenant's principals, to sign in to the console with afterwards.
+pub struct DemoKeys {
+    pub tenant: String,
+    pub member: String,
+    pub approver: String,
+    pub admin: String,
+}
+
 /// Walks the demo flow. `settle` waits for the audit queue to drain.
-pub async fn run<F, Fut>(client: &Client, admin_key: &str, settle: F) -> Result<(), KeelError>
+pub async fn run<F, Fut>(client: &Client, admin_key: &str, settle: F) -> Result<DemoKeys, KeelError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -137,8 +145,9 @@ where
         return Err(KeelError::Internal("the audit queue did not drain".into()));
     }
     demo.audit(ann, carol).await?;
+    demo.pending_for_the_console(ann).await?;
     println!("\nDemo complete.");
-    Ok(())
+    Ok(DemoKeys { tenant: demo.tenant.clone(), member: ann.clone(), approver: bob.clone(), admin: carol.clone() })
 }
 
 /// The demo's client, its tenant and the number of the step it is at.
@@ -245,6 +254,16 @@ impl Demo<'_> {
         let (s, r) = self.client.call("POST", "/v1/rank", ann, Some(body)).await?;
         expect(s, 200, &r, "rank")?;
         println!("     ranking: {}", r["results"]);
+        Ok(())
+    }
+
+    /// One more proposal, left waiting in bob's approvals inbox.
+    async fn pending_for_the_console(&mut self, ann: &str) -> Result<(), KeelError> {
+        self.step("ann proposes one more refund; it waits for bob in the console's approvals inbox");
+        let proposal = json!({"tool": "issue_refund", "args": {"order_id": "A-1002", "amount": 19.0}, "idempotency_key": format!("refund-A-1002-{}", self.tenant)});
+        let (s, p) = self.client.call("POST", "/v1/actions", ann, Some(proposal)).await?;
+        expect(s, 201, &p, "propose")?;
+        println!("     {}: status={}", p["action_id"].as_str().unwrap_or_default(), p["status"]);
         Ok(())
     }
 

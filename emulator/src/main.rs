@@ -7,7 +7,7 @@ use keel_emulator::{demo, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR]\n       keel-local redrive ingest|audit|actions [--data-dir DIR]";
+const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR] [--exit]\n       keel-local redrive ingest|audit|actions [--data-dir DIR]";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber_init();
@@ -46,7 +46,8 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
     let command = args.first().cloned().unwrap_or_default();
     // `redrive` names its queue before the flags.
     let queue = (command == "redrive").then(|| args.get(1).cloned().unwrap_or_default());
-    let mut rest = args.iter().skip(if queue.is_some() { 2 } else { 1 });
+    let exit = args.iter().any(|a| a == "--exit");
+    let mut rest = args.iter().skip(if queue.is_some() { 2 } else { 1 }).filter(|a| *a != "--exit");
     while let Some(flag) = rest.next() {
         let value = rest.next().ok_or_else(|| KeelError::BadRequest(format!("{flag} needs a value\n{USAGE}")))?;
         match flag.as_str() {
@@ -66,9 +67,23 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
             let stack = start(&data_dir, 0).await?;
             println!("Keel local stack on {} (data in {})", stack.url(), data_dir.display());
             let client = demo::Client::new(stack.url());
-            let result = demo::run(&client, &stack.admin_key, || stack.settle(Duration::from_secs(10))).await;
-            stack.stop().await;
-            result
+            let keys = match demo::run(&client, &stack.admin_key, || stack.settle(Duration::from_secs(10))).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    stack.stop().await;
+                    return Err(e);
+                }
+            };
+            println!("\nThe console: {}/console (tenant {})", stack.url(), keys.tenant);
+            println!("  sign in as bob (approver, a refund waits for him): {}", keys.approver);
+            println!("  ann (member): {}\n  carol (admin): {}", keys.member, keys.admin);
+            if exit {
+                stack.stop().await;
+            } else {
+                println!("Serving until Ctrl-C (keel-local demo --exit stops here).");
+                stack.run_until_ctrl_c().await;
+            }
+            Ok(())
         }
         "redrive" => {
             let name = queue.unwrap_or_default();

@@ -21,7 +21,11 @@ async fn demo_walks_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[])).await;
     let client = Client::new(stack.url());
-    keel_emulator::demo::run(&client, ADMIN_KEY, || stack.settle(Duration::from_secs(10))).await.unwrap();
+    let keys = keel_emulator::demo::run(&client, ADMIN_KEY, || stack.settle(Duration::from_secs(10))).await.unwrap();
+    // It leaves a refund in the approver's inbox, for the console it points to.
+    let (s, inbox) = client.call("GET", "/v1/actions?status=pending_approval", &keys.approver, None).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(inbox["actions"].as_array().unwrap().len(), 1, "{inbox}");
     stack.stop().await;
 }
 
