@@ -34,6 +34,10 @@ export KEEL_REQUIRE_BROWSER=1
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked 2>&1 | tee .tools/cargo-test.log
 
+# The API against its OpenAPI document: schemathesis, bounded in time, on a fresh keel-local.
+cargo build --quiet --locked -p keel-emulator
+scripts/api-property-test.sh
+
 # Fuzzing of what a stranger reaches, 90 s in all (fuzz/README.md); a crash
 # fails the run and its input is kept under fuzz/regressions/.
 cargo run --quiet --locked -p keel-fuzz -- --seconds 90

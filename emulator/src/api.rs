@@ -54,6 +54,25 @@ pub fn declared_routes() -> Vec<(&'static str, String, String)> {
         .collect()
 }
 
+/// Every function's routes with their documentation, `(method, path, doc)`.
+pub fn documented_routes() -> Vec<(String, String, Option<keel_core::openapi::RouteDoc>)> {
+    let mut all = keel_auth::routes::routes().documented();
+    all.extend(keel_retrieval::routes::routes().documented());
+    all.extend(keel_routing::routes::routes().documented());
+    all.extend(keel_tools::routes::routes().documented());
+    all.extend(keel_audit::routes::routes().documented());
+    all.extend(keel_auth::console::routes::<()>().documented());
+    all
+}
+
+/// The OpenAPI document of the whole HTTP API, as `docs/openapi.json` holds it.
+pub fn openapi_document() -> String {
+    let document = keel_core::openapi::document(env!("CARGO_PKG_VERSION"), &documented_routes());
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// The routes served without credentials (the console's page and scripts),
 /// `(method, path)`: the template routes these without the authorizer.
 pub fn public_routes() -> Vec<(String, String)> {

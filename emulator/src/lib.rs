@@ -15,5 +15,5 @@ mod stack;
 pub mod store;
 pub mod table;
 
-pub use api::{declared_routes, public_routes};
+pub use api::{declared_routes, documented_routes, openapi_document, public_routes};
 pub use stack::{Stack, StackOptions};

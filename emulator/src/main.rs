@@ -7,7 +7,8 @@ use keel_emulator::{demo, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR] [--exit]\n       keel-local redrive ingest|audit|actions [--data-dir DIR]";
+const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR] [--exit]\n       keel-local openapi   (prints the OpenAPI document: > docs/openapi.json)
+       keel-local redrive ingest|audit|actions [--data-dir DIR]";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber_init();
@@ -61,6 +62,10 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
             let stack = start(&data_dir, port).await?;
             println!("Keel local stack on {} (data in {})", stack.url(), data_dir.display());
             stack.run_until_ctrl_c().await;
+            Ok(())
+        }
+        "openapi" => {
+            print!("{}", keel_emulator::openapi_document());
             Ok(())
         }
         "demo" => {

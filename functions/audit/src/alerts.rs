@@ -31,7 +31,7 @@ pub(crate) struct Webhook {
     secret: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WebhookInput {
     url: String,

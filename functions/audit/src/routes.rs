@@ -8,6 +8,7 @@ use keel_core::auth::Caller;
 use axum::body::Bytes;
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
+use keel_core::openapi::{object, schema, text, RouteDoc};
 use keel_core::KeelError;
 use std::sync::Arc;
 
@@ -16,13 +17,25 @@ type Reply = Result<ApiResponse, KeelError>;
 pub fn routes() -> Routes<Arc<Audit>> {
     Routes::new()
         .route(Method::GET, "/v1/decisions", decisions)
+        .doc(RouteDoc::new("The decisions one request made, or a page of decision events newest first")
+            .query("request_id", "the request's id").query("kind", "e.g. ask, chat, action.proposed").query("principal", "whose events")
+            .query("since", "RFC 3339").query("limit", "1 to 200 (default 50)").query("cursor", "next_cursor of the previous page")
+            .json(200, object))
         .route(Method::GET, "/v1/decisions/{id}", decision)
+        .doc(RouteDoc::new("One decision's events").json(200, object))
         .route(Method::POST, "/v1/audit/verify", verify)
+        .doc(RouteDoc::new("Verify the tenant's hash chain").json(200, object))
         .route(Method::GET, "/v1/audit/export", export)
+        .doc(RouteDoc::new("The decision log as JSON Lines (admins, auditors)").query("from", "RFC 3339").query("to", "RFC 3339")
+            .reply(200, "application/x-ndjson", text))
         .route(Method::GET, "/v1/usage", usage)
+        .doc(RouteDoc::new("Usage, cost and budgets; a report over the days from..to").query("from", "YYYY-MM-DD").query("to", "YYYY-MM-DD").json(200, object))
         .route(Method::GET, "/v1/alerts", alerts)
+        .doc(RouteDoc::new("Budget alerts raised, and where they are delivered").json(200, object))
         .route(Method::GET, "/v1/slo", slo)
+        .doc(RouteDoc::new("Each surface's objectives and attainment over 1 h, 24 h and 30 days").json(200, object))
         .route(Method::PUT, "/v1/alerts/webhook", put_webhook)
+        .doc(RouteDoc::new("Where budget alerts are delivered (admins; the secret is shown once)").body(schema::<crate::alerts::WebhookInput>).json(200, object))
 }
 
 async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Path<String>) -> Reply {

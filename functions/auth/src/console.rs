@@ -8,7 +8,8 @@
 
 use axum::extract::Path;
 use axum::http::Method;
-use keel_core::http::{ApiResponse, Routes};
+use keel_core::http::{error_body, ApiResponse, Routes};
+use keel_core::openapi::{object, text, RouteDoc};
 use keel_core::KeelError;
 
 /// The console's files, by name.
@@ -35,23 +36,38 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
 
 /// The console's routes; they need no credentials.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Routes<S> {
-    Routes::new().route(Method::GET, "/console", index).route(Method::GET, "/console/{file}", file)
+    Routes::new()
+        .route(Method::GET, "/console", index)
+        .doc(RouteDoc::new("The console's page").public().reply(200, "text/html", text))
+        .route(Method::GET, "/console/{file}", file)
+        .doc(RouteDoc::new("The console's scripts and styles").public().reply(200, "text/javascript", text).reply(200, "text/css", text))
+        .route(Method::GET, "/openapi.json", openapi)
+        .doc(RouteDoc::new("This document").public().json(200, object))
 }
 
-async fn index() -> Result<ApiResponse, KeelError> {
+/// The API's OpenAPI document, generated from the route tables into
+/// docs/openapi.json (a test holds the file to the code).
+const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+async fn openapi() -> ApiResponse {
+    ApiResponse::text(200, "application/json", OPENAPI.to_string())
+}
+
+async fn index() -> ApiResponse {
     serve("index.html")
 }
 
-async fn file(Path(name): Path<String>) -> Result<ApiResponse, KeelError> {
+async fn file(Path(name): Path<String>) -> ApiResponse {
     serve(&name)
 }
 
-fn serve(name: &str) -> Result<ApiResponse, KeelError> {
-    let (_, content_type, body) = FILES
-        .iter()
-        .find(|(file, _, _)| *file == name)
-        .ok_or_else(|| KeelError::NotFound(format!("the console has no file {name:?}")))?;
+/// A file, or the API's JSON error (these routes may be served outside the API's error layer).
+fn serve(name: &str) -> ApiResponse {
+    let Some((_, content_type, body)) = FILES.iter().find(|(file, _, _)| *file == name) else {
+        let missing = KeelError::NotFound(format!("the console has no file {name:?}"));
+        return ApiResponse::json(404, &error_body(&missing, ""));
+    };
     let mut response = ApiResponse::text(200, content_type, (*body).to_string());
     response.headers.extend(SECURITY_HEADERS.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-    Ok(response)
+    response
 }

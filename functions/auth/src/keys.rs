@@ -19,7 +19,7 @@ use std::collections::HashMap;
 /// Longest grace period a rotated key may keep working.
 pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 24 * 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
     principal: String,
@@ -29,7 +29,7 @@ pub(crate) struct NewKey {
     expires_at: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Rotation {
     /// How long the old key keeps working (0: it stops at once).

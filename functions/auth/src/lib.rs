@@ -253,7 +253,7 @@ pub(crate) fn tenant_not_found(id: &TenantId) -> KeelError {
     KeelError::NotFound(format!("tenant {id} does not exist"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
     id: String,
@@ -271,7 +271,7 @@ pub(crate) struct NewTenant {
     retention: Option<Retention>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantPatch {
     name: Option<String>,

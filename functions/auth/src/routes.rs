@@ -5,7 +5,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Method;
 use keel_core::auth::Caller;
+use crate::keys::{NewKey, Rotation};
+use crate::{NewTenant, TenantPatch};
 use keel_core::http::{parse_body, ApiResponse, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::openapi::{object, schema, RouteDoc};
+use keel_core::tenants::Tenant;
 use keel_core::ids::TenantId;
 use keel_core::KeelError;
 use std::sync::Arc;
@@ -15,24 +19,44 @@ type Reply = Result<ApiResponse, KeelError>;
 pub fn routes() -> Routes<Arc<Auth>> {
     Routes::new()
         .route(Method::GET, "/v1/me", me)
+        .doc(RouteDoc::new("Who the key or token is: tenant, principal, roles, groups").json(200, schema::<Me>))
         .route(Method::POST, "/v1/tenants", create_tenant)
+        .doc(RouteDoc::new("Create a tenant (platform admin)").body(schema::<NewTenant>).json(201, schema::<Tenant>))
         .route(Method::GET, "/v1/tenants/{id}", tenant)
+        .doc(RouteDoc::new("Read a tenant (platform admin, the tenant's admins)").json(200, schema::<Tenant>))
         .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
+        .doc(RouteDoc::new("Change a tenant; 202 when the change waits for a second admin")
+            .body(schema::<TenantPatch>).json(200, schema::<Tenant>).json(202, object))
         .route(Method::DELETE, "/v1/tenants/{id}", delete_tenant)
+        .doc(RouteDoc::new("Off-board a tenant: every item and object of it, with a receipt").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/keys", create_key)
+        .doc(RouteDoc::new("A key for a principal (shown once)").body(schema::<NewKey>).json(201, object))
         .route(Method::GET, "/v1/tenants/{id}/keys", keys)
+        .doc(RouteDoc::new("The tenant's keys (never their secrets)").json(200, object))
         .route(Method::DELETE, "/v1/tenants/{id}/keys/{key_id}", revoke_key)
+        .doc(RouteDoc::new("Revoke a key").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/keys/{key_id}/rotate", rotate_key)
+        .doc(RouteDoc::new("A new key for the same principal; the old one works for grace_seconds").body(schema::<Rotation>).json(201, object))
         .route(Method::GET, "/v1/tenants/{id}/change-requests", change_requests)
+        .doc(RouteDoc::new("Changes waiting for a second admin").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/change-requests/{request_id}/{verb}", decide_change)
+        .doc(RouteDoc::new("Approve or reject a waiting change (verb: approve or reject)").json(200, object))
+}
+
+/// `GET /v1/me`'s answer.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Me {
+    tenant: Option<String>,
+    principal: String,
+    roles: Vec<String>,
+    groups: Vec<String>,
+    platform_admin: bool,
 }
 
 /// Who the credentials are: what a console shows and which views it offers.
 async fn me(caller: Caller) -> Reply {
-    Ok(ApiResponse::ok(&serde_json::json!({
-        "tenant": caller.tenant, "principal": caller.principal, "roles": caller.roles, "groups": caller.groups,
-        "platform_admin": caller.is_platform_admin(),
-    })))
+    let me = Me { platform_admin: caller.is_platform_admin(), tenant: caller.tenant.map(|t| t.to_string()), principal: caller.principal, roles: caller.roles, groups: caller.groups };
+    Ok(ApiResponse::ok(&me))
 }
 
 async fn create_tenant(State(auth): State<Arc<Auth>>, caller: Caller, body: Bytes) -> Reply {

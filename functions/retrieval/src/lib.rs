@@ -57,7 +57,7 @@ const EMBED_BATCH: usize = 32;
 const MAX_CHANGES: usize = 1000;
 
 /// A document as `PUT /v1/documents/{id}` and producers send it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentInput {
     #[serde(default)]
@@ -72,7 +72,7 @@ pub struct DocumentInput {
     pub updated_at: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     #[serde(default)]

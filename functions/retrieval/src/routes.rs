@@ -8,6 +8,7 @@ use axum::Json;
 use keel_core::auth::Caller;
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
+use keel_core::openapi::{object, schema, RouteDoc};
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,11 +19,17 @@ type Reply = Result<Json<Value>, KeelError>;
 pub fn routes() -> Routes<Arc<Retrieval>> {
     Routes::new()
         .route(Method::PUT, "/v1/documents/{doc_id}", put_document)
+        .doc(RouteDoc::new("Index a document (a new version)").body(schema::<DocumentInput>).json(200, object))
         .route(Method::GET, "/v1/documents/{doc_id}", document)
+        .doc(RouteDoc::new("Read a document the caller may see").json(200, object))
         .route(Method::DELETE, "/v1/documents/{doc_id}", delete_document)
+        .doc(RouteDoc::new("Delete a document").json(200, object))
         .route(Method::POST, "/v1/search", search)
+        .doc(RouteDoc::new("Hybrid search over what the caller may see").body(schema::<SearchRequest>).json(200, object))
         .route(Method::GET, "/v1/changes", changes)
+        .doc(RouteDoc::new("The change feed, paged by cursor").query("since", "RFC 3339: changes after it").query("cursor", "the cursor of the previous page").json(200, object))
         .route(Method::PUT, "/v1/sources/{name}", put_source)
+        .doc(RouteDoc::new("A source's freshness SLA (admins)").body(schema::<SourceSettings>).json(200, object))
 }
 
 async fn put_document(State(r): State<Arc<Retrieval>>, caller: Caller, Path(id): Path<String>, body: Bytes) -> Reply {
@@ -42,7 +49,7 @@ async fn delete_document(State(r): State<Arc<Retrieval>>, caller: Caller, Path(i
     r.delete_document(&caller, parse_path_id("document", &id)?).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SearchRequest {
     query: String,
@@ -68,7 +75,7 @@ async fn changes(State(r): State<Arc<Retrieval>>, caller: Caller, QueryMap(query
     r.changes(&caller, &query).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SourceSettings {
     freshness_sla_seconds: u64,

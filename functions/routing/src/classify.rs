@@ -56,7 +56,7 @@ impl Label {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     pub text: String,

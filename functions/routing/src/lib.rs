@@ -89,14 +89,14 @@ pub struct Routing {
     options: RoutingOptions,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Citation {
     pub doc_id: String,
     pub chunk_id: String,
     pub anchor: keel_core::chunking::Anchor,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AskResponse {
     pub answer: String,
     pub citations: Vec<Citation>,
@@ -118,7 +118,7 @@ pub struct AskResponse {
     pub route: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
     pub question: String,

@@ -17,7 +17,7 @@ pub const MAX_DOCUMENTS: usize = 100;
 /// A rank request's body: up to 100 documents of 4,000 characters.
 pub const RANK_BODY_LIMIT: usize = 1024 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest {
     pub query: String,

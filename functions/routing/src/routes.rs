@@ -2,7 +2,8 @@
 
 use crate::sse::{self, Reply};
 use crate::ask::validate_question;
-use crate::{rank, AskRequest, Routing};
+use crate::{classify, rank, AskRequest, AskResponse, Routing};
+use keel_core::openapi::{events, object, schema, RouteDoc};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Method;
@@ -16,9 +17,15 @@ use std::sync::Arc;
 pub fn routes() -> Routes<Arc<Routing>> {
     Routes::new()
         .route(Method::POST, "/v1/ask", ask)
+        .doc(RouteDoc::new("A cited answer or a refusal; with stream: true, server-sent events (delta, reset, done, error)")
+            .body(schema::<AskRequest>).json(200, schema::<AskResponse>).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/chat/completions", chat)
+        .doc(RouteDoc::new("OpenAI-compatible chat under the tenant's routing and budgets")
+            .body(schema::<keel_core::openai::ChatRequest>).json(200, object).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/classify", classify)
+        .doc(RouteDoc::new("A label in-function").body(schema::<classify::ClassifyRequest>).json(200, object))
         .route(Method::POST, "/v1/rank", rank)
+        .doc(RouteDoc::new("A ranking in-function").body(schema::<rank::RankRequest>).json(200, object))
 }
 
 /// A grounded answer, streamed as server-sent events when the body asks for

@@ -52,7 +52,7 @@ const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 /// Largest value of a tool's metered argument in one proposal.
 const MAX_METERED_VALUE: f64 = 1e9;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorSpec {
     pub url: String,
@@ -64,7 +64,7 @@ fn default_method() -> String {
     "POST".into()
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Risk {
     Low,
@@ -81,7 +81,7 @@ impl Risk {
 }
 
 /// One step of a tool: what it calls, and how to take it back.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolStep {
     pub name: String,
@@ -90,7 +90,7 @@ pub struct ToolStep {
     pub compensation: Option<ConnectorSpec>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ToolInput {
     description: String,
@@ -118,7 +118,7 @@ struct ToolInput {
     cost_usd: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tool {
     pub name: String,
     pub description: String,
@@ -166,7 +166,7 @@ pub struct Approval {
 }
 
 /// The body of `POST /v1/actions/{id}/approve|reject` (it may be empty).
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewRequest {
     #[serde(default)]
@@ -229,7 +229,7 @@ pub struct Action {
     pub cost_usd: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ProposeRequest {
     tool: String,
@@ -241,7 +241,7 @@ struct ProposeRequest {
 }
 
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicyInput {
     pub(crate) policies: String,

@@ -1,7 +1,8 @@
 //! The tools function's routes: tools, policies and actions.
 
 use crate::listing::ActionQuery;
-use crate::{action_view, policy, PolicyInput, ReviewRequest, Tools};
+use crate::{action_view, policy, PolicyInput, ProposeRequest, ReviewRequest, Tool, ToolInput, Tools};
+use keel_core::openapi::{object, schema, RouteDoc};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -18,14 +19,28 @@ type Reply = Result<Json<Value>, KeelError>;
 pub fn routes() -> Routes<Arc<Tools>> {
     Routes::new()
         .route(Method::GET, "/v1/tools", list_tools)
+        .doc(RouteDoc::new("The latest version of each tool").json(200, object))
         .route(Method::PUT, "/v1/tools/{name}", put_tool)
+        .doc(RouteDoc::new("Register a tool (a new version; admins)").body(schema::<ToolInput>).json(200, schema::<Tool>))
         .route(Method::GET, "/v1/tools/{name}", tool)
+        .doc(RouteDoc::new("A tool's latest version").json(200, schema::<Tool>))
         .route(Method::GET, "/v1/policies", policies)
+        .doc(RouteDoc::new("The tenant's enforced and shadow Cedar policies").json(200, object))
         .route(Method::PUT, "/v1/policies/{mode}", put_policies)
+        .doc(RouteDoc::new("Replace the enforced or shadow set (admins); 202 when it waits for a second admin")
+            .body(schema::<PolicyInput>).json(200, object).json(202, object))
         .route(Method::POST, "/v1/actions", propose)
+        .doc(RouteDoc::new("Propose an action: validated, gated, previewed; run or held for approval")
+            .body(schema::<ProposeRequest>).json(200, object).json(201, object))
         .route(Method::GET, "/v1/actions", actions)
+        .doc(RouteDoc::new("The action proposed with an idempotency key, or a page of actions newest first")
+            .query("idempotency_key", "the key the action was proposed with")
+            .query("status", "only actions in this status").query("limit", "1 to 200 (default 50)").query("cursor", "next_cursor of the previous page")
+            .json(200, object))
         .route(Method::GET, "/v1/actions/{id}", action)
+        .doc(RouteDoc::new("An action").json(200, object))
         .route(Method::POST, "/v1/actions/{id}/{verb}", act)
+        .doc(RouteDoc::new("approve, reject (with a reason) or undo an action").body(schema::<ReviewRequest>).json(200, object))
 }
 
 async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {

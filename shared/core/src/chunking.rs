@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const TARGET_CHUNK_CHARS: usize = 600;
 pub const MAX_CHUNK_CHARS: usize = 1200;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Anchor {
     pub doc_id: String,
     pub chunk: usize,

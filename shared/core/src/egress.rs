@@ -154,7 +154,7 @@ pub const MAX_PINNED_HOSTS: usize = 100;
 
 /// A tenant's pin: its connectors and webhooks may call only these hosts
 /// (`api.stripe.com`, or `*.example.com` for any name under example.com).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPins {
     pub hosts: Vec<String>,

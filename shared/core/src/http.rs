@@ -154,7 +154,7 @@ fn set_request_id(response: &mut Response, request_id: &str) {
 /// list of what it serves (which a test holds against `template.yaml`).
 pub struct Routes<S> {
     router: Router<S>,
-    declared: Vec<(Method, &'static str)>,
+    declared: Vec<(Method, &'static str, Option<crate::openapi::RouteDoc>)>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
@@ -176,13 +176,26 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     {
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
         self.router = self.router.route(path, on(filter, handler));
-        self.declared.push((method, path));
+        self.declared.push((method, path, None));
+        self
+    }
+
+    /// Documents the route declared last, for the OpenAPI document.
+    pub fn doc(mut self, doc: crate::openapi::RouteDoc) -> Self {
+        if let Some(last) = self.declared.last_mut() {
+            last.2 = Some(doc);
+        }
         self
     }
 
     /// `(method, path)` of every route, in declaration order.
     pub fn declared(&self) -> Vec<(String, String)> {
-        self.declared.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect()
+        self.declared.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect()
+    }
+
+    /// Every route with its documentation (`None`: undocumented, which a test refuses).
+    pub fn documented(&self) -> Vec<(String, String, Option<crate::openapi::RouteDoc>)> {
+        self.declared.iter().map(|(m, p, d)| (m.to_string(), p.to_string(), d.clone())).collect()
     }
 
     pub fn with_state(self, state: S) -> Router {

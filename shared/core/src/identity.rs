@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Longest issuer, JWKS address, audience or claim name accepted.
 pub const MAX_IDENTITY_FIELD_CHARS: usize = 512;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityProvider {
     /// The `iss` its tokens carry; unique across the platform.

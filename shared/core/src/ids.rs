@@ -10,6 +10,16 @@ use std::fmt;
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
+impl schemars::JsonSchema for TenantId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TenantId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{1,62}$"})
+    }
+}
+
 impl TenantId {
     pub fn parse(raw: &str) -> Result<Self, KeelError> {
         let ok = (2..=63).contains(&raw.len())

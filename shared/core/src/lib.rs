@@ -15,6 +15,7 @@ pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod openapi;
 pub mod models;
 pub mod openai;
 pub mod ports;

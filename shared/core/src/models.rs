@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The gateway's tiers, cheapest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Rules and the answer cache: no model at all.
@@ -114,7 +114,7 @@ pub fn parse_catalog(json: &str) -> Result<Vec<ModelSpec>, KeelError> {
 pub const MAX_CACHE_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// A tenant's routing policy.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingPolicy {
     /// Tiers the gateway may use for this tenant.
@@ -177,7 +177,7 @@ impl RoutingPolicy {
 }
 
 /// Monthly spending limits in USD; absent means unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Budgets {
     pub monthly_usd: Option<f64>,

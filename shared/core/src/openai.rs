@@ -6,14 +6,14 @@ use crate::ports::{ChatMessage, Deltas, ModelError, ModelRequest, ModelResponse,
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WireMessage {
     pub role: String,
     pub content: String,
 }
 
 /// A chat-completions request body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<WireMessage>,
