@@ -76,6 +76,17 @@ pub enum Command {
     Dlq(Dlq),
     /// Who the key or token is.
     Whoami,
+    /// Development: create every resource the template declares on a local
+    /// AWS stand-in (moto server), seed what events/ expects, and print the
+    /// environment for `cargo lambda watch` (scripts/dev.sh runs it all).
+    Dev {
+        /// The stand-in's URL; only loopback addresses are accepted.
+        #[arg(long)]
+        endpoint: String,
+        /// Prefix of the resources' names.
+        #[arg(long, default_value = "keel")]
+        prefix: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

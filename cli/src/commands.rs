@@ -24,7 +24,7 @@ pub async fn run(api: &Api, command: Command) -> Result<Printed, CliError> {
             Ok(output::usage(api.call("GET", &format!("/v1/usage?{}", query.join("&")), None).await?))
         }
         Command::Whoami => Ok(output::whoami(api.call("GET", "/v1/me", None).await?)),
-        Command::Dlq(_) => Err(CliError::Usage("dlq is handled before any API call".into())),
+        Command::Dlq(_) | Command::Dev { .. } => Err(CliError::Usage("dlq and dev make no API call".into())),
     }
 }
 

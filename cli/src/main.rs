@@ -3,6 +3,7 @@
 mod api;
 mod args;
 mod commands;
+mod dev;
 mod output;
 mod redrive;
 
@@ -19,8 +20,10 @@ fn key(cli: &Cli) -> Result<String, CliError> {
 }
 
 async fn run(cli: Cli) -> Result<output::Printed, CliError> {
-    if let Command::Dlq(args::Dlq::Redrive(r)) = cli.command {
-        return redrive::redrive(r).await;
+    match cli.command {
+        Command::Dlq(args::Dlq::Redrive(r)) => return redrive::redrive(r).await,
+        Command::Dev { endpoint, prefix } => return dev::provision(&endpoint, &prefix).await,
+        _ => {}
     }
     let api = Api::new(&cli.url, key(&cli)?);
     commands::run(&api, cli.command).await

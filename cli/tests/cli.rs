@@ -165,3 +165,16 @@ async fn dead_letters_of_the_local_stack_are_redriven_from_its_data_directory() 
     let (code, err) = Keel { url: String::new() }.fails("", &["dlq", "redrive", "actions"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test]
+async fn dev_provisions_a_loopback_stand_in_and_prints_the_functions_environment() {
+    let keel = Keel { url: String::new() };
+    let (code, err) = keel.fails("", &["dev", "--endpoint", "https://dynamodb.us-east-1.amazonaws.com"]);
+    assert_eq!(code, 2, "{err}");
+    let Some(endpoint) = keel_tests::aws::moto() else { return };
+    let prefix = format!("dev-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let env = blocking(move || keel.ok("", &["dev", "--endpoint", &endpoint, "--prefix", &prefix])).await;
+    for name in ["AWS_ENDPOINT_URL", "KEEL_TABLE", "KEEL_BUCKET", "KEEL_SAGA_ARN", "KEEL_INGEST_QUEUE_URL", "KEEL_ACTIONS_DLQ_URL", "KEEL_ADMIN_KEY"] {
+        assert!(env.contains(&format!("export {name}=")), "{name} missing: {env}");
+    }
+}

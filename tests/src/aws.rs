@@ -25,27 +25,12 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 
-/// The table as template.yaml defines it.
-pub async fn create_table(ddb: &aws_sdk_dynamodb::Client, table_name: &str) {
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().expect("attribute");
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("key");
-    ddb.create_table()
-        .table_name(table_name)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("table created");
+/// The table as template.yaml defines it (keel_aws::provision, as `scripts/dev.sh` makes it).
+pub async fn create_table(sdk: &aws_config::SdkConfig, table_name: &str) {
+    keel_aws::provision::create_table(sdk, table_name).await.expect("table created");
 }
 
 /// A bucket with versioning on, as template.yaml's.
-pub async fn create_versioned_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
-    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-    s3.create_bucket().bucket(bucket).send().await.expect("bucket created");
-    let enabled = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
-    s3.put_bucket_versioning().bucket(bucket).versioning_configuration(enabled).send().await.expect("versioning on");
+pub async fn create_versioned_bucket(sdk: &aws_config::SdkConfig, bucket: &str) {
+    keel_aws::provision::create_versioned_bucket(sdk, bucket).await.expect("bucket created");
 }

@@ -255,7 +255,7 @@ async fn aws_adapters_meet_the_contract_against_moto() {
 
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let table_name = format!("keel-{suffix}");
-    create_table(&ddb, &table_name).await;
+    create_table(&sdk, &table_name).await;
     let table = std::sync::Arc::new(DynamoTable::new(ddb, table_name));
     table_contract(table.as_ref()).await;
     concurrent_increments(table).await;
@@ -312,9 +312,8 @@ async fn tenant_sessions_meet_the_contract_against_moto() {
     let who = aws_sdk_sts::Client::new(&scoped).get_caller_identity().send().await.unwrap();
     assert_eq!(who.arn(), Some("arn:aws:sts::123456789012:assumed-role/keel-tenant-access/acme"));
 
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let table_name = format!("keel-scoped-{suffix}");
-    create_table(&ddb, &table_name).await;
+    create_table(&sdk, &table_name).await;
     let table = std::sync::Arc::new(DynamoTable::with_sessions(sessions.clone(), table_name));
     table_contract(table.as_ref()).await;
     concurrent_increments(table).await;
@@ -322,7 +321,7 @@ async fn tenant_sessions_meet_the_contract_against_moto() {
     // Versioned, as template.yaml's bucket: a purge removes old versions and delete markers too.
     let bucket = format!("keel-scoped-{suffix}");
     let s3 = keel_aws::s3_client(&sdk);
-    create_versioned_bucket(&s3, &bucket).await;
+    create_versioned_bucket(&sdk, &bucket).await;
     blob_contract(&S3Blobs::with_sessions(sessions, bucket.clone())).await;
     let left = s3.list_object_versions().bucket(&bucket).send().await.unwrap();
     assert!(left.versions().is_empty() && left.delete_markers().is_empty(), "versions left after purges: {left:?}");

@@ -40,6 +40,7 @@ fn every_sample_http_event_is_a_declared_route_with_its_caller() {
         ("RoutingFunction", include_str!("../../events/routing/rank.json")),
         ("ToolsFunction", include_str!("../../events/tools/put-tool.json")),
         ("ToolsFunction", include_str!("../../events/tools/propose-action.json")),
+        ("ToolsFunction", include_str!("../../events/tools/approve-action.json")),
         ("AuditFunction", include_str!("../../events/audit/verify.json")),
         ("AuditFunction", include_str!("../../events/audit/export.json")),
     ];

@@ -113,10 +113,10 @@ async fn deleting_a_tenant_in_aws_leaves_nothing_in_dynamodb_or_s3() {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let table_name = format!("keel-off-{suffix}");
-    keel_tests::aws::create_table(&ddb, &table_name).await;
+    keel_tests::aws::create_table(&sdk, &table_name).await;
     let s3 = keel_aws::s3_client(&sdk);
     let bucket = format!("keel-off-{suffix}");
-    keel_tests::aws::create_versioned_bucket(&s3, &bucket).await;
+    keel_tests::aws::create_versioned_bucket(&sdk, &bucket).await;
     let role = "arn:aws:iam::123456789012:role/keel-tenant-access";
     let sessions = std::sync::Arc::new(keel_aws::TenantSessions::new(sdk.clone(), Some(role.into())));
     let table = std::sync::Arc::new(keel_aws::DynamoTable::with_sessions(sessions.clone(), table_name.clone()));

@@ -3,6 +3,7 @@
 //! event is appended once), serves decisions, verifies and exports the chain,
 //! and reports usage.
 
+pub mod lambda;
 pub mod routes;
 mod alerts;
 mod listing;

@@ -11,6 +11,7 @@ mod keys;
 mod offboard;
 pub mod oidc;
 mod rate;
+pub mod lambda;
 pub mod routes;
 
 use keel_core::api_keys::KeyAuthenticator;

@@ -20,6 +20,7 @@ mod ingest;
 mod manifest;
 mod redaction;
 pub mod pii;
+pub mod lambda;
 pub mod routes;
 pub mod segment;
 mod index_files;

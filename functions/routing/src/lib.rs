@@ -18,6 +18,7 @@ mod generate;
 pub mod classify;
 pub mod in_function;
 pub mod rank;
+pub mod lambda;
 pub mod routes;
 pub mod grounding;
 pub mod guard;

@@ -15,6 +15,7 @@ mod preview;
 mod propose;
 mod registry;
 mod review;
+pub mod lambda;
 pub mod routes;
 pub mod policy;
 pub mod schema;

@@ -17,6 +17,7 @@ pub use dynamodb::DynamoTable;
 pub use s3::S3Blobs;
 pub use sagemaker::SageMakerProvider;
 pub use secrets::{config_from_env, read_secrets};
+pub mod provision;
 pub use sessions::TenantSessions;
 pub use sfn::StepFunctionsSaga;
 pub use sns::SnsNotifier;
@@ -86,16 +87,19 @@ pub struct Adapters {
 
 impl Adapters {
     pub async fn from_env() -> Result<Self, KeelError> {
-        let resources = AwsResources::from_env()?;
-        let sdk = load_sdk_config().await;
+        Ok(Self::new(load_sdk_config().await, AwsResources::from_env()?))
+    }
+
+    /// The adapters of `resources`, through `sdk`'s endpoint and credentials.
+    pub fn new(sdk: aws_config::SdkConfig, resources: AwsResources) -> Self {
         let sessions = std::sync::Arc::new(TenantSessions::new(sdk.clone(), resources.tenant_role_arn));
-        Ok(Self {
+        Self {
             table: std::sync::Arc::new(DynamoTable::with_sessions(sessions.clone(), resources.table)),
             blobs: std::sync::Arc::new(S3Blobs::with_sessions(sessions, resources.bucket)),
             queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls, resources.dead_letter_urls)),
             saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
             sdk,
-        })
+        }
     }
 
     /// The operators' topic (`KEEL_ALERT_TOPIC_ARN`), when the function is given one.

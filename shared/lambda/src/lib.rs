@@ -50,6 +50,39 @@ pub enum Event {
 /// request answered with server-sent events) a stream.
 pub type Answer = FunctionResponse<Value, axum::body::BodyDataStream>;
 
+/// The handler of a function's non-HTTP events.
+pub type Handle = std::sync::Arc<dyn Fn(Event) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, Diagnostic>> + Send>> + Send + Sync>;
+
+/// A function as Lambda runs it: its HTTP API (if it has routes) and its
+/// other events' handler. Built once at init by the function's crate, so a
+/// test can invoke exactly what Lambda invokes.
+pub struct Function {
+    pub api: Option<Router>,
+    pub handle: Handle,
+}
+
+impl Function {
+    pub fn new<F, Fut>(api: Option<Router>, handle: F) -> Self
+    where
+        F: Fn(Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, Diagnostic>> + Send + 'static,
+    {
+        Self { api, handle: std::sync::Arc::new(move |event| Box::pin(handle(event))) }
+    }
+
+    /// One invocation with `payload` (a Lambda event's JSON), as the runtime would make it.
+    pub async fn invoke(&self, payload: Value) -> Result<Answer, Diagnostic> {
+        let handle = |event| (self.handle)(event);
+        invoke(&self.api, &handle, None, payload, "local", std::io::sink()).await
+    }
+
+    /// The Lambda runtime loop for this function.
+    pub async fn run(self) -> Result<(), lambda_runtime::Error> {
+        let handle = self.handle;
+        run(self.api, move |event| handle(event)).await
+    }
+}
+
 /// Runs the Lambda runtime loop: HTTP API requests (and function URL
 /// requests) go to `api`, every other event to `handle`.
 pub async fn run<F, Fut>(api: Option<Router>, handle: F) -> Result<(), lambda_runtime::Error>
