@@ -9,21 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 PORT="${KEEL_DEV_MOTO_PORT:-5000}"
-.tools/venv/bin/python3 scripts/moto-server.py -H 127.0.0.1 -p "$PORT" > .tools/dev-moto.log 2>&1 &
-MOTO_PID=$!
-trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
-python3 - "$PORT" <<'PY'
-import json, sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/config"
-for _ in range(100):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        break
-    except Exception:
-        time.sleep(0.2)
-else:
-    sys.exit("moto server did not start; see .tools/dev-moto.log")
-PY
+source scripts/moto.sh
+trap 'kill ${MOTO_PID:-} 2>/dev/null || true' EXIT
+start_moto "$PORT" .tools/dev-moto.log
 cargo build --quiet --locked -p keel-cli
 target/debug/keel dev --endpoint "http://127.0.0.1:$PORT" > .tools/dev.env
 echo "moto on 127.0.0.1:$PORT; the functions' environment (also in .tools/dev.env):"

@@ -9,24 +9,9 @@ scripts/setup.sh
 VENV=.tools/venv
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# moto with its DynamoDB writes atomic, as in DynamoDB (see the script).
-"$VENV/bin/python3" scripts/moto-server.py -H 127.0.0.1 -p "$PORT" > .tools/moto.log 2>&1 &
-MOTO_PID=$!
-trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
-python3 - "$PORT" <<'PY'
-import json, sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/config"
-for _ in range(100):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        break
-    except Exception:
-        time.sleep(0.2)
-else:
-    sys.exit("moto server did not start; see .tools/moto.log")
-body = json.dumps({"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}).encode()
-urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}), timeout=5)
-PY
+source scripts/moto.sh
+trap 'kill ${MOTO_PID:-} 2>/dev/null || true' EXIT
+start_moto "$PORT" .tools/moto.log '{"stepfunctions": {"execute_state_machine": true}, "lambda": {"use_docker": false}}'
 export KEEL_MOTO_ENDPOINT="http://127.0.0.1:$PORT" KEEL_REQUIRE_MOTO=1
 # setup.sh installed chromium and playwright-core: the console's browser tests must run.
 export KEEL_REQUIRE_BROWSER=1

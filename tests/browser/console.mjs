@@ -75,6 +75,16 @@ async function memberAsksAndProposes(browser) {
   await context.close();
 }
 
+/** Reloads an action's page until its timeline shows `text` (the saga runs in the background). */
+async function reloadUntil(page, text) {
+  for (let i = 0; i < 40 && (await page.getByText(text).count()) === 0; i++) {
+    await page.waitForTimeout(250);
+    await page.reload();
+    await page.getByRole("heading", { name: "Timeline" }).waitFor();
+  }
+  await page.getByText(text).waitFor();
+}
+
 async function openInboxAction(page, proposer) {
   await page.getByRole("link", { name: /Approvals/ }).click();
   const row = page.getByRole("row").filter({ hasText: proposer });
@@ -99,12 +109,7 @@ async function approverReviewsAndUndoes(browser) {
   check(/balance/.test(await diff.textContent()) && /\(changed\)/.test(await diff.textContent()), "the diff shows the changed balance");
   await snap(page, "06-review-diff");
   await page.getByRole("button", { name: "Approve" }).click();
-  for (let i = 0; i < 40 && (await page.getByText("Step main ran").count()) === 0; i++) {
-    await page.waitForTimeout(250);
-    await page.reload();
-    await page.getByRole("heading", { name: "Timeline" }).waitFor();
-  }
-  await page.getByText("Step main ran").waitFor();
+  await reloadUntil(page, "Step main ran");
   await page.getByText(/Approved/).first().waitFor();
   await snap(page, "07-timeline-executed");
   await page.getByRole("button", { name: "Undo…" }).click();
@@ -113,12 +118,7 @@ async function approverReviewsAndUndoes(browser) {
   check(/refund\/undo/.test(await dialog.textContent()), "the confirmation shows the compensation that will run");
   await snap(page, "08-undo-confirm");
   await dialog.getByRole("button", { name: "Run the compensation" }).click();
-  for (let i = 0; i < 40 && (await page.getByText("compensated").count()) === 0; i++) {
-    await page.waitForTimeout(250);
-    await page.reload();
-    await page.getByRole("heading", { name: "Timeline" }).waitFor();
-  }
-  await page.getByText("Step main compensated").waitFor();
+  await reloadUntil(page, "Step main compensated");
   check(await page.getByRole("button", { name: "Undo…" }).count() === 0, "an undone action offers no second undo");
   await page.getByRole("link", { name: "Audit" }).click();
   await page.getByRole("button", { name: "Verify the chain" }).click();
