@@ -32,6 +32,10 @@ else:
     sys.exit("keel-local did not start; see .tools/api-property-test.log")
 call("POST", "/v1/tenants", {"id": "acme", "name": "Acme"})
 key = call("POST", "/v1/tenants/acme/keys", {"principal": "prop", "roles": ["admin", "approver", "member", "auditor"]})["key"]
+# Something to read back: a document and a decision.
+admin["Authorization"] = f"Bearer {key}"
+call("PUT", "/v1/documents/faq", {"text": "Refunds are paid within 5 business days."})
+call("POST", "/v1/ask", {"question": "How long do refunds take?"})
 print(key)
 PY
 )

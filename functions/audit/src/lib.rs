@@ -211,7 +211,7 @@ impl Audit {
     /// only their own (they made its first event), and 404 for the rest.
     pub(crate) async fn decision(&self, caller: &Caller, id: &str) -> Result<ApiResponse, KeelError> {
         let events = self.readable_events(caller, id).await?.ok_or_else(|| KeelError::NotFound(format!("decision {id} not found")))?;
-        Ok(ApiResponse::ok(&json!({"decision_id": id, "events": events})))
+        Ok(ApiResponse::ok(&listing::Decision { decision_id: id.to_string(), events }))
     }
 
     /// A decision's entries, if the caller may read them.

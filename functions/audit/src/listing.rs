@@ -4,11 +4,26 @@
 
 use crate::Audit;
 use keel_core::auth::Caller;
-use keel_core::chain::DecisionKind;
+use keel_core::chain::{ChainEntry, DecisionKind};
 use keel_core::http::ApiResponse;
 use keel_core::KeelError;
 use serde_json::json;
 use std::collections::HashMap;
+
+/// A page of decision events, newest first.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct DecisionPage {
+    pub events: Vec<ChainEntry>,
+    /// The cursor of the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// One decision and its events, in the order they were recorded.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct Decision {
+    pub decision_id: String,
+    pub events: Vec<ChainEntry>,
+}
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -93,6 +108,6 @@ impl Audit {
                 break;
             }
         }
-        Ok(ApiResponse::ok(&json!({"events": events, "next_cursor": cursor.map(|c| c.to_string())})))
+        Ok(ApiResponse::ok(&DecisionPage { events, next_cursor: cursor.map(|c| c.to_string()) }))
     }
 }

@@ -1,6 +1,6 @@
 //! Audit's routes: decisions, the chain's verification and export, usage.
 
-use crate::listing::DecisionQuery;
+use crate::listing::{Decision, DecisionPage, DecisionQuery};
 use crate::Audit;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -20,9 +20,9 @@ pub fn routes() -> Routes<Arc<Audit>> {
         .doc(RouteDoc::new("The decisions one request made, or a page of decision events newest first")
             .query("request_id", "the request's id").query("kind", "e.g. ask, chat, action.proposed").query("principal", "whose events")
             .query("since", "RFC 3339").query("limit", "1 to 200 (default 50)").query("cursor", "next_cursor of the previous page")
-            .json(200, object))
+            .json(200, decisions_answer))
         .route(Method::GET, "/v1/decisions/{id}", decision)
-        .doc(RouteDoc::new("One decision's events").json(200, object))
+        .doc(RouteDoc::new("One decision's events").json(200, schema::<Decision>))
         .route(Method::POST, "/v1/audit/verify", verify)
         .doc(RouteDoc::new("Verify the tenant's hash chain").json(200, object))
         .route(Method::GET, "/v1/audit/export", export)
@@ -36,6 +36,14 @@ pub fn routes() -> Routes<Arc<Audit>> {
         .doc(RouteDoc::new("Each surface's objectives and attainment over 1 h, 24 h and 30 days").json(200, object))
         .route(Method::PUT, "/v1/alerts/webhook", put_webhook)
         .doc(RouteDoc::new("Where budget alerts are delivered (admins; the secret is shown once)").body(schema::<crate::alerts::WebhookInput>).json(200, object))
+}
+
+/// A page of events, or (with `request_id`) the request's decisions.
+fn decisions_answer(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let page = schema::<DecisionPage>(generator);
+    let decision = schema::<Decision>(generator);
+    schemars::json_schema!({"anyOf": [page, {"type": "object", "required": ["request_id", "decisions"],
+        "properties": {"request_id": {"type": "string"}, "decisions": {"type": "array", "items": decision}}}]})
 }
 
 async fn decision(State(audit): State<Arc<Audit>>, caller: Caller, Path(id): Path<String>) -> Reply {

@@ -11,6 +11,7 @@
 
 mod connector;
 mod listing;
+mod view;
 mod preview;
 mod propose;
 mod registry;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use steps::StepInput;
+pub(crate) use view::{action_view, ActionPage, ActionView};
 
 /// How long daily counters are kept (a little over a day).
 const DAILY_COUNTER_TTL_SECS: i64 = 2 * 24 * 3600;
@@ -137,7 +139,7 @@ pub struct Tool {
     pub updated_at: String,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
     /// Proposed while the tool's autonomy is suggest-only (the tenant's, the
@@ -156,7 +158,7 @@ pub enum ActionStatus {
     Undone,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Approval {
     pub principal: String,
     pub decision: String,
@@ -182,7 +184,7 @@ pub(crate) struct ReviewRequest {
 const MAX_REASON_CHARS: usize = 1000;
 
 /// What one step of an action did, and what its compensation did.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepRun {
     pub name: String,
     pub outcome: Option<Value>,
@@ -370,12 +372,4 @@ fn lost_race(message: &str) -> impl Fn(StoreError) -> KeelError + '_ {
         StoreError::ConditionFailed => KeelError::Conflict(message.into()),
         other => other.into(),
     }
-}
-
-/// An action as clients see it (the saga's task token stays inside).
-pub(crate) fn action_view(action: &Action) -> Value {
-    json!({"action_id": action.action_id, "tool": action.tool, "tool_version": action.tool_version, "args": action.args,
-        "idempotency_key": action.idempotency_key, "proposer": action.proposer, "status": action.status,
-        "preview": action.preview, "approvals": action.approvals, "steps": action.steps, "error": action.error,
-        "policy": action.policy, "workflow": action.workflow, "created_at": action.created_at, "updated_at": action.updated_at})
 }

@@ -46,7 +46,7 @@ impl ActionQuery {
 impl Tools {
     /// One page of the actions the caller may see, newest first, and the
     /// cursor of the next page (absent on the last).
-    pub(crate) async fn list_actions(&self, caller: &Caller, query: ActionQuery) -> Result<Value, KeelError> {
+    pub(crate) async fn list_actions(&self, caller: &Caller, query: ActionQuery) -> Result<ActionPage, KeelError> {
         let tenant = caller.tenant()?;
         let sees_all = caller.has_role(ROLE_APPROVER) || caller.has_role(ROLE_AUDITOR) || caller.has_role(keel_core::auth::ROLE_ADMIN);
         let visible = |a: &Action| (sees_all || a.proposer == caller.principal) && query.status.is_none_or(|s| a.status == s);
@@ -73,6 +73,6 @@ impl Tools {
                 break;
             }
         }
-        Ok(json!({"actions": listed, "next_cursor": cursor}))
+        Ok(ActionPage { actions: listed, next_cursor: cursor })
     }
 }

@@ -1,7 +1,7 @@
 //! The tools function's routes: tools, policies and actions.
 
 use crate::listing::ActionQuery;
-use crate::{action_view, policy, PolicyInput, ProposeRequest, ReviewRequest, Tool, ToolInput, Tools};
+use crate::{action_view, policy, ActionPage, ActionView, PolicyInput, ProposeRequest, ReviewRequest, Tool, ToolInput, Tools};
 use keel_core::openapi::{object, schema, RouteDoc};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,7 +11,7 @@ use keel_core::auth::{Caller, ROLE_ADMIN};
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
 use keel_core::KeelError;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 type Reply = Result<Json<Value>, KeelError>;
@@ -31,16 +31,16 @@ pub fn routes() -> Routes<Arc<Tools>> {
             .body(schema::<PolicyInput>).json(200, object).json(202, object))
         .route(Method::POST, "/v1/actions", propose)
         .doc(RouteDoc::new("Propose an action: validated, gated, previewed; run or held for approval")
-            .body(schema::<ProposeRequest>).json(200, object).json(201, object))
+            .body(schema::<ProposeRequest>).json(200, schema::<ActionView>).json(201, schema::<ActionView>))
         .route(Method::GET, "/v1/actions", actions)
         .doc(RouteDoc::new("The action proposed with an idempotency key, or a page of actions newest first")
             .query("idempotency_key", "the key the action was proposed with")
             .query("status", "only actions in this status").query("limit", "1 to 200 (default 50)").query("cursor", "next_cursor of the previous page")
-            .json(200, object))
+            .json(200, schema::<ActionPage>))
         .route(Method::GET, "/v1/actions/{id}", action)
-        .doc(RouteDoc::new("An action").json(200, object))
+        .doc(RouteDoc::new("An action").json(200, schema::<ActionView>))
         .route(Method::POST, "/v1/actions/{id}/{verb}", act)
-        .doc(RouteDoc::new("approve, reject (with a reason) or undo an action").body(schema::<ReviewRequest>).json(200, object))
+        .doc(RouteDoc::new("approve, reject (with a reason) or undo an action").body(schema::<ReviewRequest>).json(200, schema::<ActionView>))
 }
 
 async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
@@ -53,7 +53,7 @@ async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): P
 
 async fn list_tools(State(tools): State<Arc<Tools>>, caller: Caller) -> Reply {
     let listed = tools.tools(caller.tenant()?).await?;
-    Ok(Json(serde_json::json!({"tools": listed})))
+    Ok(Json(json!({"tools": listed})))
 }
 
 async fn tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>) -> Reply {
@@ -89,14 +89,14 @@ async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, body: Bytes) -
 async fn actions(State(tools): State<Arc<Tools>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
     let tenant = caller.tenant()?;
     match query.get("idempotency_key") {
-        Some(key) => Ok(Json(action_view(&tools.action_by_key(tenant, key).await?))),
-        None => tools.list_actions(&caller, ActionQuery::parse(&query)?).await.map(Json),
+        Some(key) => Ok(Json(json!(action_view(&tools.action_by_key(tenant, key).await?)))),
+        None => tools.list_actions(&caller, ActionQuery::parse(&query)?).await.map(|page| Json(json!(page))),
     }
 }
 
 async fn action(State(tools): State<Arc<Tools>>, caller: Caller, Path(id): Path<String>) -> Reply {
     let (action, _) = tools.action(caller.tenant()?, &parse_path_id("action", &id)?).await?;
-    Ok(Json(action_view(&action)))
+    Ok(Json(json!(action_view(&action))))
 }
 
 /// `approve`, `reject` or `undo` an action.
@@ -115,5 +115,5 @@ async fn act(State(tools): State<Arc<Tools>>, caller: Caller, Path((id, verb)): 
         "undo" => tools.undo(&caller, &id).await?,
         _ => return Err(KeelError::NotFound(format!("no route for POST /v1/actions/{id}/{verb}"))),
     };
-    Ok(Json(action_view(&action)))
+    Ok(Json(json!(action_view(&action))))
 }

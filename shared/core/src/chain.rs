@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One decision event: input → evidence → action → outcome, with usage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DecisionEvent {
     /// Unique per event; a redelivered event carries the same id and is appended once.
     pub event_id: String,
@@ -41,7 +41,7 @@ pub struct DecisionEvent {
 }
 
 /// What a decision event records: a gateway request, or a step in an action's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum DecisionKind {
     #[serde(rename = "ask")]
     Ask,
@@ -106,7 +106,7 @@ impl DecisionKind {
 }
 
 /// Whether a gateway request was answered from the cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CacheOutcome {
     #[serde(rename = "hit")]
     Hit,
@@ -119,7 +119,7 @@ pub enum CacheOutcome {
 }
 
 /// What a gateway request cost and how it went.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -128,7 +128,7 @@ pub struct Usage {
     pub attempts: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChainEntry {
     pub seq: u64,
     pub prev_hash: String,

@@ -84,7 +84,7 @@ pub struct Today {
     pub total_units: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PolicyDecision {
     pub verb: String,
     pub allowed: bool,
@@ -95,7 +95,7 @@ pub struct PolicyDecision {
     pub shadow: Option<ShadowDecision>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShadowDecision {
     pub allowed: bool,
     pub policies: Vec<String>,
