@@ -4,7 +4,7 @@
 
 use crate::{require_tenant_admin, Auth};
 use keel_core::auth::Caller;
-use keel_core::chain::AdminChange;
+use keel_core::decisions::AdminChange;
 use keel_core::change_requests::{RequestStatus, Requester};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;

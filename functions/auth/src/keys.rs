@@ -10,7 +10,7 @@ use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::api_keys::StoredKey;
 use keel_core::time::now_rfc3339;
-use keel_core::chain::AdminChange;
+use keel_core::decisions::AdminChange;
 use keel_core::KeelError;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -22,7 +22,7 @@ use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
-use keel_core::chain::{admin_change_event, send_decision, AdminChange};
+use keel_core::decisions::{admin_change_event, send_decision, AdminChange};
 use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
 use keel_core::ports::{BlobStore, Table, WorkQueue};
 use serde_json::Value;

@@ -4,7 +4,8 @@
 //! can never overspend together; after the call the reservation is settled
 //! to the real cost.
 
-use keel_core::chain::{send_decision, DecisionEvent, DecisionKind};
+use keel_core::chain::{DecisionEvent, DecisionKind};
+use keel_core::decisions::send_decision;
 use keel_core::ids::{new_id, TenantId};
 use keel_core::keys;
 use keel_core::models::Budgets;

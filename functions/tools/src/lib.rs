@@ -26,7 +26,8 @@ mod store;
 
 use connector::Connectors;
 use keel_core::auth::Caller;
-use keel_core::chain::{admin_change_event, send_decision, send_decision_in, AdminChange, DecisionEvent, DecisionKind};
+use keel_core::chain::{DecisionEvent, DecisionKind};
+use keel_core::decisions::{admin_change_event, send_decision, send_decision_in, AdminChange};
 use keel_core::config::Config;
 use keel_core::ids::{new_id, parse_path_id, TenantId};
 use keel_core::limits::{parse_json, MAX_QUEUE_MESSAGE_BYTES};

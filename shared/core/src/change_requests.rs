@@ -5,7 +5,7 @@
 //! write with the request's new status and only if the target has not moved
 //! since it was requested.
 
-use crate::chain::AdminChange;
+use crate::decisions::AdminChange;
 use crate::error::KeelError;
 use crate::ids::{new_id, TenantId};
 use crate::ports::{Condition, Table, Write};
@@ -90,14 +90,14 @@ pub async fn submit(
 ) -> Result<crate::http::ApiResponse, KeelError> {
     store.create(tenant, &request).await?;
     let after = serde_json::json!({"change": request.change, "target": request.target, "reason": request.reason, "after": request.after});
-    let event = crate::chain::admin_change_event(
+    let event = crate::decisions::admin_change_event(
         &request.requested_by.principal,
         AdminChange::ChangeRequested,
         &format!("change {}", request.id),
         request.before.clone(),
         after,
     );
-    crate::chain::send_decision(queue, tenant, &event).await?;
+    crate::decisions::send_decision(queue, tenant, &event).await?;
     Ok(crate::http::ApiResponse::json(202, &serde_json::json!({"change_request": request.view()})))
 }
 

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod change_requests;
 pub mod chunking;
 pub mod config;
+pub mod decisions;
 pub mod egress;
 pub mod error;
 pub mod http;
