@@ -17,15 +17,16 @@ pub async fn run(api: &Api, command: Command) -> Result<Printed, CliError> {
         Command::Policies(c) => policies(api, c).await,
         Command::Actions(c) => actions(api, c).await,
         Command::Audit(c) => audit(api, c).await,
-        Command::Usage { from, to } => {
-            let mut query = vec![];
-            query.extend(from.map(|f| format!("from={}", encode(&f))));
-            query.extend(to.map(|t| format!("to={}", encode(&t))));
-            Ok(output::usage(api.call("GET", &format!("/v1/usage?{}", query.join("&")), None).await?))
-        }
+        Command::Usage { from, to } => Ok(output::usage(api.call("GET", &format!("/v1/usage?{}", period(from, to)), None).await?)),
         Command::Whoami => Ok(output::whoami(api.call("GET", "/v1/me", None).await?)),
         Command::Dlq(_) | Command::Dev { .. } => Err(CliError::Usage("dlq and dev make no API call".into())),
     }
+}
+
+/// `from=…&to=…` of the bounds given (usage and export take the same two).
+fn period(from: Option<String>, to: Option<String>) -> String {
+    let bounds = [("from", from), ("to", to)];
+    bounds.iter().filter_map(|(name, v)| v.as_ref().map(|v| format!("{name}={}", encode(v)))).collect::<Vec<_>>().join("&")
 }
 
 async fn tenants(api: &Api, c: Tenants) -> Result<Printed, CliError> {
@@ -153,10 +154,7 @@ async fn audit(api: &Api, c: Audit) -> Result<Printed, CliError> {
     match c {
         Audit::Verify => Ok(output::verify(api.call("POST", "/v1/audit/verify", None).await?)),
         Audit::Export { file, from, to } => {
-            let mut query = vec![];
-            query.extend(from.map(|f| format!("from={}", encode(&f))));
-            query.extend(to.map(|t| format!("to={}", encode(&t))));
-            let v = api.call("GET", &format!("/v1/audit/export?{}", query.join("&")), None).await?;
+            let v = api.call("GET", &format!("/v1/audit/export?{}", period(from, to)), None).await?;
             let lines = v.as_str().unwrap_or_default();
             std::fs::write(&file, lines).map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
             let n = lines.lines().count();

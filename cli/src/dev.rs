@@ -21,17 +21,11 @@ pub async fn provision(endpoint: &str, prefix: &str) -> Result<Printed, CliError
     if !is_loopback(endpoint) {
         return Err(CliError::Usage(format!("{endpoint} is not a loopback address: keel dev only provisions a local stand-in (sam deploy creates the real resources)")));
     }
-    let credentials = aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "keel-dev");
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .load()
-        .await;
+    let sdk = keel_aws::provision::local_sdk_config(endpoint).await;
     let resources = keel_aws::provision::provision(&sdk, prefix, TOOLS_FUNCTION_ARN).await.map_err(|e| CliError::Other(e.to_string()))?;
     let config = keel_core::config::Config::from_lookup(|k| (k == "KEEL_ADMIN_KEY").then(|| DEV_ADMIN_KEY.to_string())).map_err(|e| CliError::Other(e.to_string()))?;
     let adapters = keel_aws::Adapters::new(sdk, resources.clone());
-    keel_aws::provision::seed_samples(&adapters, &config).await.map_err(|e| CliError::Other(e.to_string()))?;
+    keel_aws::provision::seed_samples(adapters.table.clone(), adapters.blobs.as_ref(), &config).await.map_err(|e| CliError::Other(e.to_string()))?;
     let mut env = vec![
         ("AWS_ENDPOINT_URL".to_string(), endpoint.to_string()),
         ("AWS_REGION".into(), "us-east-1".into()),

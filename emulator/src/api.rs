@@ -10,6 +10,7 @@ use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_audit::Audit;
 use keel_core::http::{api_counting_failures, error_response, RequestId};
+use keel_core::openapi::DocumentedRoute;
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
 use keel_routing::Routing;
@@ -41,28 +42,29 @@ pub fn router(functions: &Functions, queue: Arc<dyn keel_core::ports::WorkQueue>
     Router::new().fallback(serve).with_state(api).merge(keel_auth::console::routes().with_state(()))
 }
 
+/// Each function's route table with its documentation, by the function
+/// `template.yaml` routes it to: the one list behind the declared routes and
+/// the OpenAPI document.
+fn route_tables() -> Vec<(&'static str, Vec<DocumentedRoute>)> {
+    vec![
+        ("AuthFunction", keel_auth::routes::routes().documented()),
+        ("RetrievalFunction", keel_retrieval::routes::routes().documented()),
+        ("RoutingFunction", keel_routing::routes::routes().documented()),
+        ("ToolsFunction", keel_tools::routes::routes().documented()),
+        ("AuditFunction", keel_audit::routes::routes().documented()),
+        ("AuthFunction", keel_auth::console::routes::<()>().documented()),
+    ]
+}
+
 /// Every function's declared routes, `(function, method, path)`: what the
 /// local API serves, and what `template.yaml` must route in AWS.
 pub fn declared_routes() -> Vec<(&'static str, String, String)> {
-    let named = |function: &'static str, routes: Vec<(String, String)>| routes.into_iter().map(move |(m, p)| (function, m, p));
-    named("AuthFunction", keel_auth::routes::routes().declared())
-        .chain(named("RetrievalFunction", keel_retrieval::routes::routes().declared()))
-        .chain(named("RoutingFunction", keel_routing::routes::routes().declared()))
-        .chain(named("ToolsFunction", keel_tools::routes::routes().declared()))
-        .chain(named("AuditFunction", keel_audit::routes::routes().declared()))
-        .chain(public_routes().into_iter().map(|(m, p)| ("AuthFunction", m, p)))
-        .collect()
+    route_tables().into_iter().flat_map(|(function, table)| table.into_iter().map(move |(m, p, _)| (function, m, p))).collect()
 }
 
 /// Every function's routes with their documentation, `(method, path, doc)`.
-pub fn documented_routes() -> Vec<(String, String, Option<keel_core::openapi::RouteDoc>)> {
-    let mut all = keel_auth::routes::routes().documented();
-    all.extend(keel_retrieval::routes::routes().documented());
-    all.extend(keel_routing::routes::routes().documented());
-    all.extend(keel_tools::routes::routes().documented());
-    all.extend(keel_audit::routes::routes().documented());
-    all.extend(keel_auth::console::routes::<()>().documented());
-    all
+pub fn documented_routes() -> Vec<DocumentedRoute> {
+    route_tables().into_iter().flat_map(|(_, table)| table).collect()
 }
 
 /// The OpenAPI document of the whole HTTP API, as `docs/openapi.json` holds it.

@@ -16,12 +16,7 @@ pub fn moto() -> Option<String> {
 }
 
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await
+    keel_aws::provision::local_sdk_config(endpoint).await
 }
 
 

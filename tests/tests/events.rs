@@ -5,7 +5,7 @@
 //! accepts; here each is recognized as its trigger, and the queue batches
 //! are run through their real consumers over the embedded backends.
 
-use keel_core::ports::{BlobStore, QueueName};
+use keel_core::ports::QueueName;
 use keel_core::tenants::{Autonomy, Tenant, TenantStatus};
 use keel_core::TenantId;
 use keel_core::auth::Caller;
@@ -66,9 +66,6 @@ fn every_sample_http_event_is_a_declared_route_with_its_caller() {
     assert!(matches!(event(include_str!("../../events/audit/audit-batch.json")), Event::Queue(_)));
 }
 
-/// The key in the sample batches' `authorization` attribute.
-const SAMPLE_PRODUCER_KEY: &str = "keel_acme_SampleProducerKeyFromTheEvents0";
-
 #[tokio::test]
 async fn sample_queue_batches_run_through_their_consumers() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,14 +82,9 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let config = keel_tests::config(&[]);
     let tenants = Arc::new(config.tenant_store(table.clone()));
     tenants.create(&tenant).await.unwrap();
-    // The producer key the sample batches are signed with.
+    // The key the sample batches are signed with, and the object the ingest batch names, as `keel dev` seeds them.
+    keel_aws::provision::seed_samples(table.clone(), blobs.as_ref(), &config).await.unwrap();
     let keys = Arc::new(config.key_authenticator(table.clone(), tenants.clone()));
-    let producer = keel_core::auth::ApiKeyRecord {
-        principal: "billing-service".into(), roles: vec!["member".into()], attributes: Default::default(),
-        created_at: "now".into(), prefix: String::new(), expires_at: None, last_used_at: None,
-    };
-    keys.store().create(&acme, SAMPLE_PRODUCER_KEY, &producer).await.unwrap();
-    blobs.put("tenants/acme/inbox/faq.txt", b"Gift cards never expire.".to_vec()).await.unwrap();
 
     let retrieval = keel_retrieval::Retrieval::from_config(keel_retrieval::Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys }, &config).unwrap();
     let Event::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };

@@ -89,7 +89,8 @@ async fn every_sample_event_gets_a_real_answer_from_its_function_on_moto() {
 
     let tenant = run.http(&auth, "auth/create-tenant.json").await;
     assert_eq!(tenant["id"], "acme");
-    seed_samples(&adapters(), &config).await.unwrap();
+    let seeded = adapters();
+    seed_samples(seeded.table.clone(), seeded.blobs.as_ref(), &config).await.unwrap();
     let key = run.http(&auth, "auth/create-key.json").await;
     assert!(key["key"].as_str().unwrap().starts_with("keel_acme_"));
     let allowed = run.invoke(&auth, "auth/authorizer.json").await;

@@ -5,7 +5,7 @@
 use crate::Audit;
 use keel_core::auth::Caller;
 use keel_core::chain::{ChainEntry, DecisionKind};
-use keel_core::http::ApiResponse;
+use keel_core::http::{list_limit, ApiResponse};
 use keel_core::KeelError;
 use serde_json::json;
 use std::collections::HashMap;
@@ -25,8 +25,6 @@ pub(crate) struct Decision {
     pub events: Vec<ChainEntry>,
 }
 
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 200;
 /// The most entries one request reads while filtering; past it the page ends early with a cursor.
 const MAX_SCANNED: usize = 2000;
 const PAGE: usize = 200;
@@ -52,14 +50,7 @@ impl DecisionQuery {
         if let Some(since) = &since {
             chrono::DateTime::parse_from_rfc3339(since).map_err(|_| KeelError::BadRequest(format!("since {since:?} is not an RFC 3339 timestamp")))?;
         }
-        let limit = match query.get("limit") {
-            None => DEFAULT_LIMIT,
-            Some(l) => l
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| KeelError::BadRequest(format!("limit must be a whole number from 1 to {MAX_LIMIT}")))?,
-        };
+        let limit = list_limit(query)?;
         let cursor = query
             .get("cursor")
             .map(|c| c.parse().map_err(|_| KeelError::BadRequest("cursor must be the next_cursor of an earlier page".into())))

@@ -132,9 +132,14 @@ function reviewControls(ctx, a) {
     h("p", { id: "reason-help", class: "muted" }, "Recorded in the decision log with your name."), h("div", { class: "row" }, reject));
 }
 
+/** The compensations an undo runs, in order. */
+function rollbackPlan(a) {
+  return table(["Step", "Compensation"], (a.preview?.rollback?.steps || []).map((s) => [s.step, s.url ? `${s.method} ${s.url}` : s.note]));
+}
+
 function undoControls(ctx, a) {
   if (a.status !== "executed" || !a.preview?.impact?.reversible) return "";
-  const plan = table(["Step", "Compensation"], (a.preview.rollback?.steps || []).map((s) => [s.step, s.url ? `${s.method} ${s.url}` : s.note]));
+  const plan = rollbackPlan(a);
   return h("div", { class: "row" }, h("button", { type: "button", class: "danger", onclick: async () => {
     const ok = await confirmDialog("Undo this action?", h("div", {}, h("p", {}, "These compensations run once, in this order:"), plan), "Run the compensation");
     if (!ok) return;
@@ -161,7 +166,7 @@ export async function actionDetail(ctx, id) {
           h("h2", {}, "Preview"), previewDiff(a.preview),
           h("h2", {}, "Impact"), facts([["Risk", impact.risk], ["Reversible", impact.reversible ? "yes" : "no"], ["Steps", impact.steps], ["Tool", impact.description]]),
           h("h2", {}, "Rollback plan"),
-          table(["Step", "Compensation"], (a.preview?.rollback?.steps || []).map((s) => [s.step, s.url ? `${s.method} ${s.url}` : s.note])),
+          rollbackPlan(a),
           h("h2", {}, "Policies"), policies(a.policy)),
         h("div", {}, reviewControls(ctx, a), h("h2", {}, "Timeline"), timeline(a), undoControls(ctx, a))));
   });

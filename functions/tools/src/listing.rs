@@ -4,10 +4,9 @@
 
 use super::*;
 use keel_core::auth::{ROLE_APPROVER, ROLE_AUDITOR};
+use keel_core::http::{list_limit, LIST_DEFAULT_LIMIT};
 use std::collections::HashMap;
 
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 200;
 /// The most actions one request reads while filtering; past it the page ends
 /// early with a cursor, so a rare status never makes a request scan the whole log.
 const MAX_SCANNED: usize = 1000;
@@ -32,12 +31,7 @@ impl ActionQuery {
                 })
             })
             .transpose()?;
-        let limit = match query.get("limit") {
-            None => DEFAULT_LIMIT,
-            Some(l) => l.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-                KeelError::BadRequest(format!("limit must be a whole number from 1 to {MAX_LIMIT}"))
-            })?,
-        };
+        let limit = list_limit(query)?;
         let cursor = query.get("cursor").map(|c| parse_path_id("cursor", c)).transpose()?;
         Ok(Self { status, limit, cursor })
     }
@@ -52,9 +46,10 @@ impl Tools {
         let visible = |a: &Action| (sees_all || a.proposer == caller.principal) && query.status.is_none_or(|s| a.status == s);
         let (mut listed, mut scanned) = (Vec::new(), 0);
         let mut cursor = query.cursor.clone();
+        let page_size = query.limit.max(LIST_DEFAULT_LIMIT);
         loop {
-            let page = self.actions.older_than(tenant, cursor.as_deref(), query.limit.max(DEFAULT_LIMIT)).await?;
-            let exhausted = page.len() < query.limit.max(DEFAULT_LIMIT);
+            let page = self.actions.older_than(tenant, cursor.as_deref(), page_size).await?;
+            let exhausted = page.len() < page_size;
             for action in page {
                 scanned += 1;
                 cursor = Some(action.action_id.clone());

@@ -12,6 +12,17 @@ use keel_core::ports::QueueName;
 use keel_core::KeelError;
 use std::collections::HashMap;
 
+/// The SDK's configuration for a local stand-in at `endpoint` (moto server):
+/// its region and the test credentials it accepts.
+pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "local"))
+        .load()
+        .await
+}
+
 /// Redeliveries before a message is dead-lettered (the template's maxReceiveCount).
 const MAX_RECEIVES: u32 = 5;
 
@@ -103,12 +114,16 @@ pub const SAMPLE_KEY: &str = "keel_acme_SampleProducerKeyFromTheEvents0";
 
 /// What the samples expect besides the tenant that events/auth/create-tenant.json
 /// creates: the sample key (principal `billing-service`, member, group `staff`)
-/// and the inbox object events/retrieval/ingest-batch.json names.
-pub async fn seed_samples(adapters: &crate::Adapters, config: &keel_core::config::Config) -> Result<(), KeelError> {
-    use keel_core::ports::BlobStore;
+/// and the inbox object events/retrieval/ingest-batch.json names, in any
+/// table and blob store (the AWS adapters for `keel dev`, the embedded ones in tests).
+pub async fn seed_samples(
+    table: std::sync::Arc<dyn keel_core::ports::Table>,
+    blobs: &dyn keel_core::ports::BlobStore,
+    config: &keel_core::config::Config,
+) -> Result<(), KeelError> {
     let acme = keel_core::TenantId::parse("acme")?;
-    let tenants = std::sync::Arc::new(config.tenant_store(adapters.table.clone()));
-    let keys = config.key_authenticator(adapters.table.clone(), tenants);
+    let tenants = std::sync::Arc::new(config.tenant_store(table.clone()));
+    let keys = config.key_authenticator(table, tenants);
     let record = keel_core::auth::ApiKeyRecord {
         principal: "billing-service".into(),
         roles: vec![keel_core::auth::ROLE_MEMBER.into()],
@@ -119,5 +134,5 @@ pub async fn seed_samples(adapters: &crate::Adapters, config: &keel_core::config
         last_used_at: None,
     };
     keys.store().create(&acme, SAMPLE_KEY, &record).await?;
-    adapters.blobs.put(&acme.blob_key("inbox/faq.txt"), b"Gift cards never expire.".to_vec()).await.map_err(KeelError::from)
+    blobs.put(&acme.blob_key("inbox/faq.txt"), b"Gift cards never expire.".to_vec()).await.map_err(KeelError::from)
 }

@@ -45,6 +45,22 @@ pub fn parse_body<T: DeserializeOwned>(body: &Bytes, limit: usize) -> Result<T, 
     crate::limits::parse_json(body, limit, "request body")
 }
 
+/// A list's page size when `?limit=` is absent, and its largest.
+pub const LIST_DEFAULT_LIMIT: usize = 50;
+pub const LIST_MAX_LIMIT: usize = 200;
+
+/// A list's `?limit=`: a whole number from 1 to `LIST_MAX_LIMIT`, by default `LIST_DEFAULT_LIMIT`.
+pub fn list_limit(query: &HashMap<String, String>) -> Result<usize, KeelError> {
+    match query.get("limit") {
+        None => Ok(LIST_DEFAULT_LIMIT),
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=LIST_MAX_LIMIT).contains(n))
+            .ok_or_else(|| KeelError::BadRequest(format!("limit must be a whole number from 1 to {LIST_MAX_LIMIT}"))),
+    }
+}
+
 /// The caller the authorizer let in (the edge puts it in the request's
 /// extensions); a request without one is refused.
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -194,7 +210,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 
     /// Every route with its documentation (`None`: undocumented, which a test refuses).
-    pub fn documented(&self) -> Vec<(String, String, Option<crate::openapi::RouteDoc>)> {
+    pub fn documented(&self) -> Vec<crate::openapi::DocumentedRoute> {
         self.declared.iter().map(|(m, p, d)| (m.to_string(), p.to_string(), d.clone())).collect()
     }
 

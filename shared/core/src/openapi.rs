@@ -15,6 +15,9 @@ pub fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// A declared route, `(method, path, doc)`; `None`: undocumented, which a test refuses.
+pub type DocumentedRoute = (String, String, Option<RouteDoc>);
+
 /// One route's documentation.
 #[derive(Clone, Debug)]
 pub struct RouteDoc {
@@ -99,7 +102,7 @@ fn operation_id(method: &str, path: &str) -> String {
 }
 
 /// The document of `routes` (`(method, path, doc)`; undocumented routes are left out).
-pub fn document(version: &str, routes: &[(String, String, Option<RouteDoc>)]) -> Value {
+pub fn document(version: &str, routes: &[DocumentedRoute]) -> Value {
     let settings = SchemaSettings::draft2020_12().with(|s| s.definitions_path = "/components/schemas".into());
     let mut generator = settings.into_generator();
     let mut paths = Map::new();
