@@ -9,7 +9,7 @@ use axum::Router;
 use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_audit::Audit;
-use keel_core::http::{api_counting_failures, error_response, RequestId};
+use keel_core::http::{api_counting_failures, error_response, rate_limited, RequestId};
 use keel_core::openapi::DocumentedRoute;
 use keel_core::KeelError;
 use keel_retrieval::Retrieval;
@@ -28,6 +28,8 @@ pub struct Functions {
     pub routing: Arc<Routing>,
     pub tools: Arc<Tools>,
     pub audit: Arc<Audit>,
+    /// Each tenant's rate limit, counted as every function counts it in AWS.
+    pub rate: Arc<keel_core::rate::RateLimiter>,
 }
 
 /// The local API, ready to serve: each request runs as a task of its own.
@@ -38,7 +40,8 @@ pub fn router(functions: &Functions, queue: Arc<dyn keel_core::ports::WorkQueue>
         .merge(keel_routing::routes::routes().with_state(functions.routing.clone()))
         .merge(keel_tools::routes::routes().with_state(functions.tools.clone()))
         .merge(keel_audit::routes::routes().with_state(functions.audit.clone()));
-    let api = api_counting_failures(routes, queue).layer(from_fn_with_state(functions.auth.clone(), authenticate));
+    let api = rate_limited(api_counting_failures(routes, queue), functions.rate.clone())
+        .layer(from_fn_with_state(functions.auth.clone(), authenticate));
     Router::new().fallback(serve).with_state(api).merge(keel_auth::console::routes().with_state(()))
 }
 

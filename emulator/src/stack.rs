@@ -112,7 +112,8 @@ impl Stack {
             )),
             retrieval: retrieval.clone(),
             tools,
-            audit: Arc::new(Audit::new(table.clone(), blobs, tenants).with_config(&config)?),
+            audit: Arc::new(Audit::new(table.clone(), blobs, tenants.clone()).with_config(&config)?),
+            rate: Arc::new(keel_core::rate::RateLimiter::new(table.clone(), tenants)),
         });
 
         let (shutdown, stopped) = watch::channel(false);

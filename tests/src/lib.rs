@@ -129,7 +129,6 @@ pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
         principal: principal.into(),
         roles: vec!["member".into()],
         groups: vec![],
-        throttled: false,
     }
 }
 

@@ -17,7 +17,7 @@ fn request(path: &str, request_id: &str) -> Value {
         "headers": {"host": "api.example.com"},
         "requestContext": {"http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "t"},
             "requestId": request_id, "timeEpoch": 0,
-            "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": "", "throttled": false}}},
+            "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": ""}}},
         "isBase64Encoded": false
     })
 }

@@ -197,6 +197,36 @@ async fn budgets_are_reserved_so_concurrent_requests_never_overspend() {
 }
 
 #[tokio::test]
+async fn a_chat_over_the_rate_limit_is_refused_before_its_model_call_and_holds_no_budget() {
+    let stub = StubModels::start().await;
+    let (_dir, stack, c) = gateway(&stub.catalog(&[("priced", "t2", 10.0, 5_000)])).await;
+    let t = hosted_tenant(&c, "limited", json!({"allow_downgrade": false}), json!({"monthly_usd": 5.0})).await;
+    // Four a minute: the document hosted_tenant put was the first.
+    let (s, _) = c.call("PATCH", "/v1/tenants/limited", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 4}))).await.unwrap();
+    assert_eq!(s, 200);
+    let mut statuses = Vec::new();
+    let mut spent = 0.0;
+    for i in 0..5 {
+        // Each prompt its own, so none is a cache hit.
+        let body = json!({"model": "auto", "max_tokens": 100, "messages": [{"role": "user", "content": format!("Say {i}.")}]});
+        let (s, b) = chat(&c, &t.member, body).await;
+        statuses.push(s);
+        if s == 200 {
+            spent += b["keel"]["cost"].as_f64().unwrap();
+        } else {
+            assert!(b["error"]["message"].as_str().unwrap().contains("rate limit"), "{b}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(stub.calls("priced"), 3, "a refused request never reaches the model");
+    // The reservations the refused requests made beside their count were given back.
+    c.call("PATCH", "/v1/tenants/limited", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 1000}))).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    assert!((u["budget"]["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-5, "{u} vs {spent}");
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_caller_that_hangs_up_still_has_its_model_call_settled_and_recorded() {
     let stub = StubModels::start().await;
     stub.set("priced", Behavior::Slow(Duration::from_millis(300), "Sure.".into()));

@@ -35,7 +35,6 @@ impl Auth {
                     principal: claims.sub,
                     roles: claims.roles,
                     groups: claims.groups,
-                    throttled: false,
                 })
             }
             _ => self.provider_tokens.caller(token, &header, now_secs()).await,

@@ -1,6 +1,6 @@
 //! auth: the HTTP API Lambda authorizer (API keys, tenants' identity
-//! providers' tokens and the platform's HS256 tokens, tenant status,
-//! per-tenant rate limit) and the admin routes (tenants and keys).
+//! providers' tokens and the platform's HS256 tokens, tenant status) and
+//! the admin routes (tenants and keys).
 
 mod changes;
 pub mod console;
@@ -10,7 +10,6 @@ pub mod jwks;
 mod keys;
 mod offboard;
 pub mod oidc;
-mod rate;
 pub mod lambda;
 pub mod routes;
 
@@ -27,9 +26,8 @@ use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requ
 use keel_core::ports::{BlobStore, Table, WorkQueue};
 use serde_json::Value;
 use keel_core::tenants::{Autonomy, Governance, Retention, Tenant, TenantStatus, TenantStore};
-use keel_core::time::{now_rfc3339, now_secs};
+use keel_core::time::now_rfc3339;
 use keel_core::KeelError;
-use rate::RateCounters;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -39,7 +37,6 @@ pub struct Auth {
     blobs: Arc<dyn BlobStore>,
     tenants: Arc<TenantStore>,
     keys: Arc<KeyAuthenticator>,
-    rates: RateCounters,
     /// The audit queue: admin changes land in the tenant's decision chain.
     queue: Arc<dyn WorkQueue>,
     change_requests: ChangeRequestStore,
@@ -55,8 +52,7 @@ impl Auth {
         let issuers = Arc::new(IssuerIndex::new(table.clone(), std::time::Duration::from_secs(config.tenant_cache_secs)));
         let jwks = jwks::JwksCache::new(config.egress.clone())?;
         let provider_tokens = oidc::ProviderTokens::new(issuers.clone(), tenants.clone(), jwks);
-        let rates = RateCounters::new(table.clone());
-        Ok(Self { config, table, blobs, tenants, keys, rates, queue, change_requests, issuers, provider_tokens })
+        Ok(Self { config, table, blobs, tenants, keys, queue, change_requests, issuers, provider_tokens })
     }
 
     /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
@@ -66,8 +62,10 @@ impl Auth {
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
-    /// 403 suspended tenant); a tenant over its rate limit is allowed with
-    /// `throttled` set, and the function answers 429.
+    /// 403 suspended tenant). It makes no store call for a key or tenant this
+    /// container trusts (`KEEL_TENANT_CACHE_SECS`), so the HTTP API may cache
+    /// its answer as long; the rate limit is counted where the request goes
+    /// (`keel_core::rate`).
     pub async fn authorize(&self, authorization: Option<&str>) -> Result<Caller, KeelError> {
         let token = authorization
             .unwrap_or("")
@@ -78,15 +76,14 @@ impl Auth {
         if self.config.admin_key.as_deref().is_some_and(|admin| secrets_equal(token, admin)) {
             return Ok(Caller::platform_admin());
         }
-        let mut caller = if token.starts_with("keel_") {
+        let caller = if token.starts_with("keel_") {
             self.keys.caller(token).await?
         } else if token.contains('.') {
             self.authenticate_jwt(token).await?
         } else {
             return Err(KeelError::Unauthorized("invalid credentials".into()));
         };
-        let tenant = self.active_tenant(caller.tenant()?).await?;
-        caller.throttled = !self.within_rate_limit(&tenant).await?;
+        self.active_tenant(caller.tenant()?).await?;
         Ok(caller)
     }
 
@@ -100,11 +97,6 @@ impl Auth {
             return Err(KeelError::Forbidden(format!("tenant {id} is suspended")));
         }
         Ok(tenant)
-    }
-
-    /// One atomic counter per tenant and minute; `false` once it passes the limit.
-    async fn within_rate_limit(&self, tenant: &Tenant) -> Result<bool, KeelError> {
-        self.rates.take(&tenant.id, now_secs() / 60, tenant.rate_limit_per_minute).await
     }
 
     /// Admin routes: `/v1/tenants…`.

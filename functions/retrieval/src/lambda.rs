@@ -2,7 +2,7 @@
 
 use crate::{routes::routes, Backends, Retrieval};
 use keel_core::config::Config;
-use keel_core::http::api;
+use keel_core::http::{api, rate_limited};
 use keel_core::KeelError;
 use keel_lambda::{batch_response, queue_messages, to_json, Event, Function};
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use std::sync::Arc;
 pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, KeelError> {
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
     let backends = Backends { table: aws.table, blobs: aws.blobs, queue: aws.queue, tenants, keys };
     let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
-    let app = api(routes().with_state(retrieval.clone()));
+    let app = rate_limited(api(routes().with_state(retrieval.clone())), limiter);
     Ok(Function::new(Some(app), move |event| {
         let retrieval = retrieval.clone();
         async move {

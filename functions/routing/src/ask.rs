@@ -4,12 +4,17 @@
 use super::*;
 
 impl Routing {
-    /// Answers a question from the caller's documents.
-    pub async fn ask(&self, caller: &Caller, body: &AskRequest, events: Option<&Events>) -> Result<AskResponse, KeelError> {
+    /// Answers a question from the caller's documents. The search (which
+    /// has no side effects) runs beside the rate-limit count (`admission`);
+    /// a hosted answer then waits once more, for the cache read and the
+    /// budget reservation together, before the model call.
+    pub async fn ask(&self, caller: &Caller, admission: &Admission, body: &AskRequest, events: Option<&Events>) -> Result<AskResponse, KeelError> {
         let tenant_id = caller.tenant()?;
         let question = validate_question(&body.question)?;
         let tenant = self.tenant(tenant_id).await?;
-        let evidence = self.retrieval.search(caller, question, EVIDENCE_K).await?;
+        let (admitted, evidence) = tokio::join!(admission.admit(), self.retrieval.search(caller, question, EVIDENCE_K));
+        admitted?;
+        let evidence = evidence?;
         let decision_id = new_id("dec");
         let mut trail = Trail::new(vec![]);
         let strength = Strength::of(question, &evidence);
@@ -28,7 +33,7 @@ impl Routing {
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();
         let pending = std::mem::take(&mut trail.pending);
-        self.finish(tenant_id, pending, self.record_ask(caller, &grounded, &out, &trail.usage)).await?;
+        self.finish(tenant_id, pending, self.record_ask(caller, &grounded, &out, &trail.usage)).await;
         Ok(out)
     }
 
@@ -73,13 +78,6 @@ impl Routing {
         let first = &self.catalog[hosted.first].name;
         let cache_key =
             (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, question, &evidence_version(evidence)]));
-        if let Some(key) = &cache_key {
-            if let Some(out) = self.cached_answer(tenant, key, evidence, events, trail).await? {
-                trail.reasons.push(format!("cache hit for {first} on the same question and evidence"));
-                return Ok(out);
-            }
-        }
-
         let gate = events.map(|ev| sse::SentenceGate::new(ev.clone(), evidence.len()));
         let forward = |_model: &str, d: &str| {
             if let Some(g) = &gate {
@@ -89,7 +87,29 @@ impl Routing {
         let accept = |r: &ModelResponse| grounded_enough(&r.text, evidence.len(), tenant.routing.min_groundedness);
         let deltas: Option<ModelDeltas> = if gate.is_some() { Some(&forward) } else { None };
         let generation = Generation { tenant, workflow, hosted, request: &request, deltas, gate: gate.as_ref() };
-        let Some(Generated { model, accepted: g, .. }) = self.generate(&generation, &accept, trail).await? else {
+        let read = async {
+            match &cache_key {
+                Some(key) => self.answers.get::<CachedAnswer>(&tenant.id, key).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (cached, first_hold) = tokio::join!(read, self.hold_first(&generation));
+        let cached = match cached {
+            Ok(cached) => cached,
+            Err(e) => {
+                self.release_later(first_hold).await;
+                return Err(e);
+            }
+        };
+        if let Some(hit) = cached {
+            trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
+            if let Some(hit) = hit {
+                self.release_later(first_hold).await;
+                trail.reasons.push(format!("cache hit for {first} on the same question and evidence"));
+                return Ok(cached_answer(hit, evidence, events));
+            }
+        }
+        let Some(Generated { model, accepted: g, .. }) = self.generate(&generation, &accept, trail, Some(first_hold)).await? else {
             return self.fallback(question, evidence, &decision, events, trail);
         };
         if let Some(g) = &gate {
@@ -109,27 +129,6 @@ impl Routing {
         Ok(out)
     }
 
-    /// The answer cached for the same question over the same evidence, if any.
-    async fn cached_answer(
-        &self,
-        tenant: &Tenant,
-        key: &str,
-        evidence: &[SearchHit],
-        events: Option<&Events>,
-        trail: &mut Trail,
-    ) -> Result<Option<AskResponse>, KeelError> {
-        let hit: Option<CachedAnswer> = self.answers.get(&tenant.id, key).await?;
-        trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
-        let Some(hit) = hit else { return Ok(None) };
-        let cited = hit.cited_chunks.iter().filter_map(|c| evidence.iter().position(|h| &h.chunk_id == c)).collect();
-        if let Some(ev) = events {
-            sse::send(ev, Some("delta"), &json!({"text": hit.text}));
-        }
-        let mut out = response(Answer { text: hit.text, cited }, evidence, Tier::T0, hit.model);
-        out.groundedness = hit.groundedness;
-        out.cached = true;
-        Ok(Some(out))
-    }
 
     /// After every hosted candidate failed or was skipped for budget.
     pub(crate) fn fallback(
@@ -172,7 +171,7 @@ impl Routing {
         out
     }
 
-    pub(crate) async fn record_ask(&self, caller: &Caller, grounded: &Grounded<'_>, out: &AskResponse, usage: &Usage) -> Result<(), KeelError> {
+    pub(crate) fn record_ask(&self, caller: &Caller, grounded: &Grounded<'_>, out: &AskResponse, usage: &Usage) -> impl std::future::Future<Output = Result<(), KeelError>> + Send + 'static {
         let evidence = grounded
             .evidence
             .iter()
@@ -183,8 +182,20 @@ impl Routing {
             "citations": out.citations.iter().map(|c| &c.chunk_id).collect::<Vec<_>>(),
             "groundedness": out.groundedness, "degraded": out.degraded, "cached": out.cached, "route": out.route});
         let input = json!({"question": grounded.question});
-        self.record_decision(caller, &out.decision_id, DecisionKind::Ask, Record { input, evidence: json!(evidence), outcome }, usage).await
+        self.record_decision(caller, &out.decision_id, DecisionKind::Ask, Record { input, evidence: json!(evidence), outcome }, usage)
     }
+}
+
+/// The answer cached for the same question over the same evidence.
+fn cached_answer(hit: CachedAnswer, evidence: &[SearchHit], events: Option<&Events>) -> AskResponse {
+    let cited = hit.cited_chunks.iter().filter_map(|c| evidence.iter().position(|h| &h.chunk_id == c)).collect();
+    if let Some(ev) = events {
+        sse::send(ev, Some("delta"), &json!({"text": hit.text}));
+    }
+    let mut out = response(Answer { text: hit.text, cited }, evidence, Tier::T0, hit.model);
+    out.groundedness = hit.groundedness;
+    out.cached = true;
+    out
 }
 
 pub(crate) fn validate_question(question: &str) -> Result<&str, KeelError> {

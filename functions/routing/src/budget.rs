@@ -41,7 +41,18 @@ fn micro(usd: f64) -> i64 {
     (usd * 1e6).round() as i64
 }
 
+/// One budget a reservation is charged to.
+struct Limit {
+    sk: String,
+    /// How a refusal names it.
+    scope: String,
+    /// How its alerts and metrics name it.
+    budget: String,
+    usd: f64,
+}
+
 /// The monthly spend counters, the tenant's and each workflow's.
+#[derive(Clone)]
 pub struct BudgetCounters {
     table: Arc<dyn Table>,
     /// Where alerts go: the decision log (whose consumer calls the tenant's webhook).
@@ -62,7 +73,10 @@ impl BudgetCounters {
         Self { table, queue }
     }
 
-    /// Reserves `micro_usd` on every budget that applies; all or none.
+    /// Reserves `micro_usd` on every budget that applies; all or none. The
+    /// counters are charged at once, each by an increment conditional on its
+    /// own limit, so none can pass it; when one refuses, the others are given
+    /// back.
     pub async fn reserve(
         &self,
         tenant: &TenantId,
@@ -72,33 +86,49 @@ impl BudgetCounters {
     ) -> Result<Reservation, Refused> {
         let workflow = budgets.workflow_for(workflow).map_err(Refused::Store)?;
         let month = current_month();
-        let mut limits = Vec::new();
-        if let Some(l) = budgets.monthly_usd {
-            limits.push((keel_core::keys::spend(&month, None), "the tenant's monthly budget".to_string(), "monthly".to_string(), l));
-        }
-        if let Some((w, l)) = workflow.and_then(|w| budgets.workflows.get_key_value(w)) {
-            limits.push((keel_core::keys::spend(&month, Some(w)), format!("the monthly budget of workflow {w:?}"), format!("workflow:{w}"), *l));
-        }
+        let tenant_limit = budgets.monthly_usd.map(|l| Limit {
+            sk: keys::spend(&month, None),
+            scope: "the tenant's monthly budget".into(),
+            budget: "monthly".into(),
+            usd: l,
+        });
+        let workflow_limit = workflow.and_then(|w| budgets.workflows.get_key_value(w)).map(|(w, l)| Limit {
+            sk: keys::spend(&month, Some(w)),
+            scope: format!("the monthly budget of workflow {w:?}"),
+            budget: format!("workflow:{w}"),
+            usd: *l,
+        });
+        let (a, b) = tokio::join!(self.charge(tenant, tenant_limit.as_ref(), micro_usd), self.charge(tenant, workflow_limit.as_ref(), micro_usd));
         let mut held = Reservation { tenant: tenant.clone(), counters: vec![], micro_usd };
-        let thresholds = budgets.thresholds();
-        for (sk, scope, budget, limit_usd) in limits {
-            match self.table.increment(&tenant.pk(), &sk, micro_usd, Some(micro(limit_usd)), None).await {
+        let mut refused = None;
+        for (limit, charged) in [(tenant_limit, a), (workflow_limit, b)] {
+            let Some(limit) = limit else { continue };
+            match charged {
                 Ok(spent) => {
-                    keel_core::telemetry::budget_used(tenant.as_str(), &budget, spent as f64 / micro(limit_usd).max(1) as f64);
-                    let spend = Spend { month: &month, budget: &budget, limit: micro(limit_usd), before: spent - micro_usd, after: spent };
-                    self.alert_crossings(tenant, &thresholds, &spend).await;
-                    held.counters.push(sk)
+                    let spend = Spend { month: &month, budget: &limit.budget, limit: micro(limit.usd), before: spent - micro_usd, after: spent };
+                    keel_core::telemetry::budget_used(tenant.as_str(), &limit.budget, spent as f64 / micro(limit.usd).max(1) as f64);
+                    self.alert_crossings(tenant, &budgets.thresholds(), &spend).await;
+                    held.counters.push(limit.sk);
                 }
-                Err(e) => {
-                    self.release(&held).await;
-                    return Err(match e {
-                        StoreError::ConditionFailed => Refused::OverBudget { scope, limit_usd },
-                        other => other.into(),
-                    });
-                }
+                Err(StoreError::ConditionFailed) => refused = refused.or(Some(Refused::OverBudget { scope: limit.scope, limit_usd: limit.usd })),
+                Err(e) => refused = Some(e.into()),
             }
         }
-        Ok(held)
+        match refused {
+            None => Ok(held),
+            Some(why) => {
+                self.release(&held).await;
+                Err(why)
+            }
+        }
+    }
+
+    /// Adds `micro_usd` to one budget's counter unless that would pass its limit.
+    async fn charge(&self, tenant: &TenantId, limit: Option<&Limit>, micro_usd: i64) -> Result<i64, StoreError> {
+        match limit {
+            Some(l) => self.table.increment(&tenant.pk(), &l.sk, micro_usd, Some(micro(l.usd)), None).await,
+            None => Ok(0),
+        }
     }
 
     /// Settles a reservation to what the call really cost (0 when it failed).
@@ -156,7 +186,8 @@ impl BudgetCounters {
         }
     }
 
-    async fn release(&self, held: &Reservation) {
+    /// Gives a reservation back whole (its request made no call).
+    pub async fn release(&self, held: &Reservation) {
         if let Err(e) = self.settle(held, 0).await {
             tracing::error!(error = %e, "could not release a budget reservation");
         }

@@ -25,6 +25,7 @@ pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
 
 
 /// Answers in the tenant's own partition, each with a TTL.
+#[derive(Clone)]
 pub struct AnswerCache {
     table: Arc<dyn Table>,
 }

@@ -9,7 +9,9 @@ use crate::generate::{Generated, Generation, ModelDeltas};
 use crate::{cache, route_error, CacheWrite, Record, Routing, Trail};
 use keel_core::auth::Caller;
 use keel_core::http::ApiResponse;
-use keel_core::ids::{new_id, TenantId};
+use keel_core::ids::new_id;
+use keel_core::rate::Admission;
+
 use keel_core::models::Tier;
 use keel_core::openai::{chunk, completion, ChatRequest};
 use keel_core::ports::{ModelRequest, ModelResponse};
@@ -37,17 +39,25 @@ fn prompt_fingerprint(req: &ChatRequest) -> String {
 
 impl Routing {
     /// `POST /v1/chat/completions`, whole or streamed as OpenAI chunks.
-    pub(crate) async fn chat_route(self: &Arc<Self>, caller: Caller, body: &[u8], request_id: String) -> Result<Reply, KeelError> {
+    pub(crate) async fn chat_route(
+        self: &Arc<Self>,
+        caller: Caller,
+        admission: Admission,
+        body: &[u8],
+        request_id: String,
+    ) -> Result<Reply, KeelError> {
         let body: ChatRequest = keel_core::limits::parse_json(body, CHAT_BODY_LIMIT, "request body")?;
         // Checked before any stream starts, so bad messages get a plain 400.
         let request = body.to_model_request("", self.options.max_tokens).map_err(KeelError::BadRequest)?;
         if !body.stream {
-            let out = self.chat(&caller, &body, &request, None).await?;
+            let out = self.chat(&caller, &admission, &body, &request, None).await?;
             return Ok(Reply::Whole(ApiResponse::ok(&out)));
         }
+        // A request over its rate limit gets a plain 429, not a stream.
+        admission.admit().await?;
         let this = self.clone();
         Ok(sse::stream(move |events| async move {
-            match this.chat(&caller, &body, &request, Some(&events)).await {
+            match this.chat(&caller, &admission, &body, &request, Some(&events)).await {
                 Ok(_) => {
                     let _ = events.send(sse::frame(None, "[DONE]"));
                 }
@@ -59,9 +69,14 @@ impl Routing {
     /// One chat completion. Streaming sends OpenAI chunks to `events` and
     /// returns the same completion it would have returned whole.
     /// `request` is `body` as a model request (`ChatRequest::to_model_request`).
+    /// Before the model call it waits once, for three things at a time: the
+    /// rate-limit count (`admission`), the cache read and the first
+    /// candidate's budget reservation (given back after the response when
+    /// the cache answers or the limit refuses).
     pub async fn chat(
         &self,
         caller: &Caller,
+        admission: &Admission,
         body: &ChatRequest,
         request: &ModelRequest,
         events: Option<&Events>,
@@ -83,9 +98,28 @@ impl Routing {
         let hosted = decision.hosted().ok_or_else(|| KeelError::Unavailable("no hosted model can answer".into()))?;
         let first = &self.catalog[hosted.first].name;
         let key = cache::key(&tenant.id, &["chat", first, &fingerprint]);
-        let hit = if cacheable { self.cached_chat(&tenant.id, &key, &mut trail).await? } else { None };
+        let forward = |model: &str, d: &str| {
+            if let Some(ev) = events {
+                sse::send(ev, None, &chunk(&id, model, created, Some(d), None));
+            }
+        };
+        let deltas: Option<ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
+        let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), hosted, request, deltas, gate: None };
+        let read = async { if cacheable { self.answers.get::<(String, String)>(&tenant.id, &key).await } else { Ok(None) } };
+        let (admitted, hit, first_hold) = tokio::join!(admission.admit(), read, self.hold_first(&generation));
+        let hit = match (admitted, hit) {
+            (Ok(()), Ok(hit)) => hit,
+            (Err(e), _) | (_, Err(e)) => {
+                self.release_later(first_hold).await;
+                return Err(e);
+            }
+        };
+        if cacheable {
+            trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
+        }
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
+                self.release_later(first_hold).await;
                 trail.reasons.push(format!("cache hit for {first}"));
                 if let Some(ev) = events {
                     sse::send(ev, None, &chunk(&id, &model, created, Some(&text), None));
@@ -93,15 +127,8 @@ impl Routing {
                 (Tier::T0, model, text, 0, 0)
             }
             None => {
-                let forward = |model: &str, d: &str| {
-                    if let Some(ev) = events {
-                        sse::send(ev, None, &chunk(&id, model, created, Some(d), None));
-                    }
-                };
-                let deltas: Option<ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
-                let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), hosted, request, deltas, gate: None };
                 let accept = |_: &ModelResponse| Ok(());
-                let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail).await? else {
+                let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail, Some(first_hold)).await? else {
                     self.record_chat(caller, &id, body, &fingerprint, None, &trail).await?;
                     return Err(trail.no_answer());
                 };
@@ -117,21 +144,14 @@ impl Routing {
         }
         let pending = std::mem::take(&mut trail.pending);
         let record = self.record_chat(caller, &id, body, &fingerprint, Some((&model, tier)), &trail);
-        self.finish(&tenant.id, pending, record).await?;
+        self.finish(&tenant.id, pending, record).await;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == CacheOutcome::Hit,
             "decision_id": id, "route": trail.reasons});
         Ok(out)
     }
 
-    /// The cached (model, text) of the same deterministic request, if any.
-    async fn cached_chat(&self, tenant: &TenantId, key: &str, trail: &mut Trail) -> Result<Option<(String, String)>, KeelError> {
-        let hit: Option<(String, String)> = self.answers.get(tenant, key).await?;
-        trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
-        Ok(hit)
-    }
-
-    async fn record_chat(
+    fn record_chat(
         &self,
         caller: &Caller,
         id: &str,
@@ -139,11 +159,11 @@ impl Routing {
         fingerprint: &str,
         answered: Option<(&str, Tier)>,
         trail: &Trail,
-    ) -> Result<(), KeelError> {
+    ) -> impl std::future::Future<Output = Result<(), KeelError>> + Send + 'static {
         // The prompt itself stays out of the log: its hash and shape only.
         let input = json!({"model": body.model, "messages": body.messages.len(), "prompt_sha256": fingerprint, "workflow": body.workflow});
         let outcome =
             json!({"answered": answered.is_some(), "model": answered.map(|a| a.0), "tier": answered.map(|a| a.1), "route": trail.reasons});
-        self.record_decision(caller, id, DecisionKind::Chat, Record { input, evidence: json!([]), outcome }, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Chat, Record { input, evidence: json!([]), outcome }, &trail.usage)
     }
 }

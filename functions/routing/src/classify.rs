@@ -247,7 +247,7 @@ impl Routing {
         out.route = trail.reasons.clone();
         let pending = std::mem::take(&mut trail.pending);
         let record = self.record_classify(caller, &decision_id, text, &labels, Some(&out), &trail);
-        self.finish(tenant_id, pending, record).await?;
+        self.finish(tenant_id, pending, record).await;
         Ok(out)
     }
 
@@ -281,7 +281,7 @@ impl Routing {
             None => Err(format!("answered {:?}, which is none of the labels", r.text.chars().take(40).collect::<String>())),
         };
         let generation = Generation { tenant, workflow: body.workflow.as_deref(), hosted, request, deltas: None, gate: None };
-        let Some(Generated { model, accepted: label, .. }) = self.generate(&generation, &accept, trail).await? else {
+        let Some(Generated { model, accepted: label, .. }) = self.generate(&generation, &accept, trail, None).await? else {
             return Ok(None);
         };
         let spec = &self.catalog[model];
@@ -292,7 +292,7 @@ impl Routing {
         Ok(Some(HostedLabel { label: label.name.clone(), tier: spec.tier, model: spec.name.clone(), cached: false }))
     }
 
-    async fn record_classify(
+    fn record_classify(
         &self,
         caller: &Caller,
         id: &str,
@@ -300,14 +300,14 @@ impl Routing {
         labels: &[Label],
         out: Option<&ClassifyResponse>,
         trail: &Trail,
-    ) -> Result<(), KeelError> {
+    ) -> impl std::future::Future<Output = Result<(), KeelError>> + Send + 'static {
         // The text itself stays out of the log, as chat prompts do.
         let input = json!({"text_sha256": hex::encode(Sha256::digest(text.as_bytes())),
             "labels": labels.iter().map(|l| &l.name).collect::<Vec<_>>()});
         let outcome = json!({"label": out.map(|o| &o.label), "confidence": out.and_then(|o| o.confidence),
             "tier": out.map(|o| o.tier), "model": out.map(|o| &o.model), "degraded": out.and_then(|o| o.degraded.as_ref()),
             "cached": out.is_some_and(|o| o.cached), "route": trail.reasons});
-        self.record_decision(caller, id, DecisionKind::Classify, Record { input, evidence: json!([]), outcome }, &trail.usage).await
+        self.record_decision(caller, id, DecisionKind::Classify, Record { input, evidence: json!([]), outcome }, &trail.usage)
     }
 
 }

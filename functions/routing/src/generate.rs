@@ -40,6 +40,13 @@ pub(crate) struct Generated<T> {
     pub accepted: T,
 }
 
+/// The first candidate's budget reservation, made before the request knows
+/// it needs a call: beside the cache read, so a miss waits for neither twice.
+pub(crate) struct FirstHold {
+    model: usize,
+    outcome: Result<Option<Reservation>, Refused>,
+}
+
 /// Whether a candidate may be called under the tenant's budgets.
 enum Budgeted {
     /// Called, holding this reservation (none without budgets).
@@ -57,17 +64,22 @@ impl Routing {
         generation: &Generation<'_>,
         accept: Accept<'_, T>,
         trail: &mut Trail,
+        mut first: Option<FirstHold>,
     ) -> Result<Option<Generated<T>>, KeelError> {
         // Once a model is over budget, only cheaper ones are worth trying.
         let mut budget_ceiling: Option<i64> = None;
         for i in generation.hosted.candidates() {
             let HostedModel { spec, provider } = &self.models[i];
             let request = ModelRequest { model: spec.model_id.clone(), ..generation.request.clone() };
-            let worst_case = spec.cost_micro_usd(request.prompt_tokens(), request.max_tokens as u64);
+            let worst_case = worst_case(spec, &request);
             if budget_ceiling.is_some_and(|c| worst_case >= c) {
                 continue;
             }
-            let held = match self.reserve_for(generation, spec, worst_case, trail).await? {
+            let outcome = match first.take().filter(|f| f.model == i) {
+                Some(held) => held.outcome,
+                None => self.hold(generation, worst_case).await,
+            };
+            let held = match judge(generation.tenant, spec, worst_case, outcome, trail)? {
                 Budgeted::Call(held) => held,
                 Budgeted::Skip => {
                     budget_ceiling = Some(worst_case);
@@ -116,32 +128,58 @@ impl Routing {
         Ok(None)
     }
 
-    /// Reserves a candidate's worst-case cost against the tenant's budgets.
-    /// Over a budget, the candidate is skipped where the tenant allows a
-    /// downgrade, and the request refused where it does not.
-    async fn reserve_for(
-        &self,
-        generation: &Generation<'_>,
-        spec: &ModelSpec,
-        worst_case: i64,
-        trail: &mut Trail,
-    ) -> Result<Budgeted, KeelError> {
+    /// Reserves the first candidate's worst-case cost, to be used by `generate`
+    /// or given back with `release_later`.
+    pub(crate) async fn hold_first(&self, generation: &Generation<'_>) -> FirstHold {
+        let model = generation.hosted.first;
+        let request = ModelRequest { model: self.models[model].spec.model_id.clone(), ..generation.request.clone() };
+        FirstHold { model, outcome: self.hold(generation, worst_case(&self.models[model].spec, &request)).await }
+    }
+
+    /// Gives back a first reservation no call used, after the response.
+    pub(crate) async fn release_later(&self, first: FirstHold) {
+        if let Ok(Some(held)) = first.outcome {
+            let budgets = self.budgets.clone();
+            keel_core::after::hand_off(async move { budgets.release(&held).await }).await;
+        }
+    }
+
+    /// Reserves `worst_case` against the tenant's budgets (none without budgets).
+    async fn hold(&self, generation: &Generation<'_>, worst_case: i64) -> Result<Option<Reservation>, Refused> {
         let tenant = generation.tenant;
         if tenant.budgets.is_empty() {
-            return Ok(Budgeted::Call(None));
+            return Ok(None);
         }
-        match self.budgets.reserve(&tenant.id, &tenant.budgets, generation.workflow, worst_case).await {
-            Ok(held) => Ok(Budgeted::Call(Some(held))),
-            Err(Refused::OverBudget { scope, limit_usd }) => {
-                let scope = format!("{scope} (${limit_usd:.2})");
-                if !tenant.routing.allow_downgrade {
-                    return Err(over_budget_error(&scope));
-                }
-                trail.reasons.push(format!("{}: up to ${:.6} would exceed {scope}", spec.name, worst_case as f64 / 1e6));
-                trail.over_budget = Some(scope);
-                Ok(Budgeted::Skip)
+        self.budgets.reserve(&tenant.id, &tenant.budgets, generation.workflow, worst_case).await.map(Some)
+    }
+}
+
+/// A call's most it can cost: the whole prompt and every token it may write.
+fn worst_case(spec: &ModelSpec, request: &ModelRequest) -> i64 {
+    spec.cost_micro_usd(request.prompt_tokens(), request.max_tokens as u64)
+}
+
+/// Whether a candidate is called, given its reservation: over a budget, it is
+/// skipped where the tenant allows a downgrade, and the request refused where
+/// it does not.
+fn judge(
+    tenant: &Tenant,
+    spec: &ModelSpec,
+    worst_case: i64,
+    outcome: Result<Option<Reservation>, Refused>,
+    trail: &mut Trail,
+) -> Result<Budgeted, KeelError> {
+    match outcome {
+        Ok(held) => Ok(Budgeted::Call(held)),
+        Err(Refused::OverBudget { scope, limit_usd }) => {
+            let scope = format!("{scope} (${limit_usd:.2})");
+            if !tenant.routing.allow_downgrade {
+                return Err(over_budget_error(&scope));
             }
-            Err(Refused::Store(e)) => Err(e),
+            trail.reasons.push(format!("{}: up to ${:.6} would exceed {scope}", spec.name, worst_case as f64 / 1e6));
+            trail.over_budget = Some(scope);
+            Ok(Budgeted::Skip)
         }
+        Err(Refused::Store(e)) => Err(e),
     }
 }

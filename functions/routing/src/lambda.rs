@@ -7,7 +7,7 @@ use axum::middleware::from_fn_with_state;
 use keel_auth::edge::authenticate;
 use keel_auth::Auth;
 use keel_core::config::Config;
-use keel_core::http::api_counting_failures;
+use keel_core::http::{api_counting_failures, rate_limited};
 use keel_core::KeelError;
 use keel_lambda::Function;
 use keel_retrieval::{Backends, Retrieval};
@@ -20,9 +20,10 @@ pub async fn function(aws: keel_aws::Adapters, config: Config) -> Result<Functio
     let backends = Backends { table: aws.table.clone(), blobs: aws.blobs.clone(), queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
     let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
     let models = hosted_models(&config.models).await;
+    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue.clone(), tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
     let auth = Arc::new(Auth::new(aws.table, aws.blobs.clone(), aws.queue.clone(), config, tenants, keys)?);
-    let app = api_counting_failures(routes().with_state(Arc::new(routing)), aws.queue).layer(from_fn_with_state(auth, authenticate));
+    let app = rate_limited(api_counting_failures(routes().with_state(Arc::new(routing)), aws.queue), limiter).layer(from_fn_with_state(auth, authenticate));
     Ok(Function::new(Some(app), |event: keel_lambda::Event| async move { Err(event.unsupported()) }))
 }

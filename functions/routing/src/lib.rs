@@ -35,6 +35,7 @@ use keel_core::auth::Caller;
 use keel_core::chain::{CacheOutcome, DecisionEvent, DecisionKind, Usage};
 use keel_core::decisions::send_decision;
 use keel_core::ids::{new_id, TenantId};
+use keel_core::rate::Admission;
 use keel_core::models::{ModelSpec, Tier};
 use keel_core::ports::{ChatMessage, ModelRequest, ModelResponse, Table, WorkQueue};
 use keel_core::tenants::{Tenant, TenantStore};
@@ -279,31 +280,36 @@ impl Routing {
 
     /// Ends a request: its fresh cache entry, the settlement of its budget
     /// reservation and its decision event are independent writes, issued
-    /// together (a busy store takes them in one batch: one wait, not three).
-    async fn finish(
-        &self,
-        tenant: &TenantId,
-        pending: Pending,
-        record: impl std::future::Future<Output = Result<(), KeelError>>,
-    ) -> Result<(), KeelError> {
-        let store = async {
-            match &pending.cache_write {
-                Some(w) => self.answers.put(tenant, &w.key, &w.value, w.ttl).await,
-                None => Ok(()),
+    /// together after the response (`keel_core::after`): the caller waits
+    /// for none of them. The reservation already holds the call's worst case,
+    /// so a settlement that never lands can only overstate spend. A write
+    /// that fails is logged.
+    async fn finish(&self, tenant: &TenantId, pending: Pending, record: impl std::future::Future<Output = Result<(), KeelError>> + Send + 'static) {
+        let (answers, budgets, tenant) = (self.answers.clone(), self.budgets.clone(), tenant.clone());
+        keel_core::after::hand_off(async move {
+            let store = async {
+                match &pending.cache_write {
+                    Some(w) => answers.put(&tenant, &w.key, &w.value, w.ttl).await,
+                    None => Ok(()),
+                }
+            };
+            let settled = async {
+                match &pending.settlement {
+                    Some((held, cost)) => budgets.settle(held, *cost).await,
+                    None => Ok(()),
+                }
+            };
+            let (stored, settled, recorded) = tokio::join!(store, settled, record);
+            if let Err(error) = stored.and(settled).and(recorded) {
+                tracing::error!(%tenant, %error, "a gateway request's final writes failed");
             }
-        };
-        let settled = async {
-            match &pending.settlement {
-                Some((held, cost)) => self.budgets.settle(held, *cost).await,
-                None => Ok(()),
-            }
-        };
-        let (stored, settled, recorded) = tokio::join!(store, settled, record);
-        stored.and(settled).and(recorded)
+        })
+        .await
     }
 
-    /// Sends a gateway request's decision event (one per request, with its usage) to the audit queue.
-    async fn record_decision(&self, caller: &Caller, id: &str, kind: DecisionKind, record: Record, usage: &Usage) -> Result<(), KeelError> {
+    /// A gateway request's decision event (one per request, with its usage),
+    /// to be sent to the audit queue by the future this returns.
+    fn record_decision(&self, caller: &Caller, id: &str, kind: DecisionKind, record: Record, usage: &Usage) -> impl std::future::Future<Output = Result<(), KeelError>> + Send + 'static {
         let Record { input, evidence, outcome } = record;
         let event = DecisionEvent {
             event_id: id.into(),
@@ -320,7 +326,8 @@ impl Routing {
             trace_id: None,
             latency_ms: None,
         };
-        send_decision(self.queue.as_ref(), caller.tenant()?, &event).await
+        let (queue, tenant) = (self.queue.clone(), caller.tenant().cloned());
+        async move { send_decision(queue.as_ref(), &tenant?, &event).await }
     }
 }
 

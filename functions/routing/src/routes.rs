@@ -10,6 +10,7 @@ use axum::http::Method;
 use axum::{Extension, Json};
 use keel_core::auth::Caller;
 use keel_core::http::{parse_body, RequestId, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::rate::Admission;
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -17,9 +18,11 @@ use std::sync::Arc;
 pub fn routes() -> Routes<Arc<Routing>> {
     Routes::new()
         .route(Method::POST, "/v1/ask", ask)
+        .admits_itself()
         .doc(RouteDoc::new("A cited answer or a refusal; with stream: true, server-sent events (delta, reset, done, error)")
             .body(schema::<AskRequest>).json(200, schema::<AskResponse>).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/chat/completions", chat)
+        .admits_itself()
         .doc(RouteDoc::new("OpenAI-compatible chat under the tenant's routing and budgets")
             .body(schema::<keel_core::openai::ChatRequest>).json(200, object).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/classify", classify)
@@ -30,23 +33,25 @@ pub fn routes() -> Routes<Arc<Routing>> {
 
 /// A grounded answer, streamed as server-sent events when the body asks for
 /// `stream: true`. Errors found before the stream starts are plain JSON errors.
-async fn ask(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, body: Bytes) -> Result<Reply, KeelError> {
+async fn ask(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, admission: Admission, body: Bytes) -> Result<Reply, KeelError> {
     let body: AskRequest = parse_body(&body, DEFAULT_BODY_LIMIT)?;
     if !body.stream {
-        let out = r.ask(&caller, &body, None).await?;
+        let out = r.ask(&caller, &admission, &body, None).await?;
         return Ok(Reply::Whole(keel_core::http::ApiResponse::ok(&out)));
     }
     validate_question(&body.question)?;
+    // A request over its rate limit gets a plain 429, not a stream.
+    admission.admit().await?;
     Ok(sse::stream(move |events| async move {
-        match r.ask(&caller, &body, Some(&events)).await {
+        match r.ask(&caller, &admission, &body, Some(&events)).await {
             Ok(out) => sse::send(&events, Some("done"), &json!(out)),
             Err(e) => sse::send_error(&events, &e, &id.0),
         }
     }))
 }
 
-async fn chat(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, body: Bytes) -> Result<Reply, KeelError> {
-    r.chat_route(caller, &body, id.0).await
+async fn chat(State(r): State<Arc<Routing>>, Extension(id): Extension<RequestId>, caller: Caller, admission: Admission, body: Bytes) -> Result<Reply, KeelError> {
+    r.chat_route(caller, admission, &body, id.0).await
 }
 
 async fn classify(State(r): State<Arc<Routing>>, caller: Caller, body: Bytes) -> Result<Json<Value>, KeelError> {

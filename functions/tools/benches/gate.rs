@@ -60,7 +60,6 @@ fn main() {
         principal: "ann".into(),
         roles: vec!["member".into()],
         groups: vec!["staff".into()],
-        throttled: false,
     };
     let schema = json!({
         "type": "object", "additionalProperties": false,

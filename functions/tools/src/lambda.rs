@@ -3,7 +3,7 @@
 
 use crate::{routes::routes, StepInput, Tools, ToolsOptions};
 use keel_core::config::Config;
-use keel_core::http::api_counting_failures;
+use keel_core::http::{api_counting_failures, rate_limited};
 use keel_core::KeelError;
 use keel_lambda::{batch_response, queue_messages, task_error, to_json, Event, Function};
 use std::sync::Arc;
@@ -11,8 +11,9 @@ use std::sync::Arc;
 pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, KeelError> {
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
     let tools = Arc::new(Tools::new(aws.table.clone(), tenants, keys, aws.queue.clone(), aws.saga, ToolsOptions::from_config(&config))?);
-    let app = api_counting_failures(routes().with_state(tools.clone()), aws.queue);
+    let app = rate_limited(api_counting_failures(routes().with_state(tools.clone()), aws.queue), limiter);
     Ok(Function::new(Some(app), move |event| {
         let tools = tools.clone();
         async move {

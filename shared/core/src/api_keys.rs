@@ -126,7 +126,7 @@ impl KeyAuthenticator {
             Some(_) => return Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
             None => return Err(invalid()),
         }
-        Ok(Caller { tenant: Some(tenant), principal: record.principal, groups: groups_of(&record.attributes), roles: record.roles, throttled: false })
+        Ok(Caller { tenant: Some(tenant), principal: record.principal, groups: groups_of(&record.attributes), roles: record.roles })
     }
 
     /// The caller a producer's queue message names in its `authorization`

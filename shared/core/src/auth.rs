@@ -29,10 +29,6 @@ pub struct Caller {
     pub roles: Vec<String>,
     /// ACL groups (from the key's or token's `groups` attribute).
     pub groups: Vec<String>,
-    /// Set by the authorizer when the tenant's rate limit is exceeded; the
-    /// function answers 429 (an HTTP API authorizer can only allow or deny).
-    #[serde(default)]
-    pub throttled: bool,
 }
 
 impl Caller {
@@ -42,7 +38,6 @@ impl Caller {
             principal: ROLE_PLATFORM_ADMIN.into(),
             roles: vec![ROLE_PLATFORM_ADMIN.into()],
             groups: vec![],
-            throttled: false,
         }
     }
 
@@ -81,7 +76,6 @@ impl Caller {
         m.insert("principal".into(), Value::from(self.principal.clone()));
         m.insert("roles".into(), Value::from(self.roles.join(",")));
         m.insert("groups".into(), Value::from(self.groups.join(",")));
-        m.insert("throttled".into(), Value::from(self.throttled));
         m
     }
 
@@ -96,12 +90,7 @@ impl Caller {
             "" => None,
             t => Some(TenantId::parse(t)?),
         };
-        let throttled = match ctx.get("throttled") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(v)) => v == "true",
-            _ => false,
-        };
-        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups"), throttled })
+        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups") })
     }
 }
 
@@ -383,7 +372,6 @@ mod tests {
             principal: "ann".into(),
             roles: vec!["member".into(), "approver".into()],
             groups: vec!["eng".into()],
-            throttled: true,
         };
         assert_eq!(Caller::from_context(&c.to_context()).unwrap(), c);
         let admin = Caller::platform_admin();

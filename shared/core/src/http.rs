@@ -17,7 +17,9 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+use crate::rate::{Admission, RateLimiter};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Default body limit for JSON requests (documents have their own).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
@@ -169,13 +171,22 @@ fn set_request_id(response: &mut Response, request_id: &str) {
 /// A function's routes, declared once: the router that serves them and the
 /// list of what it serves (which a test holds against `template.yaml`).
 pub struct Routes<S> {
-    router: Router<S>,
-    declared: Vec<(Method, &'static str, Option<crate::openapi::RouteDoc>)>,
+    declared: Vec<Declared<S>>,
+}
+
+/// One declared route: what serves it, its documentation, and whether its
+/// handler waits for the rate limit itself.
+struct Declared<S> {
+    method: Method,
+    path: &'static str,
+    serve: axum::routing::MethodRouter<S>,
+    doc: Option<crate::openapi::RouteDoc>,
+    admits_itself: bool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
     fn default() -> Self {
-        Self { router: Router::new(), declared: Vec::new() }
+        Self { declared: Vec::new() }
     }
 }
 
@@ -191,38 +202,48 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        self.router = self.router.route(path, on(filter, handler));
-        self.declared.push((method, path, None));
+        self.declared.push(Declared { method, path, serve: on(filter, handler), doc: None, admits_itself: false });
         self
     }
 
     /// Documents the route declared last, for the OpenAPI document.
     pub fn doc(mut self, doc: crate::openapi::RouteDoc) -> Self {
         if let Some(last) = self.declared.last_mut() {
-            last.2 = Some(doc);
+            last.doc = Some(doc);
+        }
+        self
+    }
+
+    /// The route declared last waits for its rate-limit count itself (an
+    /// `Admission` argument), beside its first store calls, and before any
+    /// side effect; every other route waits before its handler runs.
+    pub fn admits_itself(mut self) -> Self {
+        if let Some(last) = self.declared.last_mut() {
+            last.admits_itself = true;
         }
         self
     }
 
     /// `(method, path)` of every route, in declaration order.
     pub fn declared(&self) -> Vec<(String, String)> {
-        self.declared.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect()
+        self.declared.iter().map(|d| (d.method.to_string(), d.path.to_string())).collect()
     }
 
     /// Every route with its documentation (`None`: undocumented, which a test refuses).
     pub fn documented(&self) -> Vec<crate::openapi::DocumentedRoute> {
-        self.declared.iter().map(|(m, p, d)| (m.to_string(), p.to_string(), d.clone())).collect()
+        self.declared.iter().map(|d| (d.method.to_string(), d.path.to_string(), d.doc.clone())).collect()
     }
 
     pub fn with_state(self, state: S) -> Router {
-        self.router.with_state(state)
+        let mut router = Router::new();
+        for d in self.declared {
+            let serve = if d.admits_itself { d.serve } else { d.serve.layer(axum::middleware::from_fn(admit_first)) };
+            router = router.route(d.path, serve);
+        }
+        router.with_state(state)
     }
 }
 
-/// Routes merged and made an API: unknown routes get 404, a caller the
-/// authorizer marked as over its rate limit 429, and every response its
-/// request id (errors in their body too). The edge in front puts the
-/// `RequestId` and the `Caller` into the request's extensions.
 /// `api(routes)` that also counts each handler failure (5xx) of a measured
 /// route against its surface's objective, through the audit queue.
 pub fn api_counting_failures(routes: Router, queue: std::sync::Arc<dyn crate::ports::WorkQueue>) -> Router {
@@ -245,6 +266,46 @@ async fn count_failures(
     response
 }
 
+/// Starts counting the request against its tenant's rate limit, where the
+/// function has a limiter (`rate_limited`) and the caller a tenant.
+fn start_admission(request: &mut Request) -> Option<Admission> {
+    let limiter = request.extensions().get::<Arc<RateLimiter>>()?;
+    let tenant = request.extensions().get::<Caller>()?.tenant.clone()?;
+    let admission = limiter.start(tenant);
+    request.extensions_mut().insert(admission.clone());
+    Some(admission)
+}
+
+/// `api` with each tenant's rate limit: wrap the router `api` made.
+pub fn rate_limited(api: Router, limiter: Arc<RateLimiter>) -> Router {
+    api.layer(axum::Extension(limiter))
+}
+
+/// Where a route has not said it waits for the rate limit itself
+/// (`Routes::admits_itself`), it waits here, before its handler runs.
+async fn admit_first(request: Request, next: Next) -> Response {
+    if let Some(admission) = request.extensions().get::<Admission>().cloned() {
+        if let Err(refused) = admission.admit().await {
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The request's rate-limit count, for a handler that waits for it itself
+/// (none where the function counts no rate limit).
+impl<S: Send + Sync> FromRequestParts<S> for Admission {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Admission>().cloned().unwrap_or_else(Admission::none))
+    }
+}
+
+/// Routes merged and made an API: unknown routes get 404, a tenant over its
+/// rate limit 429 (with `rate_limited`), and every response its request id
+/// (errors in their body too). The edge in front puts the `RequestId` and
+/// the `Caller` into the request's extensions.
 pub fn api(routes: Router) -> Router {
     routes
         .fallback(no_route)
@@ -277,18 +338,18 @@ async fn answer(mut request: Request, next: Next, route: &str) -> Response {
     let request_id = RequestId(context.request_id.clone());
     request.extensions_mut().insert(request_id.clone());
     request.extensions_mut().insert(context.clone());
-    let throttled = request.extensions().get::<Caller>().is_some_and(|c| c.throttled);
-    let mut response = if throttled {
-        KeelError::TooManyRequests("rate limit exceeded for this tenant; retry in a minute".into()).into_response()
-    } else {
-        // The request's span is made inside its context: an exporter takes the trace id from it.
-        let work = async {
-            use tracing::Instrument;
-            let span = tracing::info_span!("http.request", otel.name = %route, http.route = %route, keel.request_id = %request_id.0);
-            next.run(request).instrument(span).await
-        };
-        crate::trace::scope(context.clone(), work).await
+    let admission = start_admission(&mut request);
+    // The request's span is made inside its context: an exporter takes the trace id from it.
+    let work = async {
+        use tracing::Instrument;
+        let span = tracing::info_span!("http.request", otel.name = %route, http.route = %route, keel.request_id = %request_id.0);
+        next.run(request).instrument(span).await
     };
+    let mut response = crate::trace::scope(context.clone(), work).await;
+    // A handler that failed before it waited for the count still counts.
+    if let Some(admission) = admission {
+        let _ = admission.admit().await;
+    }
     let mut response = match response.extensions_mut().remove::<Failed>() {
         Some(Failed(error)) => error_response(&error, &request_id.0),
         None => {

@@ -2,6 +2,7 @@
 //! Keel function. No AWS SDK and no ONNX Runtime in here: adapters live in
 //! keel-aws (production) and keel-emulator (the local stack).
 
+pub mod after;
 pub mod api_keys;
 pub mod auth;
 pub mod chain;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod models;
 pub mod openai;
 pub mod ports;
+pub mod rate;
 pub mod resilience;
 pub mod tenants;
 pub mod slo;

@@ -92,11 +92,63 @@ where
 {
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into());
     let emf = emf::Emf::install(&function);
-    let (api, handle, emf) = (&api, &handle, &emf);
-    lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| async move {
-        invoke(api, handle, emf.as_ref(), event.payload, &event.context.request_id, std::io::stdout()).await
-    }))
-    .await
+    let (answered, after_response) = after_response_extension().await?;
+    let (api, handle, emf, answered) = (&api, &handle, &emf, &answered);
+    let runtime = lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| async move {
+        let answer = invoke(api, handle, emf.as_ref(), event.payload, &event.context.request_id, std::io::stdout()).await;
+        Ok::<_, Diagnostic>(signal_when_sent(answer?, answered.clone()))
+    }));
+    tokio::try_join!(runtime, after_response).map(|_| ())
+}
+
+/// Tells the extension when an invocation's answer is out: at once for a
+/// buffered answer, at the end of its stream for a streamed one.
+fn signal_when_sent(answer: Answer, answered: tokio::sync::mpsc::UnboundedSender<()>) -> Answer {
+    match answer {
+        FunctionResponse::BufferedResponse(v) => {
+            let _ = answered.send(());
+            FunctionResponse::BufferedResponse(v)
+        }
+        FunctionResponse::StreamingResponse(s) => {
+            use tokio_stream::StreamExt;
+            let tail = tokio_stream::once(Ok(axum::body::Bytes::new())).map(move |b: Result<_, axum::Error>| {
+                let _ = answered.send(());
+                b
+            });
+            let stream = Body::from_stream(s.stream.chain(tail)).into_data_stream();
+            FunctionResponse::StreamingResponse(StreamResponse { metadata_prelude: s.metadata_prelude, stream })
+        }
+    }
+}
+
+/// An internal Lambda extension that holds the execution environment after
+/// each invocation until the work it handed off (`keel_core::after`) has
+/// finished: Lambda freezes an environment only once the runtime and every
+/// extension have asked for the next event. Returns where to signal that an
+/// invocation's answer is out, and the extension's loop.
+async fn after_response_extension() -> Result<
+    (tokio::sync::mpsc::UnboundedSender<()>, impl Future<Output = Result<(), lambda_runtime::Error>>),
+    lambda_runtime::Error,
+> {
+    keel_core::after::enable();
+    let (answered, received) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let received = std::sync::Arc::new(tokio::sync::Mutex::new(received));
+    let extension = lambda_extension::Extension::new()
+        .with_extension_name("keel-after-response")
+        .with_events(&["INVOKE"])
+        .with_events_processor(lambda_extension::service_fn(move |event: lambda_extension::LambdaEvent| {
+            let received = received.clone();
+            async move {
+                if event.next.is_invoke() {
+                    received.lock().await.recv().await;
+                    keel_core::after::settled().await;
+                }
+                Ok::<(), lambda_extension::Error>(())
+            }
+        }))
+        .register()
+        .await?;
+    Ok((answered, extension.run()))
 }
 
 /// One invocation: the event served, then what it recorded written as EMF to `metrics_out`.
@@ -305,7 +357,7 @@ mod tests {
             "headers": {"Content-Type": "application/json", "host": "api.example.com"},
             "requestContext": {"http": {"method": "POST", "path": "/v1/search", "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "t"},
                 "requestId": "r1", "timeEpoch": 0, "stage": "dev",
-                "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": "", "throttled": false}}},
+                "authorizer": {"lambda": {"tenant": "acme", "principal": "ann", "roles": "member", "groups": ""}}},
             "body": "eyJxdWVyeSI6ImEifQ==", "isBase64Encoded": true
         });
         let api = Router::new().route("/v1/search", post(echo));
