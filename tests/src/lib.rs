@@ -2,6 +2,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod aws;
+pub mod aws_path;
+pub mod latency;
 pub mod gateway;
 pub mod idp;
 pub mod stub;

@@ -1,0 +1,89 @@
+// Test-only code: helpers outside #[test] functions may unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! The request path on AWS, simulated (`keel_tests::aws_path`): the real
+//! handlers against moto with a round trip added to every AWS call. Holds
+//! the critical path to its round trips: a warm key's authorizer makes no
+//! call, a chat completion waits once before its model call and never after
+//! it, and an ask waits at most twice.
+
+use keel_tests::aws_path::{authorizer_event, http_event, member, member_of, AwsPath, KEY};
+use std::sync::Arc;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_path_waits_on_at_most_two_round_trips_before_the_model_and_none_after() {
+    let Some(moto) = keel_tests::aws::moto() else { return };
+    let path = AwsPath::start(&moto, Duration::from_millis(20), Duration::ZERO).await;
+
+    path.measure(&path.auth, authorizer_event(KEY)).await;
+    let warm = path.measure(&path.auth, authorizer_event(KEY)).await;
+    assert_eq!(warm.calls.len(), 0, "a warm key's authorizer reads nothing: {:?}", warm.operations());
+
+    let chat = |prompt: &str| {
+        let body = json!({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": prompt}]});
+        http_event("POST", "/v1/chat/completions", &body, &member())
+    };
+    // The first request of a container also reads the tenant record.
+    path.measure(&path.routing, chat("Warm up.")).await;
+    let miss = path.measure(&path.routing, chat("Summarize our refund policy.")).await;
+    assert_eq!(miss.status, 200);
+    assert!(miss.model.is_some(), "the stub model answered");
+    assert_eq!(miss.before_model, 1, "count, cache read and reservation at once: {:?}", miss.operations());
+    assert_eq!(miss.after_model, 0, "the final writes are handed off: {:?}", miss.operations());
+    let hit = path.measure(&path.routing, chat("Summarize our refund policy.")).await;
+    assert_eq!((hit.status, hit.model.is_none(), hit.before_model), (200, true, 1), "{:?}", hit.operations());
+    let hot = json!({"model": "auto", "temperature": 0.7, "messages": [{"role": "user", "content": "Write a haiku."}]});
+    let uncached = path.measure(&path.routing, http_event("POST", "/v1/chat/completions", &hot, &member())).await;
+    assert_eq!((uncached.status, uncached.before_model, uncached.after_model), (200, 1, 0), "{:?}", uncached.operations());
+
+    let ask = |question: &str| http_event("POST", "/v1/ask", &json!({"question": question}), &member());
+    // The first search of a container loads the index.
+    path.measure(&path.routing, ask("When do orders ship?")).await;
+    let ask = path.measure(&path.routing, ask("Are refunds paid to my card quickly?")).await;
+    assert_eq!(ask.status, 200);
+    assert!(ask.model.is_some(), "a hosted answer: {:?} {}", ask.operations(), ask.body);
+    assert!(ask.before_model <= 2, "search beside the count, then cache read and reservation: {:?}", ask.operations());
+    assert_eq!(ask.after_model, 0, "{:?}", ask.operations());
+    // Every write still happens, after the response: usage is settled and recorded.
+    assert!(miss.calls.iter().any(|c| c.what.contains("SendMessage")), "the decision event was sent: {:?}", miss.operations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_aws_never_pass_a_budget_or_a_rate_limit() {
+    let Some(moto) = keel_tests::aws::moto() else { return };
+    let path = Arc::new(AwsPath::start(&moto, Duration::from_millis(5), Duration::from_millis(2)).await);
+    // Each call may cost up to about 270 micro-dollars: a budget of 1,000 pays for three.
+    path.create_tenant(json!({"id": "tight", "name": "Tight", "rate_limit_per_minute": 1_000_000,
+        "routing": {"escalate_below": 1.0, "allow_downgrade": false, "cache_ttl_secs": 0}, "budgets": {"monthly_usd": 0.001}})).await;
+    path.create_tenant(json!({"id": "limited", "name": "Limited", "rate_limit_per_minute": 5, "routing": {"escalate_below": 1.0}})).await;
+    let chat = |tenant: &str, i: usize| {
+        let body = json!({"model": "auto", "messages": [{"role": "user", "content": format!("Say {i}.")}]});
+        http_event("POST", "/v1/chat/completions", &body, &member_of(tenant))
+    };
+    for tenant in ["tight", "limited"] {
+        let calls: Vec<_> = (0..12)
+            .map(|i| {
+                let (path, event) = (path.clone(), chat(tenant, i));
+                tokio::spawn(async move { path.measure(&path.routing, event).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for call in calls {
+            statuses.push(call.await.unwrap().status);
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(ok + statuses.iter().filter(|s| **s == 429).count(), 12, "{tenant}: {statuses:?}");
+        match tenant {
+            "tight" => assert!((1..=3).contains(&ok), "a budget for three calls paid for {ok}"),
+            _ => assert_eq!(ok, 5, "a limit of five a minute let {ok} through"),
+        }
+    }
+    keel_core::after::settled().await;
+    // The spend counter holds what the answered calls cost, never more than the budget.
+    let tight = keel_core::TenantId::parse("tight").unwrap();
+    let month = keel_core::time::current_month();
+    let spent = path.table.get(&tight.pk(), &keel_core::keys::spend(&month, None)).await.unwrap().map_or(0, |i| i.counter);
+    assert!((1..=1_000).contains(&spent), "spent {spent} micro-dollars of 1,000");
+}
