@@ -188,17 +188,14 @@ impl Retrieval {
         Ok(Prepared::New(Box::new(PreparedDocument { record, chunks, source })))
     }
 
-    /// Embeds texts in batches off the async workers; empty without an
+    /// Embeds texts one at a time off the async workers; empty without an
     /// embedder. The gateway uses it too, for labels and rankings.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, KeelError> {
         let Some(embedder) = self.embedder.clone() else { return Ok(vec![]) };
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(texts.len());
-            for batch in texts.chunks(EMBED_BATCH) {
-                let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
-                out.extend(embedder.embed(&refs).map_err(|e| KeelError::Unavailable(format!("embedding: {e}")))?);
-            }
-            Ok(out)
+            let embedder = embedder.get().map_err(|e| KeelError::Unavailable(format!("embedding model: {e}")))?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            embedder.embed_all(&refs, Feeding::ONE_AT_A_TIME).map_err(|e| KeelError::Unavailable(format!("embedding: {e}")))
         })
         .await
         .map_err(|e| KeelError::Internal(format!("embedding task: {e}")))?

@@ -39,7 +39,7 @@ use keel_core::api_keys::KeyAuthenticator;
 use keel_core::ports::{BlobStore, Table, WorkQueue};
 use keel_core::tenants::TenantStore;
 use keel_core::KeelError;
-use keel_ml::Embedder;
+use keel_ml::{Feeding, LoadingEmbedder};
 use manifest::IndexCache;
 use pii::{PiiKind, PiiSpan};
 use store::{ChangeFeed, DocumentStore, ManifestStore};
@@ -52,8 +52,6 @@ use std::sync::{Arc, Mutex};
 
 /// Most results one search may ask for.
 pub const MAX_K: usize = 50;
-/// How many chunks one embedding call takes.
-const EMBED_BATCH: usize = 32;
 /// Most changes one feed page returns.
 const MAX_CHANGES: usize = 1000;
 
@@ -172,13 +170,13 @@ pub struct Retrieval {
     changes: ChangeFeed,
     manifests: ManifestStore,
     blobs: Arc<dyn BlobStore>,
-    embedder: Option<Arc<Embedder>>,
+    embedder: Option<Arc<LoadingEmbedder>>,
     settings: RetrievalSettings,
     cache: Mutex<IndexCache>,
 }
 
 impl Retrieval {
-    pub fn new(backends: Backends, embedder: Option<Arc<Embedder>>, settings: RetrievalSettings) -> Self {
+    pub fn new(backends: Backends, embedder: Option<Arc<LoadingEmbedder>>, settings: RetrievalSettings) -> Self {
         let Backends { table, blobs, queue, tenants, keys } = backends;
         let cache = Mutex::new(IndexCache::new(settings.cache_chunks));
         Self {
@@ -195,19 +193,18 @@ impl Retrieval {
         }
     }
 
-    /// The service as configured: loads the embedding model when one is set.
+    /// The service as configured: starts loading the embedding model when
+    /// one is set, on a thread of its own, so init does not wait for it (the
+    /// first request that embeds does; a model that fails to load fails those
+    /// requests with 503, and the log says why).
     pub fn from_config(backends: Backends, config: &keel_core::config::Config) -> Result<Self, KeelError> {
-        let embedder = match &config.embedding {
-            Some(files) => Some(Arc::new(
-                Embedder::load(&keel_ml::EmbedderConfig {
-                    model_dir: files.model_dir.clone(),
-                    runtime_library: files.runtime_library.clone(),
-                    intra_threads: files.intra_threads,
-                })
-                .map_err(|e| KeelError::Internal(format!("embedding model: {e}")))?,
-            )),
-            None => None,
-        };
+        let embedder = config.embedding.as_ref().map(|files| {
+            Arc::new(LoadingEmbedder::start(keel_ml::EmbedderConfig {
+                model_dir: files.model_dir.clone(),
+                runtime_library: files.runtime_library.clone(),
+                intra_threads: files.intra_threads,
+            }))
+        });
         let settings = RetrievalSettings {
             document_body_limit: config.document_body_limit,
             cache_chunks: config.index_cache_chunks,

@@ -8,6 +8,7 @@ use axum::Json;
 use keel_core::auth::Caller;
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
+use keel_core::rate::Admission;
 use keel_core::openapi::{object, schema, RouteDoc};
 use keel_core::KeelError;
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub fn routes() -> Routes<Arc<Retrieval>> {
         .route(Method::DELETE, "/v1/documents/{doc_id}", delete_document)
         .doc(RouteDoc::new("Delete a document").json(200, object))
         .route(Method::POST, "/v1/search", search)
+        .admits_itself()
         .doc(RouteDoc::new("Hybrid search over what the caller may see").body(schema::<SearchRequest>).json(200, object))
         .route(Method::GET, "/v1/changes", changes)
         .doc(RouteDoc::new("The change feed, paged by cursor").query("since", "RFC 3339: changes after it").query("cursor", "the cursor of the previous page").json(200, object))
@@ -56,7 +58,8 @@ struct SearchRequest {
     k: Option<usize>,
 }
 
-async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, body: Bytes) -> Reply {
+/// A search has no side effects: it runs beside the rate-limit count.
+async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, admission: Admission, body: Bytes) -> Reply {
     caller.tenant()?;
     let body: SearchRequest = parse_body(&body, DEFAULT_BODY_LIMIT)?;
     let k = body.k.unwrap_or(10);
@@ -66,7 +69,9 @@ async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, body: Bytes) ->
     if body.query.trim().is_empty() {
         return Err(KeelError::BadRequest("query must not be empty".into()));
     }
-    let results = r.search(&caller, &body.query, k).await?;
+    let (admitted, results) = tokio::join!(admission.admit(), r.search(&caller, &body.query, k));
+    admitted?;
+    let results = results?;
     Ok(Json(json!({"results": results, "mode": r.mode()})))
 }
 

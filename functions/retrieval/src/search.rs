@@ -9,10 +9,11 @@ impl Retrieval {
     }
 
     /// Search with explicit ranking knobs (for tuning on a train split).
+    /// The query is embedded while the index's manifest is read.
     pub async fn search_tuned(&self, caller: &Caller, query: &str, k: usize, tuning: &Tuning) -> Result<Vec<SearchHit>, KeelError> {
         let tenant = caller.tenant()?;
-        let index = self.tenant_index(tenant).await?;
-        let query_vector = self.embed(vec![query.to_string()]).await?.pop();
+        let (index, embedded) = tokio::join!(self.tenant_index(tenant), self.embed(vec![query.to_string()]));
+        let (index, query_vector) = (index?, embedded?.pop());
         let terms = analyzer::analyze(query);
         let acl = |groups: &[String]| visible(caller, groups);
         let ranked = index.search(&terms, query_vector.as_deref(), &acl, k, tuning);

@@ -4,6 +4,7 @@
 
 use keel_core::chain::DecisionKind;
 use keel_core::ports::{dropped, is_rejection, reject, QueueName};
+use keel_core::rate::Admission;
 use super::*;
 
 /// What a proposal decided, before it becomes an action.
@@ -17,18 +18,29 @@ struct Draft {
 
 impl Tools {
     /// `POST /v1/actions` (and the actions queue): returns (HTTP status, action).
-    pub(crate) async fn propose(&self, caller: &Caller, req: ProposeRequest) -> Result<(u16, Action), KeelError> {
+    /// The reads it needs (the tool, the idempotency claim, the policies) run
+    /// beside the rate-limit count (`admission`), before anything is written.
+    pub(crate) async fn propose(&self, caller: &Caller, req: ProposeRequest, admission: &Admission) -> Result<(u16, Action), KeelError> {
         let tenant = caller.tenant()?;
         check_idempotency_key(&req.idempotency_key)?;
         if req.workflow.as_deref().is_some_and(|w| !keel_core::models::Budgets::is_workflow_name(w)) {
             return Err(KeelError::BadRequest("workflow must be 1 to 64 letters, digits, '-', '_' or '.'".into()));
         }
-        let (tool, _) = self.tool(tenant, &parse_path_id("tool", &req.tool)?).await?;
+        let tool_name = parse_path_id("tool", &req.tool)?;
+        let (admitted, tool, claim, policies) = tokio::join!(
+            admission.admit(),
+            self.tool(tenant, &tool_name),
+            self.actions.claim_of(tenant, &req.idempotency_key),
+            self.tenant_policies(tenant)
+        );
+        admitted?;
+        let (tool, _) = tool?;
         let fingerprint = args_fingerprint(&tool.name, &req.args);
         // A replay is answered before anything is counted or decided again.
-        if self.actions.claim_of(tenant, &req.idempotency_key).await?.is_some() {
+        if claim?.is_some() {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
+        let policies = policies?;
         let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
         let checked = schema::validate_off_workers(validator, req.args.clone()).await;
         keel_core::telemetry::tool_arguments(checked.is_ok());
@@ -48,7 +60,7 @@ impl Tools {
             today,
             now: chrono::Utc::now(),
         };
-        let (propose, auto) = match self.gate_proposal(caller, &subject).await {
+        let (propose, auto) = match self.gate_proposal(&policies, caller, &subject).await {
             Ok(decisions) => decisions,
             Err(e) => {
                 self.uncount(tenant, &tool.name, Some(&counted)).await?;
@@ -71,21 +83,27 @@ impl Tools {
             self.uncount(tenant, &tool.name, action.counted.as_ref()).await?;
             return self.replay(tenant, &action.idempotency_key, &fingerprint).await;
         }
-        self.record(tenant, &action, DecisionKind::ActionProposed, &caller.principal, json!({"status": action.status})).await?;
-        self.start_saga(tenant, &action, "execute").await?;
+        // The decision event and the saga's start are independent: one wait for both.
+        let recorded = self.record(tenant, &action, DecisionKind::ActionProposed, &caller.principal, json!({"status": action.status}));
+        let (recorded, started) = tokio::join!(recorded, self.start_saga(tenant, &action, "execute"));
+        recorded.and(started)?;
         Ok((201, action))
     }
 
     /// The policies' answers to proposing the action and to running it
     /// without a human click; a denied proposal is refused.
-    async fn gate_proposal(&self, caller: &Caller, subject: &Subject<'_>) -> Result<(PolicyDecision, PolicyDecision), KeelError> {
-        let policies = self.tenant_policies(caller.tenant()?).await?;
-        let propose = self.gate.decide_off_workers(&policies, caller, Verb::Propose, subject).await?;
+    async fn gate_proposal(
+        &self,
+        policies: &Arc<TenantPolicies>,
+        caller: &Caller,
+        subject: &Subject<'_>,
+    ) -> Result<(PolicyDecision, PolicyDecision), KeelError> {
+        let propose = self.gate.decide_off_workers(policies, caller, Verb::Propose, subject).await?;
         if !propose.allowed {
             let ids = propose.policies.join(", ");
             return Err(KeelError::Forbidden(format!("policy denies proposing {} (policies: {ids})", subject.tool)));
         }
-        let auto = self.gate.decide_off_workers(&policies, caller, Verb::AutoExecute, subject).await?;
+        let auto = self.gate.decide_off_workers(policies, caller, Verb::AutoExecute, subject).await?;
         Ok((propose, auto))
     }
 
@@ -187,7 +205,7 @@ impl Tools {
             return Err(KeelError::Forbidden(format!("a message may not name its own {field}: it comes from the key in the authorization attribute")));
         }
         let request: ProposeRequest = serde_json::from_value(body).map_err(|e| KeelError::BadRequest(format!("not an action proposal: {e}")))?;
-        self.propose(&caller, request).await
+        self.propose(&caller, request, &Admission::none()).await
     }
 
     pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {

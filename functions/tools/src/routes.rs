@@ -10,6 +10,7 @@ use axum::Json;
 use keel_core::auth::{Caller, ROLE_ADMIN};
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
+use keel_core::rate::Admission;
 use keel_core::KeelError;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub fn routes() -> Routes<Arc<Tools>> {
         .doc(RouteDoc::new("Replace the enforced or shadow set (admins); 202 when it waits for a second admin")
             .body(schema::<PolicyInput>).json(200, object).json(202, object))
         .route(Method::POST, "/v1/actions", propose)
+        .admits_itself()
         .doc(RouteDoc::new("Propose an action: validated, gated, previewed; run or held for approval")
             .body(schema::<ProposeRequest>).json(200, schema::<ActionView>).json(201, schema::<ActionView>))
         .route(Method::GET, "/v1/actions", actions)
@@ -78,9 +80,9 @@ async fn put_policies(State(tools): State<Arc<Tools>>, caller: Caller, Path(mode
     }
 }
 
-async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, body: Bytes) -> Result<ApiResponse, KeelError> {
+async fn propose(State(tools): State<Arc<Tools>>, caller: Caller, admission: Admission, body: Bytes) -> Result<ApiResponse, KeelError> {
     caller.tenant()?;
-    let (status, action) = tools.propose(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
+    let (status, action) = tools.propose(&caller, parse_body(&body, DEFAULT_BODY_LIMIT)?, &admission).await?;
     Ok(ApiResponse::json(status, &action_view(&action)))
 }
 

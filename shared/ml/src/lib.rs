@@ -80,6 +80,20 @@ fn init_runtime(library: &Path) -> Result<(), MlError> {
     }
 }
 
+/// How texts are fed to the model: how many go in one call, and whether
+/// texts of like length go together (a batch is padded to its longest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feeding {
+    pub batch: usize,
+    pub by_length: bool,
+}
+
+impl Feeding {
+    /// One text per call: on one thread the fastest way through this model,
+    /// faster per text than any batch (docs/benchmarks.md).
+    pub const ONE_AT_A_TIME: Feeding = Feeding { batch: 1, by_length: false };
+}
+
 pub struct Embedder {
     session: Mutex<Session>,
     tokenizer: Tokenizer,
@@ -96,29 +110,56 @@ impl Embedder {
                 return Err(MlError::Files(format!("{} not found (run scripts/fetch-models.sh)", f.display())));
             }
         }
+        let started = std::time::Instant::now();
         init_runtime(&config.runtime_library)?;
+        let runtime_loaded = started.elapsed();
         let session = Session::builder()
             .map_err(runtime)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            // Basic graph optimizations run this int8 model faster on one
+            // thread than the extended and layout ones (docs/benchmarks.md).
+            .with_optimization_level(GraphOptimizationLevel::Level1)
             .map_err(runtime)?
             .with_intra_threads(config.intra_threads.max(1))
             .map_err(runtime)?
             .commit_from_file(&model)
             .map_err(runtime)?;
+        let session_made = started.elapsed();
         let input_names = session.inputs.iter().map(|i| i.name.clone()).collect();
         let mut tokenizer = Tokenizer::from_file(&tokenizer_file).map_err(tokenizer_error)?;
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(tokenizer_error)?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        let tokenizer_read = started.elapsed();
         let mut embedder = Self { session: Mutex::new(session), tokenizer, input_names, dimensions: 0 };
         embedder.dimensions = embedder.embed(&["dimension probe"])?.first().map_or(0, Vec::len);
-        tracing::info!(model = %model.display(), dimensions = embedder.dimensions, "embedder loaded");
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(model = %model.display(), dimensions = embedder.dimensions,
+            runtime_ms = ms(runtime_loaded), session_ms = ms(session_made - runtime_loaded),
+            tokenizer_ms = ms(tokenizer_read - session_made), first_embedding_ms = ms(started.elapsed() - tokenizer_read),
+            "embedder loaded");
         Ok(embedder)
     }
 
     pub fn dimensions(&self) -> usize {
         self.dimensions
+    }
+
+    /// Embeds `texts` as `feeding` says, in their order.
+    pub fn embed_all(&self, texts: &[&str], feeding: Feeding) -> Result<Vec<Vec<f32>>, MlError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        if feeding.by_length {
+            // Characters stand in for tokens: close enough to group like lengths.
+            order.sort_by_key(|&i| texts[i].len());
+        }
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for group in order.chunks(feeding.batch.max(1)) {
+            let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
+            for (&i, vector) in group.iter().zip(self.embed(&batch)?) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
     }
 
     /// Embeds a batch of texts in one model call.
@@ -173,6 +214,38 @@ impl Embedder {
     }
 }
 
+/// An embedder loading on a thread of its own, started at once: a function's
+/// init need not wait for the model, and the first request that embeds
+/// waits only for what is left of the load.
+pub struct LoadingEmbedder {
+    loader: Mutex<Option<std::thread::JoinHandle<Result<Embedder, MlError>>>>,
+    loaded: OnceLock<Result<std::sync::Arc<Embedder>, String>>,
+}
+
+impl LoadingEmbedder {
+    pub fn start(config: EmbedderConfig) -> Self {
+        let loader = std::thread::Builder::new().name("keel-model-load".into()).spawn(move || Embedder::load(&config));
+        match loader {
+            Ok(handle) => Self { loader: Mutex::new(Some(handle)), loaded: OnceLock::new() },
+            Err(e) => Self { loader: Mutex::new(None), loaded: OnceLock::from(Err(format!("could not start loading the model: {e}"))) },
+        }
+    }
+
+    /// The embedder, once loaded (blocks until then; call it off async workers).
+    pub fn get(&self) -> Result<std::sync::Arc<Embedder>, MlError> {
+        let loaded = self.loaded.get_or_init(|| {
+            let handle = self.loader.lock().ok().and_then(|mut l| l.take());
+            match handle.map(std::thread::JoinHandle::join) {
+                Some(Ok(Ok(embedder))) => Ok(std::sync::Arc::new(embedder)),
+                Some(Ok(Err(e))) => Err(e.to_string()),
+                Some(Err(_)) => Err("the model load panicked".into()),
+                None => Err("the model load was lost".into()),
+            }
+        });
+        loaded.clone().map_err(MlError::Runtime)
+    }
+}
+
 pub(crate) fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -216,6 +289,28 @@ mod tests {
             let single = e.embed(&[t]).unwrap();
             assert!(dot(&single[0], b) > 0.999, "padding must not change a vector");
         }
+    }
+
+    #[test]
+    fn feeding_by_length_keeps_each_text_its_own_vector_in_order() {
+        let e = Embedder::load(&config()).unwrap();
+        let texts = ["a much longer sentence that sorts after the others", "short", "middling length text", "tiny"];
+        let fed = e.embed_all(&texts, Feeding { batch: 2, by_length: true }).unwrap();
+        assert_eq!(fed.len(), texts.len());
+        for (t, v) in texts.iter().zip(&fed) {
+            assert!(dot(&e.embed(&[t]).unwrap()[0], v) > 0.999, "{t} got another text's vector");
+        }
+    }
+
+    #[test]
+    fn a_loading_embedder_hands_out_the_loaded_model_or_why_it_failed() {
+        let loading = LoadingEmbedder::start(config());
+        let (first, second) = (loading.get().unwrap(), loading.get().unwrap());
+        assert!(std::sync::Arc::ptr_eq(&first, &second), "loaded once");
+        let mut broken = config();
+        broken.model_dir = PathBuf::from("/nonexistent");
+        let err = LoadingEmbedder::start(broken).get().err().unwrap().to_string();
+        assert!(err.contains("fetch-models"), "{err}");
     }
 
     #[test]

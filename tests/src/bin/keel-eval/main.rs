@@ -92,11 +92,12 @@ async fn main() {
         Some("refusal") => refusal().await,
         Some("pii") => pii_eval(),
         Some("embed") => embed_eval(),
+        Some("embed-feed") => embed_feed(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("injection") => injection_eval(),
         Some("classify") => classify_eval().await,
         Some("rank") => rank_eval().await,
         _ => {
-            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | injection | classify | rank");
+            eprintln!("usage: keel-eval search | tune | refusal | pii | embed | embed-feed PASSAGES BATCH BY_LENGTH | injection | classify | rank");
             std::process::exit(2);
         }
     }

@@ -32,6 +32,22 @@ pub(crate) fn embed_eval() {
     println!("  peak memory {:.0} MiB", peak_memory_mib());
 }
 
+/// Passages per second for one way of feeding the model (`scripts/bench-embedder.sh`
+/// runs it beside `scripts/embed-bench.py`, Python's onnxruntime fed the same way):
+/// SciFact's first `PASSAGES` documents cut to 600 characters, `BATCH` per call,
+/// grouped by length when `BY_LENGTH` is 1. One ONNX Runtime thread.
+pub(crate) fn embed_feed(args: &[String]) {
+    let arg = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok()).expect("embed-feed PASSAGES BATCH BY_LENGTH");
+    let (count, batch, by_length) = (arg(0), arg(1), arg(2) == 1);
+    let embedder = keel_ml::Embedder::load(&keel_ml::EmbedderConfig::fetched(&keel_tests::models_dir(), 1)).unwrap();
+    let passages: Vec<String> = scifact_corpus().iter().take(count).map(|d| d.text.chars().take(600).collect()).collect();
+    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+    embedder.embed(&refs[..1]).unwrap();
+    let started = Instant::now();
+    embedder.embed_all(&refs, keel_ml::Feeding { batch, by_length }).unwrap();
+    println!("{:.2}", passages.len() as f64 / started.elapsed().as_secs_f64());
+}
+
 /// The temperature `POST /v1/classify` applies (keel_routing::classify).
 pub(crate) const CLASSIFY_TEMPERATURE: f64 = 0.05;
 

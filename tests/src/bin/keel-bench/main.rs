@@ -29,7 +29,25 @@
 //! ```text
 //! cargo run --release -p keel-tests --bin keel-bench -- actions [actions=500] [runs=3] [workers=8]
 //! ```
+//!
+//! `keel-bench aws`: the request path on AWS, simulated against moto server
+//! with a round trip added to every AWS call (`aws.rs`; `scripts/bench-aws.sh`):
+//!
+//! ```text
+//! KEEL_MOTO_ENDPOINT=… cargo run --release -p keel-tests --bin keel-bench -- aws [requests=40] [latencies_ms=1,5,10]
+//! ```
+//!
+//! `keel-bench cold-start`: each function binary's init against a local
+//! Runtime API (`cold_start.rs`; `scripts/bench-cold-start.sh` builds the
+//! release binaries first):
+//!
+//! ```text
+//! cargo run --release -p keel-tests --bin keel-bench -- cold-start [runs=10]
+//! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod aws;
+mod cold_start;
 
 use keel_emulator::Stack;
 use keel_tests::stub::{Behavior, StubModels};
@@ -325,8 +343,13 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("gateway") => gateway(number(1, 5), number(2, 3) as usize).await,
         Some("actions") => actions(number(1, 500) as usize, number(2, 3) as usize, number(3, 8) as usize).await,
+        Some("aws") => {
+            let latencies: Vec<u64> = args.get(2).map_or("1,5,10", String::as_str).split(',').filter_map(|l| l.parse().ok()).collect();
+            aws::run(number(1, 40) as usize, &latencies).await
+        }
+        Some("cold-start") => cold_start::run(number(1, 10) as usize).await,
         _ => {
-            eprintln!("usage: keel-bench gateway [seconds] [runs]\n       keel-bench actions [actions] [runs] [workers]");
+            eprintln!("usage: keel-bench gateway [seconds] [runs]\n       keel-bench actions [actions] [runs] [workers]\n       keel-bench aws [requests] [latencies_ms]\n       keel-bench cold-start [runs]");
             std::process::exit(2);
         }
     }
