@@ -1,8 +1,9 @@
 """The embedding model fed from Python's onnxruntime, as keel-eval's
 `embed-feed` feeds it from Rust: the same model.onnx and tokenizer.json, one
-intra-op thread, all graph optimizations, the same passages (SciFact's first
-N documents cut to 600 characters), the same feeding (batch size, grouped by
-character length or not), mean pooling over the attention mask.
+intra-op thread, basic graph optimizations (as keel_ml::Embedder), the same
+passages (SciFact's first N documents cut to 600 characters), the same
+feeding (batch size, grouped by length or not), mean pooling over the
+attention mask.
 
 Usage: embed-bench.py MODEL_DIR CORPUS_JSONL PASSAGES BATCH BY_LENGTH(0|1)
 Prints one line: passages per second."""
@@ -20,7 +21,7 @@ model_dir, corpus, count, batch, by_length = sys.argv[1], sys.argv[2], int(sys.a
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 options.inter_op_num_threads = 1
-options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
 session = ort.InferenceSession(f"{model_dir}/model.onnx", options, providers=["CPUExecutionProvider"])
 inputs = [i.name for i in session.get_inputs()]
 tokenizer = Tokenizer.from_file(f"{model_dir}/tokenizer.json")

@@ -8,7 +8,7 @@
 //! weights tuned on SciFact's train queries (see `keel-eval tune`).
 
 use crate::manifest::IndexManifest;
-use crate::segment::{decisive, dot_i8, quantize, LoadedSegment, SegmentChunk};
+use crate::segment::{decisive, dot_i8, hamming, quantize, signs, LoadedSegment, SegmentChunk};
 use std::sync::Arc;
 
 /// Ranking knobs. The defaults are the best of `keel-eval tune` on SciFact's
@@ -21,11 +21,16 @@ pub struct Tuning {
     pub lexical_weight: f32,
     /// How many candidates each ranking contributes to the fusion.
     pub candidates: usize,
+    /// Up to this many visible chunks every vector is compared exactly; past
+    /// it, the vectors' sign sketches pick `rescored` chunks to compare exactly
+    /// (scanning every int8 vector reads hundreds of bytes per chunk).
+    pub exact_vectors_up_to: usize,
+    pub rescored: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { k1: 0.9, b: 0.4, lexical_weight: 0.6, candidates: 100 }
+        Self { k1: 0.9, b: 0.4, lexical_weight: 0.6, candidates: 100, exact_vectors_up_to: 20_000, rescored: 2_000 }
     }
 }
 
@@ -108,7 +113,7 @@ impl TenantIndex {
             .map(|(s, l)| s.data.chunks.iter().zip(l).map(|(c, alive)| *alive && visible(&c.acl_groups)).collect())
             .collect();
         let lexical = self.bm25(query_terms, &allowed, tuning);
-        let vector = query_vector.map(|q| self.cosine(q, &allowed)).unwrap_or_default();
+        let vector = query_vector.map(|q| self.cosine(q, &allowed, tuning)).unwrap_or_default();
         let lexical_top = top(&lexical, tuning.candidates);
         let vector_top = top(&vector, tuning.candidates);
         // BM25 is scaled by its best score (0 stays 0); similarity is min-max
@@ -168,22 +173,47 @@ impl TenantIndex {
         scores
     }
 
-    /// Cosine similarity per segment and chunk (`f32::MIN` where not allowed
-    /// or the segment has no vectors of the query's width).
-    fn cosine(&self, query: &[f32], allowed: &[Vec<bool>]) -> Vec<Vec<f32>> {
+    /// Cosine similarity per segment and chunk (`f32::MIN` where not allowed,
+    /// the segment has no vectors of the query's width, or, over many chunks,
+    /// the chunk's sketch is too far from the query's to be compared).
+    fn cosine(&self, query: &[f32], allowed: &[Vec<bool>], tuning: &Tuning) -> Vec<Vec<f32>> {
         let (q, qscale) = quantize(query);
+        let comparable = |s: usize, c: usize| allowed[s][c] && self.segments[s].data.vector(c).is_some_and(|v| v.len() == q.len());
+        let visible: usize = (0..self.segments.len()).map(|s| (0..self.segments[s].len()).filter(|&c| comparable(s, c)).count()).sum();
+        let compared = if visible > tuning.exact_vectors_up_to {
+            self.nearest_by_sketch(&signs(&q), &comparable, tuning.rescored)
+        } else {
+            self.segments.iter().enumerate().map(|(s, seg)| (0..seg.len()).map(|c| comparable(s, c)).collect()).collect()
+        };
         self.segments
             .iter()
-            .zip(allowed)
-            .map(|(seg, ok)| {
+            .zip(compared)
+            .map(|(seg, compare)| {
                 (0..seg.len())
                     .map(|c| match seg.data.vector(c) {
-                        Some(v) if ok[c] && v.len() == q.len() => dot_i8(&q, v) as f32 * qscale * seg.data.scales[c],
+                        Some(v) if compare[c] => dot_i8(&q, v) as f32 * qscale * seg.data.scales[c],
                         _ => f32::MIN,
                     })
                     .collect()
             })
             .collect()
+    }
+
+    /// A mask of the `keep` comparable chunks whose sketches differ least from `query`'s.
+    fn nearest_by_sketch(&self, query: &[u64], comparable: &dyn Fn(usize, usize) -> bool, keep: usize) -> Vec<Vec<bool>> {
+        let mut distances: Vec<(u32, usize, usize)> = Vec::new();
+        for (s, seg) in self.segments.iter().enumerate() {
+            distances.extend((0..seg.len()).filter(|&c| comparable(s, c)).map(|c| (hamming(query, seg.sketch(c)), s, c)));
+        }
+        if distances.len() > keep {
+            distances.select_nth_unstable(keep);
+            distances.truncate(keep);
+        }
+        let mut mask: Vec<Vec<bool>> = self.segments.iter().map(|s| vec![false; s.len()]).collect();
+        for (_, s, c) in distances {
+            mask[s][c] = true;
+        }
+        mask
     }
 }
 
@@ -201,4 +231,59 @@ fn top(scores: &[Vec<f32>], n: usize) -> Vec<((usize, usize), f32)> {
     }
     all.sort_by(|a, b| b.1.total_cmp(&a.1));
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::{SegmentChunk, SegmentData};
+    use keel_core::chunking::Anchor;
+
+    fn chunk(i: usize) -> SegmentChunk {
+        let doc_id = format!("d{i}");
+        SegmentChunk {
+            chunk_id: format!("{doc_id}#0"),
+            anchor: Anchor { doc_id: doc_id.clone(), chunk: 0, start: 0, end: 1 },
+            doc_id,
+            title: None,
+            text: "x".into(),
+            acl_groups: vec![],
+            source: None,
+            updated_at: String::new(),
+            pii: vec![],
+            terms: vec![("x".into(), 1)],
+            length: 1,
+        }
+    }
+
+    /// Two dense directions, `a` and `b`, each in every dimension, as real embeddings are.
+    fn directions() -> (Vec<f32>, Vec<f32>) {
+        let a = (0..64).map(|d| (((d * 37 + 11) % 29) as f32 - 14.0) / 14.0).collect();
+        let b = (0..64).map(|d| (((d * 53 + 7) % 31) as f32 - 15.0) / 15.0).collect();
+        (a, b)
+    }
+
+    /// `n` vectors around the circle that `a` and `b` span.
+    fn index_of(n: usize) -> TenantIndex {
+        let (a, b) = directions();
+        let mut data = SegmentData::new();
+        for i in 0..n {
+            let angle = i as f32 * std::f32::consts::TAU / n as f32;
+            let v: Vec<f32> = a.iter().zip(&b).map(|(x, y)| angle.cos() * x + angle.sin() * y).collect();
+            data.push(chunk(i), Some(&v));
+        }
+        TenantIndex::new(1, IndexManifest::default(), vec![Arc::new(LoadedSegment::new("s".into(), data))])
+    }
+
+    #[test]
+    fn over_many_chunks_the_sketches_still_find_the_nearest_vectors() {
+        let index = index_of(400);
+        let query = directions().0;
+        let everyone = |_: &[String]| true;
+        let exact = Tuning { lexical_weight: 0.0, ..Tuning::default() };
+        let sketched = Tuning { exact_vectors_up_to: 10, rescored: 40, ..exact };
+        let top = |t: &Tuning| index.search(&[], Some(&query), &everyone, 5, t).iter().map(|r| r.chunk).collect::<Vec<_>>();
+        assert_eq!(top(&sketched), top(&exact));
+        assert!(top(&exact).contains(&0), "the chunk at angle 0 is the nearest");
+    }
 }

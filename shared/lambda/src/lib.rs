@@ -92,13 +92,27 @@ where
 {
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into());
     let emf = emf::Emf::install(&function);
-    let (answered, after_response) = after_response_extension().await?;
+    let (answered, received) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let extension = match after_response_extension(received).await {
+        Ok(extension) => {
+            keel_core::after::enable();
+            Some(extension)
+        }
+        // Where no Extensions API answers, the final writes are made before the response.
+        Err(error) => {
+            tracing::warn!(%error, "no internal extension: writes are made before each response");
+            None
+        }
+    };
     let (api, handle, emf, answered) = (&api, &handle, &emf, &answered);
     let runtime = lambda_runtime::run(lambda_runtime::service_fn(move |event: LambdaEvent<Value>| async move {
         let answer = invoke(api, handle, emf.as_ref(), event.payload, &event.context.request_id, std::io::stdout()).await;
         Ok::<_, Diagnostic>(signal_when_sent(answer?, answered.clone()))
     }));
-    tokio::try_join!(runtime, after_response).map(|_| ())
+    match extension {
+        Some(extension) => tokio::try_join!(runtime, extension).map(|_| ()),
+        None => runtime.await,
+    }
 }
 
 /// Tells the extension when an invocation's answer is out: at once for a
@@ -124,23 +138,20 @@ fn signal_when_sent(answer: Answer, answered: tokio::sync::mpsc::UnboundedSender
 /// An internal Lambda extension that holds the execution environment after
 /// each invocation until the work it handed off (`keel_core::after`) has
 /// finished: Lambda freezes an environment only once the runtime and every
-/// extension have asked for the next event. Returns where to signal that an
-/// invocation's answer is out, and the extension's loop.
-async fn after_response_extension() -> Result<
-    (tokio::sync::mpsc::UnboundedSender<()>, impl Future<Output = Result<(), lambda_runtime::Error>>),
-    lambda_runtime::Error,
-> {
-    keel_core::after::enable();
-    let (answered, received) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let received = std::sync::Arc::new(tokio::sync::Mutex::new(received));
-    let extension = lambda_extension::Extension::new()
+/// extension have asked for the next event. `answered` says when an
+/// invocation's answer is out. Registered here, at init; run beside the runtime.
+async fn after_response_extension(
+    answered: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> Result<std::pin::Pin<Box<dyn Future<Output = Result<(), lambda_extension::Error>>>>, lambda_extension::Error> {
+    let answered = std::sync::Arc::new(tokio::sync::Mutex::new(answered));
+    let registered = lambda_extension::Extension::new()
         .with_extension_name("keel-after-response")
         .with_events(&["INVOKE"])
         .with_events_processor(lambda_extension::service_fn(move |event: lambda_extension::LambdaEvent| {
-            let received = received.clone();
+            let answered = answered.clone();
             async move {
                 if event.next.is_invoke() {
-                    received.lock().await.recv().await;
+                    answered.lock().await.recv().await;
                     keel_core::after::settled().await;
                 }
                 Ok::<(), lambda_extension::Error>(())
@@ -148,7 +159,7 @@ async fn after_response_extension() -> Result<
         }))
         .register()
         .await?;
-    Ok((answered, extension.run()))
+    Ok(Box::pin(registered.run()))
 }
 
 /// One invocation: the event served, then what it recorded written as EMF to `metrics_out`.

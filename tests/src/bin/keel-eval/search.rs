@@ -34,6 +34,7 @@ pub(crate) async fn search_eval() {
     let in_function = time_searches(&env, "scifact", &test_queries).await;
     report(&format!("in-function embed + hybrid search, {chunks} chunks"), in_function);
     cold_load(&env, "scifact", &queries["1"]).await;
+    sketch_quality(&env, &queries, &test).await;
 
     // 100k chunks of one tenant: the SciFact segments replicated under new ids.
     let segments = env.stack.retrieval.export_segments(&TenantId::parse("scifact").unwrap()).await.unwrap();
@@ -71,6 +72,23 @@ pub(crate) async fn search_eval() {
 }
 
 /// In-function search times (ms) of every query, `ROUNDS` times over.
+/// What comparing only the chunks the sign sketches pick (as search does past
+/// `exact_vectors_up_to` chunks) costs in quality: SciFact test nDCG@10
+/// in-function, exact and sketched, on the 16k-chunk tenant.
+async fn sketch_quality(env: &Env, queries: &HashMap<String, String>, test: &BTreeMap<String, HashSet<String>>) {
+    let c = caller("scifact");
+    for (label, tuning) in [("every vector compared", Tuning::default()), ("sketches pick 2,000", Tuning { exact_vectors_up_to: 0, ..Tuning::default() })] {
+        let mut scores = Vec::new();
+        for (qid, relevant) in test {
+            let hits = env.stack.retrieval.search_tuned(&c, &queries[qid], 50, &tuning).await.unwrap();
+            let mut seen = HashSet::new();
+            let docs: Vec<String> = hits.iter().map(|h| h.doc_id.clone()).filter(|d| seen.insert(d.clone())).collect();
+            scores.push(ndcg_at_10(&docs, relevant));
+        }
+        println!("  nDCG@10 in-function, {label}: {:.4}", scores.iter().sum::<f64>() / scores.len() as f64);
+    }
+}
+
 pub(crate) async fn time_searches(env: &Env, tenant: &str, queries: &[&str]) -> Vec<f64> {
     let c = caller(tenant);
     let mut ms = Vec::new();

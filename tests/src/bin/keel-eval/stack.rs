@@ -20,7 +20,7 @@ impl Env {
                 (Some(d), p)
             }
         };
-        let config = keel_tests::config(&[("KEEL_DEFAULT_RATE_LIMIT", "100000000")]);
+        let config = keel_tests::config(&[("KEEL_DEFAULT_RATE_LIMIT", "1000000")]);
         let stack = keel_tests::start_stack(&path, config).await;
         let client = Client::new(stack.url());
         Self { _dir: dir, stack, client }
@@ -42,7 +42,7 @@ impl Env {
         let (key, new) = self.tenant(id).await;
         if new {
             let (seconds, chunks) = self.ingest(id, &key, docs).await;
-            println!("Ingest of {id} (queue → chunk → PII → embed in batches → segment), one ONNX Runtime thread:");
+            println!("Ingest of {id} (queue → chunk → PII → embed one at a time → segment), one ONNX Runtime thread:");
             println!("  {} documents, {chunks} chunks in {seconds:.1} s = {:.1} chunks/s, {:.1} documents/s; peak memory so far {:.0} MiB",
                 docs.len(), chunks as f64 / seconds, docs.len() as f64 / seconds, peak_memory_mib());
         } else {
