@@ -11,30 +11,14 @@
 //! refund service in place of refunds.example.com.
 
 use keel_aws::provision::{provision, seed_samples};
-use keel_lambda::{Answer, Function};
-use lambda_runtime::FunctionResponse;
+use keel_lambda::Function;
+use keel_tests::aws_path::answer;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 
 fn sample(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../events").join(path)).unwrap()
-}
-
-/// The answer's JSON; a streamed answer's events as one text.
-async fn answer(out: Answer) -> Value {
-    match out {
-        FunctionResponse::BufferedResponse(v) => v,
-        FunctionResponse::StreamingResponse(s) => {
-            use tokio_stream::StreamExt;
-            let mut text = String::new();
-            let mut stream = s.stream;
-            while let Some(chunk) = stream.next().await {
-                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            }
-            Value::String(text)
-        }
-    }
 }
 
 struct Invoker {
