@@ -246,6 +246,17 @@ impl LoadingEmbedder {
     }
 }
 
+impl Drop for LoadingEmbedder {
+    // A load still running when its owner goes away would be inside ONNX
+    // Runtime when the process exits, and the runtime's teardown under a
+    // session being built crashes the process: wait for the load instead.
+    fn drop(&mut self) {
+        if let Some(handle) = self.loader.get_mut().ok().and_then(Option::take) {
+            let _ = handle.join();
+        }
+    }
+}
+
 pub(crate) fn normalize(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -311,6 +322,30 @@ mod tests {
         broken.model_dir = PathBuf::from("/nonexistent");
         let err = LoadingEmbedder::start(broken).get().err().unwrap().to_string();
         assert!(err.contains("fetch-models"), "{err}");
+    }
+
+    const DROP_MID_LOAD_CHILD: &str = "KEEL_TEST_DROP_MID_LOAD_CHILD";
+
+    /// Run only as the child of the test below: starts a load and lets the
+    /// process exit while it may still be running.
+    #[test]
+    fn child_process_drops_a_loading_embedder_and_exits() {
+        if std::env::var_os(DROP_MID_LOAD_CHILD).is_some() {
+            drop(LoadingEmbedder::start(config()));
+        }
+    }
+
+    #[test]
+    fn a_process_exiting_while_its_model_loads_exits_cleanly() {
+        let exe = std::env::current_exe().unwrap();
+        for _ in 0..8 {
+            let out = std::process::Command::new(&exe)
+                .args(["--exact", "tests::child_process_drops_a_loading_embedder_and_exits", "--test-threads=1", "-q"])
+                .env(DROP_MID_LOAD_CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "the child exited with {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
     }
 
     #[test]
