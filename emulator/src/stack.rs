@@ -19,6 +19,7 @@ use keel_tools::{StepInput, Tools, ToolsOptions};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -47,6 +48,8 @@ pub struct Stack {
     /// The retrieval service itself (benchmarks time it in-process).
     pub retrieval: Arc<Retrieval>,
     saga: LocalSaga,
+    /// Saga steps the tools function is running now.
+    steps_running: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     consumers: tokio::task::JoinSet<()>,
@@ -55,18 +58,38 @@ pub struct Stack {
 /// The tools function, as the saga's Lambda task. Weak, because the tools
 /// hold the saga: a strong reference both ways would keep both, and the
 /// database they share, alive after the stack stops.
-struct ToolsTask(Weak<Tools>);
+struct ToolsTask {
+    tools: Weak<Tools>,
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a step as running until it ends or is dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 #[async_trait]
 impl TaskRunner for ToolsTask {
     async fn invoke(&self, _function: &str, payload: Value) -> Result<Value, TaskFailure> {
         let input: StepInput = serde_json::from_value(payload)
             .map_err(|e| TaskFailure { error: "Keel.Failed".into(), cause: e.to_string() })?;
-        let Some(tools) = self.0.upgrade() else {
+        let Some(tools) = self.tools.upgrade() else {
             // The stack is stopping: `LocalSaga::stop` ends this execution
             // without a result, and the next start resumes it.
             return std::future::pending().await;
         };
+        let _running = Running::start(&self.running);
         tools.run_step(input).await.map_err(|e| {
             let d = keel_lambda::task_error(&e);
             TaskFailure { error: d.error_type, cause: d.error_message }
@@ -95,7 +118,8 @@ impl Stack {
             Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
         let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
         let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), keys.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
-        saga.connect(Arc::new(ToolsTask(Arc::downgrade(&tools))));
+        let steps_running = Arc::new(AtomicUsize::new(0));
+        saga.connect(Arc::new(ToolsTask { tools: Arc::downgrade(&tools), running: steps_running.clone() }));
         let resumed = saga.resume()?;
         if resumed > 0 {
             tracing::info!(resumed, "resumed saga executions");
@@ -134,19 +158,22 @@ impl Stack {
                 tracing::error!(error = %e, "local API stopped");
             }
         });
-        Ok(Self { addr, admin_key, queue, table, retrieval, saga, shutdown, server, consumers })
+        Ok(Self { addr, admin_key, queue, table, retrieval, saga, steps_running, shutdown, server, consumers })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Waits until every queue is empty (dead letters aside), up to `timeout`.
+    /// Waits until no saga step is running and every queue is empty (dead
+    /// letters aside), up to `timeout`: a step shows an action's new status
+    /// before it queues the decision event, so both must be quiet.
     pub async fn settle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
+            let steps = self.steps_running.load(Ordering::SeqCst);
             let pending: usize = QueueName::ALL.iter().map(|q| self.queue.pending(*q).unwrap_or(1)).sum();
-            if pending == 0 {
+            if steps == 0 && pending == 0 {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

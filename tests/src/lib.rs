@@ -169,6 +169,31 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// The audit chain's entries for `decision_id`, polled until their event
+/// kinds are `kinds`: the saga records an action's outcome just after its
+/// status shows it, so a settled queue alone does not yet mean it is there.
+#[allow(clippy::panic)] // test-only code: a chain never reached fails the test
+pub async fn wait_for_events(c: &Client, key: &str, decision_id: &str, kinds: &[&str]) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..400 {
+        let (s, export) = c.call("GET", "/v1/audit/export", key, None).await.expect("the local API answers");
+        assert_eq!(s, 200, "{export}");
+        last = export
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"]["decision_id"] == decision_id)
+            .collect();
+        if last.iter().map(|e| e["event"]["kind"].as_str().unwrap_or_default()).eq(kinds.iter().copied()) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let seen: Vec<&Value> = last.iter().map(|e| &e["event"]["kind"]).collect();
+    panic!("the chain of {decision_id} never became {kinds:?}: {seen:?}");
+}
+
 /// Polls an action until its status is `status`; the action as it then is.
 #[allow(clippy::panic)] // test-only code: a status never reached fails the test
 pub async fn wait_for_action(c: &Client, key: &str, id: &str, status: &str) -> Value {

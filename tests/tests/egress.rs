@@ -6,7 +6,7 @@
 //! and a tenant the platform pinned to named hosts cannot reach others; a
 //! call refused at run time fails its step and lands in the decision chain.
 
-use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
+use keel_tests::{config, start_stack, tenant, wait_for_events, Client, ADMIN_KEY};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,12 +111,8 @@ async fn a_pinned_tenant_reaches_only_its_hosts_and_a_refused_call_fails_its_ste
     }
     assert!(failed["error"].as_str().is_some_and(|e| e.contains("egress refused") && e.contains("allowed hosts")), "{failed}");
     assert!(calls.lock().unwrap().is_empty());
-    assert!(stack.settle(Duration::from_secs(10)).await);
-    let (_, export) = c.call("GET", "/v1/audit/export", &t.admin, None).await.unwrap();
-    let in_chain = export.as_str().unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).any(|e| {
-        e["event"]["decision_id"] == id.as_str() && e["event"]["kind"] == "action.failed" && e.to_string().contains("egress refused")
-    });
-    assert!(in_chain, "{export}");
+    let chain = wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.failed"]).await;
+    assert!(chain[1].to_string().contains("egress refused"), "{}", chain[1]);
 
     // Unpinned (null), the same tool reaches its connector again.
     assert_eq!(c.call("PATCH", "/v1/tenants/pinned", ADMIN_KEY, Some(json!({"egress": null}))).await.unwrap().0, 200);

@@ -7,7 +7,7 @@
 //! `traceparent` its connector receives, and its request ids lead back to
 //! the decisions they made.
 
-use keel_tests::{config, start_stack, tenant, wait_for_action, Client};
+use keel_tests::{config, start_stack, tenant, wait_for_action, wait_for_events, Client};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +68,7 @@ async fn one_trace_runs_from_an_ask_through_an_action_and_its_undo() {
     let (s, r) = traced(&c, "POST", &format!("/v1/actions/{id}/undo"), &t.member, None, "t-undo").await;
     assert_eq!(s, 200, "{r}");
     wait_for_action(&c, &t.member, &id, "undone").await;
+    wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.approved", "action.executed", "action.undo_requested", "action.undone"]).await;
     assert!(stack.settle(Duration::from_secs(10)).await);
 
     // Every event of the ask and of the action carries the trace.
