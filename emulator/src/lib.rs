@@ -16,4 +16,4 @@ pub mod store;
 pub mod table;
 
 pub use api::{declared_routes, documented_routes, openapi_document, public_routes};
-pub use stack::{Stack, StackOptions};
+pub use stack::{QueueWrapper, Stack, StackOptions};

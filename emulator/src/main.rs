@@ -139,6 +139,7 @@ async fn start(data_dir: &Path, port: u16) -> Result<Stack, KeelError> {
         retry_interval_scale: 1.0,
         queue_visibility: Duration::from_secs(5),
         max_receives: 3,
+        tools_queue: None,
     })
     .await
 }

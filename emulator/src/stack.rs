@@ -36,9 +36,12 @@ pub struct StackOptions {
     pub routing: RoutingOptions,
     /// Tools settings: connector timeout, retries and breakers, approval timeout.
     pub tools: ToolsOptions,
+    /// Wraps the queue the tools function sends on: tests make some of its
+    /// sends fail, as SQS may. `None` to use the queue as it is.
+    pub tools_queue: Option<QueueWrapper>,
 }
 
-
+pub type QueueWrapper = Arc<dyn Fn(Arc<dyn WorkQueue>) -> Arc<dyn WorkQueue> + Send + Sync>;
 
 pub struct Stack {
     pub addr: SocketAddr,
@@ -117,7 +120,11 @@ impl Stack {
         let backends =
             Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
         let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
-        let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), keys.clone(), queue.clone(), Arc::new(saga.clone()), options.tools)?);
+        let tools_queue: Arc<dyn WorkQueue> = match &options.tools_queue {
+            Some(wrap) => wrap(queue.clone()),
+            None => queue.clone(),
+        };
+        let tools = Arc::new(Tools::new(table.clone(), tenants.clone(), keys.clone(), tools_queue, Arc::new(saga.clone()), options.tools)?);
         let steps_running = Arc::new(AtomicUsize::new(0));
         saga.connect(Arc::new(ToolsTask { tools: Arc::downgrade(&tools), running: steps_running.clone() }));
         let resumed = saga.resume()?;

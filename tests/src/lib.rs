@@ -42,19 +42,22 @@ pub fn models_dir() -> std::path::PathBuf {
 
 /// A local stack on an ephemeral loopback port with fast retries.
 pub async fn start_stack(dir: &Path, config: Config) -> Stack {
-    let config_routing = config.clone();
-    Stack::start(StackOptions {
+    Stack::start(stack_options(dir, config)).await.expect("stack starts")
+}
+
+/// The options `start_stack` uses, for a test that changes one.
+pub fn stack_options(dir: &Path, config: Config) -> StackOptions {
+    StackOptions {
         data_dir: dir.to_path_buf(),
         port: 0,
-        config,
         retry_interval_scale: 0.01,
         queue_visibility: Duration::from_millis(100),
         max_receives: 3,
-        routing: fast_routing(&config_routing),
-        tools: fast_tools(&config_routing),
-    })
-    .await
-    .expect("stack starts")
+        routing: fast_routing(&config),
+        tools: fast_tools(&config),
+        tools_queue: None,
+        config,
+    }
 }
 
 /// The gateway's settings with millisecond retries and a breaker that opens

@@ -100,6 +100,11 @@ impl Tools {
                 self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
                 Ok(json!({"expired": true}))
             }
+            ActionStatus::Expired => {
+                // A retry after the record failed: the log keeps one (same event id).
+                self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
+                Ok(json!({"expired": true}))
+            }
             ActionStatus::Running => Ok(json!({"expired": false})),
             _ => Ok(json!({"expired": true})),
         }
@@ -146,7 +151,12 @@ impl Tools {
     /// order); `done` when none is left. For an undo that ends the action undone.
     async fn compensate_last(&self, tenant: &TenantId, mut action: Action, version: u64, undo: bool) -> Result<Value, KeelError> {
         match (undo, action.status) {
-            (true, ActionStatus::Undone) | (false, ActionStatus::Failed) => return Ok(json!({"done": true})),
+            (true, ActionStatus::Undone) => {
+                // A retry after the record failed: the log keeps one (same event id).
+                self.record(tenant, &action, DecisionKind::ActionUndone, "saga", json!({"steps": action.steps})).await?;
+                return Ok(json!({"done": true}));
+            }
+            (false, ActionStatus::Failed) => return Ok(json!({"done": true})),
             (true, ActionStatus::Undoing) | (false, ActionStatus::Compensating) => {}
             (false, ActionStatus::Running) => {
                 // The first compensation after a failed step: no approval or retry may run it on.
@@ -182,7 +192,14 @@ impl Tools {
 
     /// Records what failed for good. A failed execution ends failed (its
     /// completed steps compensated); a failed undo leaves the action executed.
+    /// An operation that finished and failed only to queue its decision
+    /// event keeps its status and records the event now.
     async fn fail(&self, tenant: &TenantId, mut action: Action, version: u64, undo: bool, state: Value) -> Result<Value, KeelError> {
+        let finished = if undo { (ActionStatus::Undone, DecisionKind::ActionUndone) } else { (ActionStatus::Executed, DecisionKind::ActionExecuted) };
+        if action.status == finished.0 {
+            self.record(tenant, &action, finished.1, "saga", json!({"steps": action.steps})).await?;
+            return Ok(json!({"recorded": true}));
+        }
         let cause = |key: &str| {
             let e = &state[key];
             e.get("Cause").and_then(Value::as_str).map(str::to_string).or_else(|| (!e.is_null()).then(|| e.to_string()))
