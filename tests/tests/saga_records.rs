@@ -1,16 +1,18 @@
 // Test-only code: helpers outside #[test] functions may unwrap and panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! An action's outcome reaches the decision chain even when queueing its
-//! event fails after the saga saved the outcome: the retried step records it
-//! (undone, expired), and a saga that exhausted its retries on an executed
-//! action records it executed instead of marking it failed.
+//! An action's decisions reach the chain, and its saga goes on, even when
+//! queueing an event fails after the decision was saved: a retried saga step
+//! records it (undone, expired); a saga that exhausted its retries on an
+//! executed action records it executed instead of marking it failed; a review
+//! or undo answered 503 is finished by repeating it, and a review nobody
+//! repeats by the saga when its approval wait ends.
 
 use async_trait::async_trait;
 use keel_core::ports::{QueueMessage, QueueName, WorkQueue};
 use keel_core::StoreError;
 use keel_emulator::Stack;
-use keel_tests::{config, stack_options, tenant, wait_for_action, wait_for_events, Client};
+use keel_tests::{config, stack_options, tenant, wait_for_action, wait_for_events, Client, Tenant};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,7 +73,7 @@ fn refund(url: &str, risk: &str) -> Value {
 }
 
 /// Registers the refund tool and proposes it; the action's id.
-async fn propose(c: &Client, t: &keel_tests::Tenant, url: &str, risk: &str) -> String {
+async fn propose(c: &Client, t: &Tenant, url: &str, risk: &str) -> String {
     let (s, r) = c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund(url, risk))).await.unwrap();
     assert_eq!(s, 200, "{r}");
     let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(json!({"tool": "refund", "args": {}, "idempotency_key": "r-1"}))).await.unwrap();
@@ -124,5 +126,63 @@ async fn an_expiry_whose_event_could_not_be_queued_is_recorded_by_the_retried_st
     wait_for_action(&c, &t.member, &id, "expired").await;
     wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.expired"]).await;
     assert!(calls.lock().unwrap().is_empty());
+    stack.stop().await;
+}
+
+/// Approves `id` as the tenant's approver; the answer's status.
+async fn approve(c: &Client, t: &Tenant, id: &str) -> u16 {
+    c.call("POST", &format!("/v1/actions/{id}/approve"), &t.approver, None).await.unwrap().0
+}
+
+#[tokio::test]
+async fn an_approval_answered_503_is_finished_by_repeating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_refusing(dir.path(), &[], "action.approved", 1).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "again", json!({})).await;
+    let (url, calls) = connector().await;
+    let id = propose(&c, &t, &url, "high").await;
+    assert_eq!(approve(&c, &t, &id).await, 503, "the event could not be queued");
+    // Saved, so the repeat is a conflict; but it queues the event and signals the waiting saga.
+    assert_eq!(approve(&c, &t, &id).await, 409);
+    wait_for_action(&c, &t.member, &id, "executed").await;
+    wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.approved", "action.executed"]).await;
+    // A different review of it is refused as before.
+    let (s, _) = c.call("POST", &format!("/v1/actions/{id}/reject"), &t.approver, None).await.unwrap();
+    assert_eq!(s, 409);
+    assert_eq!(*calls.lock().unwrap(), ["/refund"]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_approval_nobody_repeats_is_finished_when_the_approval_wait_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_refusing(dir.path(), &[("KEEL_APPROVAL_TIMEOUT_SECS", "1")], "action.approved", 1).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "late", json!({})).await;
+    let (url, calls) = connector().await;
+    let id = propose(&c, &t, &url, "high").await;
+    assert_eq!(approve(&c, &t, &id).await, 503);
+    wait_for_action(&c, &t.member, &id, "executed").await;
+    wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.approved", "action.executed"]).await;
+    assert_eq!(*calls.lock().unwrap(), ["/refund"]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_undo_answered_503_is_finished_by_repeating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_refusing(dir.path(), &[], "action.undo_requested", 1).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "redo", json!({"autonomy": "unattended"})).await;
+    let (url, calls) = connector().await;
+    let id = propose(&c, &t, &url, "low").await;
+    wait_for_action(&c, &t.member, &id, "executed").await;
+    let undo = format!("/v1/actions/{id}/undo");
+    assert_eq!(c.call("POST", &undo, &t.member, None).await.unwrap().0, 503);
+    assert_eq!(c.call("POST", &undo, &t.member, None).await.unwrap().0, 409, "one undo, already under way");
+    wait_for_action(&c, &t.member, &id, "undone").await;
+    wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.executed", "action.undo_requested", "action.undone"]).await;
+    assert_eq!(*calls.lock().unwrap(), ["/refund", "/undo"]);
     stack.stop().await;
 }

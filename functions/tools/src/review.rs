@@ -15,6 +15,11 @@ impl Tools {
         }
         let (mut action, version) = self.action(tenant, id).await?;
         if action.status != ActionStatus::PendingApproval {
+            let last = action.approvals.last();
+            if last.is_some_and(|a| a.principal == caller.principal && (a.decision == "approved") == approve) {
+                // The same review again, as a client repeats one answered 503: finish what the first may have left undone.
+                self.complete_review(tenant, &action).await?;
+            }
             let status = json!(action.status);
             return Err(KeelError::Conflict(format!("action {id} is {}, no longer pending approval", status.as_str().unwrap_or("?"))));
         }
@@ -49,31 +54,41 @@ impl Tools {
         if !approve {
             self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
         }
-        let kind = if approve { DecisionKind::ActionApproved } else { DecisionKind::ActionRejected };
-        self.record(tenant, &action, kind, &caller.principal, json!({"status": action.status, "reason": request.reason})).await?;
-        if let Some(token) = &action.approval_token {
-            let sent = if approve {
-                self.saga.send_task_success(token, json!({"approved_by": caller.principal})).await
-            } else {
-                self.saga.send_task_failure(token, "Keel.Rejected", &match &request.reason {
-                    Some(reason) => format!("rejected by {}: {reason}", caller.principal),
-                    None => format!("rejected by {}", caller.principal),
-                }).await
-            };
-            match sent {
-                // The wait already ended (timed out): the saga's expire step reads the decision saved above.
-                Ok(()) | Err(StoreError::ConditionFailed) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.complete_review(tenant, &action).await?;
         Ok(action)
+    }
+
+    /// What follows a saved review: its decision event, then the saga's
+    /// signal. Both are safe to repeat (one event id; a spent token is
+    /// ignored), so a repeated review, or the saga's expire step, can finish
+    /// one whose request failed after the save.
+    pub(crate) async fn complete_review(&self, tenant: &TenantId, action: &Action) -> Result<(), KeelError> {
+        let Some(review) = action.approvals.last() else { return Ok(()) };
+        let approved = review.decision == "approved";
+        let (kind, status) =
+            if approved { (DecisionKind::ActionApproved, ActionStatus::Running) } else { (DecisionKind::ActionRejected, ActionStatus::Rejected) };
+        self.record(tenant, action, kind, &review.principal, json!({"status": status, "reason": review.reason})).await?;
+        let Some(token) = &action.approval_token else { return Ok(()) };
+        let sent = if approved {
+            self.saga.send_task_success(token, json!({"approved_by": review.principal})).await
+        } else {
+            self.saga.send_task_failure(token, "Keel.Rejected", &match &review.reason {
+                Some(reason) => format!("rejected by {}: {reason}", review.principal),
+                None => format!("rejected by {}", review.principal),
+            }).await
+        };
+        match sent {
+            // The wait already ended (timed out): the saga's expire step reads the decision saved above.
+            Ok(()) | Err(StoreError::ConditionFailed) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(crate) async fn undo(&self, caller: &Caller, id: &str) -> Result<Action, KeelError> {
         let tenant = caller.tenant()?;
         let (mut action, version) = self.action(tenant, id).await?;
         let tool = self.tool_at(tenant, &action.tool, action.tool_version).await?;
-        if action.status != ActionStatus::Executed {
+        if !matches!(action.status, ActionStatus::Executed | ActionStatus::Undoing) {
             return Err(KeelError::Conflict(format!("action {id} is not executed, so it cannot be undone")));
         }
         let policies = self.tenant_policies(tenant).await?;
@@ -81,6 +96,13 @@ impl Tools {
         let decision = self.gate.decide_off_workers(&policies, caller, Verb::Undo, &self.subject(&action, &tool, autonomy)).await?;
         if !decision.allowed {
             return Err(KeelError::Forbidden(format!("policy denies undoing this action (policies: {})", decision.policies.join(", "))));
+        }
+        if action.status == ActionStatus::Undoing {
+            // Repeated, as a client repeats one answered 503: finish what the first may have left undone
+            // (one event per undo request, whoever repeats it; the saga is named for the request).
+            self.record(tenant, &action, DecisionKind::ActionUndoRequested, &caller.principal, json!({"status": action.status})).await?;
+            self.start_saga(tenant, &action, "compensate").await?;
+            return Err(KeelError::Conflict(format!("action {id} is already being undone")));
         }
         action.policy.push(decision);
         action.status = ActionStatus::Undoing;

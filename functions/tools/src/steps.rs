@@ -105,7 +105,15 @@ impl Tools {
                 self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
                 Ok(json!({"expired": true}))
             }
-            ActionStatus::Running => Ok(json!({"expired": false})),
+            // Reviewed in time: the review's request may have failed before its event or signal.
+            ActionStatus::Running => {
+                self.complete_review(tenant, &action).await?;
+                Ok(json!({"expired": false}))
+            }
+            ActionStatus::Rejected => {
+                self.complete_review(tenant, &action).await?;
+                Ok(json!({"expired": true}))
+            }
             _ => Ok(json!({"expired": true})),
         }
     }
