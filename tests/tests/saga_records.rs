@@ -5,8 +5,9 @@
 //! queueing an event fails after the decision was saved: a retried saga step
 //! records it (undone, expired); a saga that exhausted its retries on an
 //! executed action records it executed instead of marking it failed; a review
-//! or undo answered 503 is finished by repeating it, and a review nobody
-//! repeats by the saga when its approval wait ends.
+//! or undo answered 503 is finished by repeating it, a review nobody
+//! repeats by the saga when its approval wait ends, and a proposal by
+//! replaying its idempotency key.
 
 use async_trait::async_trait;
 use keel_core::ports::{QueueMessage, QueueName, WorkQueue};
@@ -184,5 +185,29 @@ async fn an_undo_answered_503_is_finished_by_repeating_it() {
     wait_for_action(&c, &t.member, &id, "undone").await;
     wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.executed", "action.undo_requested", "action.undone"]).await;
     assert_eq!(*calls.lock().unwrap(), ["/refund", "/undo"]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_proposal_answered_503_is_recorded_when_its_key_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_refusing(dir.path(), &[], "action.proposed", 1).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "replay", json!({})).await;
+    let (url, _) = connector().await;
+    let (s, r) = c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund(&url, "high"))).await.unwrap();
+    assert_eq!(s, 200, "{r}");
+    let proposal = json!({"tool": "refund", "args": {}, "idempotency_key": "p-1"});
+    let (s, r) = c.call("POST", "/v1/actions", &t.member, Some(proposal.clone())).await.unwrap();
+    assert_eq!(s, 503, "{r}");
+    let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal)).await.unwrap();
+    assert_eq!((s, &a["status"]), (200, &json!("pending_approval")), "{a}");
+    let id = a["action_id"].as_str().unwrap();
+    let chain = wait_for_events(&c, &t.admin, id, &["action.proposed"]).await;
+    assert_eq!(chain[0]["event"]["outcome"]["status"], "pending_approval");
+    assert_eq!(chain[0]["event"]["principal"], "ann");
+    // Approved, it runs as any other.
+    assert_eq!(approve(&c, &t, id).await, 200);
+    wait_for_action(&c, &t.member, id, "executed").await;
     stack.stop().await;
 }

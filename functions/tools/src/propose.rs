@@ -83,11 +83,19 @@ impl Tools {
             self.uncount(tenant, &tool.name, action.counted.as_ref()).await?;
             return self.replay(tenant, &action.idempotency_key, &fingerprint).await;
         }
-        // The decision event and the saga's start are independent: one wait for both.
-        let recorded = self.record(tenant, &action, DecisionKind::ActionProposed, &caller.principal, json!({"status": action.status}));
-        let (recorded, started) = tokio::join!(recorded, self.start_saga(tenant, &action, "execute"));
-        recorded.and(started)?;
+        self.announce(tenant, &action).await?;
         Ok((201, action))
+    }
+
+    /// The proposal's decision event and the saga's start: independent, so
+    /// one wait for both, and both safe to repeat (one event id; the
+    /// execution is named for the action), so a replay finishes a proposal
+    /// whose first request failed after its save.
+    async fn announce(&self, tenant: &TenantId, action: &Action) -> Result<(), KeelError> {
+        let proposed = json!({"status": status_when_proposed(action)});
+        let recorded = self.record(tenant, action, DecisionKind::ActionProposed, &action.proposer, proposed);
+        let (recorded, started) = tokio::join!(recorded, self.start_saga(tenant, action, "execute"));
+        recorded.and(started)
     }
 
     /// The policies' answers to proposing the action and to running it
@@ -147,8 +155,8 @@ impl Tools {
         }
         let action_id = claim.action_id;
         let (action, _) = self.action(tenant, &action_id).await?;
-        // The first attempt may have died before starting the saga; starting is idempotent.
-        self.start_saga(tenant, &action, "execute").await?;
+        // The first attempt may have died before recording it or starting the saga.
+        self.announce(tenant, &action).await?;
         Ok((200, action))
     }
 
@@ -263,6 +271,18 @@ pub(crate) fn check_idempotency_key(key: &str) -> Result<(), KeelError> {
 /// The tool and canonical arguments, hashed: what an idempotency key is bound to.
 pub(crate) fn args_fingerprint(tool: &str, args: &Value) -> String {
     hex::encode(Sha256::digest(format!("{tool}\n{args}").as_bytes()))
+}
+
+/// The status an action was proposed with, read from where it went since:
+/// a replay records the proposal as it was.
+fn status_when_proposed(action: &Action) -> ActionStatus {
+    use ActionStatus::*;
+    match action.status {
+        Suggested => Suggested,
+        PendingApproval | Expired | Rejected => PendingApproval,
+        _ if !action.approvals.is_empty() => PendingApproval,
+        _ => Running,
+    }
 }
 
 #[cfg(test)]
