@@ -172,6 +172,19 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Waits, if need be, until at least `needed` is left of the current UTC
+/// minute: a tenant's rate limit counts per minute, so a test that spends
+/// one must not straddle two.
+pub async fn inside_one_minute(needed: Duration) {
+    loop {
+        let into = Duration::from_millis((chrono::Utc::now().timestamp_millis() % 60_000) as u64);
+        if into + needed < Duration::from_secs(60) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The audit chain's entries for `decision_id`, polled until their event
 /// kinds are `kinds`: the saga records an action's outcome just after its
 /// status shows it, so a settled queue alone does not yet mean it is there.

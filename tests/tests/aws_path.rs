@@ -58,6 +58,7 @@ async fn concurrent_requests_on_aws_never_pass_a_budget_or_a_rate_limit() {
     path.create_tenant(json!({"id": "tight", "name": "Tight", "rate_limit_per_minute": 1_000_000,
         "routing": {"escalate_below": 1.0, "allow_downgrade": false, "cache_ttl_secs": 0}, "budgets": {"monthly_usd": 0.001}})).await;
     path.create_tenant(json!({"id": "limited", "name": "Limited", "rate_limit_per_minute": 5, "routing": {"escalate_below": 1.0}})).await;
+    keel_tests::inside_one_minute(Duration::from_secs(20)).await;
     let chat = |tenant: &str, i: usize| {
         let body = json!({"model": "auto", "messages": [{"role": "user", "content": format!("Say {i}.")}]});
         http_event("POST", "/v1/chat/completions", &body, &member_of(tenant))

@@ -275,6 +275,7 @@ async fn rate_limit_suspension_and_jwt() {
     let stack = start_stack(dir.path(), cfg).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "acme", json!({"rate_limit_per_minute": 3})).await;
+    keel_tests::inside_one_minute(Duration::from_secs(15)).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(c.call("POST", "/v1/search", &t.member, Some(json!({"query": "x"}))).await.unwrap().0);

@@ -200,6 +200,7 @@ async fn budgets_are_reserved_so_concurrent_requests_never_overspend() {
 async fn a_chat_over_the_rate_limit_is_refused_before_its_model_call_and_holds_no_budget() {
     let stub = StubModels::start().await;
     let (_dir, stack, c) = gateway(&stub.catalog(&[("priced", "t2", 10.0, 5_000)])).await;
+    keel_tests::inside_one_minute(Duration::from_secs(15)).await;
     let t = hosted_tenant(&c, "limited", json!({"allow_downgrade": false}), json!({"monthly_usd": 5.0})).await;
     // Four a minute: the document hosted_tenant put was the first.
     let (s, _) = c.call("PATCH", "/v1/tenants/limited", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 4}))).await.unwrap();
