@@ -127,6 +127,34 @@ pub async fn serve_on_loopback(app: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// A connector on loopback that answers `{"ok": true}` to anything and
+/// records the path of every call; its base URL and the paths.
+pub async fn recording_connector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let calls: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = calls.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(req.uri().path().to_string());
+            axum::Json(json!({"ok": true}))
+        }
+    });
+    (format!("http://{}", serve_on_loopback(app).await), calls)
+}
+
+/// The audit chain's entries for `decision_id`, from the tenant's export, in order.
+pub async fn decision_entries(c: &Client, key: &str, decision_id: &str) -> Vec<Value> {
+    let (s, export) = c.call("GET", "/v1/audit/export", key, None).await.expect("the local API answers");
+    assert_eq!(s, 200, "{export}");
+    export
+        .as_str()
+        .expect("the export is JSON lines")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("each export line is a chain entry"))
+        .filter(|e| e["event"]["decision_id"] == decision_id)
+        .collect()
+}
+
 /// A member of `tenant` without groups, as the authorizer would pass it in.
 pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
     keel_core::auth::Caller {
@@ -192,15 +220,7 @@ pub async fn inside_one_minute(needed: Duration) {
 pub async fn wait_for_events(c: &Client, key: &str, decision_id: &str, kinds: &[&str]) -> Vec<Value> {
     let mut last = Vec::new();
     for _ in 0..400 {
-        let (s, export) = c.call("GET", "/v1/audit/export", key, None).await.expect("the local API answers");
-        assert_eq!(s, 200, "{export}");
-        last = export
-            .as_str()
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["event"]["decision_id"] == decision_id)
-            .collect();
+        last = decision_entries(c, key, decision_id).await;
         if last.iter().map(|e| e["event"]["kind"].as_str().unwrap_or_default()).eq(kinds.iter().copied()) {
             return last;
         }

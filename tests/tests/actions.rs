@@ -7,7 +7,7 @@
 //! per-tool autonomy, dry-run previews and undo.
 
 use keel_core::ports::{QueueName, WorkQueue};
-use keel_tests::{config, start_stack, tenant, wait_for_action, wait_for_events, Client, Tenant, ADMIN_KEY};
+use keel_tests::{config, decision_entries, start_stack, tenant, wait_for_action, wait_for_events, Client, Tenant, ADMIN_KEY};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,16 +76,7 @@ fn proposal(tool: &str, amount: f64, key: &str) -> Value {
 
 /// The decision events of one action in the tenant's audit export, by kind.
 async fn events(c: &Client, key: &str, action_id: &str) -> Vec<String> {
-    let (s, export) = c.call("GET", "/v1/audit/export", key, None).await.unwrap();
-    assert_eq!(s, 200);
-    export
-        .as_str()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["event"]["decision_id"] == action_id)
-        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
-        .collect()
+    decision_entries(c, key, action_id).await.iter().map(|e| e["event"]["kind"].as_str().unwrap().to_string()).collect()
 }
 
 async fn put(c: &Client, key: &str, path: &str, body: Value) -> Value {

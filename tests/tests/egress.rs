@@ -6,9 +6,8 @@
 //! and a tenant the platform pinned to named hosts cannot reach others; a
 //! call refused at run time fails its step and lands in the decision chain.
 
-use keel_tests::{config, start_stack, tenant, wait_for_events, Client, ADMIN_KEY};
+use keel_tests::{config, recording_connector, start_stack, tenant, wait_for_action, wait_for_events, Client, ADMIN_KEY};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn tool(connector: &str, extra: Value) -> Value {
@@ -54,20 +53,6 @@ async fn connectors_to_refused_addresses_are_refused_at_registration_naming_the_
     stack.stop().await;
 }
 
-/// A connector on loopback that records what reaches it.
-async fn recording_connector() -> (String, Arc<Mutex<Vec<String>>>) {
-    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = calls.clone();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(req.uri().path().to_string());
-            axum::Json(json!({"ok": true}))
-        }
-    });
-    (format!("http://{}", keel_tests::serve_on_loopback(app).await), calls)
-}
-
 #[tokio::test]
 async fn a_pinned_tenant_reaches_only_its_hosts_and_a_refused_call_fails_its_step_into_the_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,15 +85,7 @@ async fn a_pinned_tenant_reaches_only_its_hosts_and_a_refused_call_fails_its_ste
     let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal)).await.unwrap();
     assert_eq!(s, 201, "{a}");
     let id = a["action_id"].as_str().unwrap().to_string();
-    let mut failed = Value::Null;
-    for _ in 0..400 {
-        let (_, a) = c.call("GET", &format!("/v1/actions/{id}"), &t.member, None).await.unwrap();
-        failed = a;
-        if failed["status"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let failed = wait_for_action(&c, &t.member, &id, "failed").await;
     assert!(failed["error"].as_str().is_some_and(|e| e.contains("egress refused") && e.contains("allowed hosts")), "{failed}");
     assert!(calls.lock().unwrap().is_empty());
     let chain = wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.failed"]).await;

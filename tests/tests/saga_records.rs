@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use keel_core::ports::{QueueMessage, QueueName, WorkQueue};
 use keel_core::StoreError;
 use keel_emulator::Stack;
-use keel_tests::{config, stack_options, tenant, wait_for_action, wait_for_events, Client, Tenant};
+use keel_tests::{config, recording_connector, stack_options, tenant, wait_for_action, wait_for_events, Client, Tenant};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The tools function's queue, failing the first `times` sends of a
 /// decision event of `kind`, as SQS may refuse a send.
@@ -54,20 +54,6 @@ async fn stack_refusing(dir: &std::path::Path, env: &[(&str, &str)], kind: &'sta
     Stack::start(options).await.expect("stack starts")
 }
 
-/// A connector on loopback recording the paths it was called on.
-async fn connector() -> (String, Arc<Mutex<Vec<String>>>) {
-    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = calls.clone();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let seen = seen.clone();
-        async move {
-            seen.lock().unwrap().push(req.uri().path().to_string());
-            axum::Json(json!({"ok": true}))
-        }
-    });
-    (format!("http://{}", keel_tests::serve_on_loopback(app).await), calls)
-}
-
 fn refund(url: &str, risk: &str) -> Value {
     json!({"description": "refund", "risk": risk, "input_schema": {"type": "object"},
         "connector": {"url": format!("{url}/refund")}, "compensation": {"url": format!("{url}/undo")}})
@@ -88,7 +74,7 @@ async fn an_undo_whose_event_could_not_be_queued_is_recorded_by_the_retried_step
     let stack = stack_refusing(dir.path(), &[], "action.undone", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "undo", json!({"autonomy": "unattended"})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "low").await;
     wait_for_action(&c, &t.member, &id, "executed").await;
     let (s, r) = c.call("POST", &format!("/v1/actions/{id}/undo"), &t.member, None).await.unwrap();
@@ -106,7 +92,7 @@ async fn an_executed_action_whose_event_kept_failing_stays_executed_and_is_recor
     let stack = stack_refusing(dir.path(), &[], "action.executed", 4).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "exec", json!({"autonomy": "unattended"})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "low").await;
     wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.executed"]).await;
     assert!(stack.settle(std::time::Duration::from_secs(10)).await);
@@ -122,7 +108,7 @@ async fn an_expiry_whose_event_could_not_be_queued_is_recorded_by_the_retried_st
     let stack = stack_refusing(dir.path(), &[("KEEL_APPROVAL_TIMEOUT_SECS", "1")], "action.expired", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "expiry", json!({})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "high").await;
     wait_for_action(&c, &t.member, &id, "expired").await;
     wait_for_events(&c, &t.admin, &id, &["action.proposed", "action.expired"]).await;
@@ -141,7 +127,7 @@ async fn an_approval_answered_503_is_finished_by_repeating_it() {
     let stack = stack_refusing(dir.path(), &[], "action.approved", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "again", json!({})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "high").await;
     assert_eq!(approve(&c, &t, &id).await, 503, "the event could not be queued");
     // Saved, so the repeat is a conflict; but it queues the event and signals the waiting saga.
@@ -164,7 +150,7 @@ async fn an_approval_nobody_repeats_is_finished_when_the_approval_wait_ends() {
     let stack = stack_refusing(dir.path(), &[("KEEL_APPROVAL_TIMEOUT_SECS", "1")], "action.approved", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "late", json!({})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "high").await;
     assert_eq!(approve(&c, &t, &id).await, 503);
     wait_for_action(&c, &t.member, &id, "executed").await;
@@ -179,7 +165,7 @@ async fn an_undo_answered_503_is_finished_by_repeating_it() {
     let stack = stack_refusing(dir.path(), &[], "action.undo_requested", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "redo", json!({"autonomy": "unattended"})).await;
-    let (url, calls) = connector().await;
+    let (url, calls) = recording_connector().await;
     let id = propose(&c, &t, &url, "low").await;
     wait_for_action(&c, &t.member, &id, "executed").await;
     let undo = format!("/v1/actions/{id}/undo");
@@ -197,7 +183,7 @@ async fn a_proposal_answered_503_is_recorded_when_its_key_is_replayed() {
     let stack = stack_refusing(dir.path(), &[], "action.proposed", 1).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "replay", json!({})).await;
-    let (url, _) = connector().await;
+    let (url, _) = recording_connector().await;
     let (s, r) = c.call("PUT", "/v1/tools/refund", &t.admin, Some(refund(&url, "high"))).await.unwrap();
     assert_eq!(s, 200, "{r}");
     let proposal = json!({"tool": "refund", "args": {}, "idempotency_key": "p-1"});
