@@ -92,27 +92,21 @@ impl Tools {
     /// The approval wait timed out: expire the action unless it was approved meanwhile.
     async fn expire(&self, tenant: &TenantId, mut action: Action, version: u64) -> Result<Value, KeelError> {
         match action.status {
-            ActionStatus::PendingApproval => {
-                action.status = ActionStatus::Expired;
-                action.approval_token = None;
-                self.save(tenant, &mut action, version).await?;
-                self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
-                self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
-                Ok(json!({"expired": true}))
-            }
-            ActionStatus::Expired => {
-                // A retry after the record failed: the log keeps one (same event id).
+            ActionStatus::PendingApproval | ActionStatus::Expired => {
+                // Expired already: a retry after the record failed (the log keeps one, same event id).
+                if action.status == ActionStatus::PendingApproval {
+                    action.status = ActionStatus::Expired;
+                    action.approval_token = None;
+                    self.save(tenant, &mut action, version).await?;
+                    self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
+                }
                 self.record(tenant, &action, DecisionKind::ActionExpired, "saga", json!({"status": action.status})).await?;
                 Ok(json!({"expired": true}))
             }
             // Reviewed in time: the review's request may have failed before its event or signal.
-            ActionStatus::Running => {
+            ActionStatus::Running | ActionStatus::Rejected => {
                 self.complete_review(tenant, &action).await?;
-                Ok(json!({"expired": false}))
-            }
-            ActionStatus::Rejected => {
-                self.complete_review(tenant, &action).await?;
-                Ok(json!({"expired": true}))
+                Ok(json!({"expired": action.status == ActionStatus::Rejected}))
             }
             _ => Ok(json!({"expired": true})),
         }
@@ -122,7 +116,7 @@ impl Tools {
     async fn execute_next(&self, tenant: &TenantId, mut action: Action, version: u64) -> Result<Value, KeelError> {
         if action.status == ActionStatus::Executed {
             // Recorded again in case the first record was lost: the log keeps one (same event id).
-            self.record(tenant, &action, DecisionKind::ActionExecuted, "saga", json!({"steps": action.steps})).await?;
+            self.record_outcome(tenant, &action, DecisionKind::ActionExecuted).await?;
             return Ok(json!({"done": true}));
         }
         if action.status != ActionStatus::Running {
@@ -151,7 +145,7 @@ impl Tools {
     async fn finish(&self, tenant: &TenantId, mut action: Action, version: u64) -> Result<Value, KeelError> {
         action.status = ActionStatus::Executed;
         self.save(tenant, &mut action, version).await?;
-        self.record(tenant, &action, DecisionKind::ActionExecuted, "saga", json!({"steps": action.steps})).await?;
+        self.record_outcome(tenant, &action, DecisionKind::ActionExecuted).await?;
         Ok(json!({"done": true}))
     }
 
@@ -161,7 +155,7 @@ impl Tools {
         match (undo, action.status) {
             (true, ActionStatus::Undone) => {
                 // A retry after the record failed: the log keeps one (same event id).
-                self.record(tenant, &action, DecisionKind::ActionUndone, "saga", json!({"steps": action.steps})).await?;
+                self.record_outcome(tenant, &action, DecisionKind::ActionUndone).await?;
                 return Ok(json!({"done": true}));
             }
             (false, ActionStatus::Failed) => return Ok(json!({"done": true})),
@@ -180,7 +174,7 @@ impl Tools {
             if undo {
                 action.status = ActionStatus::Undone;
                 self.save(tenant, &mut action, version).await?;
-                self.record(tenant, &action, DecisionKind::ActionUndone, "saga", json!({"steps": action.steps})).await?;
+                self.record_outcome(tenant, &action, DecisionKind::ActionUndone).await?;
             }
             return Ok(json!({"done": true}));
         };
@@ -198,6 +192,11 @@ impl Tools {
         Ok(json!({"done": false, "compensated": action.steps[i].name}))
     }
 
+    /// Records an operation the saga finished, with what each step returned.
+    async fn record_outcome(&self, tenant: &TenantId, action: &Action, kind: DecisionKind) -> Result<(), KeelError> {
+        self.record(tenant, action, kind, "saga", json!({"steps": action.steps})).await
+    }
+
     /// Records what failed for good. A failed execution ends failed (its
     /// completed steps compensated); a failed undo leaves the action executed.
     /// An operation that finished and failed only to queue its decision
@@ -205,7 +204,7 @@ impl Tools {
     async fn fail(&self, tenant: &TenantId, mut action: Action, version: u64, undo: bool, state: Value) -> Result<Value, KeelError> {
         let finished = if undo { (ActionStatus::Undone, DecisionKind::ActionUndone) } else { (ActionStatus::Executed, DecisionKind::ActionExecuted) };
         if action.status == finished.0 {
-            self.record(tenant, &action, finished.1, "saga", json!({"steps": action.steps})).await?;
+            self.record_outcome(tenant, &action, finished.1).await?;
             return Ok(json!({"recorded": true}));
         }
         let cause = |key: &str| {
