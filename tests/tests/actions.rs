@@ -123,6 +123,27 @@ async fn a_failed_step_compensates_the_completed_steps_in_reverse_order() {
 }
 
 #[tokio::test]
+async fn a_review_right_after_the_proposal_is_not_refused_for_the_saga_storing_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "quick", json!({})).await;
+    let svc = Service::start().await;
+    put(&c, &t.admin, "/v1/tools/refund", tool("high", json!([step("refund", &svc.url, "refund")]), json!({}))).await;
+    // Each review races the saga's first step, which writes its task token onto the action.
+    for i in 0..40 {
+        let (s, a) = c.call("POST", "/v1/actions", &t.member, Some(proposal("refund", 1.0, &format!("q-{i}")))).await.unwrap();
+        assert_eq!((s, &a["status"]), (201, &json!("pending_approval")), "{a}");
+        let verb = if i % 4 == 0 { "approve" } else { "reject" };
+        let (s, r) = c.call("POST", &format!("/v1/actions/{}/{verb}", a["action_id"].as_str().unwrap()), &t.approver, None).await.unwrap();
+        assert_eq!(s, 200, "{verb} #{i}: {r}");
+    }
+    assert!(stack.settle(Duration::from_secs(20)).await);
+    assert_eq!(svc.paths().len(), 10, "each approved action ran once");
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn approvals_wait_in_the_saga_and_expire_when_nobody_decides() {
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path(), config(&[("KEEL_APPROVAL_TIMEOUT_SECS", "1")])).await;

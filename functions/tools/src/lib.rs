@@ -341,7 +341,7 @@ impl Tools {
         if let Some(context) = keel_core::trace::current() {
             action.trace = Some(context);
         }
-        self.actions.save(tenant, action, version).await.map_err(lost_race("the action changed meanwhile; reload it"))
+        self.actions.save(tenant, action, version).await.map_err(lost_race(ACTION_CHANGED))
     }
 
     async fn record(&self, tenant: &TenantId, action: &Action, kind: DecisionKind, principal: &str, outcome: Value) -> Result<(), KeelError> {
@@ -366,6 +366,9 @@ impl Tools {
     }
 
 }
+
+/// The 409 of a write that lost to another writer of the action.
+const ACTION_CHANGED: &str = "the action changed meanwhile; reload it";
 
 /// A conditional write that lost to another writer, as the 409 `message`; other store errors as they are.
 fn lost_race(message: &str) -> impl Fn(StoreError) -> KeelError + '_ {

@@ -4,6 +4,9 @@
 use keel_core::chain::DecisionKind;
 use super::*;
 
+/// Tries of a review that keeps losing its write to the saga's token.
+const REVIEW_ATTEMPTS: u32 = 3;
+
 impl Tools {
     /// Approve or reject a pending action (maker-checker). The saga waits on
     /// a task token; the decision is saved first, then the token completed, so
@@ -13,6 +16,26 @@ impl Tools {
         if request.reason.as_ref().is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) {
             return Err(KeelError::BadRequest(format!("reason is longer than {MAX_REASON_CHARS} characters")));
         }
+        // The saga stores its task token on the pending action as it starts to
+        // wait, a write no reviewer must see: a review that lost the race to it
+        // loads the action again and decides anew (every check included).
+        let mut attempt = 1;
+        let action = loop {
+            match self.decide_review(tenant, caller, id, approve, &request).await {
+                Err(KeelError::Conflict(m)) if m == ACTION_CHANGED && attempt < REVIEW_ATTEMPTS => attempt += 1,
+                decided => break decided?,
+            }
+        };
+        if !approve {
+            self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
+        }
+        self.complete_review(tenant, &action).await?;
+        Ok(action)
+    }
+
+    /// Loads the action, checks the review against it and the policies, and
+    /// saves the decision.
+    async fn decide_review(&self, tenant: &TenantId, caller: &Caller, id: &str, approve: bool, request: &ReviewRequest) -> Result<Action, KeelError> {
         let (mut action, version) = self.action(tenant, id).await?;
         if action.status != ActionStatus::PendingApproval {
             let last = action.approvals.last();
@@ -51,10 +74,6 @@ impl Tools {
         });
         action.status = if approve { ActionStatus::Running } else { ActionStatus::Rejected };
         self.save(tenant, &mut action, version).await?;
-        if !approve {
-            self.uncount(tenant, &action.tool, action.counted.as_ref()).await?;
-        }
-        self.complete_review(tenant, &action).await?;
         Ok(action)
     }
 

@@ -5,7 +5,7 @@
 //! answers a retryable error and the saga's Retry runs the step again.
 
 use keel_core::chain::DecisionKind;
-use crate::{lost_race, Action, ActionStatus, StepRun, Tools};
+use crate::{lost_race, Action, ACTION_CHANGED, ActionStatus, StepRun, Tools};
 use keel_core::ids::TenantId;
 use keel_core::KeelError;
 use serde::Deserialize;
@@ -77,7 +77,7 @@ impl Tools {
                 action.approval_token = Some(token);
                 // Bookkeeping, not a change a reviewer must see: `updated_at` stays
                 // as the reviewer loaded it (a review sends it back as `seen_updated_at`).
-                self.actions.save(tenant, &action, version).await.map_err(lost_race("the action changed meanwhile; reload it"))?;
+                self.actions.save(tenant, &action, version).await.map_err(lost_race(ACTION_CHANGED))?;
                 return Ok(json!({"waiting": true}));
             }
             ActionStatus::Rejected | ActionStatus::Expired | ActionStatus::Suggested => {
