@@ -162,6 +162,7 @@ pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
         principal: principal.into(),
         roles: vec!["member".into()],
         groups: vec![],
+        incarnation: None,
     }
 }
 

@@ -98,3 +98,23 @@ async fn concurrent_requests_on_aws_never_pass_a_budget_or_a_rate_limit() {
     assert!(spent <= 800, "spent {spent} micro-dollars of 800");
     assert!((spent as f64 - paid * 1e6).abs() <= 3.0, "the counter holds what the answered calls cost: {spent} vs {paid}");
 }
+
+/// API Gateway may keep an authorizer's answer past the deletion of the
+/// tenant it let in. The answer names the tenant's incarnation, and the
+/// function refuses one its tenant no longer has, so a cached answer for a
+/// deleted tenant never reaches a tenant created again under its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorizer_answer_for_another_incarnation_of_the_tenant_is_refused() {
+    let Some(moto) = keel_tests::aws::moto() else { return };
+    let path = AwsPath::start(&moto, Duration::ZERO, Duration::ZERO).await;
+    let allowed = keel_tests::aws_path::answer(path.auth.invoke(authorizer_event(KEY)).await.unwrap()).await;
+    let context = allowed["context"].clone();
+    assert!(context["incarnation"].as_str().is_some_and(|i| i.starts_with("inc_")), "{allowed}");
+    let search = |context: &serde_json::Value| http_event("POST", "/v1/search", &json!({"query": "refunds"}), context);
+    let served = path.measure(&path.retrieval, search(&context)).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    let mut stale = context.clone();
+    stale["incarnation"] = json!("inc_of_a_deleted_tenant");
+    let refused = path.measure(&path.retrieval, search(&stale)).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+}

@@ -77,7 +77,7 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let tenant = Tenant {
         id: acme.clone(), name: "Acme".into(), plan: "pro".into(), region: None, status: TenantStatus::Active,
         rate_limit_per_minute: 10, autonomy: Autonomy::OneClick, redact_pii: false, routing: Default::default(),
-        budgets: Default::default(), kill_switch: false, governance: Default::default(), identity: None, egress: None, retention: Default::default(), created_at: "now".into(),
+        budgets: Default::default(), kill_switch: false, governance: Default::default(), identity: None, egress: None, retention: Default::default(), created_at: "now".into(), incarnation: "inc_sample".into(),
     };
     let config = keel_tests::config(&[]);
     let tenants = Arc::new(config.tenant_store(table.clone()));

@@ -204,3 +204,137 @@ async fn a_replaced_or_deleted_documents_text_leaves_the_index_and_the_sources_a
     let rows: i64 = db.query_row("SELECT count(*) FROM items WHERE data LIKE '%quokkaflame%' OR data LIKE '%snarkwillow%'", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 0, "no table item keeps the old text");
 }
+
+/// Deletes `id` and creates it again at once (the tests' caches hold
+/// nothing for a second, so the id is free again at once).
+async fn delete_and_create_again(c: &Client, id: &str, extra: serde_json::Value) -> keel_tests::Tenant {
+    let (s, b) = c.call("DELETE", &format!("/v1/tenants/{id}"), ADMIN_KEY, None).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    tenant(c, id, extra).await
+}
+
+/// A tenant created again under a deleted one's id is a new tenant: its
+/// search and answers never return the old tenant's passages, though the new
+/// index's manifest starts again at the version the old one had cached.
+#[tokio::test]
+async fn a_tenant_created_again_under_a_deleted_ones_id_never_searches_the_old_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let old = tenant(&c, "td", json!({})).await;
+    let doc = json!({"text": "The zebracorn payroll table lists every salary in the company."});
+    assert_eq!(c.call("PUT", "/v1/documents/payroll", &old.admin, Some(doc)).await.unwrap().0, 200);
+    let (_, found) = c.call("POST", "/v1/search", &old.member, Some(json!({"query": "payroll salary table"}))).await.unwrap();
+    assert!(found.to_string().contains("zebracorn"), "the old index is warm: {found}");
+
+    let new = delete_and_create_again(&c, "td", json!({})).await;
+    let doc = json!({"text": "The griffinwort payroll table is empty: nobody is paid yet."});
+    assert_eq!(c.call("PUT", "/v1/documents/payroll", &new.admin, Some(doc)).await.unwrap().0, 200);
+    let (s, found) = c.call("POST", "/v1/search", &new.member, Some(json!({"query": "payroll salary table"}))).await.unwrap();
+    assert_eq!(s, 200, "{found}");
+    assert!(found.to_string().contains("griffinwort"), "the new tenant's own document is found: {found}");
+    assert!(!found.to_string().contains("zebracorn"), "the deleted tenant's passage was served: {found}");
+    let (s, answer) = c.call("POST", "/v1/ask", &new.member, Some(json!({"question": "What does the payroll table list?"}))).await.unwrap();
+    assert_eq!(s, 200, "{answer}");
+    assert!(!answer.to_string().contains("zebracorn"), "{answer}");
+    stack.stop().await;
+}
+
+/// Compiled policies and tool schemas are cached by the versions of their
+/// records, which start again at 1 in a tenant created again: the new
+/// tenant's own `forbid` and schema decide, not the deleted tenant's.
+#[tokio::test]
+async fn a_tenant_created_again_is_governed_by_its_own_policies_and_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let (connector, calls) = keel_tests::recording_connector().await;
+    let tool = |schema: serde_json::Value| json!({"description": "refund", "risk": "low", "input_schema": schema, "connector": {"url": connector}});
+    let register = |key: String, schema: serde_json::Value, policies: &'static str| {
+        let c = &c;
+        let body = tool(schema);
+        async move {
+            let (s, b) = c.call("PUT", "/v1/tools/refund", &key, Some(body)).await.unwrap();
+            assert_eq!(s, 200, "{b}");
+            let (s, b) = c.call("PUT", "/v1/policies/enforced", &key, Some(json!({"policies": policies}))).await.unwrap();
+            assert_eq!(s, 200, "{b}");
+        }
+    };
+    let propose = |key: String, args: serde_json::Value, idem: &'static str| {
+        let c = &c;
+        async move { c.call("POST", "/v1/actions", &key, Some(json!({"tool": "refund", "args": args, "idempotency_key": idem}))).await.unwrap() }
+    };
+    let old = tenant(&c, "td", json!({"autonomy": "unattended"})).await;
+    register(old.admin.clone(), json!({"type": "object"}), r#"@id("anything-goes") permit (principal, action, resource);"#).await;
+    let (s, b) = propose(old.member.clone(), json!({"amount": 5}), "old-1").await;
+    assert!(s == 200 || s == 201 || s == 202, "the old tenant's caches are warm: {s} {b}");
+
+    let new = delete_and_create_again(&c, "td", json!({"autonomy": "unattended"})).await;
+    let strict = json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}});
+    register(new.admin.clone(), strict, r#"@id("no-refunds") forbid (principal, action, resource) when { resource.tool == "refund" };"#).await;
+    let (s, b) = propose(new.member.clone(), json!({"amount": 5}), "new-1").await;
+    assert_eq!(s, 422, "the new tenant's schema requires a reason: {b}");
+    let (s, b) = propose(new.member.clone(), json!({"amount": 5, "reason": "goodwill"}), "new-2").await;
+    assert_eq!(s, 403, "the new tenant's forbid decides: {b}");
+    assert!(b.to_string().contains("no-refunds"), "{b}");
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    assert_eq!(calls.lock().unwrap().len(), 1, "only the old tenant's own action ran");
+    stack.stop().await;
+}
+
+/// A hosted chat still running when its tenant is deleted ends after the id
+/// was given to a new tenant: its decision event, usage and budget
+/// settlement belong to the deleted tenant and land nowhere.
+#[tokio::test]
+async fn a_chat_running_across_deletion_is_neither_logged_nor_billed_in_the_new_tenant() {
+    use keel_tests::stub::{Behavior, StubModels};
+    let stub = StubModels::start().await;
+    stub.set("slow", Behavior::Slow(Duration::from_millis(1500), "A slow answer.".into()));
+    let (_dir, stack, c) = keel_tests::gateway::gateway(&stub.catalog(&[("slow", "t2", 50.0, 10_000)])).await;
+    let budgets = json!({"monthly_usd": 100.0});
+    let old = tenant(&c, "td", json!({"budgets": budgets})).await;
+    let chat = json!({"model": "slow", "max_tokens": 50, "messages": [{"role": "user", "content": "Say something slowly."}]});
+    let running = {
+        let (c, key, chat) = (Client::new(stack.url()), old.member.clone(), chat.clone());
+        tokio::spawn(async move { keel_tests::gateway::chat(&c, &key, chat).await })
+    };
+    while stub.calls("slow") == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new = delete_and_create_again(&c, "td", json!({"budgets": budgets})).await;
+    let (s, b) = running.await.unwrap();
+    assert_eq!(s, 200, "the chat itself was answered: {b}");
+    assert!(stack.settle(Duration::from_secs(10)).await);
+
+    let (s, events) = c.call("GET", "/v1/decisions?kind=chat", &new.admin, None).await.unwrap();
+    assert_eq!(s, 200, "{events}");
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(0), "the old tenant's chat was chained into the new one: {events}");
+    let (s, usage) = c.call("GET", "/v1/usage", &new.admin, None).await.unwrap();
+    assert_eq!(s, 200, "{usage}");
+    assert_eq!(usage["report"]["totals"]["requests"], 0, "the old tenant's chat was billed to the new one: {usage}");
+    let spend = stack.table.query("T#td", "SPEND#", Default::default()).await.unwrap();
+    assert!(spend.iter().all(|i| i.counter == 0), "the old reservation was settled into the new tenant: {spend:?}");
+    stack.stop().await;
+}
+
+/// Warm functions elsewhere trust a tenant's record and keys for
+/// `KEEL_TENANT_CACHE_SECS`: a deleted tenant's id is given out again only
+/// after that, so none of them can take the new tenant for the old one.
+#[tokio::test]
+async fn a_deleted_tenants_id_is_free_again_once_every_warm_cache_has_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_TENANT_CACHE_SECS", "1")])).await;
+    let c = Client::new(stack.url());
+    tenant(&c, "td", json!({})).await;
+    let (s, b) = c.call("DELETE", "/v1/tenants/td", ADMIN_KEY, None).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = c.call("POST", "/v1/tenants", ADMIN_KEY, Some(json!({"id": "td", "name": "again"}))).await.unwrap();
+    assert_eq!(s, 409, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("can be used again in"), "{b}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, again) = c.call("POST", "/v1/tenants", ADMIN_KEY, Some(json!({"id": "td", "name": "again"}))).await.unwrap();
+    assert_eq!(s, 201, "{again}");
+    let first = b.to_string();
+    assert!(again["incarnation"].as_str().is_some_and(|i| i.starts_with("inc_") && !first.contains(i)), "{again}");
+    stack.stop().await;
+}

@@ -87,18 +87,18 @@ impl Audit {
         let mut failed = Vec::new();
         let mut groups: Vec<(TenantId, Vec<(&str, DecisionEvent)>)> = Vec::new();
         for m in messages {
+            if let Ok(tenant) = message_tenant(m) {
+                if self.is_gone(&tenant, m).await {
+                    dropped(QueueName::Audit, m, tenant.as_str());
+                    continue;
+                }
+            }
             if m.attributes.get("keel_kind").map(String::as_str) == Some(keel_core::slo::FAILURE_MESSAGE) {
                 if let Err(e) = self.count_failure(m).await {
                     tracing::warn!(message_id = %m.message_id, error = %e, "failure sample not counted");
                     failed.push(m.message_id.clone());
                 }
                 continue;
-            }
-            if let Ok(tenant) = message_tenant(m) {
-                if self.is_gone(&tenant).await {
-                    dropped(QueueName::Audit, m, tenant.as_str());
-                    continue;
-                }
             }
             match parse_message(m) {
                 Ok((tenant, event)) => match groups.iter_mut().find(|(t, g)| *t == tenant && g.len() < GROUP_EVENTS) {
@@ -142,9 +142,11 @@ impl Audit {
         self.usage.count_failure(&tenant, surface).await
     }
 
-    /// A deleted tenant's events still in flight are dropped (a store error is not "gone": the message is retried).
-    async fn is_gone(&self, tenant: &TenantId) -> bool {
-        matches!(self.tenants.is_deleted(tenant).await, Ok(true))
+    /// A deleted tenant's events still in flight are dropped, and so are an
+    /// earlier incarnation's under a re-created id (a store error is not
+    /// "gone": the message is retried).
+    async fn is_gone(&self, tenant: &TenantId, m: &QueueMessage) -> bool {
+        matches!(self.tenants.outlived(tenant, &m.attributes).await, Ok(true))
     }
 
     /// Appends one event, and adds a gateway decision's usage to the month's

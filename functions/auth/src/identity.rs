@@ -35,6 +35,7 @@ impl Auth {
                     principal: claims.sub,
                     roles: claims.roles,
                     groups: claims.groups,
+                    incarnation: None,
                 })
             }
             _ => self.provider_tokens.caller(token, &header, now_secs()).await,

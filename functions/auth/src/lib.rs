@@ -76,14 +76,15 @@ impl Auth {
         if self.config.admin_key.as_deref().is_some_and(|admin| secrets_equal(token, admin)) {
             return Ok(Caller::platform_admin());
         }
-        let caller = if token.starts_with("keel_") {
+        let mut caller = if token.starts_with("keel_") {
             self.keys.caller(token).await?
         } else if token.contains('.') {
             self.authenticate_jwt(token).await?
         } else {
             return Err(KeelError::Unauthorized("invalid credentials".into()));
         };
-        self.active_tenant(caller.tenant()?).await?;
+        let tenant = self.active_tenant(caller.tenant()?).await?;
+        caller.incarnation = Some(tenant.incarnation().to_string());
         Ok(caller)
     }
 
@@ -119,8 +120,10 @@ impl Auth {
             egress: body.egress,
             retention: body.retention.unwrap_or_default(),
             created_at: now_rfc3339(),
+            incarnation: keel_core::tenants::new_incarnation(),
         };
         tenant.validate_settings(&self.config.models)?;
+        self.id_reusable(&tenant.id).await?;
         if let Some(identity) = &tenant.identity {
             self.provider_tokens.jwks().vet(&identity.jwks_uri).await?;
         }

@@ -87,6 +87,28 @@ impl Auth {
         Ok(ApiResponse::json(200, &receipt))
     }
 
+    /// A deleted tenant's id may be given to a new tenant once every warm
+    /// function's cache has let go of the old one (`KEEL_TENANT_CACHE_SECS`
+    /// after the deletion finished), never while a deletion runs: so no
+    /// container anywhere takes the new tenant's requests for the old one's.
+    pub(crate) async fn id_reusable(&self, id: &TenantId) -> Result<(), KeelError> {
+        let Some(receipt) = self.deletion_receipt(id).await? else { return Ok(()) };
+        let finished = receipt.finished_at.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let Some(finished) = finished.filter(|_| receipt.state == DeletionState::Deleted) else {
+            return Err(KeelError::Conflict(format!("tenant {id} is being deleted; create it again once the deletion has finished")));
+        };
+        // A second more than the caches' TTL, for the clocks of other containers.
+        let ttl = self.config.tenant_cache_secs as i64;
+        let free_at = finished + chrono::Duration::seconds(ttl + ttl.min(1));
+        if chrono::Utc::now() < free_at {
+            let secs = (free_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds().max(1);
+            return Err(KeelError::Conflict(format!(
+                "tenant id {id} was deleted moments ago; it can be used again in {secs} s, once no warm function holds the old tenant"
+            )));
+        }
+        Ok(())
+    }
+
     async fn deletion_receipt(&self, id: &TenantId) -> Result<Option<DeletionReceipt>, KeelError> {
         Ok(get_record(self.table.as_ref(), keys::PLATFORM, &keys::deletion_receipt(id)).await?.map(|(r, _)| r))
     }

@@ -121,7 +121,7 @@ fn caller_of(claims: &Value, identity: &IdentityProvider, tenant: keel_core::Ten
     if groups.len() > MAX_TOKEN_GROUPS {
         return Err(bad(&format!("more than {MAX_TOKEN_GROUPS} groups")));
     }
-    Ok(Caller { tenant: Some(tenant), principal: principal.to_string(), roles, groups })
+    Ok(Caller { tenant: Some(tenant), principal: principal.to_string(), roles, groups, incarnation: None })
 }
 
 /// A claim's names: a list of strings, or one string separated by spaces or commas.

@@ -45,9 +45,10 @@ impl Retrieval {
         // A compaction may delete a segment between reading the manifest and
         // loading it: read the manifest again then.
         for _ in 0..3 {
-            let (manifest, version) = self.manifests.read(tenant).await?;
+            let (read, incarnation) = tokio::join!(self.manifests.read(tenant), self.tenants.incarnation(tenant));
+            let ((manifest, version), incarnation) = (read?, incarnation?.unwrap_or_default());
             let version = version.unwrap_or(0);
-            let cached = self.cache.lock().ok().and_then(|mut c| c.get(tenant));
+            let cached = self.cache.lock().ok().and_then(|mut c| c.get(tenant, &incarnation));
             if let Some(index) = cached.as_ref().filter(|i| i.version == version) {
                 return Ok(index.clone());
             }
@@ -55,7 +56,7 @@ impl Retrieval {
                 Ok(segments) => {
                     let index = Arc::new(TenantIndex::new(version, manifest, segments));
                     if let Ok(mut c) = self.cache.lock() {
-                        c.insert(tenant.clone(), index.clone());
+                        c.insert(tenant.clone(), &incarnation, index.clone());
                     }
                     return Ok(index);
                 }

@@ -55,11 +55,19 @@ impl IndexManifest {
 }
 
 /// Warm tenant indexes, bounded by the chunks they hold; the least recently
-/// used tenant goes first.
+/// used tenant goes first. Each is held for one incarnation of its tenant:
+/// asked for another (the id deleted and created again), it is dropped,
+/// never served, whatever the manifests' versions say.
 pub struct IndexCache {
     capacity_chunks: usize,
     tick: u64,
-    entries: HashMap<TenantId, (Arc<TenantIndex>, u64)>,
+    entries: HashMap<TenantId, Entry>,
+}
+
+struct Entry {
+    incarnation: String,
+    index: Arc<TenantIndex>,
+    used: u64,
 }
 
 impl IndexCache {
@@ -67,20 +75,23 @@ impl IndexCache {
         Self { capacity_chunks, tick: 0, entries: HashMap::new() }
     }
 
-    pub fn get(&mut self, tenant: &TenantId) -> Option<Arc<TenantIndex>> {
+    pub fn get(&mut self, tenant: &TenantId, incarnation: &str) -> Option<Arc<TenantIndex>> {
         self.tick += 1;
+        if self.entries.get(tenant).is_some_and(|e| e.incarnation != incarnation) {
+            self.entries.remove(tenant);
+        }
         let tick = self.tick;
-        self.entries.get_mut(tenant).map(|(index, used)| {
-            *used = tick;
-            index.clone()
+        self.entries.get_mut(tenant).map(|e| {
+            e.used = tick;
+            e.index.clone()
         })
     }
 
-    pub fn insert(&mut self, tenant: TenantId, index: Arc<TenantIndex>) {
+    pub fn insert(&mut self, tenant: TenantId, incarnation: &str, index: Arc<TenantIndex>) {
         self.tick += 1;
-        self.entries.insert(tenant.clone(), (index, self.tick));
+        self.entries.insert(tenant.clone(), Entry { incarnation: incarnation.to_string(), index, used: self.tick });
         while self.resident_chunks() > self.capacity_chunks && self.entries.len() > 1 {
-            let oldest = self.entries.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, (_, used))| *used).map(|(t, _)| t.clone());
+            let oldest = self.entries.iter().filter(|(t, _)| **t != tenant).min_by_key(|(_, e)| e.used).map(|(t, _)| t.clone());
             match oldest {
                 Some(t) => {
                     self.entries.remove(&t);
@@ -91,7 +102,7 @@ impl IndexCache {
     }
 
     pub fn resident_chunks(&self) -> usize {
-        self.entries.values().map(|(i, _)| i.resident_chunks()).sum()
+        self.entries.values().map(|e| e.index.resident_chunks()).sum()
     }
 }
 
@@ -132,12 +143,23 @@ mod tests {
         };
         let (a, b, c) = (TenantId::parse("ta").unwrap(), TenantId::parse("tb").unwrap(), TenantId::parse("tc").unwrap());
         let mut cache = IndexCache::new(10);
-        cache.insert(a.clone(), index(4));
-        cache.insert(b.clone(), index(4));
-        assert!(cache.get(&a).is_some());
-        cache.insert(c.clone(), index(4));
-        assert!(cache.get(&b).is_none(), "b was least recently used");
-        assert!(cache.get(&a).is_some() && cache.get(&c).is_some());
+        cache.insert(a.clone(), "i1", index(4));
+        cache.insert(b.clone(), "i1", index(4));
+        assert!(cache.get(&a, "i1").is_some());
+        cache.insert(c.clone(), "i1", index(4));
+        assert!(cache.get(&b, "i1").is_none(), "b was least recently used");
+        assert!(cache.get(&a, "i1").is_some() && cache.get(&c, "i1").is_some());
         assert_eq!(cache.resident_chunks(), 8);
+    }
+
+    #[test]
+    fn an_index_is_never_served_to_another_incarnation_of_its_tenant() {
+        let data = crate::segment::SegmentData::new();
+        let index = Arc::new(TenantIndex::new(1, IndexManifest::default(), vec![Arc::new(crate::segment::LoadedSegment::new("s".into(), data))]));
+        let td = TenantId::parse("td").unwrap();
+        let mut cache = IndexCache::new(10);
+        cache.insert(td.clone(), "old", index);
+        assert!(cache.get(&td, "new").is_none());
+        assert!(cache.get(&td, "old").is_none(), "the old incarnation's index was dropped, not kept beside");
     }
 }

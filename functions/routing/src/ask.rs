@@ -77,7 +77,7 @@ impl Routing {
         let ttl = tenant.routing.cache_ttl_secs;
         let first = &self.catalog[hosted.first].name;
         let cache_key =
-            (ttl > 0).then(|| cache::key(&tenant.id, &["ask", first, question, &evidence_version(evidence)]));
+            (ttl > 0).then(|| cache::key(tenant, &["ask", first, question, &evidence_version(evidence)]));
         let gate = events.map(|ev| sse::SentenceGate::new(ev.clone(), evidence.len()));
         let forward = |_model: &str, d: &str| {
             if let Some(g) = &gate {

@@ -9,6 +9,7 @@ use keel_core::decisions::send_decision;
 use keel_core::ids::{new_id, TenantId};
 use keel_core::keys;
 use keel_core::models::Budgets;
+use keel_core::tenants::{Tenant, TenantStore};
 use keel_core::ports::{Condition, Table, WorkQueue, Write};
 use keel_core::time::{current_month, now_rfc3339};
 use keel_core::{KeelError, StoreError};
@@ -19,6 +20,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Reservation {
     tenant: TenantId,
+    /// The incarnation of the tenant the budget was held in.
+    incarnation: String,
     counters: Vec<String>,
     pub micro_usd: i64,
 }
@@ -57,6 +60,8 @@ pub struct BudgetCounters {
     table: Arc<dyn Table>,
     /// Where alerts go: the decision log (whose consumer calls the tenant's webhook).
     queue: Arc<dyn WorkQueue>,
+    /// To settle a reservation only in the tenant it was held in.
+    tenants: Arc<TenantStore>,
 }
 
 /// A budget's spend, before and after a reservation, against its limit.
@@ -69,21 +74,16 @@ struct Spend<'a> {
 }
 
 impl BudgetCounters {
-    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>) -> Self {
-        Self { table, queue }
+    pub fn new(table: Arc<dyn Table>, queue: Arc<dyn WorkQueue>, tenants: Arc<TenantStore>) -> Self {
+        Self { table, queue, tenants }
     }
 
     /// Reserves `micro_usd` on every budget that applies; all or none. The
     /// counters are charged at once, each by an increment conditional on its
     /// own limit, so none can pass it; when one refuses, the others are given
     /// back.
-    pub async fn reserve(
-        &self,
-        tenant: &TenantId,
-        budgets: &Budgets,
-        workflow: Option<&str>,
-        micro_usd: i64,
-    ) -> Result<Reservation, Refused> {
+    pub async fn reserve(&self, held_in: &Tenant, workflow: Option<&str>, micro_usd: i64) -> Result<Reservation, Refused> {
+        let (tenant, budgets) = (&held_in.id, &held_in.budgets);
         let workflow = budgets.workflow_for(workflow).map_err(Refused::Store)?;
         let month = current_month();
         let tenant_limit = budgets.monthly_usd.map(|l| Limit {
@@ -99,7 +99,7 @@ impl BudgetCounters {
             usd: *l,
         });
         let (a, b) = tokio::join!(self.charge(tenant, tenant_limit.as_ref(), micro_usd), self.charge(tenant, workflow_limit.as_ref(), micro_usd));
-        let mut held = Reservation { tenant: tenant.clone(), counters: vec![], micro_usd };
+        let mut held = Reservation { tenant: tenant.clone(), incarnation: held_in.incarnation().to_string(), counters: vec![], micro_usd };
         let mut refused = None;
         for (limit, charged) in [(tenant_limit, a), (workflow_limit, b)] {
             let Some(limit) = limit else { continue };
@@ -131,9 +131,15 @@ impl BudgetCounters {
         }
     }
 
-    /// Settles a reservation to what the call really cost (0 when it failed).
+    /// Settles a reservation to what the call really cost (0 when it failed),
+    /// in the tenant it was held in: a call that outlived its tenant (deleted
+    /// meanwhile, and perhaps created again under the same id) settles nothing.
     pub async fn settle(&self, held: &Reservation, actual_micro_usd: i64) -> Result<(), KeelError> {
         let delta = actual_micro_usd - held.micro_usd;
+        if delta != 0 && !held.counters.is_empty() && self.tenants.of_incarnation(&held.tenant, &held.incarnation).await?.is_none() {
+            tracing::info!(tenant = %held.tenant, "a reservation outlived its tenant; nothing settled");
+            return Ok(());
+        }
         if delta != 0 {
             for sk in &held.counters {
                 self.table.increment(&held.tenant.pk(), sk, delta, None, None).await?;

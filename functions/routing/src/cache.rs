@@ -1,4 +1,7 @@
-//! The answer cache: content-addressed by tenant, the exact question (any
+//! The answer cache: content-addressed by tenant and its incarnation (an
+//! answer cached for a deleted tenant is never an address of the tenant
+//! created again under its id, even if written after the deletion by a
+//! request that was still running), the exact question (any
 //! character of it can change an answer: "2+2" and "2-2" are two questions),
 //! evidence version (a hash of the evidence chunks' ids and text, so any
 //! change to the evidence is a new address) and model. Entries live in the
@@ -6,6 +9,7 @@
 
 use keel_core::ids::TenantId;
 use keel_core::ports::{Condition, Table, Write};
+use keel_core::tenants::Tenant;
 use keel_core::time::now_secs;
 use keel_core::KeelError;
 use serde::de::DeserializeOwned;
@@ -14,9 +18,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// The address of an answer. Parts are length-prefixed so no two part lists collide.
-pub fn key(tenant: &TenantId, parts: &[&str]) -> String {
+pub fn key(tenant: &Tenant, parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for p in std::iter::once(tenant.as_str()).chain(parts.iter().copied()) {
+    for p in [tenant.id.as_str(), tenant.incarnation()].into_iter().chain(parts.iter().copied()) {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());
     }
@@ -60,10 +64,17 @@ impl AnswerCache {
 mod tests {
     use super::*;
 
+    fn tenant(id: &str, incarnation: &str) -> Tenant {
+        serde_json::from_value(serde_json::json!({"id": id, "name": id, "plan": "standard", "status": "active",
+            "rate_limit_per_minute": 60, "autonomy": "one_click", "created_at": "2026-01-01T00:00:00Z", "incarnation": incarnation}))
+        .unwrap()
+    }
+
     #[test]
-    fn keys_separate_tenants_and_parts() {
-        let a = TenantId::parse("acme").unwrap();
-        let b = TenantId::parse("beta").unwrap();
+    fn keys_separate_tenants_their_incarnations_and_parts() {
+        let a = tenant("acme", "i1");
+        let b = tenant("beta", "i1");
+        assert_ne!(key(&a, &["q", "m"]), key(&tenant("acme", "i2"), &["q", "m"]), "the id created again");
         assert_ne!(key(&a, &["chat", "2+2"]), key(&a, &["chat", "2-2"]));
         assert_ne!(key(&a, &["ask", "What is X?"]), key(&a, &["ask", "what is x"]));
         assert_ne!(key(&a, &["q", "m"]), key(&b, &["q", "m"]));

@@ -97,7 +97,7 @@ impl Routing {
         // Chat has no in-function answer: the router sends it hosted or refuses it.
         let hosted = decision.hosted().ok_or_else(|| KeelError::Unavailable("no hosted model can answer".into()))?;
         let first = &self.catalog[hosted.first].name;
-        let key = cache::key(&tenant.id, &["chat", first, &fingerprint]);
+        let key = cache::key(&tenant, &["chat", first, &fingerprint]);
         let forward = |model: &str, d: &str| {
             if let Some(ev) = events {
                 sse::send(ev, None, &chunk(&id, model, created, Some(d), None));

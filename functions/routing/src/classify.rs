@@ -267,7 +267,7 @@ impl Routing {
         let request = &label_request(text, labels);
         let ttl = tenant.routing.cache_ttl_secs;
         let first = &self.catalog[hosted.first].name;
-        let key = cache::key(&tenant.id, &["classify", first, text, &labels_fingerprint(labels)]);
+        let key = cache::key(tenant, &["classify", first, text, &labels_fingerprint(labels)]);
         if ttl > 0 {
             let hit: Option<CachedLabel> = self.answers.get(&tenant.id, &key).await?;
             trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };

@@ -150,7 +150,7 @@ impl Routing {
         if tenant.budgets.is_empty() {
             return Ok(None);
         }
-        self.budgets.reserve(&tenant.id, &tenant.budgets, generation.workflow, worst_case).await.map(Some)
+        self.budgets.reserve(tenant, generation.workflow, worst_case).await.map(Some)
     }
 }
 

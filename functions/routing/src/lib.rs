@@ -249,7 +249,7 @@ impl Routing {
     ) -> Self {
         let catalog = models.iter().map(|m| m.spec.clone()).collect();
         let breakers = Breakers::new(options.breakers.clone());
-        let (answers, budgets) = (AnswerCache::new(table.clone()), BudgetCounters::new(table, queue.clone()));
+        let (answers, budgets) = (AnswerCache::new(table.clone()), BudgetCounters::new(table, queue.clone(), tenants.clone()));
         Self { retrieval, answers, budgets, queue, tenants, models, catalog, breakers, in_function: in_function::InFunction::new(), options }
     }
 

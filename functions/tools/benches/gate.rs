@@ -60,6 +60,7 @@ fn main() {
         principal: "ann".into(),
         roles: vec!["member".into()],
         groups: vec!["staff".into()],
+        incarnation: None,
     };
     let schema = json!({
         "type": "object", "additionalProperties": false,

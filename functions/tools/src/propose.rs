@@ -41,7 +41,8 @@ impl Tools {
             return self.replay(tenant, &req.idempotency_key, &fingerprint).await;
         }
         let policies = policies?;
-        let validator = self.schemas.get(&format!("{tenant}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
+        let incarnation = self.tenants.incarnation(tenant).await?.unwrap_or_default();
+        let validator = self.schemas.get(&format!("{tenant}#{incarnation}/{}@{}", tool.name, tool.version), &tool.input_schema)?;
         let checked = schema::validate_off_workers(validator, req.args.clone()).await;
         keel_core::telemetry::tool_arguments(checked.is_ok());
         checked?;

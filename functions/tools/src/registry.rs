@@ -109,13 +109,16 @@ impl Tools {
         Ok(None)
     }
 
-    /// The tenant's compiled policies: one read, compiled once per version.
+    /// The tenant's compiled policies: one read, compiled once per version
+    /// of this incarnation of the tenant.
     pub(crate) async fn tenant_policies(&self, tenant: &TenantId) -> Result<Arc<TenantPolicies>, KeelError> {
         let sets = self.policy_sets.sets(tenant).await?;
         if sets.is_empty() {
             return Ok(self.gate.defaults());
         }
-        let key = sets.iter().fold(tenant.to_string(), |k, set| format!("{k}/{}@{}", set.mode, set.version));
+        // Versions start again at 1 for a tenant created again under a deleted one's id: the incarnation tells them apart.
+        let incarnation = self.tenants.incarnation(tenant).await?.unwrap_or_default();
+        let key = sets.iter().fold(format!("{tenant}#{incarnation}"), |k, set| format!("{k}/{}@{}", set.mode, set.version));
         if let Some(compiled) = self.policies.get(key.as_str()) {
             return Ok(compiled);
         }

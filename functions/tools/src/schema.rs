@@ -70,7 +70,9 @@ impl Default for Compiled {
 }
 
 impl Compiled {
-    /// The compiled schema of a tool version; `key` names the tenant, tool and version.
+    /// The compiled schema of a tool version; `key` names the tenant's
+    /// incarnation, the tool and its version (versions start again at 1 in
+    /// a tenant created again under a deleted one's id).
     pub fn get(&self, key: &str, schema: &Value) -> Result<Arc<Validator>, KeelError> {
         if let Some(v) = self.validators.get(key) {
             return Ok(v);

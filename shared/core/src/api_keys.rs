@@ -121,12 +121,18 @@ impl KeyAuthenticator {
         if record.expired(chrono::Utc::now()) {
             return Err(KeelError::Unauthorized("this key has expired".into()));
         }
-        match self.tenants.cached(&tenant).await? {
-            Some(t) if t.status == TenantStatus::Active => {}
+        let incarnation = match self.tenants.cached(&tenant).await? {
+            Some(t) if t.status == TenantStatus::Active => t.incarnation().to_string(),
             Some(_) => return Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
             None => return Err(invalid()),
-        }
-        Ok(Caller { tenant: Some(tenant), principal: record.principal, groups: groups_of(&record.attributes), roles: record.roles })
+        };
+        Ok(Caller {
+            tenant: Some(tenant),
+            principal: record.principal,
+            groups: groups_of(&record.attributes),
+            roles: record.roles,
+            incarnation: Some(incarnation),
+        })
     }
 
     /// The caller a producer's queue message names in its `authorization`

@@ -29,6 +29,11 @@ pub struct Caller {
     pub roles: Vec<String>,
     /// ACL groups (from the key's or token's `groups` attribute).
     pub groups: Vec<String>,
+    /// The incarnation of the tenant the credential was checked against
+    /// (`None` for the platform admin): a function refuses a caller of an
+    /// incarnation its tenant no longer has.
+    #[serde(default)]
+    pub incarnation: Option<String>,
 }
 
 impl Caller {
@@ -38,6 +43,7 @@ impl Caller {
             principal: ROLE_PLATFORM_ADMIN.into(),
             roles: vec![ROLE_PLATFORM_ADMIN.into()],
             groups: vec![],
+            incarnation: None,
         }
     }
 
@@ -76,6 +82,7 @@ impl Caller {
         m.insert("principal".into(), Value::from(self.principal.clone()));
         m.insert("roles".into(), Value::from(self.roles.join(",")));
         m.insert("groups".into(), Value::from(self.groups.join(",")));
+        m.insert("incarnation".into(), Value::from(self.incarnation.clone().unwrap_or_default()));
         m
     }
 
@@ -90,7 +97,8 @@ impl Caller {
             "" => None,
             t => Some(TenantId::parse(t)?),
         };
-        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups") })
+        let incarnation = Some(s("incarnation")).filter(|i| !i.is_empty());
+        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups"), incarnation })
     }
 }
 
@@ -372,6 +380,7 @@ mod tests {
             principal: "ann".into(),
             roles: vec!["member".into(), "approver".into()],
             groups: vec!["eng".into()],
+            incarnation: Some("inc_1".into()),
         };
         assert_eq!(Caller::from_context(&c.to_context()).unwrap(), c);
         let admin = Caller::platform_admin();

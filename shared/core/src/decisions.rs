@@ -45,6 +45,10 @@ pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, be
     }
 }
 
+/// The message attribute naming the tenant incarnation a message was made
+/// for: its consumer drops it when the tenant no longer has that incarnation.
+pub const INCARNATION_ATTRIBUTE: &str = "incarnation";
+
 /// Sends a decision event to the audit queue, the tenant in a message attribute.
 pub async fn send_decision(
     queue: &dyn crate::ports::WorkQueue,
@@ -74,6 +78,9 @@ pub async fn send_decision_in(
         event.trace_id.get_or_insert_with(|| c.trace_id().to_string());
         attributes.insert("request_id".into(), c.request_id.clone());
         attributes.insert("traceparent".into(), c.child());
+        if let Some(incarnation) = &c.incarnation {
+            attributes.insert(INCARNATION_ATTRIBUTE.into(), incarnation.clone());
+        }
     }
     queue.send(crate::ports::QueueName::Audit, serde_json::to_string(&event)?, attributes).await?;
     crate::telemetry::record_decision(tenant.as_str(), &event);

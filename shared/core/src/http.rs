@@ -256,11 +256,13 @@ async fn count_failures(
     next: Next,
 ) -> Response {
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| format!("{} {}", request.method(), p.as_str()));
-    let tenant = request.extensions().get::<Caller>().and_then(|c| c.tenant.clone());
+    let caller = request.extensions().get::<Caller>().cloned();
     let response = next.run(request).await;
     if response.status().is_server_error() {
-        if let (Some(surface), Some(tenant)) = (route.as_deref().and_then(crate::slo::Surface::of_route), tenant) {
-            crate::slo::report_failure(queue.as_ref(), &tenant, surface).await;
+        let surface = route.as_deref().and_then(crate::slo::Surface::of_route);
+        if let (Some(surface), Some(caller)) = (surface, caller) {
+            let Some(tenant) = caller.tenant else { return response };
+            crate::slo::report_failure(queue.as_ref(), &tenant, caller.incarnation.as_deref(), surface).await;
         }
     }
     response
@@ -270,8 +272,8 @@ async fn count_failures(
 /// function has a limiter (`rate_limited`) and the caller a tenant.
 fn start_admission(request: &mut Request) -> Option<Admission> {
     let limiter = request.extensions().get::<Arc<RateLimiter>>()?;
-    let tenant = request.extensions().get::<Caller>()?.tenant.clone()?;
-    let admission = limiter.start(tenant);
+    let caller = request.extensions().get::<Caller>()?;
+    let admission = limiter.start(caller.tenant.clone()?, caller.incarnation.clone());
     request.extensions_mut().insert(admission.clone());
     Some(admission)
 }
@@ -331,10 +333,11 @@ async fn envelope(request: Request, next: Next) -> Response {
 
 async fn answer(mut request: Request, next: Next, route: &str) -> Response {
     let gateway_id = request.extensions().get::<RequestId>().cloned().unwrap_or_default();
-    let context = {
+    let mut context = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         crate::trace::RequestContext::from_headers(header("x-request-id"), header("traceparent"), &gateway_id.0)
     };
+    context.incarnation = request.extensions().get::<Caller>().and_then(|c| c.incarnation.clone());
     let request_id = RequestId(context.request_id.clone());
     request.extensions_mut().insert(request_id.clone());
     request.extensions_mut().insert(context.clone());

@@ -26,11 +26,19 @@ impl RateLimiter {
     }
 
     /// Counts one request of `tenant`: `TooManyRequests` once this minute's
-    /// count would pass the tenant's limit, `Forbidden` for a suspended tenant.
-    /// The tenant record comes through the warm cache, so the one store call
-    /// is the counter's conditional increment, which expires after the minute.
-    pub async fn take(&self, tenant: &TenantId) -> Result<(), KeelError> {
-        let record = self.tenants.cached(tenant).await?.ok_or_else(|| KeelError::Unauthorized("invalid credentials".into()))?;
+    /// count would pass the tenant's limit, `Forbidden` for a suspended tenant,
+    /// `Unauthorized` for a caller of another `incarnation` of the tenant (its
+    /// credential outlived the tenant it was made for: an authorizer answer
+    /// cached across a deletion). The tenant record comes through the warm
+    /// cache, so the one store call is the counter's conditional increment,
+    /// which expires after the minute.
+    pub async fn take(&self, tenant: &TenantId, incarnation: Option<&str>) -> Result<(), KeelError> {
+        let invalid = || KeelError::Unauthorized("invalid credentials".into());
+        let record = match incarnation {
+            Some(incarnation) => self.tenants.of_incarnation(tenant, incarnation).await?,
+            None => self.tenants.cached(tenant).await?,
+        };
+        let record = record.ok_or_else(invalid)?;
         if record.status != TenantStatus::Active {
             return Err(KeelError::Forbidden(format!("tenant {tenant} is suspended")));
         }
@@ -44,9 +52,9 @@ impl RateLimiter {
     }
 
     /// Starts counting `tenant`'s request now; the answer waits in the `Admission`.
-    pub fn start(self: &Arc<Self>, tenant: TenantId) -> Admission {
+    pub fn start(self: &Arc<Self>, tenant: TenantId, incarnation: Option<String>) -> Admission {
         let limiter = self.clone();
-        let task = tokio::spawn(async move { limiter.take(&tenant).await });
+        let task = tokio::spawn(async move { limiter.take(&tenant, incarnation.as_deref()).await });
         Admission(Arc::new(Pending { task: Mutex::new(Some(task)), outcome: OnceCell::new() }))
     }
 }

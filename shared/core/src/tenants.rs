@@ -80,6 +80,12 @@ pub struct Tenant {
     #[serde(default)]
     pub retention: Retention,
     pub created_at: String,
+    /// This life of the tenant id: written at creation, never reused. A
+    /// tenant deleted and created again under the same id is a new
+    /// incarnation, and nothing cached, stored or queued for the old one is
+    /// served to it (`docs/isolation.md`).
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// What the decision log keeps, and for how long.
@@ -135,7 +141,22 @@ pub struct Governance {
 /// Most requests per minute a tenant may be given.
 pub const MAX_RATE_LIMIT_PER_MINUTE: i64 = 1_000_000;
 
+/// A fresh incarnation for a tenant being created.
+pub fn new_incarnation() -> String {
+    crate::ids::new_token("inc")
+}
+
 impl Tenant {
+    /// The tenant's incarnation; a record from before incarnations were kept
+    /// is told apart by its creation time.
+    pub fn incarnation(&self) -> &str {
+        if self.incarnation.is_empty() {
+            &self.created_at
+        } else {
+            &self.incarnation
+        }
+    }
+
     /// Why `after` weakens a control this tenant (as it stands) has, if it does.
     pub fn weakened_by(&self, after: &Tenant) -> Option<&'static str> {
         if self.kill_switch && !after.kill_switch {
@@ -198,6 +219,40 @@ impl TenantStore {
             self.cache.insert(id.clone(), t.clone());
         }
         Ok(fresh)
+    }
+
+    /// The incarnation of the tenant the running work is for: the running
+    /// request's (its caller's, checked against the record by the rate
+    /// limiter), else the record's through the cache; `None` when it is gone.
+    pub async fn incarnation(&self, id: &TenantId) -> Result<Option<String>, KeelError> {
+        if let Some(incarnation) = crate::trace::current().and_then(|c| c.incarnation) {
+            return Ok(Some(incarnation));
+        }
+        Ok(self.cached(id).await?.map(|t| t.incarnation().to_string()))
+    }
+
+    /// The tenant, if it is still the one `incarnation` names: `None` when
+    /// the tenant was deleted (whatever was created under its id since). A
+    /// cached record of another incarnation is read again before the answer.
+    /// Messages and credentials made for an incarnation are checked so.
+    pub async fn of_incarnation(&self, id: &TenantId, incarnation: &str) -> Result<Option<Tenant>, KeelError> {
+        match self.cached(id).await? {
+            Some(t) if t.incarnation() == incarnation => return Ok(Some(t)),
+            None => return Ok(None),
+            Some(_) => self.forget(id),
+        }
+        Ok(self.cached(id).await?.filter(|t| t.incarnation() == incarnation))
+    }
+
+    /// Whether a queued message for the tenant outlived it: the tenant was
+    /// deleted, or the message names an incarnation (its
+    /// `decisions::INCARNATION_ATTRIBUTE`) the tenant no longer has. Such a
+    /// message is dropped, never applied to whatever has the id now.
+    pub async fn outlived(&self, id: &TenantId, attributes: &std::collections::HashMap<String, String>) -> Result<bool, KeelError> {
+        match attributes.get(crate::decisions::INCARNATION_ATTRIBUTE) {
+            Some(incarnation) => Ok(self.of_incarnation(id, incarnation).await?.is_none()),
+            None => self.is_deleted(id).await,
+        }
     }
 
     /// Whether the tenant was deleted: its record is gone and the platform

@@ -24,6 +24,10 @@ pub struct RequestContext {
     /// When the request arrived (epoch milliseconds): its decisions' latency.
     #[serde(default)]
     pub started_ms: i64,
+    /// The incarnation of the caller's tenant (`tenants::Tenant::incarnation`):
+    /// work it leaves behind (decision events, saga steps) carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 impl RequestContext {
@@ -36,7 +40,7 @@ impl RequestContext {
             None => (new_trace_id(), "01".to_string()),
         };
         let started_ms = chrono::Utc::now().timestamp_millis();
-        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms }
+        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms, incarnation: None }
     }
 
     /// The 32 hex digits of the trace.

@@ -9,6 +9,7 @@ fn caller(name: &str, roles: &[&str]) -> Caller {
         principal: name.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         groups: vec![],
+        incarnation: None,
     }
 }
 
