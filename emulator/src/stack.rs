@@ -153,6 +153,7 @@ impl Stack {
         for q in QueueName::ALL {
             consumers.spawn(drain(q, queue.clone(), functions.clone(), stopped.clone()));
         }
+        consumers.spawn(crate::inbox::watch(options.data_dir.join("blobs"), queue.clone(), stopped.clone()));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await.map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         let app = crate::metrics::routes(queue.clone()).merge(crate::api::router(&functions, queue.clone()));
@@ -230,6 +231,7 @@ async fn drain(queue: QueueName, store: Arc<SqliteQueue>, functions: Arc<Functio
         if !batch.is_empty() {
             let failed = match queue {
                 QueueName::Ingest => functions.retrieval.ingest(&batch).await,
+                QueueName::Inbox => functions.retrieval.ingest_inbox(&batch).await,
                 QueueName::Audit => functions.audit.consume(&batch).await,
                 QueueName::Actions => functions.tools.consume(&batch).await,
             };

@@ -89,6 +89,8 @@ async fn sample_queue_batches_run_through_their_consumers() {
     let retrieval = keel_retrieval::Retrieval::from_config(keel_retrieval::Backends { table: table.clone(), blobs: blobs.clone(), queue: queue.clone(), tenants: tenants.clone(), keys }, &config).unwrap();
     let Event::Queue(batch) = event(include_str!("../../events/retrieval/ingest-batch.json")) else { panic!() };
     assert_eq!(retrieval.ingest(&queue_messages(batch)).await, Vec::<String>::new());
+    let Event::Queue(batch) = event(include_str!("../../events/retrieval/inbox-batch.json")) else { panic!() };
+    assert_eq!(retrieval.ingest_inbox(&queue_messages(batch)).await, Vec::<String>::new());
     let caller = keel_tests::member("acme", "ann");
     assert_eq!(retrieval.search(&caller, "ship orders", 3).await.unwrap()[0].doc_id, "shipping");
     assert_eq!(retrieval.search(&caller, "gift cards", 3).await.unwrap()[0].doc_id, "faq");

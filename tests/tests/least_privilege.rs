@@ -347,3 +347,36 @@ fn the_api_throttles_and_logs_each_request_as_json_with_its_id_and_tenant() {
     assert_eq!(format["tenant"], "$context.authorizer.tenant", "the authorizer's context names the tenant");
     assert_eq!(render(&api["AccessLogSettings"]["DestinationArn"]), ["ApiAccessLogs"]);
 }
+
+/// S3 notices are trusted only from the inbox queue: the bucket notifies that
+/// queue alone, the queue's policy lets the bucket send and denies everyone
+/// else (IAM grants in the account included), no other queue lets S3 in, and
+/// the retrieval function tells the inbox's records by the queue's ARN.
+#[test]
+fn only_the_bucket_sends_to_the_inbox_queue_and_s3_notifies_no_other() {
+    let template = template();
+    let resources = &template["Resources"];
+    let notices = resources["Bucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"].as_sequence().unwrap();
+    assert!(notices.iter().all(|n| render(&n["Queue"]) == ["InboxQueue"]), "{notices:?}");
+    let bucket = "arn:aws:s3:::keel-${Stage}-123456789012-us-east-1";
+    let mut s3_allowed = Vec::new();
+    for (name, resource) in resources.as_mapping().unwrap() {
+        if resource["Type"].as_str() != Some("AWS::SQS::QueuePolicy") {
+            continue;
+        }
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+            if statement["Effect"].as_str() == Some("Allow") && statement["Principal"]["Service"].as_str() == Some("s3.amazonaws.com") {
+                s3_allowed.push(render(&statement["Resource"]));
+                assert_eq!(render(&statement["Condition"]["ArnEquals"]["aws:SourceArn"]), [bucket], "{name:?}");
+            }
+        }
+    }
+    assert_eq!(s3_allowed, [vec!["InboxQueue".to_string()]]);
+    let statements = resources["InboxQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"].as_sequence().unwrap();
+    let deny = statements.iter().find(|s| s["Effect"].as_str() == Some("Deny")).expect("a deny for every other sender");
+    assert_eq!((deny["Principal"].as_str(), deny["Action"].as_str()), (Some("*"), Some("sqs:SendMessage")));
+    assert_eq!(render(&deny["Condition"]["ArnNotEquals"]["aws:SourceArn"]), [bucket]);
+    let retrieval = &resources["RetrievalFunction"]["Properties"];
+    assert_eq!(render(&retrieval["Environment"]["Variables"]["KEEL_INBOX_QUEUE_ARN"]), ["InboxQueue"]);
+    assert_eq!(render(&retrieval["Events"]["InboxQueueBatch"]["Properties"]["Queue"]), ["InboxQueue"]);
+}

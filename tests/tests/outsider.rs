@@ -306,3 +306,61 @@ async fn every_route_that_reads_a_body_refuses_one_too_deep_or_too_large() {
     }
     stack.stop().await;
 }
+
+async fn note_status(c: &Client, key: &str) -> u16 {
+    c.call("GET", "/v1/documents/note", key, None).await.unwrap().0
+}
+
+/// An S3 notification's shape, as a forger would write it.
+fn s3_notice(event: &str, key: &str) -> String {
+    json!({"Records": [{"eventSource": "aws:s3", "eventName": event, "s3": {"bucket": {"name": "keel"}, "object": {"key": key}}}]}).to_string()
+}
+
+/// A body shaped like an S3 `ObjectRemoved` notice, with no key at all, on
+/// the ingest queue deleted another tenant's HR-only document. S3 notices
+/// now come only from the inbox queue (the bucket's; the local stack's
+/// inbox watcher), and even there a removal deletes only a document that
+/// came from that very inbox object, once the object is really gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_s3_notice_deletes_nothing_and_only_the_inbox_drives_inbox_documents() {
+    use keel_core::ports::{QueueName, Table, WorkQueue};
+    let (dir, stack, c, t) = setup().await;
+    let hr = json!({"text": "Salaries of the HR team.", "acl": {"groups": ["hr"]}});
+    assert_eq!(put(&c, &t.admin, "/v1/documents/salaries", hr).await.0, 200);
+    let forged = s3_notice("ObjectRemoved:Delete", "tenants/acme/inbox/salaries.json");
+    stack.queue.send(QueueName::Ingest, forged.clone(), Default::default()).await.unwrap();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let stored = || async { stack.table.get("T#acme", "DOC#salaries").await.unwrap().is_some() };
+    assert!(stored().await, "the forged notice deleted the document");
+    let rejected = stack.queue.rejections(QueueName::Ingest).unwrap();
+    assert!(rejected.iter().any(|(body, why)| *body == forged && why.contains("inbox queue")), "{rejected:?}");
+
+    // Even on the inbox queue, a removal of a document that never came from the inbox deletes nothing.
+    stack.queue.send(QueueName::Inbox, forged, Default::default()).await.unwrap();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    assert!(stored().await, "a removal deleted a document that did not come from the inbox");
+
+    // A file dropped into the inbox is ingested and, once removed, deleted; a notice of its removal while it is still there is not.
+    let inbox = dir.path().join("blobs/tenants/acme/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("note.txt"), "The parking garage closes at nine.").unwrap();
+    for _ in 0..100 {
+        if note_status(&c, &t.admin).await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(note_status(&c, &t.admin).await, 200, "the inbox watcher's notice ingested the file");
+    stack.queue.send(QueueName::Inbox, s3_notice("ObjectRemoved:Delete", "tenants/acme/inbox/note.txt"), Default::default()).await.unwrap();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    assert_eq!(note_status(&c, &t.admin).await, 200, "a removal notice for an object still there deleted it");
+    std::fs::remove_file(inbox.join("note.txt")).unwrap();
+    for _ in 0..100 {
+        if note_status(&c, &t.admin).await == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(note_status(&c, &t.admin).await, 404, "the file's removal deleted its document");
+    stack.stop().await;
+}

@@ -69,7 +69,13 @@ async fn every_sample_event_gets_a_real_answer_from_its_function_on_moto() {
     let tools = keel_tools::lambda::function(adapters(), config.clone()).unwrap();
     let audit = keel_audit::lambda::function(adapters(), config.clone()).unwrap();
     let refunds = keel_tests::serve_on_loopback(axum::Router::new().fallback(|| async { axum::Json(json!({"refund_id": "rf_1"})) })).await;
-    let mut run = Invoker { seen: BTreeSet::new(), replacements: vec![("https://refunds.example.com".into(), format!("http://{refunds}"))] };
+    // The inbox sample names the inbox queue `keel dev` provisions (prefix `keel`); this run's has its own prefix.
+    let inbox_queue = resources.inbox_queue_arn.clone().unwrap();
+    let replacements = vec![
+        ("https://refunds.example.com".into(), format!("http://{refunds}")),
+        ("arn:aws:sqs:us-east-1:123456789012:keel-inbox".into(), inbox_queue),
+    ];
+    let mut run = Invoker { seen: BTreeSet::new(), replacements };
 
     let tenant = run.http(&auth, "auth/create-tenant.json").await;
     assert_eq!(tenant["id"], "acme");
@@ -83,6 +89,7 @@ async fn every_sample_event_gets_a_real_answer_from_its_function_on_moto() {
     run.http(&retrieval, "retrieval/put-document.json").await;
     run.http(&retrieval, "retrieval/put-source.json").await;
     run.batch(&retrieval, "retrieval/ingest-batch.json").await;
+    run.batch(&retrieval, "retrieval/inbox-batch.json").await;
     let hits = run.http(&retrieval, "retrieval/search.json").await;
     assert!(!hits["results"].as_array().unwrap().is_empty(), "{hits}");
     run.http(&retrieval, "retrieval/changes.json").await;

@@ -183,6 +183,7 @@ impl Retrieval {
             content_hash,
             pii: counts,
             redacted: redact,
+            inbox_key: input.inbox_key.clone(),
         };
         let source = DocumentInput { text, ..input };
         Ok(Prepared::New(Box::new(PreparedDocument { record, chunks, source })))

@@ -1,10 +1,14 @@
-//! The ingest-queue consumer. Two kinds of message arrive:
-//! - producers' document changes: `{"op":"put","doc_id","document":{…}}` or
-//!   `{"op":"delete","doc_id"}`, signed with a key of the tenant in the
-//!   `authorization` message attribute (`Bearer keel_…`); the change is made
-//!   as that key's principal, with its roles and groups, as over HTTP;
-//! - S3 event notifications for `tenants/<tenant>/inbox/<doc_id>.json|.txt`
-//!   (the tenant comes from the key, never from the object).
+//! The consumers of the two queues documents arrive on:
+//! - the ingest queue: producers' document changes,
+//!   `{"op":"put","doc_id","document":{…}}` or `{"op":"delete","doc_id"}`,
+//!   signed with a key of the tenant in the `authorization` message attribute
+//!   (`Bearer keel_…`); the change is made as that key's principal, with its
+//!   roles and groups, as over HTTP. An S3-shaped body here is refused: anyone
+//!   who may send to the queue could forge one;
+//! - the inbox queue, which only the bucket may send to: its notifications
+//!   for `tenants/<tenant>/inbox/<doc_id>.json|.txt` (the tenant comes from
+//!   the key, never from the object). A removal deletes the document only if
+//!   the object is really gone and the document came from that inbox object.
 //!
 //! Each message succeeds or fails alone; failed ones are retried by the queue
 //! and land in its DLQ past the redrive limit. A producer without a valid
@@ -30,22 +34,44 @@ pub enum DocumentChange {
     Delete { doc_id: String },
 }
 
+/// Which queue a batch came from: what its messages may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The ingest queue: producers' signed changes and Keel's own tasks.
+    Producers,
+    /// The inbox queue: the bucket's notifications.
+    Bucket,
+}
+
 impl Retrieval {
-    /// Processes a batch; returns the message ids that failed (to be
-    /// retried). Each tenant's changes are embedded together and written as
-    /// one segment; a message that cannot be read fails alone.
+    /// Processes a batch of the ingest queue; returns the message ids that
+    /// failed (to be retried). Each tenant's changes are embedded together and
+    /// written as one segment; a message that cannot be read fails alone.
     pub async fn ingest(&self, messages: &[QueueMessage]) -> Vec<String> {
+        self.consume(messages, Arrival::Producers).await
+    }
+
+    /// Processes a batch of the inbox queue, as `ingest` does.
+    pub async fn ingest_inbox(&self, messages: &[QueueMessage]) -> Vec<String> {
+        self.consume(messages, Arrival::Bucket).await
+    }
+
+    async fn consume(&self, messages: &[QueueMessage], arrival: Arrival) -> Vec<String> {
+        let queue = match arrival {
+            Arrival::Producers => QueueName::Ingest,
+            Arrival::Bucket => QueueName::Inbox,
+        };
         let mut failed = Vec::new();
         let mut by_tenant: BTreeMap<TenantId, Vec<(String, DocumentChange)>> = BTreeMap::new();
         for m in messages {
-            match self.read_message(m).await {
+            match self.read_message(m, arrival).await {
                 Ok(changes) => {
                     for (tenant, change) in changes {
                         by_tenant.entry(tenant).or_default().push((m.message_id.clone(), change));
                     }
                 }
-                Err(KeelError::TenantGone(tenant)) => dropped(QueueName::Ingest, m, &tenant),
-                Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), QueueName::Ingest, m, &e.to_string()).await => {}
+                Err(KeelError::TenantGone(tenant)) => dropped(queue, m, &tenant),
+                Err(e) if is_rejection(&e) && reject(self.queue.as_ref(), queue, m, &e.to_string()).await => {}
                 Err(e) => {
                     tracing::warn!(message_id = %m.message_id, error = %e, "ingest message failed");
                     failed.push(m.message_id.clone());
@@ -75,21 +101,30 @@ impl Retrieval {
     }
 
     /// The changes one message carries: a producer's change (tenant from its
-    /// key) or S3 records (tenant from each object key).
-    async fn read_message(&self, m: &QueueMessage) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
+    /// key), Keel's own redaction task, or the bucket's S3 records (tenant from
+    /// each object key) where the message came from the inbox queue.
+    async fn read_message(&self, m: &QueueMessage, arrival: Arrival) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
         let body: Value = parse_json(m.body.as_bytes(), MAX_QUEUE_MESSAGE_BYTES, "message body")?;
-        if body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
-            return Ok(vec![]);
-        }
-        if body.get("task").and_then(Value::as_str) == Some(keel_core::tasks::REDACT_STORED) {
-            return self.redaction_page(m, &body).await;
-        }
-        if let Some(records) = body.get("Records").and_then(Value::as_array) {
-            let mut out = Vec::with_capacity(records.len());
-            for r in records {
+        let notification = body.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") || body.get("Records").is_some();
+        if arrival == Arrival::Bucket {
+            if !notification {
+                return Err(KeelError::Forbidden("the inbox queue takes only the bucket's S3 notifications".into()));
+            }
+            let mut out = Vec::new();
+            for r in body.get("Records").and_then(Value::as_array).into_iter().flatten() {
                 out.extend(self.read_s3_record(r).await?);
             }
             return Ok(out);
+        }
+        if notification {
+            return Err(KeelError::Forbidden(
+                "S3 notifications are taken only from the inbox queue, which the bucket alone may send to; \
+                 a producer's message is a signed document change"
+                    .into(),
+            ));
+        }
+        if body.get("task").and_then(Value::as_str) == Some(keel_core::tasks::REDACT_STORED) {
+            return self.redaction_page(m, &body).await;
         }
         let producer = self.keys.producer(&m.attributes).await?;
         let change: DocumentChange = serde_json::from_value(body)
@@ -123,7 +158,7 @@ impl Retrieval {
         }
         let event = record.get("eventName").and_then(Value::as_str).unwrap_or("");
         if event.starts_with("ObjectRemoved") {
-            return Ok(Some((tenant, DocumentChange::Delete { doc_id })));
+            return self.inbox_removal(tenant, doc_id, &key).await;
         }
         let bytes = self
             .blobs
@@ -134,9 +169,27 @@ impl Retrieval {
             parse_json(&bytes, self.settings.document_body_limit, &format!("object {key}"))?
         } else {
             let text = String::from_utf8(bytes).map_err(|_| KeelError::BadRequest(format!("{key}: not UTF-8 text")))?;
-            DocumentInput { title: None, text, acl: None, source: Some("s3".into()), updated_at: None }
+            DocumentInput { title: None, text, acl: None, source: Some("s3".into()), updated_at: None, inbox_key: None }
         };
+        let document = DocumentInput { inbox_key: Some(key), ..document };
         Ok(Some((tenant, DocumentChange::Put { doc_id, document })))
+    }
+
+    /// The delete an inbox object's removal makes: only when the object is
+    /// really gone (S3 reports each removal once it happened; a notice for an
+    /// object still there is not one) and the document came from that very
+    /// inbox object, not from a producer or the API.
+    async fn inbox_removal(&self, tenant: TenantId, doc_id: String, key: &str) -> Result<Option<(TenantId, DocumentChange)>, KeelError> {
+        if self.blobs.get(key).await?.is_some() {
+            tracing::warn!(key, "a removal notice for an object that is still there; ignored");
+            return Ok(None);
+        }
+        let from_inbox = self.documents.get(&tenant, &doc_id).await?.is_some_and(|(d, _)| d.inbox_key.as_deref() == Some(key));
+        if !from_inbox {
+            tracing::info!(key, doc_id, "an inbox removal for a document that did not come from that object; kept");
+            return Ok(None);
+        }
+        Ok(Some((tenant, DocumentChange::Delete { doc_id })))
     }
 }
 

@@ -69,6 +69,10 @@ pub struct DocumentInput {
     /// When the source last changed (RFC 3339); defaults to ingest time.
     #[serde(default)]
     pub updated_at: Option<String>,
+    /// The inbox object the document came from (set by the inbox consumer
+    /// alone; never read from a body, never part of the content's hash).
+    #[serde(skip)]
+    pub inbox_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
@@ -92,6 +96,9 @@ struct DocumentRecord {
     content_hash: String,
     pii: BTreeMap<PiiKind, usize>,
     redacted: bool,
+    /// The inbox object it came from: only that object's removal deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inbox_key: Option<String>,
 }
 
 /// What happened to a document.

@@ -37,7 +37,7 @@ impl Retrieval {
         let mut changes = Vec::new();
         for record in records.into_iter().filter(|r| !r.redacted) {
             let Some(bytes) = self.blobs.get(&keys::document_source(&tenant, &record.doc_id)).await? else { continue };
-            let document: DocumentInput = serde_json::from_slice(&bytes)?;
+            let document = DocumentInput { inbox_key: record.inbox_key.clone(), ..serde_json::from_slice(&bytes)? };
             changes.push((tenant.clone(), DocumentChange::Put { doc_id: record.doc_id, document }));
         }
         tracing::info!(tenant = %tenant, documents = changes.len(), "re-redacting stored documents");

@@ -8,7 +8,6 @@ use keel_core::chain::{DecisionEvent, DecisionKind};
 use keel_core::decisions::send_decision;
 use keel_core::ids::{new_id, TenantId};
 use keel_core::keys;
-use keel_core::models::Budgets;
 use keel_core::tenants::{Tenant, TenantStore};
 use keel_core::ports::{Condition, Table, WorkQueue, Write};
 use keel_core::time::{current_month, now_rfc3339};

@@ -38,6 +38,9 @@ pub struct AwsResources {
     /// The tenant-access role assumed per tenant (`KEEL_TENANT_ROLE_ARN`);
     /// unset, tenant data is reached with the function's own credentials.
     pub tenant_role_arn: Option<String>,
+    /// The queue the bucket notifies of inbox objects (`KEEL_INBOX_QUEUE_ARN`):
+    /// the retrieval function takes S3 notifications from it alone.
+    pub inbox_queue_arn: Option<String>,
 }
 
 impl AwsResources {
@@ -47,13 +50,18 @@ impl AwsResources {
         queue_urls.insert(QueueName::Ingest, var("KEEL_INGEST_QUEUE_URL")?);
         queue_urls.insert(QueueName::Audit, var("KEEL_AUDIT_QUEUE_URL")?);
         queue_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_QUEUE_URL")?);
+        // Only the bucket sends to the inbox queue: a function needs its URL only where it is provisioned by hand.
+        if let Some(url) = std::env::var("KEEL_INBOX_QUEUE_URL").ok().filter(|u| !u.is_empty()) {
+            queue_urls.insert(QueueName::Inbox, url);
+        }
         let mut dead_letter_urls = HashMap::new();
         dead_letter_urls.insert(QueueName::Ingest, var("KEEL_INGEST_DLQ_URL")?);
         dead_letter_urls.insert(QueueName::Audit, var("KEEL_AUDIT_DLQ_URL")?);
         dead_letter_urls.insert(QueueName::Actions, var("KEEL_ACTIONS_DLQ_URL")?);
         let (table, bucket, saga_arn) = (var("KEEL_TABLE")?, var("KEEL_BUCKET")?, var("KEEL_SAGA_ARN")?);
         let tenant_role_arn = std::env::var("KEEL_TENANT_ROLE_ARN").ok().filter(|r| !r.is_empty());
-        Ok(Self { table, bucket, queue_urls, dead_letter_urls, saga_arn, tenant_role_arn })
+        let inbox_queue_arn = std::env::var("KEEL_INBOX_QUEUE_ARN").ok().filter(|a| !a.is_empty());
+        Ok(Self { table, bucket, queue_urls, dead_letter_urls, saga_arn, tenant_role_arn, inbox_queue_arn })
     }
 }
 
@@ -83,6 +91,8 @@ pub struct Adapters {
     pub blobs: std::sync::Arc<S3Blobs>,
     pub queue: std::sync::Arc<SqsQueue>,
     pub saga: std::sync::Arc<StepFunctionsSaga>,
+    /// The queue the bucket alone notifies of inbox objects (`AwsResources::inbox_queue_arn`).
+    pub inbox_queue_arn: Option<String>,
 }
 
 impl Adapters {
@@ -98,6 +108,7 @@ impl Adapters {
             blobs: std::sync::Arc::new(S3Blobs::with_sessions(sessions, resources.bucket)),
             queue: std::sync::Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), resources.queue_urls, resources.dead_letter_urls)),
             saga: std::sync::Arc::new(StepFunctionsSaga::new(aws_sdk_sfn::Client::new(&sdk), resources.saga_arn)),
+            inbox_queue_arn: resources.inbox_queue_arn,
             sdk,
         }
     }

@@ -82,6 +82,9 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, tools_function
         queue_urls.insert(queue, main.queue_url().unwrap_or_default().to_string());
         dead_letter_urls.insert(queue, dlq_url);
     }
+    let inbox = queue_urls.get(&QueueName::Inbox).cloned().unwrap_or_default();
+    let arn = sqs.get_queue_attributes().queue_url(&inbox).attribute_names(QueueAttributeName::QueueArn).send().await.map_err(|e| failed("a queue")(sdk_message(&e)))?;
+    let inbox_queue_arn = arn.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned();
     let definition = include_str!("../../../infra/statemachines/action.asl.json").replace("${ToolsFunctionArn}", tools_function_arn);
     let machine = aws_sdk_sfn::Client::new(sdk)
         .create_state_machine()
@@ -91,7 +94,8 @@ pub async fn provision(sdk: &aws_config::SdkConfig, prefix: &str, tools_function
         .send()
         .await
         .map_err(|e| failed("the saga")(sdk_message(&e)))?;
-    Ok(AwsResources { table, bucket, queue_urls, dead_letter_urls, saga_arn: machine.state_machine_arn().to_string(), tenant_role_arn: None })
+    let saga_arn = machine.state_machine_arn().to_string();
+    Ok(AwsResources { table, bucket, queue_urls, dead_letter_urls, saga_arn, tenant_role_arn: None, inbox_queue_arn })
 }
 
 impl AwsResources {
@@ -103,6 +107,7 @@ impl AwsResources {
             env.push((format!("KEEL_{name}_QUEUE_URL"), self.queue_urls.get(&queue).cloned().unwrap_or_default()));
             env.push((format!("KEEL_{name}_DLQ_URL"), self.dead_letter_urls.get(&queue).cloned().unwrap_or_default()));
         }
+        env.push(("KEEL_INBOX_QUEUE_ARN".into(), self.inbox_queue_arn.clone().unwrap_or_default()));
         env
     }
 }
@@ -114,7 +119,7 @@ pub const SAMPLE_KEY: &str = "keel_acme_SampleProducerKeyFromTheEvents0";
 
 /// What the samples expect besides the tenant that events/auth/create-tenant.json
 /// creates: the sample key (principal `billing-service`, member, group `staff`)
-/// and the inbox object events/retrieval/ingest-batch.json names, in any
+/// and the inbox object events/retrieval/inbox-batch.json names, in any
 /// table and blob store (the AWS adapters for `keel dev`, the embedded ones in tests).
 pub async fn seed_samples(
     table: std::sync::Arc<dyn keel_core::ports::Table>,

@@ -140,16 +140,21 @@ pub enum QueueName {
     Audit,
     /// Action proposals from producers, for `tools`.
     Actions,
+    /// The bucket's notifications of objects dropped into or removed from a
+    /// tenant's inbox, for `retrieval`: no one but the bucket may send to it
+    /// (its queue policy in AWS; the local stack's inbox watcher locally).
+    Inbox,
 }
 
 impl QueueName {
-    pub const ALL: [QueueName; 3] = [QueueName::Ingest, QueueName::Audit, QueueName::Actions];
+    pub const ALL: [QueueName; 4] = [QueueName::Ingest, QueueName::Audit, QueueName::Actions, QueueName::Inbox];
 
     pub fn as_str(self) -> &'static str {
         match self {
             QueueName::Ingest => "ingest",
             QueueName::Audit => "audit",
             QueueName::Actions => "actions",
+            QueueName::Inbox => "inbox",
         }
     }
 }

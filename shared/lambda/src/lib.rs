@@ -329,8 +329,12 @@ impl Event {
 
 /// SQS messages as the queue-neutral `QueueMessage` the consumers take.
 pub fn queue_messages(batch: SqsEvent) -> Vec<keel_core::ports::QueueMessage> {
-    batch
-        .records
+    records_as_messages(batch.records)
+}
+
+/// SQS records (some of a batch) as `QueueMessage`s.
+pub fn records_as_messages(records: Vec<SqsMessage>) -> Vec<keel_core::ports::QueueMessage> {
+    records
         .into_iter()
         .map(|m| keel_core::ports::QueueMessage {
             message_id: m.message_id.unwrap_or_default(),
