@@ -364,3 +364,38 @@ async fn a_forged_s3_notice_deletes_nothing_and_only_the_inbox_drives_inbox_docu
     assert_eq!(note_status(&c, &t.admin).await, 404, "the file's removal deleted its document");
     stack.stop().await;
 }
+
+/// Queue producers skipped their tenant's rate limit (10 of 10 proposals
+/// went through at 3 a minute). A producer's message now counts like an
+/// HTTP request: past the limit it is left for the queue to deliver again
+/// later, neither done nor dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_producers_are_held_to_their_tenants_rate_limit() {
+    use keel_core::ports::{QueueName, Table, WorkQueue};
+    let dir = tempfile::tempdir().unwrap();
+    // Messages refused for the limit come back only after the test.
+    let options = keel_emulator::StackOptions { queue_visibility: Duration::from_secs(60), ..keel_tests::stack_options(dir.path(), config(&[])) };
+    let stack = keel_emulator::Stack::start(options).await.unwrap();
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"autonomy": "unattended", "rate_limit_per_minute": 4})).await;
+    keel_tests::inside_one_minute(Duration::from_secs(20)).await;
+    let url = service().await;
+    assert_eq!(put(&c, &t.admin, "/v1/tools/tag", any_args_tool(&url, None)).await.0, 200);
+    let signed = std::collections::HashMap::from([("authorization".to_string(), format!("Bearer {}", t.member))]);
+    for i in 0..10 {
+        let proposal = json!({"tool": "tag", "args": {"n": i}, "idempotency_key": format!("q-{i}")});
+        stack.queue.send(QueueName::Actions, proposal.to_string(), signed.clone()).await.unwrap();
+    }
+    let document = json!({"op": "put", "doc_id": "late", "document": {"text": "Over the limit."}});
+    stack.queue.send(QueueName::Ingest, document.to_string(), signed).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let actions = stack.table.query("T#acme", "ACTION#", Default::default()).await.unwrap().len();
+    let documents = stack.table.query("T#acme", "DOC#", Default::default()).await.unwrap().len();
+    assert_eq!(actions + documents, 3, "the tool's registration and three producer messages fill the minute");
+    for queue in [QueueName::Actions, QueueName::Ingest] {
+        assert!(stack.queue.dead_letters(queue).unwrap().is_empty(), "a message over the limit was dead-lettered");
+    }
+    let waiting = stack.queue.pending(QueueName::Actions).unwrap() + stack.queue.pending(QueueName::Ingest).unwrap();
+    assert_eq!(waiting, 8, "the messages over the limit wait in their queues");
+    stack.stop().await;
+}

@@ -214,7 +214,10 @@ impl Tools {
             return Err(KeelError::Forbidden(format!("a message may not name its own {field}: it comes from the key in the authorization attribute")));
         }
         let request: ProposeRequest = serde_json::from_value(body).map_err(|e| KeelError::BadRequest(format!("not an action proposal: {e}")))?;
-        self.propose(&caller, request, &Admission::none()).await
+        // The action and its saga's events belong to the producer's tenant incarnation.
+        let mut context = keel_core::trace::current().unwrap_or_else(|| keel_core::trace::RequestContext::from_headers(None, None, &m.message_id));
+        context.incarnation = caller.incarnation.clone();
+        keel_core::trace::scope(context, self.propose(&caller, request, &Admission::none())).await
     }
 
     pub async fn consume(&self, messages: &[QueueMessage]) -> Vec<String> {

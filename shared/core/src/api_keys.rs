@@ -96,11 +96,14 @@ pub struct KeyAuthenticator {
     tenants: Arc<TenantStore>,
     keys: ApiKeyStore,
     warm: WarmCache<String, ApiKeyRecord>,
+    /// Producers' messages count against their tenant's rate limit, as HTTP requests do.
+    rate: crate::rate::RateLimiter,
 }
 
 impl KeyAuthenticator {
     pub fn new(table: Arc<dyn Table>, tenants: Arc<TenantStore>, cache_ttl: Duration) -> Self {
-        Self { tenants, keys: ApiKeyStore::new(table), warm: WarmCache::new(Some(cache_ttl), KEY_CACHE_ENTRIES) }
+        let rate = crate::rate::RateLimiter::new(table.clone(), tenants.clone());
+        Self { tenants, keys: ApiKeyStore::new(table), warm: WarmCache::new(Some(cache_ttl), KEY_CACHE_ENTRIES), rate }
     }
 
     pub fn store(&self) -> &ApiKeyStore {
@@ -136,7 +139,10 @@ impl KeyAuthenticator {
     }
 
     /// The caller a producer's queue message names in its `authorization`
-    /// attribute (`Bearer keel_…`): a key of the tenant, nothing else.
+    /// attribute (`Bearer keel_…`): a key of the tenant, nothing else. The
+    /// message counts against the tenant's rate limit like an HTTP request:
+    /// past it, `TooManyRequests`, and the consumer leaves the message for
+    /// the queue to deliver again later (it is neither done nor dead-lettered).
     pub async fn producer(&self, attributes: &HashMap<String, String>) -> Result<Caller, KeelError> {
         let value = attributes
             .get(PRODUCER_ATTRIBUTE)
@@ -153,11 +159,13 @@ impl KeyAuthenticator {
             }
         }
         let caller = self.caller(key).await?;
-        if let (Some(named), Some(tenant)) = (attributes.get("tenant"), &caller.tenant) {
+        let tenant = caller.tenant()?;
+        if let Some(named) = attributes.get("tenant") {
             if named != tenant.as_str() {
                 return Err(KeelError::Forbidden(format!("the message names tenant {named:?} but its key is {tenant}'s")));
             }
         }
+        self.rate.take(tenant, caller.incarnation.as_deref()).await?;
         Ok(caller)
     }
 
