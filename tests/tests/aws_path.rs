@@ -4,8 +4,9 @@
 //! The request path on AWS, simulated (`keel_tests::aws_path`): the real
 //! handlers against moto with a round trip added to every AWS call. Holds
 //! the critical path to its round trips: a warm key's authorizer makes no
-//! call, a chat completion waits once before its model call and never after
-//! it, and an ask waits at most twice.
+//! call, a chat completion waits twice before its model call (the count
+//! beside the cache read, then the reservation) and never after it, and an
+//! ask waits at most twice. A refused request holds no budget.
 
 use keel_tests::aws_path::{authorizer_event, http_event, member, member_of, AwsPath, KEY};
 use keel_tests::stub::Behavior;
@@ -31,13 +32,13 @@ async fn the_request_path_waits_on_at_most_two_round_trips_before_the_model_and_
     let miss = path.measure(&path.routing, chat("Summarize our refund policy.")).await;
     assert_eq!(miss.status, 200);
     assert!(miss.model.is_some(), "the stub model answered");
-    assert_eq!(miss.before_model, 1, "count, cache read and reservation at once: {:?}", miss.operations());
+    assert_eq!(miss.before_model, 2, "count and cache read at once, then the reservation: {:?}", miss.operations());
     assert_eq!(miss.after_model, 0, "the final writes are handed off: {:?}", miss.operations());
     let hit = path.measure(&path.routing, chat("Summarize our refund policy.")).await;
     assert_eq!((hit.status, hit.model.is_none(), hit.before_model), (200, true, 1), "{:?}", hit.operations());
     let hot = json!({"model": "auto", "temperature": 0.7, "messages": [{"role": "user", "content": "Write a haiku."}]});
     let uncached = path.measure(&path.routing, http_event("POST", "/v1/chat/completions", &hot, &member())).await;
-    assert_eq!((uncached.status, uncached.before_model, uncached.after_model), (200, 1, 0), "{:?}", uncached.operations());
+    assert_eq!((uncached.status, uncached.before_model, uncached.after_model), (200, 2, 0), "{:?}", uncached.operations());
 
     let ask = |question: &str| http_event("POST", "/v1/ask", &json!({"question": question}), &member());
     // The first search of a container loads the index.
@@ -117,4 +118,24 @@ async fn an_authorizer_answer_for_another_incarnation_of_the_tenant_is_refused()
     stale["incarnation"] = json!("inc_of_a_deleted_tenant");
     let refused = path.measure(&path.retrieval, search(&stale)).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
+}
+
+/// A request refused by its tenant's rate limit holds no budget: the
+/// reservation waits for the count, so a refused chat makes the count's
+/// write alone (no reservation to give back after the response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_the_rate_limit_refuses_holds_no_budget() {
+    let Some(moto) = keel_tests::aws::moto() else { return };
+    let path = AwsPath::start(&moto, Duration::ZERO, Duration::ZERO).await;
+    path.create_tenant(json!({"id": "once", "name": "Once", "rate_limit_per_minute": 1, "routing": {"escalate_below": 1.0, "cache_ttl_secs": 0},
+        "budgets": {"monthly_usd": 100.0}})).await;
+    keel_tests::inside_one_minute(Duration::from_secs(20)).await;
+    let chat = || http_event("POST", "/v1/chat/completions", &json!({"model": "auto", "messages": [{"role": "user", "content": "Hi."}]}), &member_of("once"));
+    let admitted = path.measure(&path.routing, chat()).await;
+    assert_eq!(admitted.status, 200, "{}", admitted.body);
+    let refused = path.measure(&path.routing, chat()).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    let writes = refused.operations().iter().filter(|op| op.contains("UpdateItem") || op.contains("TransactWrite")).count();
+    assert_eq!(writes, 1, "the count alone: {:?}", refused.operations());
+    assert!(refused.model.is_none());
 }

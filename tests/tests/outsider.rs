@@ -399,3 +399,29 @@ async fn queue_producers_are_held_to_their_tenants_rate_limit() {
     assert_eq!(waiting, 8, "the messages over the limit wait in their queues");
     stack.stop().await;
 }
+
+/// Searches and asks the rate limit refuses cost CPU (15 refused
+/// 3,000-word searches took 2 s): the count is now decided before the query
+/// is embedded or ranked, so a refused request embeds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_rate_limit_refuses_embed_and_search_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"rate_limit_per_minute": 2})).await;
+    keel_tests::inside_one_minute(Duration::from_secs(20)).await;
+    let long = "payroll ".repeat(3_000);
+    let question = "payroll ".repeat(240); // under the ask's 2,000 characters
+    let (s, b) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "payroll"}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "payroll"}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let embedded = stack.retrieval.embedded_texts();
+    for i in 0..15 {
+        let (route, body) = if i % 2 == 0 { ("/v1/search", json!({"query": long})) } else { ("/v1/ask", json!({"question": question})) };
+        let (s, b) = c.call("POST", route, &t.member, Some(body)).await.unwrap();
+        assert_eq!(s, 429, "{b}");
+    }
+    assert_eq!(stack.retrieval.embedded_texts(), embedded, "a refused request embedded its query");
+    stack.stop().await;
+}

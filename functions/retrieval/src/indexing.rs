@@ -193,6 +193,7 @@ impl Retrieval {
     /// embedder. The gateway uses it too, for labels and rankings.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, KeelError> {
         let Some(embedder) = self.embedder.clone() else { return Ok(vec![]) };
+        self.embedded.fetch_add(texts.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let embedder = embedder.get().map_err(|e| KeelError::Unavailable(format!("embedding model: {e}")))?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

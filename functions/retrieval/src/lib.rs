@@ -180,6 +180,8 @@ pub struct Retrieval {
     embedder: Option<Arc<LoadingEmbedder>>,
     settings: RetrievalSettings,
     cache: Mutex<IndexCache>,
+    /// Texts embedded since start: the function's heaviest CPU work.
+    embedded: std::sync::atomic::AtomicU64,
 }
 
 impl Retrieval {
@@ -197,7 +199,13 @@ impl Retrieval {
             embedder,
             settings,
             cache,
+            embedded: Default::default(),
         }
+    }
+
+    /// How many texts this function has embedded since it started.
+    pub fn embedded_texts(&self) -> u64 {
+        self.embedded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The service as configured: starts loading the embedding model when

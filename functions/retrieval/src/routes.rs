@@ -58,7 +58,8 @@ struct SearchRequest {
     k: Option<usize>,
 }
 
-/// A search has no side effects: it runs beside the rate-limit count.
+/// A search reads the index beside the rate-limit count, and embeds and
+/// ranks only once the count admits it.
 async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, admission: Admission, body: Bytes) -> Reply {
     caller.tenant()?;
     let body: SearchRequest = parse_body(&body, DEFAULT_BODY_LIMIT)?;
@@ -69,9 +70,7 @@ async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, admission: Admi
     if body.query.trim().is_empty() {
         return Err(KeelError::BadRequest("query must not be empty".into()));
     }
-    let (admitted, results) = tokio::join!(admission.admit(), r.search(&caller, &body.query, k));
-    admitted?;
-    let results = results?;
+    let results = r.search_admitted(&caller, &admission, &body.query, k).await?;
     Ok(Json(json!({"results": results, "mode": r.mode()})))
 }
 

@@ -1,11 +1,24 @@
 //! Hybrid search over the caller's visible documents.
 
 use super::*;
+use keel_core::rate::Admission;
 
 impl Retrieval {
     /// Hybrid search over the caller's tenant, only over chunks the caller may see.
     pub async fn search(&self, caller: &Caller, query: &str, k: usize) -> Result<Vec<SearchHit>, KeelError> {
         self.search_tuned(caller, query, k, &self.settings.tuning).await
+    }
+
+    /// `search` for a request counted against its tenant's rate limit: the
+    /// index is read beside the count, and the query is embedded and ranked
+    /// (the search's CPU) only once the count admits the request, so a
+    /// refused request costs a store read at most.
+    pub async fn search_admitted(&self, caller: &Caller, admission: &Admission, query: &str, k: usize) -> Result<Vec<SearchHit>, KeelError> {
+        let (admitted, index) = tokio::join!(admission.admit(), self.tenant_index(caller.tenant()?));
+        admitted?;
+        let index = index?;
+        let query_vector = self.embed(vec![query.to_string()]).await?.pop();
+        Ok(self.rank(caller, &index, query, query_vector.as_deref(), k, &self.settings.tuning))
     }
 
     /// Search with explicit ranking knobs (for tuning on a train split).
@@ -14,10 +27,14 @@ impl Retrieval {
         let tenant = caller.tenant()?;
         let (index, embedded) = tokio::join!(self.tenant_index(tenant), self.embed(vec![query.to_string()]));
         let (index, query_vector) = (index?, embedded?.pop());
+        Ok(self.rank(caller, &index, query, query_vector.as_deref(), k, tuning))
+    }
+
+    fn rank(&self, caller: &Caller, index: &TenantIndex, query: &str, query_vector: Option<&[f32]>, k: usize, tuning: &Tuning) -> Vec<SearchHit> {
         let terms = analyzer::analyze(query);
         let acl = |groups: &[String]| visible(caller, groups);
-        let ranked = index.search(&terms, query_vector.as_deref(), &acl, k, tuning);
-        Ok(ranked.iter().map(|r| hit(&index, r)).collect())
+        let ranked = index.search(&terms, query_vector, &acl, k, tuning);
+        ranked.iter().map(|r| hit(index, r)).collect()
     }
 
     /// Drops every warm index (benchmarks measure cold loads with it).

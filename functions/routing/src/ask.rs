@@ -4,17 +4,16 @@
 use super::*;
 
 impl Routing {
-    /// Answers a question from the caller's documents. The search (which
-    /// has no side effects) runs beside the rate-limit count (`admission`);
+    /// Answers a question from the caller's documents. The search reads the
+    /// index beside the rate-limit count (`admission`) and embeds the question
+    /// only once the count admits it;
     /// a hosted answer then waits once more, for the cache read and the
     /// budget reservation together, before the model call.
     pub async fn ask(&self, caller: &Caller, admission: &Admission, body: &AskRequest, events: Option<&Events>) -> Result<AskResponse, KeelError> {
         let tenant_id = caller.tenant()?;
         let question = validate_question(&body.question)?;
         let tenant = self.tenant(tenant_id).await?;
-        let (admitted, evidence) = tokio::join!(admission.admit(), self.retrieval.search(caller, question, EVIDENCE_K));
-        admitted?;
-        let evidence = evidence?;
+        let evidence = self.retrieval.search_admitted(caller, admission, question, EVIDENCE_K).await?;
         let decision_id = new_id("dec");
         let mut trail = Trail::new(vec![]);
         let strength = Strength::of(question, &evidence);

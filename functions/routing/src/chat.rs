@@ -69,10 +69,10 @@ impl Routing {
     /// One chat completion. Streaming sends OpenAI chunks to `events` and
     /// returns the same completion it would have returned whole.
     /// `request` is `body` as a model request (`ChatRequest::to_model_request`).
-    /// Before the model call it waits once, for three things at a time: the
-    /// rate-limit count (`admission`), the cache read and the first
-    /// candidate's budget reservation (given back after the response when
-    /// the cache answers or the limit refuses).
+    /// Before the model call it waits twice: for the rate-limit count
+    /// (`admission`) beside the cache read, then, on a miss, for the first
+    /// candidate's budget reservation. A refused request holds no budget and
+    /// a cache hit none at all.
     pub async fn chat(
         &self,
         caller: &Caller,
@@ -106,20 +106,16 @@ impl Routing {
         let deltas: Option<ModelDeltas> = if events.is_some() { Some(&forward) } else { None };
         let generation = Generation { tenant: &tenant, workflow: body.workflow.as_deref(), hosted, request, deltas, gate: None };
         let read = async { if cacheable { self.answers.get::<(String, String)>(&tenant.id, &key).await } else { Ok(None) } };
-        let (admitted, hit, first_hold) = tokio::join!(admission.admit(), read, self.hold_first(&generation));
-        let hit = match (admitted, hit) {
-            (Ok(()), Ok(hit)) => hit,
-            (Err(e), _) | (_, Err(e)) => {
-                self.release_later(first_hold).await;
-                return Err(e);
-            }
-        };
+        // Nothing is held or called for a request the rate limit refuses: the
+        // reservation waits for the count (a cache hit needs none at all).
+        let (admitted, hit) = tokio::join!(admission.admit(), read);
+        admitted?;
+        let hit = hit?;
         if cacheable {
             trail.usage.cache = if hit.is_some() { CacheOutcome::Hit } else { CacheOutcome::Miss };
         }
         let (tier, model, text, input_tokens, output_tokens) = match hit {
             Some((model, text)) => {
-                self.release_later(first_hold).await;
                 trail.reasons.push(format!("cache hit for {first}"));
                 if let Some(ev) = events {
                     sse::send(ev, None, &chunk(&id, &model, created, Some(&text), None));
@@ -128,7 +124,7 @@ impl Routing {
             }
             None => {
                 let accept = |_: &ModelResponse| Ok(());
-                let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail, Some(first_hold)).await? else {
+                let Some(Generated { model, response, .. }) = self.generate(&generation, &accept, &mut trail, None).await? else {
                     self.record_chat(caller, &id, body, &fingerprint, None, &trail).await?;
                     return Err(trail.no_answer());
                 };
