@@ -17,6 +17,8 @@ pub enum Behavior {
     Answer(String),
     /// Answers after a pause.
     Slow(Duration, String),
+    /// Answers after a pause when asked for more than this many tokens, at once otherwise.
+    SlowOver(u64, Duration, String),
     /// Fails with 503 this many times, then answers.
     FailFirst(u32, String),
     /// Always answers with this HTTP status (429 throttles, 5xx fails, 400 rejects).
@@ -91,6 +93,12 @@ async fn complete(State(state): State<Arc<StubState>>, axum::Json(body): axum::J
         Behavior::Answer(t) => t,
         Behavior::Slow(pause, t) => {
             tokio::time::sleep(pause).await;
+            t
+        }
+        Behavior::SlowOver(tokens, pause, t) => {
+            if body["max_tokens"].as_u64().is_some_and(|asked| asked > tokens) {
+                tokio::time::sleep(pause).await;
+            }
             t
         }
         Behavior::FailFirst(n, t) if call > n => t,

@@ -425,3 +425,40 @@ async fn requests_the_rate_limit_refuses_embed_and_search_nothing() {
     assert_eq!(stack.retrieval.embedded_texts(), embedded, "a refused request embedded its query");
     stack.stop().await;
 }
+
+/// One tenant's long generations (timeouts it provoked with a large
+/// `max_tokens`) opened the shared model's breaker, and another tenant's
+/// short chat got 503. Timeouts now open only the tenant's own breaker for
+/// the model; the provider's own failures still open the model's, for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_timeouts_never_open_the_model_for_another_tenant() {
+    use keel_tests::stub::{Behavior, StubModels};
+    let stub = StubModels::start().await;
+    stub.set("shared", Behavior::SlowOver(1_000, Duration::from_secs(2), "Short.".into()));
+    let (_dir, stack, c) = keel_tests::gateway::gateway(&stub.catalog(&[("shared", "t2", 0.5, 300)])).await;
+    let greedy = tenant(&c, "greedy", json!({})).await;
+    let modest = tenant(&c, "modest", json!({})).await;
+    // Temperature 0.5: nothing comes from the answer cache.
+    let chat = |max_tokens: u32| json!({"model": "shared", "max_tokens": max_tokens, "temperature": 0.5, "messages": [{"role": "user", "content": "Write."}]});
+    for _ in 0..2 {
+        let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(4_000)).await;
+        assert_eq!(s, 503, "the long generation timed out: {b}");
+    }
+    let calls = stub.calls("shared");
+    let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(4_000)).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(stub.calls("shared"), calls, "greedy's own breaker stops its calls: {b}");
+    let (s, b) = keel_tests::gateway::chat(&c, &modest.member, chat(50)).await;
+    assert_eq!(s, 200, "another tenant's short chat is served: {b}");
+
+    // The provider failing for real opens the model's breaker for every tenant.
+    stub.set("shared", Behavior::Status(503));
+    let (s, _) = keel_tests::gateway::chat(&c, &modest.member, chat(50)).await;
+    assert_eq!(s, 503);
+    let calls = stub.calls("shared");
+    let third = tenant(&c, "third", json!({})).await;
+    let (s, b) = keel_tests::gateway::chat(&c, &third.member, chat(50)).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(stub.calls("shared"), calls, "the model's breaker is open for everyone: {b}");
+    stack.stop().await;
+}

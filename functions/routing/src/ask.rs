@@ -64,7 +64,7 @@ impl Routing {
         trail: &mut Trail,
     ) -> Result<AskResponse, KeelError> {
         let Grounded { question, evidence, .. } = *grounded;
-        let open = |m: &str| self.breakers.is_open(m);
+        let open = |m: &str| self.breakers.is_open(&tenant.id, m);
         let request = ask_request(grounded, self.options.max_tokens);
         let confidence = grounded.strength.confidence();
         let decision = decide(&self.route_input(tenant, Some(confidence), None, request.prompt_tokens(), &open))

@@ -83,7 +83,7 @@ impl Routing {
     ) -> Result<Value, KeelError> {
         let tenant_id = caller.tenant()?;
         let tenant = self.tenant(tenant_id).await?;
-        let open = |m: &str| self.breakers.is_open(m);
+        let open = |m: &str| self.breakers.is_open(&tenant.id, m);
         let decision = crate::router::decide(&self.route_input(&tenant, None, Some(&body.model), request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "complete"))?;
         let id = new_id("chatcmpl");

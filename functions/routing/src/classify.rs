@@ -204,7 +204,7 @@ impl Routing {
         let request = label_request(text, &labels);
         // Scoped: the route input borrows a closure that must not live across an await.
         let decision = {
-            let open = |m: &str| self.breakers.is_open(m);
+            let open = |m: &str| self.breakers.is_open(&tenant.id, m);
             let mut input = self.route_input(&tenant, scores.as_ref().map(|s| s[0].score), None, request.prompt_tokens(), &open);
             input.signal = "classifier confidence";
             crate::router::decide(&input).map_err(|e| route_error(e, "classify"))?

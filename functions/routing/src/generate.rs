@@ -95,7 +95,7 @@ impl Routing {
                 }
             };
             let named: Option<Deltas> = generation.deltas.map(|_| &named as Deltas);
-            let (result, report) = call_model(provider.as_ref(), spec, &request, &self.breakers, &self.options.retry, deadline, named).await;
+            let (result, report) = call_model(provider.as_ref(), &generation.tenant.id, spec, &request, &self.breakers, &self.options.retry, deadline, named).await;
             trail.usage.attempts += report.attempts;
             let cost = result.as_ref().map(|r| spec.cost_micro_usd(r.input_tokens, r.output_tokens)).unwrap_or(0);
             let rejected = match result {

@@ -43,7 +43,7 @@ use keel_core::time::now_rfc3339;
 use keel_core::KeelError;
 use keel_retrieval::{Retrieval, SearchHit};
 use providers::HostedModel;
-use resilience::{BreakerSettings, Breakers, RetryPolicy};
+use resilience::{BreakerSettings, ModelBreakers, RetryPolicy};
 use router::{decide, Decision, RouteError, RouteInput};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -86,7 +86,7 @@ pub struct Routing {
     models: Vec<HostedModel>,
     /// The models' specs, side by side for the router.
     catalog: Vec<ModelSpec>,
-    breakers: Breakers,
+    breakers: ModelBreakers,
     /// The embedding model for in-function labels and rankings.
     in_function: in_function::InFunction,
     options: RoutingOptions,
@@ -248,7 +248,7 @@ impl Routing {
         options: RoutingOptions,
     ) -> Self {
         let catalog = models.iter().map(|m| m.spec.clone()).collect();
-        let breakers = Breakers::new(options.breakers.clone());
+        let breakers = ModelBreakers::new(options.breakers.clone());
         let (answers, budgets) = (AnswerCache::new(table.clone()), BudgetCounters::new(table, queue.clone(), tenants.clone()));
         Self { retrieval, answers, budgets, queue, tenants, models, catalog, breakers, in_function: in_function::InFunction::new(), options }
     }

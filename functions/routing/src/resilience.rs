@@ -1,14 +1,76 @@
 //! Calling one hosted model safely: a time limit per attempt, retries with
-//! jittered exponential backoff on retryable errors only, and a circuit
-//! breaker per model that stops calls to a failing provider for a while.
+//! jittered exponential backoff on retryable errors only, and circuit
+//! breakers that stop calls to a failing provider for a while (`ModelBreakers`).
 //! Breakers live in the warm function (each instance learns on its own).
 
+use keel_core::ids::TenantId;
 use keel_core::models::ModelSpec;
 use keel_core::ports::{Deltas, ModelError, ModelProvider, ModelRequest, ModelResponse};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use keel_core::resilience::{BreakerSettings, Breakers, RetryPolicy};
+
+/// The gateway's breakers, so that one tenant's requests cannot open a
+/// breaker for every tenant. The provider's own failures (errors, throttling,
+/// unreachable) open the model's breaker, which every tenant shares. A
+/// timeout may be the tenant's doing (a large `max_tokens`, a long prompt, a
+/// tight `max_latency_ms`), so timeouts open only that tenant's breaker for
+/// the model. A call goes out only when both let it.
+pub struct ModelBreakers {
+    breakers: Breakers,
+}
+
+/// What a call's outcome says, and of whom.
+enum Health {
+    Healthy,
+    /// The provider failed: the model's breaker counts it.
+    ProviderFailed,
+    /// The call ran out of time: the tenant's breaker for the model counts it.
+    TimedOut,
+}
+
+impl ModelBreakers {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self { breakers: Breakers::new(settings) }
+    }
+
+    fn tenant_key(tenant: &TenantId, model: &str) -> String {
+        format!("{tenant}/{model}")
+    }
+
+    /// Whether the router should skip `model` for `tenant` now.
+    pub fn is_open(&self, tenant: &TenantId, model: &str) -> bool {
+        self.breakers.is_open(model) || self.breakers.is_open(&Self::tenant_key(tenant, model))
+    }
+
+    /// `"closed"`, `"open"` or `"half_open"`: the model's breaker, as every tenant shares it.
+    pub fn state(&self, model: &str) -> &'static str {
+        self.breakers.state(model)
+    }
+
+    fn try_acquire(&self, tenant: &TenantId, model: &str) -> bool {
+        self.breakers.try_acquire_all(&[model, &Self::tenant_key(tenant, model)])
+    }
+
+    fn record(&self, tenant: &TenantId, model: &str, health: Health) {
+        let own = Self::tenant_key(tenant, model);
+        match health {
+            Health::Healthy => {
+                self.breakers.record(model, true);
+                self.breakers.record(&own, true);
+            }
+            Health::ProviderFailed => {
+                self.breakers.record(model, false);
+                self.breakers.release(&own);
+            }
+            Health::TimedOut => {
+                self.breakers.record(&own, false);
+                self.breakers.release(model);
+            }
+        }
+    }
+}
 
 /// What one model call took.
 #[derive(Debug)]
@@ -19,11 +81,13 @@ pub struct CallReport {
 
 /// Calls `provider` for `spec` within `deadline`, retrying retryable errors.
 /// With `deltas`, streams; a stream that already sent text is not retried.
+#[allow(clippy::too_many_arguments)]
 pub async fn call_model(
     provider: &dyn ModelProvider,
+    tenant: &TenantId,
     spec: &ModelSpec,
     request: &ModelRequest,
-    breakers: &Breakers,
+    breakers: &ModelBreakers,
     retry: &RetryPolicy,
     deadline: Instant,
     deltas: Option<Deltas<'_>>,
@@ -32,7 +96,7 @@ pub async fn call_model(
     let sent = AtomicBool::new(false);
     let mut last = ModelError::Unavailable("no attempt was made".into());
     for attempt in 0..retry.attempts.max(1) {
-        if !breakers.try_acquire(&spec.name) {
+        if !breakers.try_acquire(tenant, &spec.name) {
             last = ModelError::Unavailable(format!("circuit breaker for {} is open", spec.name));
             break;
         }
@@ -69,7 +133,12 @@ pub async fn call_model(
         };
         keel_core::telemetry::model_call(&spec.name, outcome, started.elapsed().as_secs_f64());
         // A rejected request says nothing about the provider's health.
-        breakers.record(&spec.name, !matches!(result, Err(ref e) if e.is_retryable()));
+        let health = match &result {
+            Err(ModelError::Timeout(_)) => Health::TimedOut,
+            Err(e) if e.is_retryable() => Health::ProviderFailed,
+            _ => Health::Healthy,
+        };
+        breakers.record(tenant, &spec.name, health);
         match result {
             Ok(out) => return (Ok(out), report),
             Err(e) => {
@@ -110,6 +179,38 @@ mod tests {
         b.record("m", true);
         assert_eq!(b.state("m"), "closed");
         assert_eq!(b.state("other"), "closed");
+    }
+
+    #[test]
+    fn a_tenants_timeouts_open_its_own_breaker_and_provider_errors_everyones() {
+        let b = ModelBreakers::new(BreakerSettings { failures_to_open: 2, cool_down: Duration::from_secs(60) });
+        let (slow, other) = (TenantId::parse("slow").unwrap(), TenantId::parse("other").unwrap());
+        for _ in 0..2 {
+            assert!(b.try_acquire(&slow, "m"));
+            b.record(&slow, "m", Health::TimedOut);
+        }
+        assert!(b.is_open(&slow, "m") && !b.try_acquire(&slow, "m"), "the tenant's own timeouts stop its calls");
+        assert!(!b.is_open(&other, "m") && b.try_acquire(&other, "m"), "another tenant's calls go out");
+        b.record(&other, "m", Health::Healthy);
+        for _ in 0..2 {
+            assert!(b.try_acquire(&other, "m"));
+            b.record(&other, "m", Health::ProviderFailed);
+        }
+        assert!(b.is_open(&other, "m") && b.is_open(&TenantId::parse("third").unwrap(), "m"), "the provider failing stops everyone's");
+        assert_eq!(b.state("m"), "open");
+    }
+
+    #[test]
+    fn a_probe_is_taken_only_when_every_breaker_lets_the_call_through() {
+        let b = Breakers::new(BreakerSettings { failures_to_open: 1, cool_down: Duration::from_millis(10) });
+        b.record("model", false);
+        b.record("tenant/model", false);
+        std::thread::sleep(Duration::from_millis(15));
+        b.record("tenant/model", false);
+        assert!(!b.try_acquire_all(&["model", "tenant/model"]), "the tenant's breaker is open again");
+        assert!(b.try_acquire("model"), "the model's probe was not used up by the refused call");
+        b.release("model");
+        assert!(b.try_acquire("model"), "a probe given back unused may be taken again");
     }
 
     #[test]

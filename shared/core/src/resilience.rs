@@ -88,13 +88,39 @@ impl Breakers {
 
     /// May a call go out? An open breaker past its cool-down lets exactly one probe through.
     pub fn try_acquire(&self, model: &str) -> bool {
-        self.with(model, |s| match *s {
-            State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
-                *s = State::HalfOpen;
-                true
+        self.try_acquire_all(&[model])
+    }
+
+    /// May a call that every one of `names` guards go out? All or none: a
+    /// breaker's probe is taken only when the others let the call through too.
+    pub fn try_acquire_all(&self, names: &[&str]) -> bool {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let passes = |s: Option<&State>| match s {
+            None | Some(State::Closed { .. }) => true,
+            Some(State::Open { until }) => now >= *until,
+            Some(State::HalfOpen) => false,
+        };
+        if !names.iter().all(|n| passes(states.get(*n))) {
+            return false;
+        }
+        for name in names {
+            if let Some(s) = states.get_mut(*name) {
+                if matches!(s, State::Open { .. }) {
+                    *s = State::HalfOpen;
+                }
             }
-            State::Open { .. } | State::HalfOpen => false,
+        }
+        true
+    }
+
+    /// A call that says nothing of `name`'s health: a probe it took is given
+    /// back unused (the next call may probe), other states are kept.
+    pub fn release(&self, name: &str) {
+        self.with(name, |s| {
+            if *s == State::HalfOpen {
+                *s = State::Open { until: Instant::now() };
+            }
         })
     }
 
