@@ -32,6 +32,7 @@ struct StubState {
     behaviors: Mutex<HashMap<String, Behavior>>,
     calls: Mutex<HashMap<String, u32>>,
     prompts: Mutex<HashMap<String, String>>,
+    max_tokens: Mutex<HashMap<String, u64>>,
 }
 
 pub struct StubModels {
@@ -64,6 +65,11 @@ impl StubModels {
         self.state.prompts.lock().unwrap().get(model).cloned().unwrap_or_default()
     }
 
+    /// The `max_tokens` the last call to `model` asked for.
+    pub fn last_max_tokens(&self, model: &str) -> Option<u64> {
+        self.state.max_tokens.lock().unwrap().get(model).copied()
+    }
+
     /// A `KEEL_MODELS` catalog of openai models on this stub: (name, tier, USD per 1k in and out, timeout ms).
     pub fn catalog(&self, models: &[(&str, &str, f64, u64)]) -> String {
         let specs: Vec<Value> = models
@@ -87,6 +93,9 @@ async fn complete(State(state): State<Arc<StubState>>, axum::Json(body): axum::J
     };
     let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("");
     state.prompts.lock().unwrap().insert(model.clone(), prompt.to_string());
+    if let Some(asked) = body["max_tokens"].as_u64() {
+        state.max_tokens.lock().unwrap().insert(model.clone(), asked);
+    }
     let prompt_tokens = body["messages"].to_string().len() as u64 / 4;
     let behavior = state.behaviors.lock().unwrap().get(&model).cloned().unwrap_or(Behavior::Answer("OK [1].".into()));
     let text = match behavior {

@@ -434,18 +434,18 @@ async fn requests_the_rate_limit_refuses_embed_and_search_nothing() {
 async fn a_tenants_own_timeouts_never_open_the_model_for_another_tenant() {
     use keel_tests::stub::{Behavior, StubModels};
     let stub = StubModels::start().await;
-    stub.set("shared", Behavior::SlowOver(1_000, Duration::from_secs(2), "Short.".into()));
+    stub.set("shared", Behavior::SlowOver(100, Duration::from_secs(2), "Short.".into()));
     let (_dir, stack, c) = keel_tests::gateway::gateway(&stub.catalog(&[("shared", "t2", 0.5, 300)])).await;
     let greedy = tenant(&c, "greedy", json!({})).await;
     let modest = tenant(&c, "modest", json!({})).await;
     // Temperature 0.5: nothing comes from the answer cache.
     let chat = |max_tokens: u32| json!({"model": "shared", "max_tokens": max_tokens, "temperature": 0.5, "messages": [{"role": "user", "content": "Write."}]});
     for _ in 0..2 {
-        let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(4_000)).await;
+        let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(400)).await;
         assert_eq!(s, 503, "the long generation timed out: {b}");
     }
     let calls = stub.calls("shared");
-    let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(4_000)).await;
+    let (s, b) = keel_tests::gateway::chat(&c, &greedy.member, chat(400)).await;
     assert_eq!(s, 503, "{b}");
     assert_eq!(stub.calls("shared"), calls, "greedy's own breaker stops its calls: {b}");
     let (s, b) = keel_tests::gateway::chat(&c, &modest.member, chat(50)).await;
@@ -460,5 +460,33 @@ async fn a_tenants_own_timeouts_never_open_the_model_for_another_tenant() {
     let (s, b) = keel_tests::gateway::chat(&c, &third.member, chat(50)).await;
     assert_eq!(s, 503, "{b}");
     assert_eq!(stub.calls("shared"), calls, "the model's breaker is open for everyone: {b}");
+    stack.stop().await;
+}
+
+/// A chat asked the model for 4,000,000,000 tokens. `max_tokens` is now
+/// capped at `KEEL_MODEL_MAX_TOKENS`, or lower by the tenant's plan
+/// (`KEEL_PLAN_MAX_TOKENS`), and the response says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_is_capped_by_the_platform_and_the_plan_and_the_answer_says_so() {
+    use keel_tests::stub::StubModels;
+    let stub = StubModels::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = stub.catalog(&[("small", "t2", 0.0005, 5_000)]);
+    let config = config(&[("KEEL_MODELS", &catalog), ("KEEL_MODEL_MAX_TOKENS", "1000"), ("KEEL_PLAN_MAX_TOKENS", r#"{"free": 100}"#)]);
+    let stack = start_stack(dir.path(), config).await;
+    let c = Client::new(stack.url());
+    let standard = tenant(&c, "standard", json!({})).await;
+    let free = tenant(&c, "free", json!({"plan": "free"})).await;
+    let chat = |max_tokens: u64| json!({"model": "small", "max_tokens": max_tokens, "temperature": 0.5, "messages": [{"role": "user", "content": "Hi."}]});
+    let (s, b) = keel_tests::gateway::chat(&c, &standard.member, chat(4_000_000_000)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(stub.last_max_tokens("small"), Some(1000));
+    assert_eq!(b["keel"]["max_tokens_capped"], json!({"asked": 4_000_000_000u64, "limit": 1000, "by": "platform"}), "{b}");
+    let (s, b) = keel_tests::gateway::chat(&c, &free.member, chat(500)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(stub.last_max_tokens("small"), Some(100));
+    assert_eq!(b["keel"]["max_tokens_capped"]["by"], "plan", "{b}");
+    let (_, b) = keel_tests::gateway::chat(&c, &standard.member, chat(20)).await;
+    assert_eq!((stub.last_max_tokens("small"), b["keel"].get("max_tokens_capped")), (Some(20), None), "{b}");
     stack.stop().await;
 }

@@ -65,7 +65,7 @@ impl Routing {
     ) -> Result<AskResponse, KeelError> {
         let Grounded { question, evidence, .. } = *grounded;
         let open = |m: &str| self.breakers.is_open(&tenant.id, m);
-        let request = ask_request(grounded, self.options.max_tokens);
+        let request = ask_request(grounded, self.max_tokens_for(tenant).0);
         let confidence = grounded.strength.confidence();
         let decision = decide(&self.route_input(tenant, Some(confidence), None, request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "ask"))?;

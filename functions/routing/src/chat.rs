@@ -83,6 +83,9 @@ impl Routing {
     ) -> Result<Value, KeelError> {
         let tenant_id = caller.tenant()?;
         let tenant = self.tenant(tenant_id).await?;
+        let (limit, by) = self.max_tokens_for(&tenant);
+        let asked = request.max_tokens;
+        let request = &ModelRequest { max_tokens: asked.min(limit), ..request.clone() };
         let open = |m: &str| self.breakers.is_open(&tenant.id, m);
         let decision = crate::router::decide(&self.route_input(&tenant, None, Some(&body.model), request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "complete"))?;
@@ -90,6 +93,10 @@ impl Routing {
         let created = now_secs();
         let fingerprint = prompt_fingerprint(body);
         let mut trail = Trail::new(decision.reasons.clone());
+        let capped = (asked > limit).then(|| json!({"asked": asked, "limit": limit, "by": by}));
+        if capped.is_some() {
+            trail.reasons.insert(0, format!("max_tokens {asked} capped at {limit} (the {by}'s limit)"));
+        }
 
         // Only deterministic requests are cacheable.
         let ttl = tenant.routing.cache_ttl_secs;
@@ -143,7 +150,10 @@ impl Routing {
         self.finish(&tenant.id, pending, record).await;
         let mut out = completion(&id, &model, created, &text, input_tokens, output_tokens);
         out["keel"] = json!({"tier": tier, "cost": trail.usage.cost_micro_usd as f64 / 1e6, "cached": trail.usage.cache == CacheOutcome::Hit,
-            "decision_id": id, "route": trail.reasons});
+            "decision_id": id, "route": trail.reasons, "max_tokens": request.max_tokens});
+        if let Some(capped) = capped {
+            out["keel"]["max_tokens_capped"] = capped;
+        }
         Ok(out)
     }
 

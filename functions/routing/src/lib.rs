@@ -60,7 +60,10 @@ pub struct RoutingOptions {
     /// Refusal thresholds (see `keel_core::config`).
     pub min_coverage: f32,
     pub min_similarity: f32,
+    /// What a call asks for when the request names nothing, and the most any may ask for.
     pub max_tokens: u32,
+    /// Lower caps by plan.
+    pub plan_max_tokens: std::collections::BTreeMap<String, u32>,
     pub retry: RetryPolicy,
     pub breakers: BreakerSettings,
 }
@@ -71,6 +74,7 @@ impl RoutingOptions {
             min_coverage: config.min_evidence_coverage,
             min_similarity: config.min_evidence_similarity,
             max_tokens: config.model_max_tokens,
+            plan_max_tokens: config.plan_max_tokens.clone(),
             retry: RetryPolicy::default(),
             breakers: BreakerSettings::default(),
         }
@@ -255,6 +259,15 @@ impl Routing {
 
     async fn tenant(&self, id: &TenantId) -> Result<Tenant, KeelError> {
         self.tenants.require_active(id).await
+    }
+
+    /// The most output tokens `tenant`'s calls may ask for, and what sets it:
+    /// the platform's `KEEL_MODEL_MAX_TOKENS`, or the tenant's plan's lower cap.
+    fn max_tokens_for(&self, tenant: &Tenant) -> (u32, &'static str) {
+        match self.options.plan_max_tokens.get(&tenant.plan) {
+            Some(&plan) if plan < self.options.max_tokens => (plan, "plan"),
+            _ => (self.options.max_tokens, "platform"),
+        }
     }
 
     fn route_input<'a>(

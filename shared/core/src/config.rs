@@ -32,7 +32,14 @@ pub struct Config {
     /// The hosted models and their prices (`KEEL_MODELS`, a JSON array); empty:
     /// answers are in-function only.
     pub models: Vec<ModelSpec>,
+    /// The most output tokens a model call may ask for (`KEEL_MODEL_MAX_TOKENS`),
+    /// and what a request that names none asks for.
     pub model_max_tokens: u32,
+    /// A lower cap for some plans (`KEEL_PLAN_MAX_TOKENS`, `{"plan": tokens}`).
+    pub plan_max_tokens: std::collections::BTreeMap<String, u32>,
+    /// Expensive requests one tenant may have running at once, across every
+    /// warm container (`KEEL_TENANT_CONCURRENCY`, per surface; 0 turns it off).
+    pub tenant_concurrency: u32,
     /// Share of the question's content terms the best evidence must contain; below it, refuse.
     pub min_evidence_coverage: f32,
     /// Least cosine similarity of the best evidence to the question; below it, refuse.
@@ -112,6 +119,12 @@ impl Config {
             document_body_limit: number(&get, "KEEL_DOCUMENT_BODY_LIMIT", 1024 * 1024)?,
             models,
             model_max_tokens: number(&get, "KEEL_MODEL_MAX_TOKENS", 512)?,
+            plan_max_tokens: match get("KEEL_PLAN_MAX_TOKENS").filter(|s| !s.trim().is_empty()) {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|e| KeelError::Config(format!("KEEL_PLAN_MAX_TOKENS must be a JSON object of plan to tokens: {e}")))?,
+                None => Default::default(),
+            },
+            tenant_concurrency: number(&get, "KEEL_TENANT_CONCURRENCY", 20)?,
             min_evidence_coverage: number(&get, "KEEL_MIN_EVIDENCE_COVERAGE", DEFAULT_MIN_EVIDENCE_COVERAGE)?,
             min_evidence_similarity: number(&get, "KEEL_MIN_EVIDENCE_SIMILARITY", DEFAULT_MIN_EVIDENCE_SIMILARITY)?,
             connector_timeout_ms: number(&get, "KEEL_CONNECTOR_TIMEOUT_MS", 5_000)?,
@@ -165,6 +178,8 @@ mod tests {
         assert!(matches!(from(&[("KEEL_ADMIN_KEY", "short")]), Err(KeelError::Config(m)) if m.contains("KEEL_ADMIN_KEY")));
         let ok = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef")]).unwrap();
         assert!(ok.models.is_empty());
+        let bad = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_PLAN_MAX_TOKENS", "[256]")]);
+        assert!(matches!(bad, Err(KeelError::Config(m)) if m.contains("KEEL_PLAN_MAX_TOKENS")));
         let bad = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_TENANT_CACHE_SECS", "x")]);
         assert!(matches!(bad, Err(KeelError::Config(m)) if m.contains("KEEL_TENANT_CACHE_SECS")));
         let models = from(&[("KEEL_ADMIN_KEY", "0123456789abcdef"), ("KEEL_MODELS", "[{}]")]);
