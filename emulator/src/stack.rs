@@ -144,7 +144,7 @@ impl Stack {
             retrieval: retrieval.clone(),
             tools,
             audit: Arc::new(Audit::new(table.clone(), blobs, tenants.clone()).with_config(&config)?),
-            rate: Arc::new(keel_core::rate::RateLimiter::new(table.clone(), tenants)),
+            rate: Arc::new(config.rate_limiter(table.clone(), tenants)),
         });
 
         let (shutdown, stopped) = watch::channel(false);

@@ -20,6 +20,8 @@ pub struct Call {
     pub end: Instant,
     /// The operation: the `x-amz-target` header (DynamoDB, SQS), else method and path (S3, Step Functions' REST calls).
     pub what: String,
+    /// The sort key of the item a DynamoDB single-item call names (`RATE#…`, `SPEND#…`).
+    pub item: Option<String>,
 }
 
 struct Proxy {
@@ -63,6 +65,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, method: Method, uri: Uri, head
         Some(target) => target.to_string(),
         None => format!("{method} {}", uri.path()),
     };
+    let item = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|b| b["Key"]["sk"]["S"].as_str().map(str::to_string));
     tokio::time::sleep(proxy.latency + jitter(proxy.jitter)).await;
     let url = format!("{}{}", proxy.target, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut request = proxy.http.request(method, url).body(body);
@@ -83,7 +86,7 @@ async fn forward(State(proxy): State<Arc<Proxy>>, method: Method, uri: Uri, head
         }
     }
     let bytes = response.bytes().await.unwrap_or_default();
-    proxy.log.lock().unwrap().push(Call { start, end: Instant::now(), what });
+    proxy.log.lock().unwrap().push(Call { start, end: Instant::now(), what, item });
     (status, out_headers, bytes).into_response()
 }
 
@@ -120,7 +123,7 @@ mod tests {
     #[test]
     fn round_trips_count_calls_in_turn_not_calls_side_by_side() {
         let t = Instant::now();
-        let at = |a: u64, b: u64, what: &str| Call { start: t + Duration::from_millis(a), end: t + Duration::from_millis(b), what: what.into() };
+        let at = |a: u64, b: u64, what: &str| Call { start: t + Duration::from_millis(a), end: t + Duration::from_millis(b), what: what.into(), item: None };
         let side_by_side = [at(0, 5, "a"), at(1, 6, "b"), at(0, 4, "c")];
         assert_eq!(sequential_round_trips(&side_by_side.iter().collect::<Vec<_>>()), 1);
         let in_turn = [at(0, 5, "a"), at(1, 6, "b"), at(6, 9, "c"), at(10, 12, "d")];

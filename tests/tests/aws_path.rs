@@ -135,7 +135,9 @@ async fn a_chat_the_rate_limit_refuses_holds_no_budget() {
     assert_eq!(admitted.status, 200, "{}", admitted.body);
     let refused = path.measure(&path.routing, chat()).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
-    let writes = refused.operations().iter().filter(|op| op.contains("UpdateItem") || op.contains("TransactWrite")).count();
-    assert_eq!(writes, 1, "the count alone: {:?}", refused.operations());
+    let items: Vec<&str> = refused.calls.iter().filter_map(|c| c.item.as_deref()).collect();
+    assert!(items.iter().any(|i| i.starts_with("RATE#")), "the count: {items:?}");
+    assert!(!items.iter().any(|i| i.starts_with("SPEND#")), "no budget held or given back: {items:?}");
+    assert!(items.iter().filter(|i| i.starts_with("INFLIGHT#")).count() == 2, "the slot taken beside the count and given back: {items:?}");
     assert!(refused.model.is_none());
 }

@@ -490,3 +490,43 @@ async fn max_tokens_is_capped_by_the_platform_and_the_plan_and_the_answer_says_s
     assert_eq!((stub.last_max_tokens("small"), b["keel"].get("max_tokens_capped")), (Some(20), None), "{b}");
     stack.stop().await;
 }
+
+/// One tenant within its per-minute rate could hold every instance the
+/// account has. Expensive surfaces now have a per-tenant concurrency limit
+/// (`KEEL_TENANT_CONCURRENCY`): past it 429 with `Retry-After`, while other
+/// tenants' requests go on, and each slot comes back when its answer is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_run_more_expensive_requests_at_once_than_its_limit() {
+    use keel_tests::stub::{Behavior, StubModels};
+    let stub = StubModels::start().await;
+    stub.set("small", Behavior::Slow(Duration::from_millis(800), "Slowly.".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = stub.catalog(&[("small", "t2", 0.0005, 5_000)]);
+    let stack = start_stack(dir.path(), config(&[("KEEL_MODELS", &catalog), ("KEEL_TENANT_CONCURRENCY", "2")])).await;
+    let c = Client::new(stack.url());
+    let busy = tenant(&c, "busy", json!({})).await;
+    let calm = tenant(&c, "calm", json!({})).await;
+    let chat = |i: usize| json!({"model": "small", "temperature": 0.5, "messages": [{"role": "user", "content": format!("Count to {i}.")}]});
+    let send = |key: String, body: Value| {
+        let c = Client::new(stack.url());
+        tokio::spawn(async move { c.call_with_headers("POST", "/v1/chat/completions", &key, Some(body), &[]).await.unwrap() })
+    };
+    let running: Vec<_> = (0..4).map(|i| send(busy.member.clone(), chat(i))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = send(calm.member.clone(), chat(9));
+    let mut statuses = Vec::new();
+    for r in running {
+        let (s, headers, b) = r.await.unwrap();
+        if s == 429 {
+            assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{b}");
+            assert!(b["error"]["message"].as_str().unwrap().contains("requests running"), "{b}");
+        }
+        statuses.push(s);
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429, 429], "two at once, the others refused");
+    assert_eq!(other.await.unwrap().0, 200, "another tenant's request is not held up");
+    let (s, _, b) = send(busy.member.clone(), chat(5)).await.unwrap();
+    assert_eq!(s, 200, "the slots came back with the answers: {b}");
+    stack.stop().await;
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, KeelError> {
     let notifier = aws.notifier().map(|n| n as Arc<dyn keel_core::ports::Notifier>);
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
-    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(config.rate_limiter(aws.table.clone(), tenants.clone()));
     let audit = Arc::new(Audit::new(aws.table.clone(), aws.blobs, tenants).with_config(&config)?.with_notifier(notifier));
     let app = rate_limited(api(routes().with_state(audit.clone())), limiter);
     Ok(Function::new(Some(app), move |event| {

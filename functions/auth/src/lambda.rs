@@ -13,7 +13,7 @@ pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, Kee
     config.require_admin_key()?;
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
-    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(config.rate_limiter(aws.table.clone(), tenants.clone()));
     let auth = Arc::new(Auth::new(aws.table, aws.blobs, aws.queue, config, tenants, keys)?);
     let app = rate_limited(api(routes().with_state(auth.clone()).merge(crate::console::routes().with_state(()))), limiter);
     Ok(Function::new(Some(app), move |event| {

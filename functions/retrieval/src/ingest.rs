@@ -80,7 +80,20 @@ impl Retrieval {
         }
         for (tenant, changes) in by_tenant {
             let (ids, changes): (Vec<String>, Vec<DocumentChange>) = changes.into_iter().unzip();
-            match self.apply_changes(&tenant, changes).await {
+            // A tenant with every ingest slot taken gets its messages back later, as over HTTP it gets 429.
+            let slot = match self.concurrency.enter(&tenant, keel_core::concurrency::Expensive::Ingest).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    tracing::info!(tenant = %tenant, error = %e, "ingest batch left for later");
+                    failed.extend(ids);
+                    continue;
+                }
+            };
+            let applied = self.apply_changes(&tenant, changes).await;
+            if let Some(slot) = slot {
+                slot.leave().await;
+            }
+            match applied {
                 Ok(results) => {
                     for (id, r) in ids.into_iter().zip(results) {
                         if let Err(e) = r {

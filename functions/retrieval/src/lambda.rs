@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, KeelError> {
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
-    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(config.rate_limiter(aws.table.clone(), tenants.clone()));
     let inbox_queue = aws.inbox_queue_arn.clone();
     let backends = Backends { table: aws.table, blobs: aws.blobs, queue: aws.queue, tenants, keys };
     let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);

@@ -155,6 +155,8 @@ pub struct RetrievalSettings {
     /// Segments a tenant may have before a compaction merges some.
     pub max_segments: usize,
     pub tuning: Tuning,
+    /// Ingest batches a tenant may have running at once (`KEEL_TENANT_CONCURRENCY`; 0: no limit).
+    pub tenant_concurrency: u32,
 }
 
 /// What retrieval works on: the table (through its stores), the blob
@@ -182,6 +184,8 @@ pub struct Retrieval {
     cache: Mutex<IndexCache>,
     /// Texts embedded since start: the function's heaviest CPU work.
     embedded: std::sync::atomic::AtomicU64,
+    /// Producers' ingest batches take a tenant's concurrency slot, as document writes over HTTP do.
+    concurrency: keel_core::concurrency::ConcurrencyLimiter,
 }
 
 impl Retrieval {
@@ -192,6 +196,7 @@ impl Retrieval {
             tenants,
             keys,
             queue,
+            concurrency: keel_core::concurrency::ConcurrencyLimiter::new(table.clone(), settings.tenant_concurrency),
             documents: DocumentStore::new(table.clone()),
             changes: ChangeFeed::new(table.clone()),
             manifests: ManifestStore::new(table),
@@ -225,6 +230,7 @@ impl Retrieval {
             cache_chunks: config.index_cache_chunks,
             max_segments: config.index_max_segments,
             tuning: Tuning::default(),
+            tenant_concurrency: config.tenant_concurrency,
         };
         Ok(Self::new(backends, embedder, settings))
     }

@@ -8,6 +8,7 @@ use axum::Json;
 use keel_core::auth::Caller;
 use keel_core::http::{parse_body, ApiResponse, QueryMap, Routes, DEFAULT_BODY_LIMIT};
 use keel_core::ids::parse_path_id;
+use keel_core::concurrency::Expensive;
 use keel_core::rate::Admission;
 use keel_core::openapi::{object, schema, RouteDoc};
 use keel_core::KeelError;
@@ -20,6 +21,7 @@ type Reply = Result<Json<Value>, KeelError>;
 pub fn routes() -> Routes<Arc<Retrieval>> {
     Routes::new()
         .route(Method::PUT, "/v1/documents/{doc_id}", put_document)
+        .expensive(Expensive::Ingest)
         .doc(RouteDoc::new("Index a document (a new version)").body(schema::<DocumentInput>).json(200, object))
         .route(Method::GET, "/v1/documents/{doc_id}", document)
         .doc(RouteDoc::new("Read a document the caller may see").json(200, object))

@@ -20,7 +20,7 @@ pub async fn function(aws: keel_aws::Adapters, config: Config) -> Result<Functio
     let backends = Backends { table: aws.table.clone(), blobs: aws.blobs.clone(), queue: aws.queue.clone(), tenants: tenants.clone(), keys: keys.clone() };
     let retrieval = Arc::new(Retrieval::from_config(backends, &config)?);
     let models = hosted_models(&config.models).await;
-    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(config.rate_limiter(aws.table.clone(), tenants.clone()));
     let routing = Routing::new(retrieval, aws.table.clone(), aws.queue.clone(), tenants.clone(), models, RoutingOptions::from_config(&config));
     // A function URL has no API Gateway authorizer in front of it.
     let auth = Arc::new(Auth::new(aws.table, aws.blobs.clone(), aws.queue.clone(), config, tenants, keys)?);

@@ -10,6 +10,7 @@ use axum::http::Method;
 use axum::{Extension, Json};
 use keel_core::auth::Caller;
 use keel_core::http::{parse_body, RequestId, Routes, DEFAULT_BODY_LIMIT};
+use keel_core::concurrency::Expensive;
 use keel_core::rate::Admission;
 use keel_core::KeelError;
 use serde_json::{json, Value};
@@ -19,15 +20,19 @@ pub fn routes() -> Routes<Arc<Routing>> {
     Routes::new()
         .route(Method::POST, "/v1/ask", ask)
         .admits_itself()
+        .expensive(Expensive::Ask)
         .doc(RouteDoc::new("A cited answer or a refusal; with stream: true, server-sent events (delta, reset, done, error)")
             .body(schema::<AskRequest>).json(200, schema::<AskResponse>).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/chat/completions", chat)
         .admits_itself()
+        .expensive(Expensive::Chat)
         .doc(RouteDoc::new("OpenAI-compatible chat under the tenant's routing and budgets")
             .body(schema::<keel_core::openai::ChatRequest>).json(200, object).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/classify", classify)
+        .expensive(Expensive::Classify)
         .doc(RouteDoc::new("A label in-function").body(schema::<classify::ClassifyRequest>).json(200, object))
         .route(Method::POST, "/v1/rank", rank)
+        .expensive(Expensive::Rank)
         .doc(RouteDoc::new("A ranking in-function").body(schema::<rank::RankRequest>).json(200, object))
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub fn function(aws: keel_aws::Adapters, config: Config) -> Result<Function, KeelError> {
     let tenants = Arc::new(config.tenant_store(aws.table.clone()));
     let keys = Arc::new(config.key_authenticator(aws.table.clone(), tenants.clone()));
-    let limiter = Arc::new(keel_core::rate::RateLimiter::new(aws.table.clone(), tenants.clone()));
+    let limiter = Arc::new(config.rate_limiter(aws.table.clone(), tenants.clone()));
     let tools = Arc::new(Tools::new(aws.table.clone(), tenants, keys, aws.queue.clone(), aws.saga, ToolsOptions::from_config(&config))?);
     let app = rate_limited(api_counting_failures(routes().with_state(tools.clone()), aws.queue), limiter);
     Ok(Function::new(Some(app), move |event| {

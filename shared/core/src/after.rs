@@ -38,6 +38,22 @@ pub async fn hand_off(work: impl Future<Output = ()> + Send + 'static) {
     });
 }
 
+/// `hand_off` for code that cannot wait (a `Drop`): the work is counted as
+/// running at once, so the Lambda extension waits for it, and spawned.
+pub fn spawn_after(work: impl Future<Output = ()> + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let tracked = enabled();
+    if tracked {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+    }
+    runtime.spawn(async move {
+        work.await;
+        if tracked && RUNNING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            IDLE.notify_waiters();
+        }
+    });
+}
+
 /// Waits until no handed-off work is running.
 pub async fn settled() {
     loop {

@@ -67,6 +67,16 @@ impl Config {
         crate::tenants::TenantStore::new(table, std::time::Duration::from_secs(self.tenant_cache_secs))
     }
 
+    /// The rate limiter as every function counts it, with this configuration's
+    /// concurrency limit for expensive routes.
+    pub fn rate_limiter(
+        &self,
+        table: std::sync::Arc<dyn crate::ports::Table>,
+        tenants: std::sync::Arc<crate::tenants::TenantStore>,
+    ) -> crate::rate::RateLimiter {
+        crate::rate::RateLimiter::new(table, tenants).with_concurrency(self.tenant_concurrency)
+    }
+
     /// The API key authenticator as every function uses it, with the same TTL.
     pub fn key_authenticator(
         &self,

@@ -25,6 +25,10 @@ pub enum KeelError {
     Unprocessable { path: String, message: String },
     #[error("{0}")]
     TooManyRequests(String),
+    /// A limit that frees up by itself (the rate limit's minute, a
+    /// concurrency slot): 429 with `Retry-After: retry_after_secs`.
+    #[error("{message}")]
+    RetryLater { message: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -44,7 +48,7 @@ impl KeelError {
             Self::Conflict(_) => 409,
             Self::PayloadTooLarge(_) => 413,
             Self::Unprocessable { .. } => 422,
-            Self::TooManyRequests(_) => 429,
+            Self::TooManyRequests(_) | Self::RetryLater { .. } => 429,
             Self::Unavailable(_) => 503,
             Self::Internal(_) | Self::Config(_) => 500,
         }
@@ -59,7 +63,7 @@ impl KeelError {
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Unprocessable { .. } => "invalid_arguments",
-            Self::TooManyRequests(_) => "too_many_requests",
+            Self::TooManyRequests(_) | Self::RetryLater { .. } => "too_many_requests",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
             Self::Config(_) => "config",
@@ -68,7 +72,15 @@ impl KeelError {
 
     /// Whether a queue consumer or saga step should retry this error.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Internal(_) | Self::TooManyRequests(_))
+        matches!(self, Self::Unavailable(_) | Self::Internal(_) | Self::TooManyRequests(_) | Self::RetryLater { .. })
+    }
+
+    /// The `Retry-After` seconds of a refusal that frees up by itself.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RetryLater { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        }
     }
 }
 

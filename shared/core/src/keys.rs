@@ -51,6 +51,11 @@ pub fn rate(minute: i64) -> String {
     format!("RATE#{minute}")
 }
 
+/// The count of a surface's requests running for the tenant, by the minute they began.
+pub fn in_flight(surface: &str, minute: i64) -> String {
+    format!("INFLIGHT#{surface}#{minute}")
+}
+
 /// A month's spend counter (micro-USD): the tenant's, or one workflow's.
 pub fn spend(month: &str, workflow: Option<&str>) -> String {
     match workflow {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod chain;
 pub mod change_requests;
 pub mod chunking;
+pub mod concurrency;
 pub mod config;
 pub mod decisions;
 pub mod egress;
