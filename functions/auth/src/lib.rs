@@ -21,7 +21,7 @@ use keel_core::config::Config;
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::models::{Budgets, RoutingPolicy};
-use keel_core::decisions::{admin_change_event, send_decision, AdminChange};
+use keel_core::decisions::{admin_change_event, AdminChange};
 use keel_core::change_requests::{submit, ChangeRequest, ChangeRequestStore, Requester};
 use keel_core::ports::{BlobStore, Table, WorkQueue};
 use serde_json::Value;
@@ -58,7 +58,12 @@ impl Auth {
     /// Records an admin's change in the tenant's decision chain (secrets left out by the caller).
     pub(crate) async fn record(&self, caller: &Caller, tenant: &TenantId, change: AdminChange, target: &str, before: Value, after: Value) -> Result<(), KeelError> {
         let event = admin_change_event(&caller.principal, change, target, before, after);
-        send_decision(self.queue.as_ref(), tenant, &event).await
+        // The platform admin's request names no incarnation: the event is for the tenant's current one.
+        let mut context = keel_core::trace::current();
+        if let Some(c) = context.as_mut().filter(|c| c.incarnation.is_none()) {
+            c.incarnation = self.tenants.cached(tenant).await?.map(|t| t.incarnation().to_string());
+        }
+        keel_core::decisions::send_decision_in(self.queue.as_ref(), tenant, &event, context.as_ref()).await
     }
 
     /// Authenticates a request. `Err` is a denial (401 no/invalid credentials,
@@ -222,7 +227,8 @@ impl Auth {
     /// Turning `redact_pii` on redacts what the tenant already stored, too.
     pub(crate) async fn redact_stored_if_turned_on(&self, id: &TenantId, before: &Value, after: &Value) -> Result<(), KeelError> {
         if before["redact_pii"] != Value::Bool(true) && after["redact_pii"] == Value::Bool(true) {
-            keel_core::tasks::request_redaction(self.queue.as_ref(), id, None).await?;
+            let incarnation = after["incarnation"].as_str().unwrap_or_default();
+            keel_core::tasks::request_redaction(self.queue.as_ref(), id, incarnation, None).await?;
         }
         Ok(())
     }

@@ -21,18 +21,16 @@ impl Retrieval {
     /// The changes that redact the next page of the tenant's unredacted documents.
     pub(crate) async fn redaction_page(&self, m: &QueueMessage, body: &Value) -> Result<Vec<(TenantId, DocumentChange)>, KeelError> {
         let tenant = TenantId::parse(m.attributes.get("tenant").map(String::as_str).unwrap_or(""))?;
-        if self.tenants.is_deleted(&tenant).await? {
+        if self.tenants.outlived(&tenant, &m.attributes).await? {
             return Err(KeelError::TenantGone(tenant.to_string()));
         }
-        if !self.tenants.cached(&tenant).await?.is_some_and(|t| t.redact_pii) {
-            return Ok(vec![]);
-        }
+        let Some(record) = self.tenants.cached(&tenant).await?.filter(|t| t.redact_pii) else { return Ok(vec![]) };
         let after = body.get("after").and_then(Value::as_str);
         let mut records = self.documents.page(&tenant, after, PAGE + 1).await?;
         if records.len() > PAGE {
             records.truncate(PAGE);
             let last = records.last().map(|r| r.doc_id.as_str());
-            request_redaction(self.queue.as_ref(), &tenant, last).await?;
+            request_redaction(self.queue.as_ref(), &tenant, record.incarnation(), last).await?;
         }
         let mut changes = Vec::new();
         for record in records.into_iter().filter(|r| !r.redacted) {

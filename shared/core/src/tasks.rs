@@ -10,10 +10,14 @@ use std::collections::HashMap;
 /// (`{"task": "redact_stored", "after": <doc id>?}`, the tenant in an attribute).
 pub const REDACT_STORED: &str = "redact_stored";
 
-/// Asks the retrieval function to redact `tenant`'s stored documents, after `after`.
-pub async fn request_redaction(queue: &dyn WorkQueue, tenant: &TenantId, after: Option<&str>) -> Result<(), KeelError> {
+/// Asks the retrieval function to redact `tenant`'s stored documents, after
+/// `after`; the task is for the tenant's `incarnation` alone.
+pub async fn request_redaction(queue: &dyn WorkQueue, tenant: &TenantId, incarnation: &str, after: Option<&str>) -> Result<(), KeelError> {
     let body = json!({"task": REDACT_STORED, "after": after});
-    let attributes = HashMap::from([("tenant".to_string(), tenant.to_string())]);
+    let attributes = HashMap::from([
+        ("tenant".to_string(), tenant.to_string()),
+        (crate::decisions::INCARNATION_ATTRIBUTE.to_string(), incarnation.to_string()),
+    ]);
     queue.send(QueueName::Ingest, body.to_string(), attributes).await?;
     Ok(())
 }
