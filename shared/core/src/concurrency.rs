@@ -11,9 +11,20 @@
 //! entered, and a leaked slot is gone when the minute turns. The price is
 //! that, for the length of one request, up to twice the limit may run across
 //! the turn of a minute.
+//!
+//! Over HTTP a route declared `Routes::expensive` asks for its slot in
+//! `hold_slot`, before anything waits for the admission, and `release_slot`
+//! gives it back after the response.
 
+use crate::auth::Caller;
 use crate::ids::TenantId;
 use crate::ports::Table;
+use crate::rate::{Admission, RateLimiter};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
 use crate::time::now_secs;
 use crate::{KeelError, StoreError};
 use std::sync::Arc;
@@ -85,6 +96,47 @@ impl Slot {
     pub async fn leave(self) {
         if let Err(e) = self.table.increment(&self.pk, &self.sk, -1, None, self.expires_at).await {
             tracing::warn!(error = %e, slot = %self.sk, "a concurrency slot was not given back; it frees at the minute's turn");
+        }
+    }
+}
+
+/// An expensive route's request asks for its concurrency slot, beside its count.
+pub(crate) async fn hold_slot(surface: Expensive, request: Request, next: Next) -> Response {
+    let extensions = request.extensions();
+    if let (Some(admission), Some(limiter), Some(tenant)) =
+        (extensions.get::<Admission>(), extensions.get::<Arc<RateLimiter>>(), extensions.get::<Caller>().and_then(|c| c.tenant.clone()))
+    {
+        admission.hold(limiter, tenant, surface);
+    }
+    next.run(request).await
+}
+
+/// Gives an expensive request's concurrency slot back once its response is
+/// sent: at once for a whole answer, when the stream ends (or its client
+/// leaves) for a streamed one.
+pub(crate) async fn release_slot(admission: &Admission, response: Response) -> Response {
+    let Some(slot) = admission.take_slot() else { return response };
+    let streamed = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        crate::after::hand_off(slot.leave()).await;
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let guard = SlotGuard(Some(slot));
+    let stream = tokio_stream::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _held = &guard;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// Holds a streamed answer's slot; dropped with the stream, it gives it back.
+struct SlotGuard(Option<Slot>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            crate::after::spawn_after(slot.leave());
         }
     }
 }

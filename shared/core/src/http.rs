@@ -254,7 +254,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             let mut serve = if d.admits_itself { d.serve } else { d.serve.layer(axum::middleware::from_fn(admit_first)) };
             if let Some(surface) = d.expensive {
                 // Outermost: the slot is asked for before anything waits for the admission.
-                serve = serve.layer(axum::middleware::from_fn(move |request: Request, next: Next| hold_slot(surface, request, next)));
+                serve = serve.layer(axum::middleware::from_fn(move |request: Request, next: Next| crate::concurrency::hold_slot(surface, request, next)));
             }
             router = router.route(d.path, serve);
         }
@@ -299,47 +299,6 @@ fn start_admission(request: &mut Request) -> Option<Admission> {
 /// `api` with each tenant's rate limit: wrap the router `api` made.
 pub fn rate_limited(api: Router, limiter: Arc<RateLimiter>) -> Router {
     api.layer(axum::Extension(limiter))
-}
-
-/// An expensive route's request asks for its concurrency slot, beside its count.
-async fn hold_slot(surface: crate::concurrency::Expensive, request: Request, next: Next) -> Response {
-    let extensions = request.extensions();
-    if let (Some(admission), Some(limiter), Some(tenant)) =
-        (extensions.get::<Admission>(), extensions.get::<Arc<RateLimiter>>(), extensions.get::<Caller>().and_then(|c| c.tenant.clone()))
-    {
-        admission.hold(limiter, tenant, surface);
-    }
-    next.run(request).await
-}
-
-/// Gives an expensive request's concurrency slot back once its response is
-/// sent: at once for a whole answer, when the stream ends (or its client
-/// leaves) for a streamed one.
-async fn release_slot(admission: &Admission, response: Response) -> Response {
-    let Some(slot) = admission.take_slot() else { return response };
-    let streamed = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if !streamed {
-        crate::after::hand_off(slot.leave()).await;
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let guard = SlotGuard(Some(slot));
-    let stream = tokio_stream::StreamExt::map(body.into_data_stream(), move |chunk| {
-        let _held = &guard;
-        chunk
-    });
-    Response::from_parts(parts, Body::from_stream(stream))
-}
-
-/// Holds a streamed answer's slot; dropped with the stream, it gives it back.
-struct SlotGuard(Option<crate::concurrency::Slot>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
-            crate::after::spawn_after(slot.leave());
-        }
-    }
 }
 
 /// Where a route has not said it waits for the rate limit itself
@@ -411,7 +370,7 @@ async fn answer(mut request: Request, next: Next, route: &str) -> Response {
     // A handler that failed before it waited for the count still counts.
     if let Some(admission) = admission {
         let _ = admission.admit().await;
-        response = release_slot(&admission, response).await;
+        response = crate::concurrency::release_slot(&admission, response).await;
     }
     let mut response = match response.extensions_mut().remove::<Failed>() {
         Some(Failed(error)) => error_response(&error, &request_id.0),

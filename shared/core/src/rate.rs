@@ -78,11 +78,14 @@ impl RateLimiter {
 #[derive(Clone)]
 pub struct Admission(Arc<Pending>);
 
+/// The taking of a concurrency slot, running beside the count.
+type SlotTask = JoinHandle<Result<Option<Slot>, KeelError>>;
+
 #[derive(Default)]
 struct Pending {
     task: Mutex<Option<JoinHandle<Result<(), KeelError>>>>,
     /// The concurrency slot being taken beside the count, for an expensive route.
-    slot_task: std::sync::Mutex<Option<JoinHandle<Result<Option<Slot>, KeelError>>>>,
+    slot_task: std::sync::Mutex<Option<SlotTask>>,
     /// The slot an admitted request holds until its response is sent.
     slot: std::sync::Mutex<Option<Slot>>,
     outcome: OnceCell<Result<(), Arc<KeelError>>>,
