@@ -141,7 +141,7 @@ impl KeyAuthenticator {
     /// The caller a producer's queue message names in its `authorization`
     /// attribute (`Bearer keel_…`): a key of the tenant, nothing else. The
     /// message counts against the tenant's rate limit like an HTTP request:
-    /// past it, `TooManyRequests`, and the consumer leaves the message for
+    /// past it, `RetryLater`, and the consumer leaves the message for
     /// the queue to deliver again later (it is neither done nor dead-lettered).
     pub async fn producer(&self, attributes: &HashMap<String, String>) -> Result<Caller, KeelError> {
         let value = attributes

@@ -36,8 +36,8 @@ impl RateLimiter {
         Self { concurrency: ConcurrencyLimiter::new(self.table.clone(), slots), ..self }
     }
 
-    /// Counts one request of `tenant`: `TooManyRequests` once this minute's
-    /// count would pass the tenant's limit, `Forbidden` for a suspended tenant,
+    /// Counts one request of `tenant`: `RetryLater` (429 with `Retry-After`)
+    /// once this minute's count would pass the tenant's limit, `Forbidden` for a suspended tenant,
     /// `Unauthorized` for a caller of another `incarnation` of the tenant (its
     /// credential outlived the tenant it was made for: an authorizer answer
     /// cached across a deletion). The tenant record comes through the warm
