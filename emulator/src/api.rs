@@ -78,6 +78,54 @@ pub fn openapi_document() -> String {
     text
 }
 
+/// Who may call each route, as `docs/authorization.md` holds it: generated
+/// from the route tables' declarations, which the router enforces.
+pub fn authorization_document() -> String {
+    use keel_core::access::{Access, Party};
+    let mut out = String::from(
+        "# Who may call each route\n\n\
+         Generated from the route tables' declarations (`Routes::access`) by `keel-local authorization`;\n\
+         `tests/tests/openapi.rs` holds this file to them and `tests/tests/boundaries.rs` walks every\n\
+         route with each party. The router refuses a party a route does not admit with 403 before\n\
+         anything of the route runs; *what* a route shows an admitted caller of its objects is its\n\
+         handler's (the last column). Every route but the public ones answers 401 without valid\n\
+         credentials, and 403 for a suspended tenant; a tenant's principals reach only their own\n\
+         tenant.\n\n",
+    );
+    let parties = Party::ALL.map(Party::name);
+    out.push_str(&format!("| Route | {} | What it shows |\n|---|{}---|\n", parties.join(" | "), "---|".repeat(parties.len())));
+    for (_, table) in route_tables_with_access() {
+        for (method, path, declared) in table {
+            let (access, scope) = declared.unwrap_or((Access::Platform, "(undeclared)"));
+            let cells: Vec<&str> = match access {
+                Access::Public => vec!["no credentials needed"; parties.len()],
+                _ => Party::ALL.iter().map(|p| if access.admits_party(*p) { "yes" } else { "403" }).collect(),
+            };
+            out.push_str(&format!("| `{method} {path}` | {} | {scope} |\n", cells.join(" | ")));
+        }
+    }
+    out
+}
+
+/// Each function's route table with every route's declared access.
+type AccessTable = Vec<keel_core::access::RouteAccess>;
+
+fn route_tables_with_access() -> Vec<(&'static str, AccessTable)> {
+    vec![
+        ("AuthFunction", keel_auth::routes::routes().accesses()),
+        ("RetrievalFunction", keel_retrieval::routes::routes().accesses()),
+        ("RoutingFunction", keel_routing::routes::routes().accesses()),
+        ("ToolsFunction", keel_tools::routes::routes().accesses()),
+        ("AuditFunction", keel_audit::routes::routes().accesses()),
+        ("AuthFunction", keel_auth::console::routes::<()>().accesses()),
+    ]
+}
+
+/// Every declared route with its access: `(method, path, access)`; `None` where undeclared.
+pub fn route_access() -> AccessTable {
+    route_tables_with_access().into_iter().flat_map(|(_, table)| table).collect()
+}
+
 /// The routes served without credentials (the console's page and scripts),
 /// `(method, path)`: the template routes these without the authorizer.
 pub fn public_routes() -> Vec<(String, String)> {

@@ -16,5 +16,5 @@ mod stack;
 pub mod store;
 pub mod table;
 
-pub use api::{declared_routes, documented_routes, openapi_document, public_routes};
+pub use api::{authorization_document, declared_routes, documented_routes, openapi_document, public_routes, route_access};
 pub use stack::{QueueWrapper, Stack, StackOptions};

@@ -7,7 +7,7 @@ use keel_emulator::{demo, Stack, StackOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR] [--exit]\n       keel-local openapi   (prints the OpenAPI document: > docs/openapi.json)
+const USAGE: &str = "usage: keel-local serve [--port N] [--data-dir DIR]\n       keel-local demo  [--data-dir DIR] [--exit]\n       keel-local openapi   (prints the OpenAPI document: > docs/openapi.json)\n       keel-local authorization   (prints who may call each route: > docs/authorization.md)
        keel-local redrive ingest|audit|actions [--data-dir DIR]";
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +62,10 @@ async fn run(args: Vec<String>) -> Result<(), KeelError> {
             let stack = start(&data_dir, port).await?;
             println!("Keel local stack on {} (data in {})", stack.url(), data_dir.display());
             stack.run_until_ctrl_c().await;
+            Ok(())
+        }
+        "authorization" => {
+            print!("{}", keel_emulator::authorization_document());
             Ok(())
         }
         "openapi" => {

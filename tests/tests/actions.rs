@@ -323,7 +323,7 @@ async fn tenant_policies_set_limits_and_daily_caps_and_shadow_policies_only_reco
     // Another tenant's policies are its own: B has none, so B's 600 is proposed.
     let (s, r) = c.call("POST", "/v1/actions", &b.member, Some(proposal("refund", 600.0, "p-1"))).await.unwrap();
     assert_eq!((s, r["status"].as_str()), (201, Some("pending_approval")), "{r}");
-    let (_, bp) = c.call("GET", "/v1/policies", &b.member, None).await.unwrap();
+    let (_, bp) = c.call("GET", "/v1/policies", &b.admin, None).await.unwrap();
     assert_eq!(bp["enforced"]["policies"], "", "B cannot see A's policies: {bp}");
     stack.stop().await;
 }

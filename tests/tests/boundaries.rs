@@ -8,6 +8,7 @@
 //! routes come from the functions' declarations, so a new route is walked
 //! by construction.
 
+use keel_core::access::{Access, Party, TenantRole};
 use keel_core::auth::{sign_jwt, JwtClaims};
 use keel_emulator::demo::start_connector;
 use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
@@ -211,25 +212,65 @@ fn credentialed_routes() -> Vec<(&'static str, String, String)> {
     keel_emulator::declared_routes().into_iter().filter(|(_, m, p)| !public.contains(&(m.clone(), p.clone()))).collect()
 }
 
-/// Routes a member of the tenant may not call: 403, whatever it sends.
-const ADMIN_ONLY: [(&str, &str); 16] = [
-    ("PUT", "/v1/alerts/webhook"),
-    ("POST", "/v1/tenants"),
-    ("GET", "/v1/tenants/{id}"),
-    ("PATCH", "/v1/tenants/{id}"),
-    ("DELETE", "/v1/tenants/{id}"),
-    ("POST", "/v1/tenants/{id}/keys"),
-    ("GET", "/v1/tenants/{id}/keys"),
-    ("DELETE", "/v1/tenants/{id}/keys/{key_id}"),
-    ("POST", "/v1/tenants/{id}/keys/{key_id}/rotate"),
-    ("GET", "/v1/tenants/{id}/change-requests"),
-    ("POST", "/v1/tenants/{id}/change-requests/{request_id}/{verb}"),
-    ("PUT", "/v1/sources/{name}"),
-    ("PUT", "/v1/tools/{name}"),
-    ("PUT", "/v1/policies/{mode}"),
-    ("GET", "/v1/audit/export"),
-    ("POST", "/v1/actions/{id}/{verb}"),
-];
+/// The access a route declares (every route declares one: `openapi.rs`).
+fn access_of(method: &str, path: &str) -> Access {
+    keel_emulator::route_access()
+        .into_iter()
+        .find(|(m, p, _)| m == method && p == path)
+        .and_then(|(_, _, a)| a)
+        .map(|(a, _)| a)
+        .unwrap_or_else(|| panic!("{method} {path} declares no access"))
+}
+
+/// Whether a member gets 403 on a route whatever it sends: the route's
+/// declaration refuses it, or (approving) the default policies do.
+fn refused_to_a_member(method: &str, path: &str) -> bool {
+    !access_of(method, path).admits_party(Party::Tenant(TenantRole::Member)) || (method, path) == ("POST", "/v1/actions/{id}/{verb}")
+}
+
+/// Every route walked with each party (the platform admin, and a principal
+/// of each tenant role): a party the route's declaration does not admit gets
+/// the router's 403 and changes nothing; one it admits never gets that
+/// refusal on a read.
+#[tokio::test]
+async fn every_route_answers_each_party_as_its_declaration_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_DEFAULT_RATE_LIMIT", "100000")])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let targets = acme(&c, &t).await;
+    let auditor = create_key(&c, ADMIN_KEY, json!({"principal": "audra", "roles": ["auditor"]})).await["key"].as_str().unwrap().to_string();
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let before = acme_state(&c, &t.admin, &targets).await;
+    let key_of = |party: Party| -> &str {
+        match party {
+            Party::PlatformAdmin => ADMIN_KEY,
+            Party::Tenant(TenantRole::Admin) => &t.admin,
+            Party::Tenant(TenantRole::Approver) => &t.approver,
+            Party::Tenant(TenantRole::Member) => &t.member,
+            Party::Tenant(TenantRole::Auditor) => &auditor,
+        }
+    };
+    let mut refused = 0;
+    for (_, method, path) in credentialed_routes() {
+        let access = access_of(&method, &path);
+        for party in Party::ALL {
+            let (url, body) = targets.request(&method, &path);
+            let admitted = access.admits_party(party);
+            if admitted && method != "GET" {
+                continue;
+            }
+            let (s, b) = c.call(&method, &url, key_of(party), body).await.unwrap();
+            let router_refused = s == 403 && b["error"]["message"].as_str().is_some_and(|m| m.starts_with("this route"));
+            assert_eq!(router_refused, !admitted, "the {} on {method} {path}: {s} {b}", party.name());
+            refused += usize::from(!admitted);
+        }
+    }
+    assert!(refused > 40, "{refused}");
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    assert_eq!(acme_state(&c, &t.admin, &targets).await, before, "a refused party changed acme");
+    stack.stop().await;
+}
 
 #[tokio::test]
 async fn a_member_is_held_to_its_role_and_its_groups_on_every_route() {
@@ -245,7 +286,7 @@ async fn a_member_is_held_to_its_role_and_its_groups_on_every_route() {
         let (s, b) = c.call(&method, &url, &t.member, body).await.unwrap();
         let text = b.to_string();
         assert!(!text.contains(FINANCE_MARKER), "{method} {path} shows a document outside the member's groups: {text}");
-        if ADMIN_ONLY.contains(&(method.as_str(), path.as_str())) {
+        if refused_to_a_member(&method, &path) {
             assert_eq!(s, 403, "a member on {method} {path}: {text}");
         } else {
             assert!(s != 500 && s != 401, "a member on {method} {path}: {s} {text}");
@@ -258,5 +299,39 @@ async fn a_member_is_held_to_its_role_and_its_groups_on_every_route() {
     }
     let (s, _) = c.call("GET", "/v1/documents/ledger", &t.member, None).await.unwrap();
     assert_eq!(s, 404, "a document outside the member's groups does not exist for it");
+    stack.stop().await;
+}
+
+/// `GET /v1/actions/{id}` and `?idempotency_key=` (guessable, client-chosen)
+/// gave any member another principal's arguments, preview and connector
+/// answer, and `GET /v1/tools` showed every principal the connectors' URLs.
+/// Actions now follow one rule (approvers, admins and auditors read every
+/// action; others their own proposals) and connector settings are admins'.
+#[tokio::test]
+async fn another_principals_action_and_the_connectors_settings_stay_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_DEFAULT_RATE_LIMIT", "100000")])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let targets = acme(&c, &t).await;
+    let erin = create_key(&c, ADMIN_KEY, json!({"principal": "erin", "roles": ["member"]})).await["key"].as_str().unwrap().to_string();
+    let by_id = format!("/v1/actions/{}", targets.action);
+    let by_key = format!("/v1/actions?idempotency_key={}", targets.idempotency_key);
+    for path in [&by_id, &by_key] {
+        let (s, b) = c.call("GET", path, &erin, None).await.unwrap();
+        assert_eq!(s, 404, "another member read ann's action: {b}");
+        assert!(!b.to_string().contains("A-1"), "{b}");
+        for owner_or_reviewer in [&t.member, &t.approver, &t.admin] {
+            let (s, b) = c.call("GET", path, owner_or_reviewer, None).await.unwrap();
+            assert_eq!((s, b["args"]["order_id"].as_str()), (200, Some("A-1")), "{b}");
+        }
+    }
+    let url_of = |b: &Value| b.to_string().contains("/refunds");
+    let (_, member_sees) = c.call("GET", "/v1/tools/refund", &t.member, None).await.unwrap();
+    assert!(!url_of(&member_sees) && member_sees["input_schema"].is_object(), "{member_sees}");
+    let (_, listed) = c.call("GET", "/v1/tools", &t.member, None).await.unwrap();
+    assert!(!url_of(&listed) && listed["tools"][0]["name"] == "refund", "{listed}");
+    let (_, admin_sees) = c.call("GET", "/v1/tools/refund", &t.admin, None).await.unwrap();
+    assert!(url_of(&admin_sees), "{admin_sees}");
     stack.stop().await;
 }

@@ -242,7 +242,7 @@ async fn replayed_audit_events_are_appended_once_and_tampering_is_detected() {
     let t = tenant(&c, "acme", json!({})).await;
     assert!(stack.settle(Duration::from_secs(10)).await);
     // The tenant's creation and its keys are in the chain already.
-    let (_, v) = c.call("POST", "/v1/audit/verify", &t.member, None).await.unwrap();
+    let (_, v) = c.call("POST", "/v1/audit/verify", &t.admin, None).await.unwrap();
     let set_up = v["entries"].as_u64().unwrap();
     let (_, ask) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": "anything at all?"}))).await.unwrap();
     assert!(stack.settle(Duration::from_secs(10)).await);
@@ -253,7 +253,7 @@ async fn replayed_audit_events_are_appended_once_and_tampering_is_detected() {
         stack.queue.send(QueueName::Audit, event.to_string(), attrs.clone()).await.unwrap();
     }
     assert!(stack.settle(Duration::from_secs(10)).await);
-    let (_, v) = c.call("POST", "/v1/audit/verify", &t.member, None).await.unwrap();
+    let (_, v) = c.call("POST", "/v1/audit/verify", &t.admin, None).await.unwrap();
     assert_eq!((v["ok"].as_bool(), v["entries"].as_u64()), (Some(true), Some(set_up + 1)), "{v}");
     // Rewrite the ask's stored entry behind Keel's back.
     let mut item = stack.table.get("T#acme", &format!("AUDIT#{:012}", set_up + 1)).await.unwrap().unwrap();
@@ -263,7 +263,7 @@ async fn replayed_audit_events_are_appended_once_and_tampering_is_detected() {
         .put(keel_core::ports::Write { pk: item.pk, sk: item.sk, data: item.data, expires_at: None, condition: keel_core::ports::Condition::Always })
         .await
         .unwrap();
-    let (_, v) = c.call("POST", "/v1/audit/verify", &t.member, None).await.unwrap();
+    let (_, v) = c.call("POST", "/v1/audit/verify", &t.admin, None).await.unwrap();
     assert_eq!(v["ok"], false, "{v}");
     stack.stop().await;
 }

@@ -62,7 +62,7 @@ async fn hosted_answers_are_grounded_guarded_cached_and_metered() {
     assert!(event["usage"]["input_tokens"].as_u64().unwrap() > 0);
     assert_eq!(event["outcome"]["groundedness"], 0.5);
     assert_eq!(event["evidence"][0]["injection_flags"], 1);
-    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
     assert_eq!(u["counters"]["ask_requests"], 3, "{u}");
     assert_eq!(u["counters"]["cache_hits"], 1);
     assert_eq!(u["counters"]["cache_misses"], 2);
@@ -167,7 +167,7 @@ async fn budgets_are_reserved_so_concurrent_requests_never_overspend() {
     assert!(spent <= 5.0, "spent {spent}");
     assert!(stub.calls("priced") <= 16 - refused);
     // The counter holds exactly the settled cost, and usage shows what is left.
-    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
     assert!((u["budget"]["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-5, "{u} vs {spent}");
     assert!(u["budget"]["left_usd"].as_f64().unwrap() >= 0.0);
 
@@ -222,7 +222,7 @@ async fn a_chat_over_the_rate_limit_is_refused_before_its_model_call_and_holds_n
     assert_eq!(stub.calls("priced"), 3, "a refused request never reaches the model");
     // The reservations the refused requests made beside their count were given back.
     c.call("PATCH", "/v1/tenants/limited", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 1000}))).await.unwrap();
-    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
     assert!((u["budget"]["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-5, "{u} vs {spent}");
     stack.stop().await;
 }
@@ -244,7 +244,7 @@ async fn a_caller_that_hangs_up_still_has_its_model_call_settled_and_recorded() 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let usage = loop {
         assert!(stack.settle(Duration::from_secs(10)).await);
-        let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+        let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
         if u["counters"]["chat_requests"] == 1 {
             break u;
         }
@@ -347,7 +347,7 @@ async fn a_tenant_with_workflow_budgets_charges_every_paid_call_to_one() {
     let patch = json!({"budgets": {"workflows": {"support": 5.0}, "default_workflow": "support"}});
     assert_eq!(c.call("PATCH", "/v1/tenants/workflows", keel_tests::ADMIN_KEY, Some(patch)).await.unwrap().0, 200);
     assert_eq!(chat(&c, &t.member, body(None)).await.0, 200);
-    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
     assert!(u["budget"]["workflows"]["support"]["spent_usd"].as_f64().unwrap() > 0.0, "{u}");
     stack.stop().await;
 }

@@ -192,7 +192,7 @@ async fn classify_and_rank_run_in_function_first() {
     let event = &log["events"][0]["event"];
     assert_eq!((event["kind"].as_str(), event["outcome"]["label"].as_str()), (Some("classify"), Some("shipping")), "{event}");
     assert!(event["input"]["text_sha256"].is_string() && !event.to_string().contains(BILLING));
-    let (_, u) = c.call("GET", "/v1/usage", &t.member, None).await.unwrap();
+    let (_, u) = c.call("GET", "/v1/usage", &t.admin, None).await.unwrap();
     assert_eq!((u["counters"]["classify_requests"].as_i64(), u["counters"]["rank_requests"].as_i64()), (Some(1), Some(1)), "{u}");
     stack.stop().await;
 }

@@ -10,6 +10,25 @@ use keel_tests::{config, start_stack};
 use serde_json::Value;
 
 const COMMITTED: &str = include_str!("../../docs/openapi.json");
+const AUTHORIZATION: &str = include_str!("../../docs/authorization.md");
+
+/// Every route says who may call it, and docs/authorization.md is the table
+/// those declarations make.
+#[test]
+fn every_route_declares_who_may_call_it_and_the_committed_table_is_generated() {
+    let undeclared: Vec<String> = keel_emulator::route_access().into_iter().filter(|(_, _, a)| a.is_none()).map(|(m, p, _)| format!("{m} {p}")).collect();
+    assert!(undeclared.is_empty(), "add .access(…) after these routes: {undeclared:?}");
+    assert!(
+        keel_emulator::authorization_document() == AUTHORIZATION,
+        "docs/authorization.md is stale: run `cargo run -p keel-emulator --bin keel-local -- authorization > docs/authorization.md`"
+    );
+    let public: Vec<(String, String)> = keel_emulator::route_access()
+        .into_iter()
+        .filter(|(_, _, a)| matches!(a, Some((keel_core::access::Access::Public, _))))
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    assert_eq!(public, keel_emulator::public_routes(), "only the console's routes need no credentials");
+}
 
 #[test]
 fn every_declared_route_is_documented() {

@@ -29,7 +29,7 @@ async fn requests_count_against_their_surfaces_objectives() {
     assert_eq!(s, 200, "{b}");
     assert!(stack.settle(Duration::from_secs(10)).await);
 
-    let (s, slo) = c.call("GET", "/v1/slo", &t.member, None).await.unwrap();
+    let (s, slo) = c.call("GET", "/v1/slo", &t.admin, None).await.unwrap();
     assert_eq!(s, 200, "{slo}");
     let asks = surface(&slo, "asks");
     assert_eq!(asks["objectives"], json!({"p95_ms": 0, "success": 0.99}));
@@ -73,7 +73,9 @@ async fn a_failed_request_counts_against_its_surfaces_success() {
     let tenants = Arc::new(keel_tests::config(&[]).tenant_store(table.clone()));
     let audit = Arc::new(keel_audit::Audit::new(table, blobs, tenants));
     assert!(audit.consume(&messages).await.is_empty());
-    let slo_api = keel_core::http::api(keel_audit::routes::routes().with_state(audit)).layer(axum::Extension(caller));
+    // Objectives are read by those who oversee: an admin of the tenant.
+    let admin = keel_core::auth::Caller { roles: vec!["admin".into()], ..caller };
+    let slo_api = keel_core::http::api(keel_audit::routes::routes().with_state(audit)).layer(axum::Extension(admin));
     let c = Client::new(format!("http://{}", keel_tests::serve_on_loopback(slo_api).await));
     let (_, slo) = c.call("GET", "/v1/slo", "k", None).await.unwrap();
     let asks = &surface(&slo, "asks")["windows"]["1h"];

@@ -103,7 +103,7 @@ async fn one_trace_runs_from_an_ask_through_an_action_and_its_undo() {
     assert_eq!(s, 400);
 
     // A malformed request id is replaced, not echoed.
-    let (_, h, _) = c.call_with_headers("GET", "/v1/usage", &t.member, None, &[("x-request-id", "bad id\"")]).await.unwrap();
+    let (_, h, _) = c.call_with_headers("GET", "/v1/usage", &t.admin, None, &[("x-request-id", "bad id\"")]).await.unwrap();
     assert!(!h["x-request-id"].to_str().unwrap().contains("bad"));
     stack.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Audit's routes: decisions, the chain's verification and export, usage.
 
 use crate::listing::{Decision, DecisionPage, DecisionQuery};
+use keel_core::access::{Access, ADMINS, OVERSEERS, TenantRole};
 use crate::Audit;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -17,24 +18,32 @@ type Reply = Result<ApiResponse, KeelError>;
 pub fn routes() -> Routes<Arc<Audit>> {
     Routes::new()
         .route(Method::GET, "/v1/decisions", decisions)
+        .access(Access::Tenant, "admins and auditors every event; others their own")
         .doc(RouteDoc::new("The decisions one request made, or a page of decision events newest first")
             .query("request_id", "the request's id").query("kind", "e.g. ask, chat, action.proposed").query("principal", "whose events")
             .query("since", "RFC 3339").query("limit", "1 to 200 (default 50)").query("cursor", "next_cursor of the previous page")
             .json(200, decisions_answer))
         .route(Method::GET, "/v1/decisions/{id}", decision)
+        .access(Access::Tenant, "admins and auditors any decision; others those they made")
         .doc(RouteDoc::new("One decision's events").json(200, schema::<Decision>))
         .route(Method::POST, "/v1/audit/verify", verify)
+        .access(Access::Roles(OVERSEERS), "counts and hashes only")
         .doc(RouteDoc::new("Verify the tenant's hash chain").json(200, object))
         .route(Method::GET, "/v1/audit/export", export)
+        .access(Access::Roles(&[TenantRole::Admin, TenantRole::Auditor]), "")
         .doc(RouteDoc::new("The decision log as JSON Lines (admins, auditors)").query("from", "RFC 3339").query("to", "RFC 3339")
             .reply(200, "application/x-ndjson", text))
         .route(Method::GET, "/v1/usage", usage)
+        .access(Access::Roles(OVERSEERS), "")
         .doc(RouteDoc::new("Usage, cost and budgets; a report over the days from..to").query("from", "YYYY-MM-DD").query("to", "YYYY-MM-DD").json(200, object))
         .route(Method::GET, "/v1/alerts", alerts)
+        .access(Access::Roles(&[TenantRole::Admin, TenantRole::Auditor]), "the webhook's host, never its path or secret")
         .doc(RouteDoc::new("Budget alerts raised, and where they are delivered").json(200, object))
         .route(Method::GET, "/v1/slo", slo)
+        .access(Access::Roles(OVERSEERS), "")
         .doc(RouteDoc::new("Each surface's objectives and attainment over 1 h, 24 h and 30 days").json(200, object))
         .route(Method::PUT, "/v1/alerts/webhook", put_webhook)
+        .access(Access::Roles(ADMINS), "")
         .doc(RouteDoc::new("Where budget alerts are delivered (admins; the secret is shown once)").body(schema::<crate::alerts::WebhookInput>).json(200, object))
 }
 
@@ -66,9 +75,6 @@ async fn verify(State(audit): State<Arc<Audit>>, caller: Caller) -> Reply {
 
 async fn export(State(audit): State<Arc<Audit>>, caller: Caller, QueryMap(query): QueryMap) -> Reply {
     let tenant = caller.tenant()?;
-    if !caller.reads_all_decisions() {
-        return Err(KeelError::Forbidden("exporting the audit log takes the admin or auditor role".into()));
-    }
     audit.export(tenant, query.get("from").map(String::as_str), query.get("to").map(String::as_str)).await
 }
 

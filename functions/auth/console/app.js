@@ -18,7 +18,7 @@ function views(who) {
     ["#/inbox", "Approvals", reviews(who)],
     ["#/actions", "Actions", true],
     ["#/audit", "Audit", true],
-    ["#/usage", "Usage", true],
+    ["#/usage", "Usage", has(who, "admin", "approver", "auditor")],
     ["#/controls", "Controls", has(who, "admin")],
   ].filter(([, , allowed]) => allowed);
 }

@@ -48,7 +48,7 @@ export async function audit(ctx, cursor) {
       }
     } }, "Verify the chain");
     const more = page.next_cursor ? h("button", { type: "button", class: "secondary", onclick: () => audit(ctx, page.next_cursor) }, "Older events") : "";
-    show("Audit", h("div", { class: "row" }, verify, ctx.has("admin", "auditor") ? h("button", { type: "button", class: "secondary", onclick: exportLog }, "Export (JSON Lines)") : ""),
+    show("Audit", h("div", { class: "row" }, ctx.has("admin", "approver", "auditor") ? verify : "", ctx.has("admin", "auditor") ? h("button", { type: "button", class: "secondary", onclick: exportLog }, "Export (JSON Lines)") : ""),
       result, filters,
       table(["#", "Recorded", "Kind", "Principal", "Decision"], page.events.map((e) => [String(e.seq), when(e.recorded_at), e.event.kind, e.event.principal,
         h("a", { href: `#/decisions/${encodeURIComponent(e.event.decision_id)}` }, e.event.decision_id)])),

@@ -7,6 +7,7 @@
 //! deploy ships both, and the console's version is always the API's.
 
 use axum::extract::Path;
+use keel_core::access::Access;
 use axum::http::Method;
 use keel_core::http::{error_body, ApiResponse, Routes};
 use keel_core::openapi::{object, text, RouteDoc};
@@ -38,10 +39,13 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Routes<S> {
     Routes::new()
         .route(Method::GET, "/console", index)
+        .access(Access::Public, "")
         .doc(RouteDoc::new("The console's page").public().reply(200, "text/html", text))
         .route(Method::GET, "/console/{file}", file)
+        .access(Access::Public, "")
         .doc(RouteDoc::new("The console's scripts and styles").public().reply(200, "text/javascript", text).reply(200, "text/css", text))
         .route(Method::GET, "/openapi.json", openapi)
+        .access(Access::Public, "")
         .doc(RouteDoc::new("This document").public().json(200, object))
 }
 

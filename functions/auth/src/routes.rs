@@ -1,6 +1,7 @@
 //! The admin routes: tenants and their keys.
 
 use crate::Auth;
+use keel_core::access::Access;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -19,27 +20,38 @@ type Reply = Result<ApiResponse, KeelError>;
 pub fn routes() -> Routes<Arc<Auth>> {
     Routes::new()
         .route(Method::GET, "/v1/me", me)
+        .access(Access::Anyone, "")
         .doc(RouteDoc::new("Who the key or token is: tenant, principal, roles, groups").json(200, schema::<Me>))
         .route(Method::POST, "/v1/tenants", create_tenant)
+        .access(Access::Platform, "")
         .doc(RouteDoc::new("Create a tenant (platform admin)").body(schema::<NewTenant>).json(201, schema::<Tenant>))
         .route(Method::GET, "/v1/tenants/{id}", tenant)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("Read a tenant (platform admin, the tenant's admins)").json(200, schema::<Tenant>))
         .route(Method::PATCH, "/v1/tenants/{id}", update_tenant)
+        .access(Access::TenantAdmin, "its own tenant: a tenant admin changes autonomy and kill_switch only")
         .doc(RouteDoc::new("Change a tenant; 202 when the change waits for a second admin")
             .body(schema::<TenantPatch>).json(200, schema::<Tenant>).json(202, object))
         .route(Method::DELETE, "/v1/tenants/{id}", delete_tenant)
+        .access(Access::Platform, "")
         .doc(RouteDoc::new("Off-board a tenant: every item and object of it, with a receipt").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/keys", create_key)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("A key for a principal (shown once)").body(schema::<NewKey>).json(201, object))
         .route(Method::GET, "/v1/tenants/{id}/keys", keys)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("The tenant's keys (never their secrets)").json(200, object))
         .route(Method::DELETE, "/v1/tenants/{id}/keys/{key_id}", revoke_key)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("Revoke a key").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/keys/{key_id}/rotate", rotate_key)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("A new key for the same principal; the old one works for grace_seconds").body(schema::<Rotation>).json(201, object))
         .route(Method::GET, "/v1/tenants/{id}/change-requests", change_requests)
+        .access(Access::TenantAdmin, "its own tenant")
         .doc(RouteDoc::new("Changes waiting for a second admin").json(200, object))
         .route(Method::POST, "/v1/tenants/{id}/change-requests/{request_id}/{verb}", decide_change)
+        .access(Access::TenantAdmin, "its own tenant; not a change it requested, to approve")
         .doc(RouteDoc::new("Approve or reject a waiting change (verb: approve or reject)").json(200, object))
 }
 

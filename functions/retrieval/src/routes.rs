@@ -1,6 +1,7 @@
 //! Retrieval's routes: documents, search, the change feed and sources.
 
 use crate::{DocumentInput, Retrieval, MAX_K};
+use keel_core::access::{Access, ACTORS, ADMINS};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -22,17 +23,23 @@ pub fn routes() -> Routes<Arc<Retrieval>> {
     Routes::new()
         .route(Method::PUT, "/v1/documents/{doc_id}", put_document)
         .expensive(Expensive::Ingest)
+        .access(Access::Roles(ACTORS), "documents it may read (404 otherwise); admins any")
         .doc(RouteDoc::new("Index a document (a new version)").body(schema::<DocumentInput>).json(200, object))
         .route(Method::GET, "/v1/documents/{doc_id}", document)
+        .access(Access::Tenant, "documents in its groups")
         .doc(RouteDoc::new("Read a document the caller may see").json(200, object))
         .route(Method::DELETE, "/v1/documents/{doc_id}", delete_document)
+        .access(Access::Roles(ACTORS), "documents it may read (404 otherwise); admins any")
         .doc(RouteDoc::new("Delete a document").json(200, object))
         .route(Method::POST, "/v1/search", search)
         .admits_itself()
+        .access(Access::Tenant, "documents in its groups")
         .doc(RouteDoc::new("Hybrid search over what the caller may see").body(schema::<SearchRequest>).json(200, object))
         .route(Method::GET, "/v1/changes", changes)
+        .access(Access::Tenant, "documents in its groups")
         .doc(RouteDoc::new("The change feed, paged by cursor").query("since", "RFC 3339: changes after it").query("cursor", "the cursor of the previous page").json(200, object))
         .route(Method::PUT, "/v1/sources/{name}", put_source)
+        .access(Access::Roles(ADMINS), "")
         .doc(RouteDoc::new("A source's freshness SLA (admins)").body(schema::<SourceSettings>).json(200, object))
 }
 
@@ -89,7 +96,6 @@ struct SourceSettings {
 
 async fn put_source(State(r): State<Arc<Retrieval>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
     caller.tenant()?;
-    caller.require_role(keel_core::auth::ROLE_ADMIN)?;
     let name = parse_path_id("source", &name)?;
     let body: SourceSettings = parse_body(&body, DEFAULT_BODY_LIMIT)?;
     r.set_freshness_sla(&caller, name, body.freshness_sla_seconds).await.map(Json)

@@ -1,6 +1,7 @@
 //! The gateway's routes: grounded answers, chat completions, labels and ranking.
 
 use crate::sse::{self, Reply};
+use keel_core::access::{Access, ACTORS};
 use crate::ask::validate_question;
 use crate::{classify, rank, AskRequest, AskResponse, Routing};
 use keel_core::openapi::{events, object, schema, RouteDoc};
@@ -21,18 +22,22 @@ pub fn routes() -> Routes<Arc<Routing>> {
         .route(Method::POST, "/v1/ask", ask)
         .admits_itself()
         .expensive(Expensive::Ask)
+        .access(Access::Roles(ACTORS), "evidence from documents in its groups")
         .doc(RouteDoc::new("A cited answer or a refusal; with stream: true, server-sent events (delta, reset, done, error)")
             .body(schema::<AskRequest>).json(200, schema::<AskResponse>).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/chat/completions", chat)
         .admits_itself()
         .expensive(Expensive::Chat)
+        .access(Access::Roles(ACTORS), "")
         .doc(RouteDoc::new("OpenAI-compatible chat under the tenant's routing and budgets")
             .body(schema::<keel_core::openai::ChatRequest>).json(200, object).reply(200, "text/event-stream", events))
         .route(Method::POST, "/v1/classify", classify)
         .expensive(Expensive::Classify)
+        .access(Access::Roles(ACTORS), "")
         .doc(RouteDoc::new("A label in-function").body(schema::<classify::ClassifyRequest>).json(200, object))
         .route(Method::POST, "/v1/rank", rank)
         .expensive(Expensive::Rank)
+        .access(Access::Roles(ACTORS), "")
         .doc(RouteDoc::new("A ranking in-function").body(schema::<rank::RankRequest>).json(200, object))
 }
 

@@ -37,13 +37,19 @@ impl ActionQuery {
     }
 }
 
+/// The one rule for reading an action: approvers, admins and auditors read
+/// every action of their tenant; anyone else its own proposals.
+pub(crate) fn may_read(caller: &Caller, action: &Action) -> bool {
+    let sees_all = caller.has_role(ROLE_APPROVER) || caller.has_role(ROLE_AUDITOR) || caller.has_role(keel_core::auth::ROLE_ADMIN);
+    sees_all || action.proposer == caller.principal
+}
+
 impl Tools {
     /// One page of the actions the caller may see, newest first, and the
     /// cursor of the next page (absent on the last).
     pub(crate) async fn list_actions(&self, caller: &Caller, query: ActionQuery) -> Result<ActionPage, KeelError> {
         let tenant = caller.tenant()?;
-        let sees_all = caller.has_role(ROLE_APPROVER) || caller.has_role(ROLE_AUDITOR) || caller.has_role(keel_core::auth::ROLE_ADMIN);
-        let visible = |a: &Action| (sees_all || a.proposer == caller.principal) && query.status.is_none_or(|s| a.status == s);
+        let visible = |a: &Action| may_read(caller, a) && query.status.is_none_or(|s| a.status == s);
         let (mut listed, mut scanned) = (Vec::new(), 0);
         let mut cursor = query.cursor.clone();
         let page_size = query.limit.max(LIST_DEFAULT_LIMIT);

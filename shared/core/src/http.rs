@@ -186,6 +186,8 @@ struct Declared<S> {
     doc: Option<crate::openapi::RouteDoc>,
     admits_itself: bool,
     expensive: Option<crate::concurrency::Expensive>,
+    /// Who may call it, and what of its objects each caller sees.
+    access: Option<(crate::access::Access, &'static str)>,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
@@ -206,7 +208,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        self.declared.push(Declared { method, path, serve: on(filter, handler), doc: None, admits_itself: false, expensive: None });
+        self.declared.push(Declared { method, path, serve: on(filter, handler), doc: None, admits_itself: false, expensive: None, access: None });
         self
     }
 
@@ -238,6 +240,21 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Who may call the route declared last (enforced before anything else of
+    /// it runs), and `scope`: what of its objects each caller sees, which its
+    /// handler decides (`""` when there is nothing more to say).
+    pub fn access(mut self, access: crate::access::Access, scope: &'static str) -> Self {
+        if let Some(last) = self.declared.last_mut() {
+            last.access = Some((access, scope));
+        }
+        self
+    }
+
+    /// Every route with its declared access and scope (`None`: undeclared, which a test refuses).
+    pub fn accesses(&self) -> Vec<crate::access::RouteAccess> {
+        self.declared.iter().map(|d| (d.method.to_string(), d.path.to_string(), d.access)).collect()
+    }
+
     /// `(method, path)` of every route, in declaration order.
     pub fn declared(&self) -> Vec<(String, String)> {
         self.declared.iter().map(|d| (d.method.to_string(), d.path.to_string())).collect()
@@ -253,9 +270,12 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for d in self.declared {
             let mut serve = if d.admits_itself { d.serve } else { d.serve.layer(axum::middleware::from_fn(admit_first)) };
             if let Some(surface) = d.expensive {
-                // Outermost: the slot is asked for before anything waits for the admission.
+                // The slot is asked for before anything waits for the admission.
                 serve = serve.layer(axum::middleware::from_fn(move |request: Request, next: Next| crate::concurrency::hold_slot(surface, request, next)));
             }
+            // Outermost: a caller the route does not admit reaches nothing of it.
+            let access = d.access.map_or(crate::access::Access::Platform, |(a, _)| a);
+            serve = serve.layer(axum::middleware::from_fn(move |request: Request, next: Next| crate::access::enforce(access, request, next)));
             router = router.route(d.path, serve);
         }
         router.with_state(state)

@@ -2,6 +2,7 @@
 //! Keel function. No AWS SDK and no ONNX Runtime in here: adapters live in
 //! keel-aws (production) and keel-emulator (the local stack).
 
+pub mod access;
 pub mod after;
 pub mod api_keys;
 pub mod auth;
