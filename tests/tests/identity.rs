@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use keel_auth::jwks::{JwksCache, MIN_REFETCH_SECS};
+use keel_auth::jwks::{JwksCache, MAX_STALE_SECS, MIN_REFETCH_SECS};
 use keel_core::egress::EgressPolicy;
 use keel_emulator::Stack;
 use keel_tests::idp::{SigningKey, TestIdp};
@@ -201,7 +201,14 @@ async fn the_key_cache_follows_rotation_cache_headers_and_outages() {
     idp.set_down(true);
     assert!(cache.key(&uri, "a", stale + 500).await.is_ok());
     assert_eq!(idp.fetches(), 4);
+    // ...but not for ever: an hour past its freshness, the old set no longer signs anyone in.
+    let fresh_until = stale + 120;
+    assert!(cache.key(&uri, "a", fresh_until + MAX_STALE_SECS).await.is_ok());
+    let err = cache.key(&uri, "a", fresh_until + MAX_STALE_SECS + MIN_REFETCH_SECS + 1).await.unwrap_err();
+    assert_eq!(err.status(), 503, "{err}");
     let other = JwksCache::new(EgressPolicy::parse("127.0.0.0/8").unwrap()).unwrap();
     let err = other.key(&uri, "a", t0).await.unwrap_err();
     assert_eq!(err.status(), 503, "{err}");
+    idp.set_down(false);
+    assert!(cache.key(&uri, "a", fresh_until + MAX_STALE_SECS + 3 * MIN_REFETCH_SECS).await.is_ok(), "back up: fetched again");
 }

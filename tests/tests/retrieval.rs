@@ -240,3 +240,31 @@ async fn without_a_model_search_is_lexical_and_ask_refuses_on_term_coverage() {
     assert!(refused["reason"].as_str().unwrap().contains("terms"), "{refused}");
     stack.stop().await;
 }
+
+/// A container whose embedding model fails to load answered 503 for its
+/// life. Searches and asks now fall back to keyword search and say so
+/// (`degraded`); writes, which would index without vectors, still get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_model_a_container_searches_by_keyword_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    put(&c, &t.admin, "refunds", json!({"text": "Refunds are paid back to the original card within five business days."})).await;
+    stack.stop().await;
+
+    let no_model = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[("KEEL_MODEL_DIR", no_model.path().to_str().unwrap())])).await;
+    let c = Client::new(stack.url());
+    let (s, b) = c.call("POST", "/v1/search", &t.member, Some(json!({"query": "refunds card business days"}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["mode"], "lexical", "{b}");
+    assert!(b["degraded"].as_str().is_some_and(|d| d.starts_with("keyword search only")), "{b}");
+    assert_eq!(b["results"][0]["doc_id"], "refunds", "{b}");
+    let (s, b) = c.call("POST", "/v1/ask", &t.member, Some(json!({"question": "How long do refunds take to reach the card?"}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert!(b["degraded"].as_str().is_some_and(|d| d.contains("keyword search only")), "{b}");
+    let (s, b) = c.call("PUT", "/v1/documents/late", &t.admin, Some(json!({"text": "Written while the model is out."}))).await.unwrap();
+    assert_eq!(s, 503, "{b}");
+    stack.stop().await;
+}

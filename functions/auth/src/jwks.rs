@@ -19,6 +19,10 @@ pub const MIN_REFETCH_SECS: i64 = 60;
 pub const DEFAULT_MAX_AGE_SECS: i64 = 300;
 /// Longest cache life, whatever the provider says.
 pub const MAX_AGE_CAP_SECS: i64 = 24 * 3600;
+/// How long past its freshness the last good set keeps serving while the
+/// provider cannot be reached; after that its tokens are refused (503), so
+/// a key the provider retired during an outage cannot sign in for ever.
+pub const MAX_STALE_SECS: i64 = 3600;
 /// Largest key set read; a provider's set is a few kilobytes.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// How long a fetch may take.
@@ -50,11 +54,13 @@ impl JwksCache {
 
     /// The key `kid` published at `uri`, fetching the set when the cache is
     /// stale, or lacks the key and the last fetch is a minute old. While the
-    /// provider cannot be reached, the keys of the last good fetch still serve.
+    /// provider cannot be reached, the keys of the last good fetch still serve,
+    /// for `MAX_STALE_SECS` past their freshness at most.
     pub async fn key(&self, uri: &str, kid: &str, now: i64) -> Result<Jwk, KeelError> {
-        let (keys, fetch) = self.plan(uri, kid, now);
+        let (keys, fresh_until, fetch) = self.plan(uri, kid, now);
+        let too_old = || KeelError::Unavailable(format!("identity provider's keys at {uri}: unreachable for over {MAX_STALE_SECS} s past their freshness"));
         if let Some(key) = keys.get(kid).filter(|_| !fetch) {
-            return Ok(key.clone());
+            return if now <= fresh_until + MAX_STALE_SECS { Ok(key.clone()) } else { Err(too_old()) };
         }
         if fetch {
             match self.fetch(uri).await {
@@ -64,6 +70,7 @@ impl JwksCache {
                     return fresh.get(kid).cloned().ok_or_else(|| unknown_kid(kid));
                 }
                 Err(e) if keys.is_empty() => return Err(e),
+                Err(_) if now > fresh_until + MAX_STALE_SECS => return Err(too_old()),
                 Err(e) => tracing::warn!(uri, error = %e, "identity provider's keys unreachable; serving the last good set"),
             }
         }
@@ -72,7 +79,7 @@ impl JwksCache {
 
     /// The cached keys, and whether to fetch now (claiming the attempt, so
     /// concurrent requests do not all fetch).
-    fn plan(&self, uri: &str, kid: &str, now: i64) -> (Arc<HashMap<String, Jwk>>, bool) {
+    fn plan(&self, uri: &str, kid: &str, now: i64) -> (Arc<HashMap<String, Jwk>>, i64, bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.entry(uri.to_string()).or_default();
         let wanted = now >= entry.fresh_until || !entry.keys.contains_key(kid);
@@ -81,7 +88,7 @@ impl JwksCache {
         if fetch {
             entry.last_attempt = Some(now);
         }
-        (entry.keys.clone(), fetch)
+        (entry.keys.clone(), entry.fresh_until, fetch)
     }
 
     fn store(&self, uri: &str, keys: Arc<HashMap<String, Jwk>>, fresh_until: i64) {

@@ -240,9 +240,9 @@ impl Retrieval {
         self.embedder.is_some()
     }
 
-    /// `hybrid` with an embedder, `lexical` without.
+    /// `hybrid` with an embedder that loaded (or is loading), `lexical` without.
     pub fn mode(&self) -> &'static str {
-        if self.embedder.is_some() {
+        if self.embedder.is_some() && self.degraded().is_none() {
             "hybrid"
         } else {
             "lexical"

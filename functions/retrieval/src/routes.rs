@@ -80,7 +80,11 @@ async fn search(State(r): State<Arc<Retrieval>>, caller: Caller, admission: Admi
         return Err(KeelError::BadRequest("query must not be empty".into()));
     }
     let results = r.search_admitted(&caller, &admission, &body.query, k).await?;
-    Ok(Json(json!({"results": results, "mode": r.mode()})))
+    let mut out = json!({"results": results, "mode": r.mode()});
+    if let Some(why) = r.degraded() {
+        out["degraded"] = json!(why);
+    }
+    Ok(Json(out))
 }
 
 async fn changes(State(r): State<Arc<Retrieval>>, caller: Caller, QueryMap(query): QueryMap) -> Result<ApiResponse, KeelError> {

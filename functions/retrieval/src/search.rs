@@ -17,16 +17,34 @@ impl Retrieval {
         let (admitted, index) = tokio::join!(admission.admit(), self.tenant_index(caller.tenant()?));
         admitted?;
         let index = index?;
-        let query_vector = self.embed(vec![query.to_string()]).await?.pop();
+        let query_vector = self.embed_query(query).await?;
         Ok(self.rank(caller, &index, query, query_vector.as_deref(), k, &self.settings.tuning))
+    }
+
+    /// The query's vector; `None` (keyword search only) where the model
+    /// could not load in this container, which `degraded` then says.
+    async fn embed_query(&self, query: &str) -> Result<Option<Vec<f32>>, KeelError> {
+        match self.embed(vec![query.to_string()]).await {
+            Ok(mut vectors) => Ok(vectors.pop()),
+            Err(_) if self.degraded().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why searches here are keyword-only though hybrid was configured: the
+    /// embedding model failed to load in this container (writes, which
+    /// would index without vectors, are refused with 503 instead).
+    pub fn degraded(&self) -> Option<String> {
+        let why = self.embedder.as_ref()?.load_error()?;
+        Some(format!("keyword search only: the embedding model could not load ({why})"))
     }
 
     /// Search with explicit ranking knobs (for tuning on a train split).
     /// The query is embedded while the index's manifest is read.
     pub async fn search_tuned(&self, caller: &Caller, query: &str, k: usize, tuning: &Tuning) -> Result<Vec<SearchHit>, KeelError> {
         let tenant = caller.tenant()?;
-        let (index, embedded) = tokio::join!(self.tenant_index(tenant), self.embed(vec![query.to_string()]));
-        let (index, query_vector) = (index?, embedded?.pop());
+        let (index, query_vector) = tokio::join!(self.tenant_index(tenant), self.embed_query(query));
+        let (index, query_vector) = (index?, query_vector?);
         Ok(self.rank(caller, &index, query, query_vector.as_deref(), k, tuning))
     }
 

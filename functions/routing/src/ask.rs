@@ -28,6 +28,10 @@ impl Routing {
             }
             None => self.answer(&tenant, &grounded, body.workflow.as_deref(), events, &mut trail).await?,
         };
+        if let Some(why) = self.retrieval.degraded() {
+            trail.reasons.push(format!("evidence by {why}"));
+            out.degraded.get_or_insert(why);
+        }
         out.decision_id = decision_id;
         out.cost = trail.usage.cost_micro_usd as f64 / 1e6;
         out.route = trail.reasons.clone();

@@ -68,10 +68,12 @@ impl IdentityProvider {
 }
 
 /// Which tenant each issuer signs in. One item per issuer, claimed with a
-/// conditional write, so two tenants can never share an issuer.
+/// conditional write, so two tenants can never share an issuer. Answers are
+/// kept warm for the cache's TTL, unknown issuers too (negatively), so a
+/// stream of tokens from an issuer no tenant has costs one read per TTL.
 pub struct IssuerIndex {
     table: Arc<dyn Table>,
-    cache: WarmCache<String, TenantId>,
+    cache: WarmCache<String, Option<TenantId>>,
 }
 
 /// What claiming an issuer found.
@@ -96,6 +98,7 @@ impl IssuerIndex {
 
     /// Gives `issuer` to `tenant` unless another tenant holds it.
     pub async fn claim(&self, issuer: &str, tenant: &TenantId) -> Result<Claim, KeelError> {
+        self.cache.remove(issuer);
         match self.write(issuer, tenant, Condition::NotExists).await {
             Ok(()) => Ok(Claim::Claimed),
             Err(KeelError::Conflict(_)) => match self.read_versioned(issuer).await? {
@@ -134,13 +137,11 @@ impl IssuerIndex {
     /// The tenant `issuer` signs in, through the warm cache. The caller still
     /// checks that tenant's own setting names the issuer: the index only routes.
     pub async fn tenant_of(&self, issuer: &str) -> Result<Option<TenantId>, KeelError> {
-        if let Some(t) = self.cache.get(issuer) {
-            return Ok(Some(t));
+        if let Some(known) = self.cache.get(issuer) {
+            return Ok(known);
         }
         let tenant = self.read(issuer).await?;
-        if let Some(t) = &tenant {
-            self.cache.insert(issuer.to_string(), t.clone());
-        }
+        self.cache.insert(issuer.to_string(), tenant.clone());
         Ok(tenant)
     }
 
@@ -160,6 +161,48 @@ mod tests {
 
     fn provider() -> IdentityProvider {
         serde_json::from_value(serde_json::json!({"issuer": "https://idp.acme.test", "jwks_uri": "https://idp.acme.test/jwks", "audience": "keel"})).unwrap()
+    }
+
+    /// A table that counts its reads and holds nothing.
+    struct EmptyTable(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Table for EmptyTable {
+        async fn get(&self, _: &str, _: &str) -> Result<Option<crate::ports::Item>, crate::StoreError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(None)
+        }
+        async fn put(&self, _: Write) -> Result<u64, crate::StoreError> {
+            Ok(1)
+        }
+        async fn put_all_adding(&self, _: Vec<Write>, _: Vec<crate::ports::Add>) -> Result<(), crate::StoreError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str, _: &str) -> Result<(), crate::StoreError> {
+            Ok(())
+        }
+        async fn purge_partition(&self, _: &str) -> Result<usize, crate::StoreError> {
+            Ok(0)
+        }
+        async fn query(&self, _: &str, _: &str, _: crate::ports::QueryOptions) -> Result<Vec<crate::ports::Item>, crate::StoreError> {
+            Ok(vec![])
+        }
+        async fn increment(&self, _: &str, _: &str, _: i64, _: Option<i64>, _: Option<i64>) -> Result<i64, crate::StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_issuer_is_remembered_as_unknown_until_one_claims_it() {
+        let table = Arc::new(EmptyTable(Default::default()));
+        let index = IssuerIndex::new(table.clone(), Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(index.tenant_of("https://nobody.test").await.unwrap(), None);
+        }
+        assert_eq!(table.0.load(std::sync::atomic::Ordering::SeqCst), 1, "one read for five tokens of an unknown issuer");
+        index.claim("https://nobody.test", &TenantId::parse("acme").unwrap()).await.unwrap();
+        index.tenant_of("https://nobody.test").await.unwrap();
+        assert_eq!(table.0.load(std::sync::atomic::Ordering::SeqCst), 2, "a claim in this process forgets the negative answer");
     }
 
     #[test]

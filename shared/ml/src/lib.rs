@@ -244,6 +244,11 @@ impl LoadingEmbedder {
         });
         loaded.clone().map_err(MlError::Runtime)
     }
+
+    /// Why the model failed to load, once a `get` found it so (never blocks).
+    pub fn load_error(&self) -> Option<String> {
+        self.loaded.get().and_then(|r| r.as_ref().err().cloned())
+    }
 }
 
 impl Drop for LoadingEmbedder {
