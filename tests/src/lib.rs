@@ -163,6 +163,7 @@ pub fn member(tenant: &str, principal: &str) -> keel_core::auth::Caller {
         roles: vec!["member".into()],
         groups: vec![],
         incarnation: None,
+        credential: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! the tenant's decision chain with who, what, before and after, and never
 //! with a secret.
 
+use keel_core::ports::Table;
 use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -100,7 +101,8 @@ async fn with_two_person_changes_a_weakening_waits_for_a_second_admin() {
     let stack = start_stack(dir.path(), config(&[])).await;
     let c = Client::new(stack.url());
     let t = tenant(&c, "acme", json!({"governance": {"two_person_changes": true}})).await;
-    let (_, dana) = c.call("POST", "/v1/tenants/acme/keys", &t.admin, Some(json!({"principal": "dana", "roles": ["admin"]}))).await.unwrap();
+    // The second admin's key comes from the platform admin: one carol minted herself could not approve her changes.
+    let (_, dana) = c.call("POST", "/v1/tenants/acme/keys", ADMIN_KEY, Some(json!({"principal": "dana", "roles": ["admin"]}))).await.unwrap();
     let dana = dana["key"].as_str().unwrap().to_string();
 
     // Strengthening goes through at once; weakening waits.
@@ -159,5 +161,120 @@ async fn with_two_person_changes_a_weakening_waits_for_a_second_admin() {
     for expected in ["change_requested", "change_approved", "change_rejected"] {
         assert!(changes.iter().any(|c| c == expected), "{expected} missing from {changes:?}");
     }
+    stack.stop().await;
+}
+
+/// Dual control was one admin with two names: carol minted a sock-puppet
+/// admin key and approved her own change with it, minted a key named after
+/// the other admin, rotated the other admin's key, and names differing only
+/// in case passed for two people. Each bypass, tried.
+#[tokio::test]
+async fn no_single_person_satisfies_dual_control_under_any_name_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"governance": {"two_person_changes": true}})).await;
+    let new_key = |by: String, body: Value| {
+        let c = &c;
+        async move { c.call("POST", "/v1/tenants/acme/keys", &by, Some(body)).await.unwrap() }
+    };
+    let (_, dana) = new_key(ADMIN_KEY.into(), json!({"principal": "dana", "roles": ["admin"]})).await;
+    let (dana, dana_id) = (dana["key"].as_str().unwrap().to_string(), dana["id"].as_str().unwrap().to_string());
+    let approve = |id: &str| format!("/v1/tenants/acme/change-requests/{id}/approve");
+
+    // A sock puppet: carol's new admin key is held, signs nobody in, and cannot approve her own change.
+    let (s, held) = new_key(t.admin.clone(), json!({"principal": "sock", "roles": ["admin"]})).await;
+    assert_eq!(s, 202, "granting the admin role waits for a second admin: {held}");
+    let sock = held["key"]["key"].as_str().unwrap().to_string();
+    assert_eq!(c.call("GET", "/v1/me", &sock, None).await.unwrap().0, 401, "a held key signs nobody in");
+    let grant = held["change_request"]["id"].as_str().unwrap().to_string();
+    assert_eq!(c.call("POST", &approve(&grant), &t.admin, None).await.unwrap().0, 403, "carol cannot approve her own grant");
+    let (s, b) = c.call("POST", &approve(&grant), &dana, None).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(c.call("GET", "/v1/me", &sock, None).await.unwrap().0, 200, "approved, the key works");
+    let (s, b) = c.call("PATCH", "/v1/tenants/acme", &t.admin, Some(json!({"autonomy": "unattended"}))).await.unwrap();
+    assert_eq!(s, 202, "{b}");
+    let raise = b["change_request"]["id"].as_str().unwrap().to_string();
+    let (s, b) = c.call("POST", &approve(&raise), &sock, None).await.unwrap();
+    assert_eq!(s, 403, "a key carol issued is carol again: {b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("issued by"), "{b}");
+
+    // A key minted after the request, by anyone, cannot approve it.
+    let (_, late) = new_key(ADMIN_KEY.into(), json!({"principal": "erin", "roles": ["admin"]})).await;
+    let (s, b) = c.call("POST", &approve(&raise), late["key"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(s, 403, "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("after the request"), "{b}");
+
+    // A key named after the other admin is held too, and carol may not rotate dana's key.
+    let (s, b) = new_key(t.admin.clone(), json!({"principal": "Dana", "roles": ["member"]})).await;
+    assert_eq!(s, 202, "a key for another existing principal: {b}");
+    let (s, b) = c.call("POST", &format!("/v1/tenants/acme/keys/{dana_id}/rotate"), &t.admin, Some(json!({"grace_seconds": 2_592_000}))).await.unwrap();
+    assert_eq!(s, 403, "{b}");
+    // A member's key for a new principal is not a grant: made at once.
+    assert_eq!(new_key(t.admin.clone(), json!({"principal": "frank", "roles": ["member"]})).await.0, 201);
+    // The operator's own name belongs to no tenant key.
+    assert_eq!(new_key(ADMIN_KEY.into(), json!({"principal": "Platform_Admin", "roles": ["member"]})).await.0, 400);
+    stack.stop().await;
+}
+
+/// Maker-checker on actions compared names case-sensitively, so `GX@tg.test`
+/// approved `gx@tg.test`'s proposal; and a key the proposer issued, or one
+/// made after the proposal, approved like a second person.
+#[tokio::test]
+async fn an_action_is_approved_only_by_another_person_with_an_older_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "tg", json!({})).await;
+    let key = |principal: &str, role: &str| {
+        let c = &c;
+        let body = json!({"principal": principal, "roles": [role]});
+        async move { c.call("POST", "/v1/tenants/tg/keys", ADMIN_KEY, Some(body)).await.unwrap().1["key"].as_str().unwrap().to_string() }
+    };
+    let proposer = key("gx@tg.test", "member").await;
+    let same_person = key("GX@tg.test", "approver").await;
+    let (connector, _) = keel_tests::recording_connector().await;
+    let tool = json!({"description": "refund", "risk": "high", "input_schema": {}, "connector": {"url": connector}});
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(tool)).await.unwrap().0, 200);
+    let (s, action) = c.call("POST", "/v1/actions", &proposer, Some(json!({"tool": "refund", "args": {}, "idempotency_key": "gx-1"}))).await.unwrap();
+    assert_eq!((s, action["status"].as_str()), (201, Some("pending_approval")), "{action}");
+    let approve = format!("/v1/actions/{}/approve", action["action_id"].as_str().unwrap());
+    let (s, b) = c.call("POST", &approve, &same_person, None).await.unwrap();
+    assert_eq!(s, 403, "the proposer under another spelling: {b}");
+    let newer = key("hal", "approver").await;
+    let (s, b) = c.call("POST", &approve, &newer, None).await.unwrap();
+    assert_eq!(s, 403, "a key made after the proposal: {b}");
+    let (s, b) = c.call("POST", &approve, &t.approver, None).await.unwrap();
+    assert_eq!(s, 200, "bob, another person with an older key: {b}");
+    stack.stop().await;
+}
+
+/// Weakening changes skipped the second person: replacing the identity
+/// provider, removing the egress pin, cutting decision retention, turning
+/// PII redaction off, removing a budget; and a held identity change claimed
+/// its issuer before anyone approved it.
+#[tokio::test]
+async fn every_weakening_of_a_control_waits_and_a_held_identity_claims_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"governance": {"two_person_changes": true}, "redact_pii": true,
+        "egress": {"hosts": ["127.0.0.1"]}, "retention": {"decision_days": 365}, "budgets": {"monthly_usd": 100.0}})).await;
+    for weakening in [json!({"redact_pii": false}), json!({"egress": null}), json!({"retention": {"decision_days": 1}}), json!({"budgets": {}})] {
+        let (s, b) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(weakening.clone())).await.unwrap();
+        assert_eq!(s, 202, "{weakening} waits for a second person: {b}");
+    }
+    let now = tenant_now(&c).await;
+    assert_eq!((now["redact_pii"].clone(), now["budgets"]["monthly_usd"].clone()), (json!(true), json!(100.0)), "nothing changed yet");
+
+    let idp = keel_tests::idp::TestIdp::start().await;
+    let (s, b) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"identity": idp.identity("keel-acme")}))).await.unwrap();
+    assert_eq!(s, 202, "{b}");
+    let issuer_key = keel_core::keys::issuer(&idp.issuer());
+    assert!(stack.table.get("PLATFORM", &issuer_key).await.unwrap().is_none(), "a held change claimed its issuer");
+    let request = b["change_request"]["id"].as_str().unwrap().to_string();
+    let (s, b) = c.call("POST", &format!("/v1/tenants/acme/change-requests/{request}/approve"), &t.admin, None).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert!(stack.table.get("PLATFORM", &issuer_key).await.unwrap().is_some(), "approved, the issuer is the tenant's");
     stack.stop().await;
 }

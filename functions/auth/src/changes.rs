@@ -1,6 +1,8 @@
 //! Two-person changes: a tenant's admins list the changes waiting for a
-//! second admin, and approve (the change is made then) or reject them. The
-//! admin who asked cannot approve; it may withdraw by rejecting.
+//! second admin, and approve (the change is made then) or reject them. An
+//! approval counts only from another person (`Caller::may_approve_for`): not
+//! the requester under any spelling, with a key the requester did not issue
+//! and that existed before the request. The requester may withdraw by rejecting.
 
 use crate::{require_tenant_admin, Auth};
 use keel_core::auth::Caller;
@@ -28,15 +30,38 @@ impl Auth {
             return Err(KeelError::Conflict(format!("change request {request_id} was already {:?}", request.status).to_lowercase()));
         }
         let by = Requester::of(caller);
-        if approve && by == request.requested_by {
-            return Err(KeelError::Forbidden("a second admin must approve this change: you requested it".into()));
+        if approve {
+            // Dual control by distinct people: not the requester under any
+            // spelling, nor a key it issued, nor one made after the request.
+            caller.may_approve_for(&request.requested_by.principal, &request.requested_at)?;
         }
-        let decided = self.change_requests.decide(&id, request, version, approve, by).await?;
+        // A held change of the identity provider claims its issuer only now, as it is made.
+        let identities = |v: &serde_json::Value| serde_json::from_value::<Option<keel_core::identity::IdentityProvider>>(v["identity"].clone()).ok().flatten();
+        let (old_identity, new_identity) = (identities(&request.before), identities(&request.after));
+        let claimed = match approve && request.change == AdminChange::TenantUpdated {
+            true => Some(self.claim_issuer(&id, old_identity.as_ref(), new_identity.as_ref()).await?),
+            false => None,
+        };
+        let decided = match self.change_requests.decide(&id, request, version, approve, by).await {
+            Ok(decided) => decided,
+            Err(e) => {
+                if let Some(claimed) = claimed {
+                    self.unclaim_issuer(&id, claimed).await;
+                }
+                return Err(e);
+            }
+        };
+        if claimed.is_some() {
+            self.release_issuer(&id, old_identity.as_ref(), new_identity.as_ref()).await?;
+        }
         let (kind, status) = if approve { (AdminChange::ChangeApproved, "approved") } else { (AdminChange::ChangeRejected, "rejected") };
         let outcome = json!({"status": status, "requested_by": decided.requested_by});
         self.record(caller, &id, kind, &format!("change {request_id}"), serde_json::Value::Null, outcome).await?;
         if approve {
             self.tenants.forget(&id);
+            if let Some(hash) = decided.write.sk.strip_prefix(keel_core::keys::API_KEYS) {
+                self.keys.forget(hash);
+            }
             if decided.change == AdminChange::TenantUpdated {
                 self.redact_stored_if_turned_on(&id, &decided.before, &decided.after).await?;
             }

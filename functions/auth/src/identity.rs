@@ -36,6 +36,7 @@ impl Auth {
                     roles: claims.roles,
                     groups: claims.groups,
                     incarnation: None,
+                    credential: Default::default(),
                 })
             }
             _ => self.provider_tokens.caller(token, &header, now_secs()).await,

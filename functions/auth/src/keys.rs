@@ -2,10 +2,15 @@
 //! optional expiry), list them (never the secret), revoke one (at once in
 //! this process; within `KEEL_TENANT_CACHE_SECS` in other warm functions),
 //! and rotate one: a new key with the same principal and roles, while the
-//! old one lives on for a grace period the caller picks.
+//! old one lives on for a grace period the caller picks. Each key records who
+//! issued it. Where a tenant asks for two-person changes, a tenant admin's key
+//! that grants privilege (admin or approver, or named after another existing
+//! principal) signs nobody in until a second admin approves it, and such keys
+//! are not rotated (revoke and create instead).
 
 use crate::{require_tenant_admin, tenant_not_found, Auth};
-use keel_core::auth::{api_key_id, api_key_prefix, check_principal, is_context_name, new_api_key, ApiKeyRecord, Caller, TENANT_ROLES};
+use keel_core::auth::{api_key_id, api_key_prefix, check_tenant_principal, is_context_name, new_api_key, same_person, ApiKeyRecord, Caller, ROLE_ADMIN, ROLE_APPROVER, TENANT_ROLES};
+use keel_core::change_requests::{submit, ChangeRequest, PendingWrite, Requester};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::api_keys::StoredKey;
@@ -41,8 +46,8 @@ pub(crate) struct Rotation {
 impl Auth {
     pub(crate) async fn create_key(&self, caller: &Caller, id: TenantId, body: NewKey) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
-        self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
-        check_principal(&body.principal)?;
+        let (tenant, _) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
+        check_tenant_principal(&body.principal)?;
         check_roles(&body.roles)?;
         let attributes = body.attributes.unwrap_or_default();
         if let Some(Value::Array(groups)) = attributes.get("groups") {
@@ -51,11 +56,51 @@ impl Auth {
             }
         }
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
-        let (key, record) = self.issue(&id, ApiKeyRecord { principal: body.principal, roles: body.roles, attributes, expires_at, ..blank() }).await?;
+        let grant = self.grants_privilege(caller, &id, &body.principal, &body.roles).await?.filter(|_| tenant.governance.two_person_changes);
+        let record = ApiKeyRecord { principal: body.principal, roles: body.roles, attributes, expires_at, issued_by: Some(caller.principal.clone()), ..blank() };
+        if let Some(reason) = grant {
+            return self.create_held_key(caller, &id, record, reason).await;
+        }
+        let (key, record) = self.issue(&id, record).await?;
         let out = issued(&id, &key, &record);
         let key_id = out["id"].as_str().unwrap_or_default().to_string();
         self.record(caller, &id, AdminChange::KeyCreated, &format!("key {key_id}"), Value::Null, public(&out)).await?;
         Ok(ApiResponse::json(201, &out))
+    }
+
+    /// Why a key for `principal` with `roles`, made by `caller`, grants
+    /// privilege: the admin or approver role, or another existing principal's
+    /// name (a key named after someone else). The platform admin, who makes a
+    /// tenant's first keys, grants none by this rule.
+    async fn grants_privilege(&self, caller: &Caller, id: &TenantId, principal: &str, roles: &[String]) -> Result<Option<String>, KeelError> {
+        if caller.is_platform_admin() {
+            return Ok(None);
+        }
+        if let Some(role) = roles.iter().find(|r| *r == ROLE_ADMIN || *r == ROLE_APPROVER) {
+            return Ok(Some(format!("it grants the {role} role")));
+        }
+        let existing = self.keys.store().list(id).await?;
+        let someone_else = !same_person(principal, &caller.principal) && existing.iter().any(|k| same_person(&k.record.principal, principal));
+        Ok(someone_else.then(|| format!("it is a key for {principal}, an existing principal other than its maker")))
+    }
+
+    /// A privileged key under two-person changes: made at once but signing
+    /// nobody in until a second admin approves; its secret is shown to its
+    /// maker now, once, as for any key.
+    async fn create_held_key(&self, caller: &Caller, id: &TenantId, record: ApiKeyRecord, reason: String) -> Result<ApiResponse, KeelError> {
+        let request_id = keel_core::ids::new_id("chg");
+        let (key, held) = self.issue(id, ApiKeyRecord { pending: Some(request_id.clone()), ..record }).await?;
+        let out = issued(id, &key, &held);
+        let key_id = out["id"].as_str().unwrap_or_default().to_string();
+        let active = serde_json::to_value(ApiKeyRecord { pending: None, ..held })?;
+        let write = PendingWrite { sk: keel_core::keys::api_key(&keel_core::auth::hash_api_key(&key)), data: active, base_version: Some(1) };
+        let reason = format!("{reason}, and tenant {id} asks for two-person changes");
+        let mut request = ChangeRequest::new(AdminChange::KeyCreated, format!("key {key_id}"), reason, Requester::of(caller), Value::Null, public(&out), write);
+        request.id = request_id;
+        let answer = submit(&self.change_requests, self.queue.as_ref(), id, request).await?;
+        let mut body: Value = serde_json::from_slice(&answer.body)?;
+        body["key"] = out;
+        Ok(ApiResponse::json(202, &body))
     }
 
     /// `GET /v1/tenants/{id}/keys`: every key, oldest first, without secrets.
@@ -81,11 +126,20 @@ impl Auth {
     /// principal, roles and attributes; the old one expires after the grace period.
     pub(crate) async fn rotate_key(&self, caller: &Caller, id: TenantId, key_id: &str, body: Rotation) -> Result<ApiResponse, KeelError> {
         require_tenant_admin(caller, &id)?;
+        let (tenant, _) = self.tenants.get(&id).await?.ok_or_else(|| tenant_not_found(&id))?;
         if body.grace_seconds > MAX_ROTATION_GRACE_SECS {
             return Err(KeelError::BadRequest(format!("grace_seconds must be at most {MAX_ROTATION_GRACE_SECS}")));
         }
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
         let mut old = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
+        let mine = same_person(&old.record.principal, &caller.principal);
+        let privileged = old.record.roles.iter().any(|r| r == ROLE_ADMIN || r == ROLE_APPROVER);
+        if tenant.governance.two_person_changes && !caller.is_platform_admin() && (privileged || !mine) {
+            return Err(KeelError::Forbidden(format!(
+                "rotating key {key_id} (privileged, or another principal's) would grant its new key without a second admin; \
+                 revoke it and create a new key, which waits for one"
+            )));
+        }
         let before = listed(&old);
         let now = chrono::Utc::now();
         if old.record.expired(now) {
@@ -97,7 +151,7 @@ impl Auth {
             old.record.expires_at = Some(grace_end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
         let (principal, roles, attributes) = (old.record.principal.clone(), old.record.roles.clone(), old.record.attributes.clone());
-        let (key, record) = self.issue(&id, ApiKeyRecord { principal, roles, attributes, expires_at, ..blank() }).await?;
+        let (key, record) = self.issue(&id, ApiKeyRecord { principal, roles, attributes, expires_at, issued_by: Some(caller.principal.clone()), ..blank() }).await?;
         self.keys.store().update(&id, &old).await.map_err(|_| KeelError::Conflict(format!("key {key_id} changed or was revoked meanwhile")))?;
         self.keys.forget(&old.hash);
         let mut out = issued(&id, &key, &record);
@@ -124,6 +178,8 @@ fn blank() -> ApiKeyRecord {
         prefix: String::new(),
         expires_at: None,
         last_used_at: None,
+        issued_by: None,
+        pending: None,
     }
 }
 
@@ -168,7 +224,7 @@ fn public(issued: &Value) -> Value {
 fn listed(key: &StoredKey) -> Value {
     let r = &key.record;
     json!({"id": api_key_id(&key.hash), "prefix": r.prefix, "principal": r.principal, "roles": r.roles,
-        "created_at": r.created_at, "last_used_at": r.last_used_at, "expires_at": r.expires_at})
+        "created_at": r.created_at, "last_used_at": r.last_used_at, "expires_at": r.expires_at, "issued_by": r.issued_by, "pending": r.pending})
 }
 
 fn key_not_found(key_id: &str) -> KeelError {

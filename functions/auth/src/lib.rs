@@ -207,13 +207,14 @@ impl Auth {
             self.provider_tokens.jwks().vet(&identity.jwks_uri).await?;
         }
         let (before, after) = (serde_json::to_value(&current)?, serde_json::to_value(&t)?);
-        let claimed = self.claim_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
+        // A held change claims nothing yet: its issuer is claimed when it is approved.
         if let Some(reason) = current.weakened_by(&t).filter(|_| current.governance.two_person_changes) {
             let write = self.tenants.pending_update(&t, version)?;
             let reason = format!("{reason}, and tenant {id} asks for two-person changes");
             let request = ChangeRequest::new(AdminChange::TenantUpdated, "tenant".into(), reason, Requester::of(caller), before, after, write);
             return submit(&self.change_requests, self.queue.as_ref(), &id, request).await;
         }
+        let claimed = self.claim_issuer(&id, current.identity.as_ref(), t.identity.as_ref()).await?;
         if let Err(e) = self.tenants.update(&t, version).await {
             self.unclaim_issuer(&id, claimed).await;
             return Err(e);

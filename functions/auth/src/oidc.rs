@@ -8,7 +8,7 @@
 use crate::jwks::JwksCache;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
-use keel_core::auth::{check_principal, is_context_name, token_error, Caller, TENANT_ROLES};
+use keel_core::auth::{check_tenant_principal, is_context_name, token_error, Caller, TENANT_ROLES};
 use keel_core::identity::{IdentityProvider, IssuerIndex};
 use keel_core::tenants::TenantStore;
 use keel_core::KeelError;
@@ -115,13 +115,13 @@ pub fn key_fits(jwk: &Jwk, alg: Algorithm) -> bool {
 /// platform admin or a role Keel does not know.
 fn caller_of(claims: &Value, identity: &IdentityProvider, tenant: keel_core::TenantId) -> Result<Caller, KeelError> {
     let principal = claims.get(&identity.principal_claim).and_then(Value::as_str).unwrap_or("");
-    check_principal(principal).map_err(|_| bad(&format!("{} must be a string of 1-128 characters", identity.principal_claim)))?;
+    check_tenant_principal(principal).map_err(|_| bad(&format!("{} must be a string of 1-128 characters, and not the reserved platform_admin", identity.principal_claim)))?;
     let roles = names(claims.get(&identity.roles_claim)).into_iter().filter(|r| TENANT_ROLES.contains(&r.as_str())).collect();
     let groups: Vec<String> = names(claims.get(&identity.groups_claim)).into_iter().filter(|g| is_context_name(g)).collect();
     if groups.len() > MAX_TOKEN_GROUPS {
         return Err(bad(&format!("more than {MAX_TOKEN_GROUPS} groups")));
     }
-    Ok(Caller { tenant: Some(tenant), principal: principal.to_string(), roles, groups, incarnation: None })
+    Ok(Caller { tenant: Some(tenant), principal: principal.to_string(), roles, groups, incarnation: None, credential: Default::default() })
 }
 
 /// A claim's names: a list of strings, or one string separated by spaces or commas.

@@ -61,6 +61,7 @@ fn main() {
         roles: vec!["member".into()],
         groups: vec!["staff".into()],
         incarnation: None,
+        credential: Default::default(),
     };
     let schema = json!({
         "type": "object", "additionalProperties": false,

@@ -57,6 +57,11 @@ impl Tools {
                 "action {id} cannot run: the tenant is suggest-only (its autonomy or the kill switch); reject it, or approve once actions are resumed"
             )));
         }
+        if approve {
+            // Maker-checker by distinct people, whatever the policies say: not
+            // the proposer under any spelling, nor a key it issued or made after the proposal.
+            caller.may_approve_for(&action.proposer, &action.created_at)?;
+        }
         let policies = self.tenant_policies(tenant).await?;
         let decision = self.gate.decide_off_workers(&policies, caller, Verb::Approve, &self.subject(&action, &tool, autonomy)).await?;
         if !decision.allowed {

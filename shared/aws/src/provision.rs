@@ -137,6 +137,8 @@ pub async fn seed_samples(
         prefix: SAMPLE_KEY[..16].to_string(),
         expires_at: None,
         last_used_at: None,
+        issued_by: Some(keel_core::auth::ROLE_PLATFORM_ADMIN.into()),
+        pending: None,
     };
     keys.store().create(&acme, SAMPLE_KEY, &record).await?;
     blobs.put(&acme.blob_key("inbox/faq.txt"), b"Gift cards never expire.".to_vec()).await.map_err(KeelError::from)

@@ -105,6 +105,7 @@ impl Access {
                 roles: vec![role.as_str().into()],
                 groups: vec![],
                 incarnation: None,
+                credential: Default::default(),
             },
         };
         self.admits(Some(&caller))

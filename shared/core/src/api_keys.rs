@@ -124,6 +124,9 @@ impl KeyAuthenticator {
         if record.expired(chrono::Utc::now()) {
             return Err(KeelError::Unauthorized("this key has expired".into()));
         }
+        if record.pending.is_some() {
+            return Err(KeelError::Unauthorized("this key waits for a second admin's approval".into()));
+        }
         let incarnation = match self.tenants.cached(&tenant).await? {
             Some(t) if t.status == TenantStatus::Active => t.incarnation().to_string(),
             Some(_) => return Err(KeelError::Forbidden(format!("tenant {tenant} is suspended"))),
@@ -135,6 +138,11 @@ impl KeyAuthenticator {
             groups: groups_of(&record.attributes),
             roles: record.roles,
             incarnation: Some(incarnation),
+            credential: crate::auth::Credential {
+                key_id: Some(crate::auth::api_key_id(&hash_api_key(key))),
+                issued_by: record.issued_by,
+                issued_at: Some(record.created_at),
+            },
         })
     }
 
@@ -175,7 +183,10 @@ impl KeyAuthenticator {
             return Ok(Some(record));
         }
         let Some(mut fresh) = self.keys.get(tenant, key).await? else { return Ok(None) };
-        self.note_use(tenant, &mut fresh).await;
+        // A key waiting for approval is not used: its record stays as the approval expects it.
+        if fresh.record.pending.is_none() {
+            self.note_use(tenant, &mut fresh).await;
+        }
         self.warm.insert(hash, fresh.record.clone());
         Ok(Some(fresh.record))
     }

@@ -34,6 +34,31 @@ pub struct Caller {
     /// incarnation its tenant no longer has.
     #[serde(default)]
     pub incarnation: Option<String>,
+    /// Where the credential came from: who issued the key, and when.
+    #[serde(default)]
+    pub credential: Credential,
+}
+
+/// A caller's credential as approvals weigh it (all `None` for the
+/// platform admin, a token, or a caller made by hand).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// The key's id (`api_key_id`).
+    pub key_id: Option<String>,
+    /// The principal who created the key (`platform_admin` for the platform admin).
+    pub issued_by: Option<String>,
+    /// When the key was created (RFC 3339).
+    pub issued_at: Option<String>,
+}
+
+/// A principal's name as people are told apart: `GX@tg.test` and ` gx@tg.test` are one person.
+pub fn normalized_principal(principal: &str) -> String {
+    principal.trim().to_lowercase()
+}
+
+/// Whether two principal names are the same person under any spelling.
+pub fn same_person(a: &str, b: &str) -> bool {
+    normalized_principal(a) == normalized_principal(b)
 }
 
 impl Caller {
@@ -44,7 +69,33 @@ impl Caller {
             roles: vec![ROLE_PLATFORM_ADMIN.into()],
             groups: vec![],
             incarnation: None,
+            credential: Credential::default(),
         }
+    }
+
+    /// Whether this caller's approval counts for something `requester`
+    /// asked for at `requested_at` (dual control by distinct people): not
+    /// the requester under any spelling, with a credential the requester did
+    /// not issue and that existed before the request. (The platform admin's
+    /// own requests: another person with a key older than the request.)
+    pub fn may_approve_for(&self, requester: &str, requested_at: &str) -> Result<(), KeelError> {
+        let refuse = |why: &str| Err(KeelError::Forbidden(format!("a second person must approve this: {why}")));
+        if same_person(&self.principal, requester) {
+            return refuse("you asked for it");
+        }
+        // The platform admin issues every tenant's first keys by design, so its
+        // own requests are held to the other two rules (a key it minted after the request still cannot approve).
+        let by_requester = self.credential.issued_by.as_deref().is_some_and(|by| same_person(by, requester));
+        if by_requester && !same_person(requester, ROLE_PLATFORM_ADMIN) {
+            return refuse("your key was issued by the principal who asked for it");
+        }
+        let instant = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+        if let (Some(issued), Some(asked)) = (self.credential.issued_at.as_deref().and_then(instant), instant(requested_at)) {
+            if issued >= asked {
+                return refuse("your key was created after the request; a credential that held the role before it must approve");
+            }
+        }
+        Ok(())
     }
 
     pub fn is_platform_admin(&self) -> bool {
@@ -83,6 +134,10 @@ impl Caller {
         m.insert("roles".into(), Value::from(self.roles.join(",")));
         m.insert("groups".into(), Value::from(self.groups.join(",")));
         m.insert("incarnation".into(), Value::from(self.incarnation.clone().unwrap_or_default()));
+        let c = &self.credential;
+        for (name, value) in [("key_id", &c.key_id), ("issued_by", &c.issued_by), ("issued_at", &c.issued_at)] {
+            m.insert(name.into(), Value::from(value.clone().unwrap_or_default()));
+        }
         m
     }
 
@@ -97,8 +152,9 @@ impl Caller {
             "" => None,
             t => Some(TenantId::parse(t)?),
         };
-        let incarnation = Some(s("incarnation")).filter(|i| !i.is_empty());
-        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups"), incarnation })
+        let given = |k: &str| Some(s(k)).filter(|v| !v.is_empty());
+        let credential = Credential { key_id: given("key_id"), issued_by: given("issued_by"), issued_at: given("issued_at") };
+        Ok(Self { tenant, principal, roles: list("roles"), groups: list("groups"), incarnation: given("incarnation"), credential })
     }
 }
 
@@ -156,6 +212,12 @@ pub struct ApiKeyRecord {
     /// RFC 3339, recorded at most once a minute per warm function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<String>,
+    /// The principal who created the key (`platform_admin` for the platform admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
+    /// The change request the key waits on: it signs nobody in until a second admin approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 impl ApiKeyRecord {
@@ -191,6 +253,16 @@ pub const MAX_PRINCIPAL_CHARS: usize = 128;
 pub fn check_principal(principal: &str) -> Result<(), KeelError> {
     if principal.trim().is_empty() || principal.len() > MAX_PRINCIPAL_CHARS {
         return Err(KeelError::BadRequest(format!("principal must be 1-{MAX_PRINCIPAL_CHARS} characters, not blank")));
+    }
+    Ok(())
+}
+
+/// A tenant principal's name: `check_principal`'s rule, and never the
+/// platform operator's own name, so no tenant key or token can pass for it.
+pub fn check_tenant_principal(principal: &str) -> Result<(), KeelError> {
+    check_principal(principal)?;
+    if same_person(principal, ROLE_PLATFORM_ADMIN) {
+        return Err(KeelError::BadRequest(format!("principal {ROLE_PLATFORM_ADMIN:?} is reserved for the platform's operator")));
     }
     Ok(())
 }
@@ -262,7 +334,7 @@ pub fn verify_jwt(token: &str, settings: &JwtSettings, now: i64) -> Result<JwtCl
     if claims.nbf.is_some_and(|nbf| nbf > now) {
         return Err(bad("not yet valid"));
     }
-    check_principal(&claims.sub).map_err(|_| bad("sub must be 1-128 characters"))?;
+    check_tenant_principal(&claims.sub).map_err(|_| bad("sub must be 1-128 characters, and not the reserved platform_admin"))?;
     if !claims.roles.iter().chain(&claims.groups).all(|v| is_context_name(v)) {
         return Err(bad("roles and groups must be non-empty names without commas"));
     }
@@ -300,7 +372,7 @@ mod tests {
     #[test]
     fn a_key_expires_at_its_time_and_a_key_without_one_never_does() {
         let mut record = ApiKeyRecord { principal: "ann".into(), roles: vec![], attributes: HashMap::new(), created_at: String::new(),
-            prefix: String::new(), expires_at: None, last_used_at: None };
+            prefix: String::new(), expires_at: None, last_used_at: None, issued_by: None, pending: None };
         let now = chrono::Utc::now();
         assert!(!record.expired(now));
         record.expires_at = Some((now + chrono::Duration::seconds(1)).to_rfc3339());
@@ -374,6 +446,24 @@ mod tests {
     }
 
     #[test]
+    fn an_approval_counts_only_from_another_person_with_an_older_key_they_did_not_get_from_the_requester() {
+        let approver = |principal: &str, issued_by: &str, issued_at: &str| Caller {
+            tenant: Some(TenantId::parse("acme").unwrap()),
+            principal: principal.into(),
+            roles: vec!["admin".into()],
+            groups: vec![],
+            incarnation: None,
+            credential: Credential { key_id: None, issued_by: Some(issued_by.into()), issued_at: Some(issued_at.into()) },
+        };
+        let asked = "2026-06-01T12:00:00Z";
+        assert!(approver("dana", "platform_admin", "2026-01-01T00:00:00Z").may_approve_for("carol", asked).is_ok());
+        assert!(approver("Carol ", "platform_admin", "2026-01-01T00:00:00Z").may_approve_for("carol", asked).is_err(), "the requester, spelt otherwise");
+        assert!(approver("sock", "CAROL", "2026-01-01T00:00:00Z").may_approve_for("carol", asked).is_err(), "a key the requester issued");
+        assert!(approver("dana", "platform_admin", "2026-06-01T12:00:01Z").may_approve_for("carol", asked).is_err(), "a key made after the request");
+        assert!(check_tenant_principal("Platform_Admin").is_err() && check_tenant_principal("ann").is_ok());
+    }
+
+    #[test]
     fn caller_context_round_trip() {
         let c = Caller {
             tenant: Some(TenantId::parse("acme").unwrap()),
@@ -381,6 +471,7 @@ mod tests {
             roles: vec!["member".into(), "approver".into()],
             groups: vec!["eng".into()],
             incarnation: Some("inc_1".into()),
+            credential: Credential { key_id: Some("0123456789abcdef".into()), issued_by: Some("carol".into()), issued_at: Some("2026-01-01T00:00:00Z".into()) },
         };
         assert_eq!(Caller::from_context(&c.to_context()).unwrap(), c);
         let admin = Caller::platform_admin();

@@ -191,10 +191,17 @@ pub struct Budgets {
     pub alert_thresholds: Option<Vec<f64>>,
 }
 
+
 /// The alert thresholds of a budget that sets none.
 pub const DEFAULT_ALERT_THRESHOLDS: [f64; 3] = [0.5, 0.8, 1.0];
 
 impl Budgets {
+    /// Whether `after` removes or raises a budget this one sets.
+    pub fn weakened_by(&self, after: &Budgets) -> bool {
+        let looser = |before: Option<f64>, after: Option<f64>| before.is_some_and(|b| after.is_none_or(|a| a > b));
+        looser(self.monthly_usd, after.monthly_usd) || self.workflows.iter().any(|(w, b)| looser(Some(*b), after.workflows.get(w).copied()))
+    }
+
     pub fn validate(&self) -> Result<(), KeelError> {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
         if self.monthly_usd.is_some_and(|v| !ok(v)) || self.workflows.values().any(|v| !ok(*v)) {

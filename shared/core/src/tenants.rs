@@ -123,6 +123,12 @@ impl Retention {
         }
     }
 
+    /// Whether `after` keeps less of the log (fewer days) or turns the text of questions back on.
+    pub fn weakened_by(&self, after: &Retention) -> bool {
+        let days = |r: &Retention| r.decision_days.map_or(u32::MAX, |d| d);
+        days(after) < days(self) || (!self.store_prompts && after.store_prompts)
+    }
+
     /// When an entry recorded at `recorded_at` (epoch seconds) expires, if it does.
     pub fn expiry(&self, recorded_at: i64) -> Option<i64> {
         self.decision_days.map(|d| recorded_at + i64::from(d) * 86_400)
@@ -140,6 +146,15 @@ pub struct Governance {
 
 /// Most requests per minute a tenant may be given.
 pub const MAX_RATE_LIMIT_PER_MINUTE: i64 = 1_000_000;
+
+/// Whether `after` lets connectors reach hosts `before` did not: unpinned, or a host added.
+fn pins_widened(before: Option<&crate::egress::EgressPins>, after: Option<&crate::egress::EgressPins>) -> bool {
+    match (before, after) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a.hosts.iter().any(|h| !b.hosts.contains(h)),
+    }
+}
 
 /// A fresh incarnation for a tenant being created.
 pub fn new_incarnation() -> String {
@@ -159,15 +174,17 @@ impl Tenant {
 
     /// Why `after` weakens a control this tenant (as it stands) has, if it does.
     pub fn weakened_by(&self, after: &Tenant) -> Option<&'static str> {
-        if self.kill_switch && !after.kill_switch {
-            Some("it turns the kill switch off")
-        } else if after.autonomy.rank() > self.autonomy.rank() {
-            Some("it raises autonomy")
-        } else if self.governance.two_person_changes && !after.governance.two_person_changes {
-            Some("it turns two-person changes off")
-        } else {
-            None
-        }
+        let weakenings: [(bool, &'static str); 8] = [
+            (self.kill_switch && !after.kill_switch, "it turns the kill switch off"),
+            (after.autonomy.rank() > self.autonomy.rank(), "it raises autonomy"),
+            (self.governance.two_person_changes && !after.governance.two_person_changes, "it turns two-person changes off"),
+            (self.identity != after.identity, "it changes who signs in (the identity provider)"),
+            (self.redact_pii && !after.redact_pii, "it turns PII redaction off"),
+            (pins_widened(self.egress.as_ref(), after.egress.as_ref()), "it removes or widens the egress pin"),
+            (self.retention.weakened_by(&after.retention), "it keeps less of the decision log, or keeps questions' text again"),
+            (self.budgets.weakened_by(&after.budgets), "it removes or raises a budget"),
+        ];
+        weakenings.into_iter().find(|(weakens, _)| *weakens).map(|(_, why)| why)
     }
 
     /// Checks every setting a create or an update can set, in one place.
@@ -308,6 +325,33 @@ impl TenantStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_loosened_control_is_a_weakening_and_tightening_none() {
+        let base: Tenant = serde_json::from_value(serde_json::json!({"id": "acme", "name": "Acme", "plan": "standard", "status": "active",
+            "rate_limit_per_minute": 60, "autonomy": "one_click", "redact_pii": true, "created_at": "2026-01-01T00:00:00Z",
+            "egress": {"hosts": ["api.stripe.com"]}, "retention": {"decision_days": 90, "store_prompts": false},
+            "budgets": {"monthly_usd": 100.0, "workflows": {"support": 10.0}}})).unwrap();
+        let changed = |f: &dyn Fn(&mut Tenant)| {
+            let mut t = base.clone();
+            f(&mut t);
+            base.weakened_by(&t)
+        };
+        assert!(changed(&|t| t.redact_pii = false).is_some_and(|w| w.contains("redaction")));
+        assert!(changed(&|t| t.egress = None).is_some_and(|w| w.contains("egress")));
+        assert!(changed(&|t| t.egress.as_mut().unwrap().hosts.push("evil.example".into())).is_some());
+        assert!(changed(&|t| t.retention.decision_days = Some(1)).is_some_and(|w| w.contains("decision log")));
+        assert!(changed(&|t| t.retention.store_prompts = true).is_some());
+        assert!(changed(&|t| t.budgets.monthly_usd = None).is_some_and(|w| w.contains("budget")));
+        assert!(changed(&|t| t.budgets.workflows.clear()).is_some());
+        assert!(changed(&|t| { t.budgets.monthly_usd = Some(1_000.0); }).is_some());
+        assert!(changed(&|t| t.identity = serde_json::from_value(serde_json::json!({"issuer": "https://i", "jwks_uri": "https://i/j", "audience": "a"})).ok()).is_some());
+        // Tightening is never held.
+        assert_eq!(changed(&|t| t.egress.as_mut().unwrap().hosts.clear()), None);
+        assert_eq!(changed(&|t| t.retention.decision_days = Some(365)), None);
+        assert_eq!(changed(&|t| t.budgets.monthly_usd = Some(50.0)), None);
+        assert_eq!(changed(&|t| t.name = "Acme Ltd".into()), None);
+    }
 
     #[test]
     fn a_tenant_stored_with_the_old_models_off_name_reads_its_kill_switch() {

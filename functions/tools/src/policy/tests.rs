@@ -10,6 +10,7 @@ fn caller(name: &str, roles: &[&str]) -> Caller {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         groups: vec![],
         incarnation: None,
+        credential: Default::default(),
     }
 }
 
