@@ -278,3 +278,31 @@ async fn every_weakening_of_a_control_waits_and_a_held_identity_claims_nothing()
     assert!(stack.table.get("PLATFORM", &issuer_key).await.unwrap().is_some(), "approved, the issuer is the tenant's");
     stack.stop().await;
 }
+
+/// Who did it was forgeable: events recorded no actor kind or key, and
+/// re-pointing the alert webhook left no trace. Every event now names its
+/// actor (platform or tenant, principal, key id), and the webhook's change
+/// is chained with hosts only.
+#[tokio::test]
+async fn every_event_names_its_actor_and_a_webhook_change_is_chained() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({})).await;
+    let (_, keys) = c.call("GET", "/v1/tenants/acme/keys", ADMIN_KEY, None).await.unwrap();
+    let carol = keys["keys"].as_array().unwrap().iter().find(|k| k["principal"] == "carol").unwrap()["id"].clone();
+    assert_eq!(c.call("PATCH", "/v1/tenants/acme", &t.admin, Some(json!({"kill_switch": true}))).await.unwrap().0, 200);
+    assert_eq!(c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"name": "Acme Ltd"}))).await.unwrap().0, 200);
+    let (s, b) = c.call("PUT", "/v1/alerts/webhook", &t.admin, Some(json!({"url": "http://127.0.0.1:9/hook?token=s3cr3t"}))).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert!(stack.settle(Duration::from_secs(10)).await);
+    let changes = admin_changes(&c, &t.admin).await;
+    let by = |kind: &str| changes.iter().filter(|e| e["input"]["change"] == kind).map(|e| e["actor"].clone()).collect::<Vec<_>>();
+    let updates = by("tenant_updated");
+    assert!(updates.contains(&json!({"kind": "tenant", "principal": "carol", "key_id": carol})), "{updates:?}");
+    assert!(updates.contains(&json!({"kind": "platform", "principal": "platform_admin"})), "{updates:?}");
+    let hook = changes.iter().find(|e| e["input"]["change"] == "webhook_changed").expect("the webhook's change is chained");
+    assert_eq!((hook["outcome"]["after"]["host"].as_str(), hook["actor"]["principal"].as_str()), (Some("127.0.0.1"), Some("carol")), "{hook}");
+    assert!(!serde_json::to_string(&changes).unwrap().contains("s3cr3t"), "the webhook's token is in the chain");
+    stack.stop().await;
+}

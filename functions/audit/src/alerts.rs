@@ -50,8 +50,7 @@ impl Audit {
         let items = self.table.query(&tenant.pk(), keys::BUDGET_ALERTS, newest).await?;
         let alerts: Vec<Value> = items.into_iter().map(|i| i.data).collect();
         // The URL's path and query may carry a token: only its host is shown.
-        let webhook = self.webhook(tenant).await?.map(|w| reqwest::Url::parse(&w.url).ok().and_then(|u| u.host_str().map(str::to_string)));
-        let webhook = webhook.map(|host| json!({"host": host}));
+        let webhook = self.webhook(tenant).await?.map(|w| json!({"host": host_of(&w.url)}));
         Ok(ApiResponse::ok(&json!({"alerts": alerts, "webhook": webhook})))
     }
 
@@ -61,9 +60,15 @@ impl Audit {
         let Some(egress) = &self.egress else { return Err(KeelError::Unavailable("webhooks are not delivered from here".into())) };
         let pins = self.tenants.cached(tenant).await?.and_then(|t| t.egress);
         egress.vet(&input.url, pins.as_ref()).await.map_err(|r| KeelError::Unprocessable { path: "/url".into(), message: r.to_string() })?;
+        let before = self.webhook(tenant).await?.map(|w| host_of(&w.url));
         let hook = Webhook { url: input.url, secret: keel_core::ids::new_token("whsec") };
         let write = Write { pk: tenant.pk(), sk: keys::ALERT_WEBHOOK.into(), data: serde_json::to_value(&hook)?, expires_at: None, condition: Condition::Always };
         self.table.put(write).await?;
+        // Re-pointing where alerts go is an admin change like any other: chained, with hosts only (a path may hold a token).
+        let mut event = keel_core::decisions::admin_change_event(&caller.principal, keel_core::decisions::AdminChange::WebhookChanged, "alert webhook",
+            json!({"host": before}), json!({"host": host_of(&hook.url)}));
+        event.actor = Some(keel_core::chain::Actor::of(caller));
+        self.append(tenant, event).await?;
         Ok(ApiResponse::ok(&json!({"url": hook.url, "secret": hook.secret})))
     }
 
@@ -117,4 +122,9 @@ impl Audit {
             }
         }
     }
+}
+
+/// A webhook's host: what is shown of it and recorded.
+fn host_of(url: &str) -> Option<String> {
+    reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string))
 }

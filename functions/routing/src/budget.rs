@@ -184,6 +184,7 @@ impl BudgetCounters {
                 request_id: None,
                 trace_id: None,
                 latency_ms: None,
+                actor: None,
             };
             if let Err(e) = send_decision(self.queue.as_ref(), tenant, &event).await {
                 tracing::warn!(tenant = %tenant, error = %e, "budget alert not sent to the decision log");

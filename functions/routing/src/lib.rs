@@ -338,6 +338,7 @@ impl Routing {
             request_id: None,
             trace_id: None,
             latency_ms: None,
+            actor: None,
         };
         let (queue, tenant) = (self.queue.clone(), caller.tenant().cloned());
         async move { send_decision(queue.as_ref(), &tenant?, &event).await }

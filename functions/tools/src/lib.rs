@@ -360,6 +360,7 @@ impl Tools {
             request_id: None,
             trace_id: None,
             latency_ms: None,
+            actor: None,
         };
         let context = keel_core::trace::current().or_else(|| action.trace.clone());
         send_decision_in(self.queue.as_ref(), tenant, &event, context.as_ref()).await

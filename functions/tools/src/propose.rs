@@ -217,6 +217,7 @@ impl Tools {
         // The action and its saga's events belong to the producer's tenant incarnation.
         let mut context = keel_core::trace::current().unwrap_or_else(|| keel_core::trace::RequestContext::from_headers(None, None, &m.message_id));
         context.incarnation = caller.incarnation.clone();
+        context.actor = Some(keel_core::chain::Actor::of(&caller));
         keel_core::trace::scope(context, self.propose(&caller, request, &Admission::none())).await
     }
 

@@ -38,6 +38,36 @@ pub struct DecisionEvent {
     /// From the request's arrival to this event, for a request's own decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Who made it, by which credential (absent from events logged before actors were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+}
+
+/// Who a decision's request came from: the platform's operator or a
+/// tenant's principal, and the key it used. A tenant key named like the
+/// operator cannot be made (`auth::check_tenant_principal`), and `kind`
+/// tells the two apart besides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub principal: String,
+    /// The API key's id (`auth::api_key_id`); absent for tokens and the platform admin key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    Platform,
+    Tenant,
+}
+
+impl Actor {
+    pub fn of(caller: &crate::auth::Caller) -> Self {
+        let kind = if caller.is_platform_admin() { ActorKind::Platform } else { ActorKind::Tenant };
+        Self { kind, principal: caller.principal.clone(), key_id: caller.credential.key_id.clone() }
+    }
 }
 
 /// What a decision event records: a gateway request, or a step in an action's life.
@@ -247,6 +277,7 @@ mod tests {
             request_id: None,
             trace_id: None,
             latency_ms: None,
+            actor: None,
         }
     }
 

@@ -22,6 +22,8 @@ pub enum AdminChange {
     ChangeRequested,
     ChangeApproved,
     ChangeRejected,
+    /// Where budget alerts are delivered (the webhook's host, never its secret).
+    WebhookChanged,
 }
 
 /// An admin's change as the tenant's chain records it: who, what, on which
@@ -42,6 +44,7 @@ pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, be
         request_id: None,
         trace_id: None,
         latency_ms: None,
+        actor: None,
     }
 }
 
@@ -73,6 +76,9 @@ pub async fn send_decision_in(
         let running = crate::trace::current().is_some_and(|now| now.request_id == c.request_id && now.traceparent == c.traceparent);
         if running && c.started_ms > 0 && crate::slo::Surface::of(&event).is_some() {
             event.latency_ms.get_or_insert((chrono::Utc::now().timestamp_millis() - c.started_ms).max(0) as u64);
+        }
+        if event.actor.is_none() {
+            event.actor = c.actor.clone();
         }
         event.request_id.get_or_insert_with(|| c.request_id.clone());
         event.trace_id.get_or_insert_with(|| c.trace_id().to_string());

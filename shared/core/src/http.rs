@@ -375,7 +375,10 @@ async fn answer(mut request: Request, next: Next, route: &str) -> Response {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         crate::trace::RequestContext::from_headers(header("x-request-id"), header("traceparent"), &gateway_id.0)
     };
-    context.incarnation = request.extensions().get::<Caller>().and_then(|c| c.incarnation.clone());
+    if let Some(caller) = request.extensions().get::<Caller>() {
+        context.incarnation = caller.incarnation.clone();
+        context.actor = Some(crate::chain::Actor::of(caller));
+    }
     let request_id = RequestId(context.request_id.clone());
     request.extensions_mut().insert(request_id.clone());
     request.extensions_mut().insert(context.clone());

@@ -28,6 +28,9 @@ pub struct RequestContext {
     /// work it leaves behind (decision events, saga steps) carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<String>,
+    /// Who the request came from: its decision events record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::chain::Actor>,
 }
 
 impl RequestContext {
@@ -40,7 +43,7 @@ impl RequestContext {
             None => (new_trace_id(), "01".to_string()),
         };
         let started_ms = chrono::Utc::now().timestamp_millis();
-        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms, incarnation: None }
+        Self { request_id, traceparent: format!("00-{trace_id}-{}-{flags}", new_span_id()), started_ms, incarnation: None, actor: None }
     }
 
     /// The 32 hex digits of the trace.
