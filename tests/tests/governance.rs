@@ -306,3 +306,29 @@ async fn every_event_names_its_actor_and_a_webhook_change_is_chained() {
     assert!(!serde_json::to_string(&changes).unwrap().contains("s3cr3t"), "the webhook's token is in the chain");
     stack.stop().await;
 }
+
+/// Re-registering a tool as low risk skipped the second person, and a
+/// pending high-risk proposal then ran with no approval. Loosening a tool
+/// (lower risk, higher autonomy, no longer reversible) now waits too.
+#[tokio::test]
+async fn loosening_a_tool_waits_for_a_second_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path(), config(&[])).await;
+    let c = Client::new(stack.url());
+    let t = tenant(&c, "acme", json!({"governance": {"two_person_changes": true}})).await;
+    let (connector, _) = keel_tests::recording_connector().await;
+    let tool = |risk: &str| json!({"description": "refund", "risk": risk, "input_schema": {}, "connector": {"url": connector}});
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(tool("high"))).await.unwrap().0, 200, "a new tool is no weakening");
+    let (s, b) = c.call("PUT", "/v1/tools/refund", &t.admin, Some(tool("low"))).await.unwrap();
+    assert_eq!(s, 202, "{b}");
+    assert!(b["change_request"]["reason"].as_str().unwrap().contains("risk"), "{b}");
+    let (_, now) = c.call("GET", "/v1/tools/refund", &t.admin, None).await.unwrap();
+    assert_eq!((now["risk"].as_str(), now["version"].as_u64()), (Some("high"), Some(1)), "nothing changed yet");
+    let request = b["change_request"]["id"].as_str().unwrap().to_string();
+    let (s, b) = c.call("POST", &format!("/v1/tenants/acme/change-requests/{request}/approve"), ADMIN_KEY, None).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (_, now) = c.call("GET", "/v1/tools/refund", &t.admin, None).await.unwrap();
+    assert_eq!((now["risk"].as_str(), now["version"].as_u64()), (Some("low"), Some(2)), "made on approval: {now}");
+    assert_eq!(c.call("PUT", "/v1/tools/refund", &t.admin, Some(tool("high"))).await.unwrap().0, 200, "raising the risk is at once");
+    stack.stop().await;
+}

@@ -3,12 +3,29 @@
 use super::*;
 use keel_core::http::ApiResponse;
 
+/// Why `after` lets a tool run with less review than `before`: a lower
+/// risk, a higher autonomy of its own, or steps that can no longer be undone.
+fn loosened(before: &Tool, after: &Tool) -> Option<&'static str> {
+    let autonomy = |t: &Tool| t.autonomy.map_or(0, |a| a.rank() + 1);
+    if before.risk == Risk::High && after.risk == Risk::Low {
+        Some("it lowers the tool's risk")
+    } else if autonomy(after) > autonomy(before) {
+        Some("it raises the tool's autonomy")
+    } else if before.reversible && !after.reversible {
+        Some("its steps can no longer be undone")
+    } else {
+        None
+    }
+}
+
 /// The most one execution of a tool may be declared to cost.
 const MAX_EXECUTION_COST_USD: f64 = 1_000_000.0;
 
 impl Tools {
-    /// Registers a new version of a tool (recorded in the tenant's chain).
-    pub(crate) async fn put_tool(&self, caller: &Caller, name: &str, input: ToolInput) -> Result<Tool, KeelError> {
+    /// Registers a new version of a tool (recorded in the tenant's chain); the
+    /// answer is the tool, or (a weakening under two-person changes) the change
+    /// request that waits for a second admin, for a 202.
+    pub(crate) async fn put_tool(&self, caller: &Caller, name: &str, input: ToolInput) -> Result<ApiResponse, KeelError> {
         let tenant = caller.tenant()?;
         schema::check_schema(&input.input_schema)?;
         let steps = match (input.steps, input.connector) {
@@ -52,11 +69,22 @@ impl Tools {
         };
         // The latest version, and an immutable copy of this one: an action runs the version it was approved with.
         let before = existing.as_ref().map(|(t, _)| serde_json::to_value(t)).transpose()?.unwrap_or_default();
+        let weakened = existing.as_ref().and_then(|(old, _)| loosened(old, &tool));
         let replacing = existing.map(|(_, v)| v);
+        let target = format!("tool {name}");
+        if let Some(why) = weakened {
+            if self.tenants.require_active(tenant).await?.governance.two_person_changes {
+                let reason = format!("{why}, and tenant {tenant} asks for two-person changes");
+                let (latest, copy) = self.tools.pending_put(&tool, replacing)?;
+                let mut request = ChangeRequest::new(AdminChange::ToolRegistered, target, reason, Requester::of(caller), before, serde_json::to_value(&tool)?, latest);
+                request.also = vec![copy];
+                return submit(&self.change_requests, self.queue.as_ref(), tenant, request).await;
+            }
+        }
         self.tools.put(tenant, &tool, replacing).await.map_err(lost_race(&format!("tool {name} changed meanwhile; retry")))?;
-        let event = admin_change_event(&caller.principal, AdminChange::ToolRegistered, &format!("tool {name}"), before, serde_json::to_value(&tool)?);
+        let event = admin_change_event(&caller.principal, AdminChange::ToolRegistered, &target, before, serde_json::to_value(&tool)?);
         send_decision(self.queue.as_ref(), tenant, &event).await?;
-        Ok(tool)
+        Ok(ApiResponse::ok(&tool))
     }
 
     /// The tool as it was when the action was proposed.

@@ -25,7 +25,7 @@ pub fn routes() -> Routes<Arc<Tools>> {
         .doc(RouteDoc::new("The latest version of each tool").json(200, object))
         .route(Method::PUT, "/v1/tools/{name}", put_tool)
         .access(Access::Roles(ADMINS), "")
-        .doc(RouteDoc::new("Register a tool (a new version; admins)").body(schema::<ToolInput>).json(200, schema::<Tool>))
+        .doc(RouteDoc::new("Register a tool (a new version; admins); 202 when loosening it waits for a second admin").body(schema::<ToolInput>).json(200, schema::<Tool>).json(202, object))
         .route(Method::GET, "/v1/tools/{name}", tool)
         .access(Access::Tenant, "connectors' settings to admins only")
         .doc(RouteDoc::new("A tool's latest version").json(200, schema::<Tool>))
@@ -55,11 +55,10 @@ pub fn routes() -> Routes<Arc<Tools>> {
         .doc(RouteDoc::new("approve, reject (with a reason) or undo an action").body(schema::<ReviewRequest>).json(200, schema::<ActionView>))
 }
 
-async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Reply {
+async fn put_tool(State(tools): State<Arc<Tools>>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Result<ApiResponse, KeelError> {
     caller.tenant()?;
     let name = parse_path_id("tool", &name)?;
-    let tool = tools.put_tool(&caller, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await?;
-    Ok(Json(serde_json::to_value(tool)?))
+    tools.put_tool(&caller, &name, parse_body(&body, DEFAULT_BODY_LIMIT)?).await
 }
 
 async fn list_tools(State(tools): State<Arc<Tools>>, caller: Caller) -> Reply {

@@ -47,6 +47,14 @@ impl ToolStore {
 
     /// Writes a new version as the latest, if the latest is still `replacing`
     /// (`None`: there was none). `ConditionFailed` when it moved meanwhile.
+    /// The writes `put` would make, for a change that waits for a second admin:
+    /// the latest version, then its immutable copy.
+    pub(crate) fn pending_put(&self, tool: &Tool, replacing: Option<u64>) -> Result<(PendingWrite, PendingWrite), KeelError> {
+        let data = serde_json::to_value(tool)?;
+        let latest = PendingWrite { sk: keys::tool(&tool.name), data: data.clone(), base_version: replacing };
+        Ok((latest, PendingWrite { sk: keys::tool_version(&tool.name, tool.version), data, base_version: None }))
+    }
+
     pub(crate) async fn put(&self, tenant: &TenantId, tool: &Tool, replacing: Option<u64>) -> Result<(), StoreError> {
         let data = serde_json::to_value(tool).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let condition = replacing.map_or(Condition::NotExists, Condition::Version);

@@ -54,6 +54,9 @@ pub struct ChangeRequest {
     pub before: Value,
     pub after: Value,
     pub write: PendingWrite,
+    /// Further writes the change makes with it, in the same atomic write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<PendingWrite>,
     pub status: RequestStatus,
     #[serde(default)]
     pub decided_by: Option<Requester>,
@@ -71,13 +74,14 @@ impl ChangeRequest {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("write");
+            o.remove("also");
         }
         v
     }
 
     pub fn new(change: AdminChange, target: String, reason: String, requested_by: Requester, before: Value, after: Value, write: PendingWrite) -> Self {
         let (id, requested_at) = (new_id("chg"), crate::time::now_rfc3339());
-        Self { id, change, target, reason, requested_by, requested_at, before, after, write, status: RequestStatus::Pending, decided_by: None }
+        Self { id, change, target, reason, requested_by, requested_at, before, after, write, also: vec![], status: RequestStatus::Pending, decided_by: None }
     }
 }
 
@@ -143,9 +147,10 @@ impl ChangeRequestStore {
         request.decided_by = Some(by);
         let mut writes = vec![Self::write(tenant, &request, Condition::Version(version))?];
         if approve {
-            let w = &request.write;
-            let condition = w.base_version.map_or(Condition::NotExists, Condition::Version);
-            writes.push(Write { pk: tenant.pk(), sk: w.sk.clone(), data: w.data.clone(), expires_at: None, condition });
+            for w in std::iter::once(&request.write).chain(&request.also) {
+                let condition = w.base_version.map_or(Condition::NotExists, Condition::Version);
+                writes.push(Write { pk: tenant.pk(), sk: w.sk.clone(), data: w.data.clone(), expires_at: None, condition });
+            }
         }
         match self.table.put_all(writes).await {
             Ok(()) => Ok(request),
