@@ -202,7 +202,12 @@ pub enum Actions {
 
 #[derive(Subcommand, Debug)]
 pub enum Audit {
-    Verify,
+    /// Verify the tenant's chain on the server, or (--offline FILE) an export, with no server at all.
+    Verify {
+        /// A JSON Lines export (`keel audit export`) to verify here.
+        #[arg(long)]
+        offline: Option<PathBuf>,
+    },
     /// Write the decision log as JSON Lines to a file.
     Export {
         file: PathBuf,

@@ -23,6 +23,7 @@ async fn run(cli: Cli) -> Result<output::Printed, CliError> {
     match cli.command {
         Command::Dlq(args::Dlq::Redrive(r)) => return redrive::redrive(r).await,
         Command::Dev { endpoint, prefix } => return dev::provision(&endpoint, &prefix).await,
+        Command::Audit(args::Audit::Verify { offline: Some(file) }) => return commands::verify_offline(&file),
         _ => {}
     }
     let api = Api::new(&cli.url, key(&cli)?);

@@ -98,6 +98,15 @@ async fn an_operator_runs_a_tenant_from_the_command_line() {
         assert_eq!(code, 3, "a member may not register tools: {err}");
         let (code, err) = keel.fails(&member, &["audit", "export", export2.to_str().unwrap()]);
         assert_eq!(code, 3, "{err}");
+        // An admin's export verifies here, with no server and no key; a changed entry does not.
+        keel.ok(&admin, &["audit", "export", export2.to_str().unwrap()]);
+        let offline = |file: &std::path::Path| ["audit", "verify", "--offline", file.to_str().unwrap()].map(str::to_string);
+        let verified = keel.json("", &offline(&export2).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(verified["ok"] == true && verified["entries"].as_u64().unwrap() >= 5, "{verified}");
+        let tampered = export2.with_file_name("tampered.jsonl");
+        std::fs::write(&tampered, std::fs::read_to_string(&export2).unwrap().replacen("\"carol\"", "\"mallory\"", 1)).unwrap();
+        let (code, err) = keel.fails("", &offline(&tampered).iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(code != 0 && err.contains("does NOT verify") && err.contains("modified"), "{err}");
         (member, approver)
     })
     .await;

@@ -235,8 +235,30 @@ pub fn verify_chain(entries: &[ChainEntry]) -> Vec<ChainProblem> {
 
 /// `verify_chain` as of `now` (epoch seconds).
 pub fn verify_chain_at(entries: &[ChainEntry], now: i64) -> Vec<ChainProblem> {
+    verify_after(None, entries, now)
+}
+
+/// `verify_chain` of an export, which may begin after the chain's first
+/// entry (one bounded by time): the first entry's link to the one before it
+/// cannot be checked from the export, its content and every later link are.
+pub fn verify_export(entries: &[ChainEntry], now: i64) -> Vec<ChainProblem> {
+    match entries.split_first() {
+        Some((first, rest)) if first.seq > 1 => {
+            let mut problems = Vec::new();
+            if first.content_hash() != first.hash {
+                problems.push(ChainProblem { seq: first.seq, problem: "content does not match its hash (modified)".into() });
+            }
+            problems.extend(verify_after(Some(first), rest, now));
+            problems
+        }
+        _ => verify_after(None, entries, now),
+    }
+}
+
+/// The problems of `entries`, which follow `prev` (`None`: from the chain's start).
+fn verify_after(start: Option<&ChainEntry>, entries: &[ChainEntry], now: i64) -> Vec<ChainProblem> {
     let mut problems = Vec::new();
-    let mut prev: Option<&ChainEntry> = None;
+    let mut prev: Option<&ChainEntry> = start;
     for e in entries {
         let expected_seq = prev.map_or(1, |p| p.seq + 1);
         let pruned_before = e.seq > expected_seq && e.prev_retain_until.is_some_and(|t| t <= now);
@@ -312,6 +334,19 @@ mod tests {
             out.push(e);
         }
         out
+    }
+
+    #[test]
+    fn an_export_that_begins_mid_chain_verifies_offline_and_a_gap_or_change_in_it_does_not() {
+        let slice: Vec<ChainEntry> = chain(6).split_off(2);
+        assert!(!verify_chain(&slice).is_empty(), "as a whole chain it starts late");
+        assert!(verify_export(&slice, 0).is_empty());
+        let mut gap = slice.clone();
+        gap.remove(1);
+        assert!(!verify_export(&gap, 0).is_empty());
+        let mut changed = slice.clone();
+        changed[0].event.principal = "mallory".into();
+        assert!(verify_export(&changed, 0).iter().any(|p| p.seq == 3 && p.problem.contains("modified")));
     }
 
     #[test]
