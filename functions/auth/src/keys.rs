@@ -10,7 +10,7 @@
 
 use crate::{require_tenant_admin, tenant_not_found, Auth};
 use keel_core::auth::{api_key_id, api_key_prefix, check_tenant_principal, is_context_name, new_api_key, same_person, ApiKeyRecord, Caller, ROLE_ADMIN, ROLE_APPROVER, TENANT_ROLES};
-use keel_core::change_requests::{submit, ChangeRequest, PendingWrite, Requester};
+use keel_core::change_requests::{submit, ChangeRequest, Requester};
 use keel_core::http::ApiResponse;
 use keel_core::ids::TenantId;
 use keel_core::api_keys::StoredKey;
@@ -92,8 +92,7 @@ impl Auth {
         let (key, held) = self.issue(id, ApiKeyRecord { pending: Some(request_id.clone()), ..record }).await?;
         let out = issued(id, &key, &held);
         let key_id = out["id"].as_str().unwrap_or_default().to_string();
-        let active = serde_json::to_value(ApiKeyRecord { pending: None, ..held })?;
-        let write = PendingWrite { sk: keel_core::keys::api_key(&keel_core::auth::hash_api_key(&key)), data: active, base_version: Some(1) };
+        let write = self.keys.store().pending_activation(&key, &held)?;
         let reason = format!("{reason}, and tenant {id} asks for two-person changes");
         let mut request = ChangeRequest::new(AdminChange::KeyCreated, format!("key {key_id}"), reason, Requester::of(caller), Value::Null, public(&out), write);
         request.id = request_id;

@@ -84,6 +84,13 @@ impl ApiKeyStore {
         Ok(())
     }
 
+    /// The write that activates a key created pending (`ApiKeyRecord::pending`),
+    /// for the change request that waits for its approval.
+    pub fn pending_activation(&self, key: &str, record: &ApiKeyRecord) -> Result<crate::change_requests::PendingWrite, KeelError> {
+        let active = ApiKeyRecord { pending: None, ..record.clone() };
+        Ok(crate::change_requests::PendingWrite { sk: crate::keys::api_key(&hash_api_key(key)), data: serde_json::to_value(active)?, base_version: Some(1) })
+    }
+
     pub async fn delete(&self, tenant: &TenantId, hash: &str) -> Result<(), KeelError> {
         Ok(self.table.delete(&tenant.pk(), &crate::keys::api_key(hash)).await?)
     }
