@@ -348,7 +348,7 @@ async fn a_forged_s3_notice_deletes_nothing_and_only_the_inbox_drives_inbox_docu
     let inbox = dir.path().join("blobs/tenants/acme/inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::write(inbox.join("note.txt"), "The parking garage closes at nine.").unwrap();
-    for _ in 0..100 {
+    for _ in 0..200 {
         if note_status(&c, &t.admin).await == 200 {
             break;
         }
@@ -359,7 +359,7 @@ async fn a_forged_s3_notice_deletes_nothing_and_only_the_inbox_drives_inbox_docu
     assert!(stack.settle(Duration::from_secs(10)).await);
     assert_eq!(note_status(&c, &t.admin).await, 200, "a removal notice for an object still there deleted it");
     std::fs::remove_file(inbox.join("note.txt")).unwrap();
-    for _ in 0..100 {
+    for _ in 0..200 {
         if note_status(&c, &t.admin).await == 404 {
             break;
         }
