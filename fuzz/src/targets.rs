@@ -66,9 +66,9 @@ fn request_bodies(bytes: &[u8]) -> String {
 /// read before verification, and identity providers' key sets.
 fn jwt(bytes: &[u8]) -> String {
     let token = String::from_utf8_lossy(bytes);
-    let settings = keel_core::auth::JwtSettings { secret: "fuzz-secret".into(), issuer: "https://idp".into(), audience: "keel".into() };
+    let settings = keel_core::jwt::JwtSettings { secret: "fuzz-secret".into(), issuer: "https://idp".into(), audience: "keel".into() };
     let header = keel_auth::identity::read_header(&token).map(|h| format!("{:?}", h.alg));
-    let platform = keel_core::auth::verify_jwt(&token, &settings, 1_000);
+    let platform = keel_core::jwt::verify_jwt(&token, &settings, 1_000);
     // A property, not a crash: the fuzzer never holds the platform's secret.
     assert!(platform.is_err(), "a token the fuzzer made passed the platform's signature check: {platform:?}");
     let issuer = keel_auth::oidc::unverified_issuer(&token);

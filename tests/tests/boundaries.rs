@@ -9,7 +9,7 @@
 //! by construction.
 
 use keel_core::access::{Access, Party, TenantRole};
-use keel_core::auth::{sign_jwt, JwtClaims};
+use keel_core::jwt::{sign_jwt, JwtClaims};
 use keel_emulator::demo::start_connector;
 use keel_tests::{config, start_stack, tenant, Client, ADMIN_KEY};
 use serde_json::{json, Value};

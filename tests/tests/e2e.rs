@@ -284,16 +284,16 @@ async fn rate_limit_suspension_and_jwt() {
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 2, "{statuses:?}");
     let (s, _) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"rate_limit_per_minute": 1000}))).await.unwrap();
     assert_eq!(s, 200);
-    let claims = |exp: i64| keel_core::auth::JwtClaims {
+    let claims = |exp: i64| keel_core::jwt::JwtClaims {
         sub: "jay".into(), iss: "https://idp.test".into(), aud: json!("keel"), exp, nbf: None,
         tenant: "acme".into(), roles: vec!["member".into()], groups: vec![],
     };
     let now = keel_core::time::now_secs();
-    let token = keel_core::auth::sign_jwt(&claims(now + 60), "jwt-secret").unwrap();
+    let token = keel_core::jwt::sign_jwt(&claims(now + 60), "jwt-secret").unwrap();
     assert_eq!(c.call("POST", "/v1/search", &token, Some(json!({"query": "x"}))).await.unwrap().0, 200);
-    let expired = keel_core::auth::sign_jwt(&claims(now - 1), "jwt-secret").unwrap();
+    let expired = keel_core::jwt::sign_jwt(&claims(now - 1), "jwt-secret").unwrap();
     assert_eq!(c.call("POST", "/v1/search", &expired, Some(json!({"query": "x"}))).await.unwrap().0, 401);
-    let forged = keel_core::auth::sign_jwt(&claims(now + 60), "not-the-secret").unwrap();
+    let forged = keel_core::jwt::sign_jwt(&claims(now + 60), "not-the-secret").unwrap();
     assert_eq!(c.call("POST", "/v1/search", &forged, Some(json!({"query": "x"}))).await.unwrap().0, 401);
     // A suspended tenant is denied, keys and tokens alike.
     let (s, _) = c.call("PATCH", "/v1/tenants/acme", ADMIN_KEY, Some(json!({"status": "suspended"}))).await.unwrap();

@@ -4,7 +4,8 @@
 
 use crate::Auth;
 use jsonwebtoken::Algorithm;
-use keel_core::auth::{verify_jwt, Caller};
+use keel_core::auth::Caller;
+use keel_core::jwt::verify_jwt;
 use keel_core::identity::{Claim, IdentityProvider};
 use keel_core::ids::TenantId;
 use keel_core::time::now_secs;

@@ -8,7 +8,8 @@
 use crate::jwks::JwksCache;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
-use keel_core::auth::{check_tenant_principal, is_context_name, token_error, Caller, TENANT_ROLES};
+use keel_core::auth::{check_tenant_principal, is_context_name, Caller, TENANT_ROLES};
+use keel_core::jwt::token_error;
 use keel_core::identity::{IdentityProvider, IssuerIndex};
 use keel_core::tenants::TenantStore;
 use keel_core::KeelError;

@@ -2,7 +2,7 @@
 //! the local stack build it from the environment; a bad value fails start-up
 //! with a message naming the variable.
 
-use crate::auth::JwtSettings;
+use crate::jwt::JwtSettings;
 use crate::error::KeelError;
 use crate::models::{parse_catalog, ModelSpec};
 

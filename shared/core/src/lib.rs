@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod ids;
+pub mod jwt;
 pub mod keys;
 pub mod limits;
 pub mod openapi;
