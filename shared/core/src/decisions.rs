@@ -52,6 +52,16 @@ pub fn admin_change_event(principal: &str, change: AdminChange, target: &str, be
 /// for: its consumer drops it when the tenant no longer has that incarnation.
 pub const INCARNATION_ATTRIBUTE: &str = "incarnation";
 
+/// The attributes every internal message for a tenant carries: the tenant,
+/// and the incarnation it was made for, where known (`tenants::TenantStore::outlived`).
+pub fn tenant_attributes(tenant: &crate::TenantId, incarnation: Option<&str>) -> std::collections::HashMap<String, String> {
+    let mut attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
+    if let Some(incarnation) = incarnation {
+        attributes.insert(INCARNATION_ATTRIBUTE.into(), incarnation.into());
+    }
+    attributes
+}
+
 /// Sends a decision event to the audit queue, the tenant in a message attribute.
 pub async fn send_decision(
     queue: &dyn crate::ports::WorkQueue,
@@ -70,7 +80,7 @@ pub async fn send_decision_in(
     context: Option<&crate::trace::RequestContext>,
 ) -> Result<(), crate::KeelError> {
     let mut event = event.clone();
-    let mut attributes = std::collections::HashMap::from([("tenant".to_string(), tenant.to_string())]);
+    let mut attributes = tenant_attributes(tenant, context.and_then(|c| c.incarnation.as_deref()));
     if let Some(c) = context {
         // Latency is the running request's own, not that of the request an action step continues.
         let running = crate::trace::current().is_some_and(|now| now.request_id == c.request_id && now.traceparent == c.traceparent);
@@ -84,9 +94,6 @@ pub async fn send_decision_in(
         event.trace_id.get_or_insert_with(|| c.trace_id().to_string());
         attributes.insert("request_id".into(), c.request_id.clone());
         attributes.insert("traceparent".into(), c.child());
-        if let Some(incarnation) = &c.incarnation {
-            attributes.insert(INCARNATION_ATTRIBUTE.into(), incarnation.clone());
-        }
     }
     queue.send(crate::ports::QueueName::Audit, serde_json::to_string(&event)?, attributes).await?;
     crate::telemetry::record_decision(tenant.as_str(), &event);

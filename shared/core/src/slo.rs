@@ -113,13 +113,8 @@ pub const FAILURE_MESSAGE: &str = "slo_failure";
 /// Reports a handler failure (5xx) of a measured route to the audit queue.
 pub async fn report_failure(queue: &dyn crate::ports::WorkQueue, tenant: &crate::TenantId, incarnation: Option<&str>, surface: Surface) {
     let body = serde_json::json!({"surface": surface, "at": crate::time::now_rfc3339()}).to_string();
-    let mut attributes = std::collections::HashMap::from([
-        ("tenant".to_string(), tenant.to_string()),
-        ("keel_kind".to_string(), FAILURE_MESSAGE.to_string()),
-    ]);
-    if let Some(incarnation) = incarnation {
-        attributes.insert(crate::decisions::INCARNATION_ATTRIBUTE.into(), incarnation.into());
-    }
+    let mut attributes = crate::decisions::tenant_attributes(tenant, incarnation);
+    attributes.insert("keel_kind".to_string(), FAILURE_MESSAGE.to_string());
     if let Err(e) = queue.send(crate::ports::QueueName::Audit, body, attributes).await {
         tracing::warn!(error = %e, "a failed request was not counted against its objective");
     }

@@ -4,7 +4,6 @@ use crate::ids::TenantId;
 use crate::ports::{QueueName, WorkQueue};
 use crate::KeelError;
 use serde_json::json;
-use std::collections::HashMap;
 
 /// The ingest-queue task that redacts what a tenant already stored
 /// (`{"task": "redact_stored", "after": <doc id>?}`, the tenant in an attribute).
@@ -14,10 +13,7 @@ pub const REDACT_STORED: &str = "redact_stored";
 /// `after`; the task is for the tenant's `incarnation` alone.
 pub async fn request_redaction(queue: &dyn WorkQueue, tenant: &TenantId, incarnation: &str, after: Option<&str>) -> Result<(), KeelError> {
     let body = json!({"task": REDACT_STORED, "after": after});
-    let attributes = HashMap::from([
-        ("tenant".to_string(), tenant.to_string()),
-        (crate::decisions::INCARNATION_ATTRIBUTE.to_string(), incarnation.to_string()),
-    ]);
+    let attributes = crate::decisions::tenant_attributes(tenant, Some(incarnation));
     queue.send(QueueName::Ingest, body.to_string(), attributes).await?;
     Ok(())
 }
