@@ -45,29 +45,42 @@ pub fn router(functions: &Functions, queue: Arc<dyn keel_core::ports::WorkQueue>
     Router::new().fallback(serve).with_state(api).merge(keel_auth::console::routes().with_state(()))
 }
 
-/// Each function's route table with its documentation, by the function
-/// `template.yaml` routes it to: the one list behind the declared routes and
-/// the OpenAPI document.
-fn route_tables() -> Vec<(&'static str, Vec<DocumentedRoute>)> {
+/// One function's route table as the documents read it: each route's
+/// documentation and declared access.
+struct RouteTable {
+    /// The function `template.yaml` routes it to.
+    function: &'static str,
+    documented: Vec<DocumentedRoute>,
+    access: Vec<keel_core::access::RouteAccess>,
+}
+
+fn table<S: Clone + Send + Sync + 'static>(function: &'static str, routes: keel_core::http::Routes<S>) -> RouteTable {
+    RouteTable { function, documented: routes.documented(), access: routes.accesses() }
+}
+
+/// Every function's route table, by the function `template.yaml` routes it
+/// to: the one list behind the declared routes, the OpenAPI document and the
+/// authorization table.
+fn route_tables() -> Vec<RouteTable> {
     vec![
-        ("AuthFunction", keel_auth::routes::routes().documented()),
-        ("RetrievalFunction", keel_retrieval::routes::routes().documented()),
-        ("RoutingFunction", keel_routing::routes::routes().documented()),
-        ("ToolsFunction", keel_tools::routes::routes().documented()),
-        ("AuditFunction", keel_audit::routes::routes().documented()),
-        ("AuthFunction", keel_auth::console::routes::<()>().documented()),
+        table("AuthFunction", keel_auth::routes::routes()),
+        table("RetrievalFunction", keel_retrieval::routes::routes()),
+        table("RoutingFunction", keel_routing::routes::routes()),
+        table("ToolsFunction", keel_tools::routes::routes()),
+        table("AuditFunction", keel_audit::routes::routes()),
+        table("AuthFunction", keel_auth::console::routes::<()>()),
     ]
 }
 
 /// Every function's declared routes, `(function, method, path)`: what the
 /// local API serves, and what `template.yaml` must route in AWS.
 pub fn declared_routes() -> Vec<(&'static str, String, String)> {
-    route_tables().into_iter().flat_map(|(function, table)| table.into_iter().map(move |(m, p, _)| (function, m, p))).collect()
+    route_tables().into_iter().flat_map(|t| t.documented.into_iter().map(move |(m, p, _)| (t.function, m, p))).collect()
 }
 
 /// Every function's routes with their documentation, `(method, path, doc)`.
 pub fn documented_routes() -> Vec<DocumentedRoute> {
-    route_tables().into_iter().flat_map(|(_, table)| table).collect()
+    route_tables().into_iter().flat_map(|t| t.documented).collect()
 }
 
 /// The OpenAPI document of the whole HTTP API, as `docs/openapi.json` holds it.
@@ -94,36 +107,20 @@ pub fn authorization_document() -> String {
     );
     let parties = Party::ALL.map(Party::name);
     out.push_str(&format!("| Route | {} | What it shows |\n|---|{}---|\n", parties.join(" | "), "---|".repeat(parties.len())));
-    for (_, table) in route_tables_with_access() {
-        for (method, path, declared) in table {
-            let (access, scope) = declared.unwrap_or((Access::Platform, "(undeclared)"));
-            let cells: Vec<&str> = match access {
-                Access::Public => vec!["no credentials needed"; parties.len()],
-                _ => Party::ALL.iter().map(|p| if access.admits_party(*p) { "yes" } else { "403" }).collect(),
-            };
-            out.push_str(&format!("| `{method} {path}` | {} | {scope} |\n", cells.join(" | ")));
-        }
+    for (method, path, declared) in route_access() {
+        let (access, scope) = declared.unwrap_or((Access::Platform, "(undeclared)"));
+        let cells: Vec<&str> = match access {
+            Access::Public => vec!["no credentials needed"; parties.len()],
+            _ => Party::ALL.iter().map(|p| if access.admits_party(*p) { "yes" } else { "403" }).collect(),
+        };
+        out.push_str(&format!("| `{method} {path}` | {} | {scope} |\n", cells.join(" | ")));
     }
     out
 }
 
-/// Each function's route table with every route's declared access.
-type AccessTable = Vec<keel_core::access::RouteAccess>;
-
-fn route_tables_with_access() -> Vec<(&'static str, AccessTable)> {
-    vec![
-        ("AuthFunction", keel_auth::routes::routes().accesses()),
-        ("RetrievalFunction", keel_retrieval::routes::routes().accesses()),
-        ("RoutingFunction", keel_routing::routes::routes().accesses()),
-        ("ToolsFunction", keel_tools::routes::routes().accesses()),
-        ("AuditFunction", keel_audit::routes::routes().accesses()),
-        ("AuthFunction", keel_auth::console::routes::<()>().accesses()),
-    ]
-}
-
 /// Every declared route with its access: `(method, path, access)`; `None` where undeclared.
-pub fn route_access() -> AccessTable {
-    route_tables_with_access().into_iter().flat_map(|(_, table)| table).collect()
+pub fn route_access() -> Vec<keel_core::access::RouteAccess> {
+    route_tables().into_iter().flat_map(|t| t.access).collect()
 }
 
 /// The routes served without credentials (the console's page and scripts),
