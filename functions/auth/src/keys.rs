@@ -76,7 +76,7 @@ impl Auth {
         if caller.is_platform_admin() {
             return Ok(None);
         }
-        if let Some(role) = roles.iter().find(|r| *r == ROLE_ADMIN || *r == ROLE_APPROVER) {
+        if let Some(role) = privileged_role(roles) {
             return Ok(Some(format!("it grants the {role} role")));
         }
         let existing = self.keys.store().list(id).await?;
@@ -132,7 +132,7 @@ impl Auth {
         let expires_at = body.expires_at.as_deref().map(future_time).transpose()?;
         let mut old = self.keys.store().find(&id, key_id).await?.ok_or_else(|| key_not_found(key_id))?;
         let mine = same_person(&old.record.principal, &caller.principal);
-        let privileged = old.record.roles.iter().any(|r| r == ROLE_ADMIN || r == ROLE_APPROVER);
+        let privileged = privileged_role(&old.record.roles).is_some();
         if tenant.governance.two_person_changes && !caller.is_platform_admin() && (privileged || !mine) {
             return Err(KeelError::Forbidden(format!(
                 "rotating key {key_id} (privileged, or another principal's) would grant its new key without a second admin; \
@@ -180,6 +180,11 @@ fn blank() -> ApiKeyRecord {
         issued_by: None,
         pending: None,
     }
+}
+
+/// The role among `roles` that makes a key privileged (it reviews or administers), if any.
+fn privileged_role(roles: &[String]) -> Option<&String> {
+    roles.iter().find(|r| *r == ROLE_ADMIN || *r == ROLE_APPROVER)
 }
 
 fn check_roles(roles: &[String]) -> Result<(), KeelError> {

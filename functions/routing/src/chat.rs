@@ -85,7 +85,14 @@ impl Routing {
         let tenant = self.tenant(tenant_id).await?;
         let (limit, by) = self.max_tokens_for(&tenant);
         let asked = request.max_tokens;
-        let request = &ModelRequest { max_tokens: asked.min(limit), ..request.clone() };
+        // Copied (prompt and all) only when it asks for more than the cap.
+        let capped_request;
+        let request = if asked > limit {
+            capped_request = ModelRequest { max_tokens: limit, ..request.clone() };
+            &capped_request
+        } else {
+            request
+        };
         let open = |m: &str| self.breakers.is_open(&tenant.id, m);
         let decision = crate::router::decide(&self.route_input(&tenant, None, Some(&body.model), request.prompt_tokens(), &open))
             .map_err(|e| route_error(e, "complete"))?;

@@ -20,8 +20,6 @@ pub enum TenantRole {
 }
 
 impl TenantRole {
-    pub const ALL: [TenantRole; 4] = [TenantRole::Admin, TenantRole::Approver, TenantRole::Member, TenantRole::Auditor];
-
     pub fn as_str(self) -> &'static str {
         match self {
             TenantRole::Admin => crate::auth::ROLE_ADMIN,
