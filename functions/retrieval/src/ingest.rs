@@ -80,20 +80,7 @@ impl Retrieval {
         }
         for (tenant, changes) in by_tenant {
             let (ids, changes): (Vec<String>, Vec<DocumentChange>) = changes.into_iter().unzip();
-            // A tenant with every ingest slot taken gets its messages back later, as over HTTP it gets 429.
-            let slot = match self.concurrency.enter(&tenant, keel_core::concurrency::Expensive::Ingest).await {
-                Ok(slot) => slot,
-                Err(e) => {
-                    tracing::info!(tenant = %tenant, error = %e, "ingest batch left for later");
-                    failed.extend(ids);
-                    continue;
-                }
-            };
-            let applied = self.apply_changes(&tenant, changes).await;
-            if let Some(slot) = slot {
-                slot.leave().await;
-            }
-            match applied {
+            match self.apply_in_slot(&tenant, changes).await {
                 Ok(results) => {
                     for (id, r) in ids.into_iter().zip(results) {
                         if let Err(e) = r {
@@ -111,6 +98,18 @@ impl Retrieval {
         failed.sort();
         failed.dedup();
         failed
+    }
+
+    /// `apply_changes` holding one of the tenant's ingest slots, as a document
+    /// write over HTTP does; with every slot taken, `RetryLater`, and the
+    /// batch's messages come back later.
+    async fn apply_in_slot(&self, tenant: &TenantId, changes: Vec<DocumentChange>) -> Result<Vec<Result<crate::ChangeOutcome, KeelError>>, KeelError> {
+        let slot = self.concurrency.enter(tenant, keel_core::concurrency::Expensive::Ingest).await?;
+        let applied = self.apply_changes(tenant, changes).await;
+        if let Some(slot) = slot {
+            slot.leave().await;
+        }
+        applied
     }
 
     /// The changes one message carries: a producer's change (tenant from its
